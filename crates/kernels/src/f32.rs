@@ -1,0 +1,259 @@
+//! FP32 kernels: convolution (im2col + SGEMM, direct depthwise), GEMM, pooling.
+
+use crate::ConvGeometry;
+
+/// C[m×n] = A[m×k] · B[k×n] (+ C when `accumulate`), all row-major, through `matrixmultiply`'s
+/// blocked SGEMM.
+pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
+    sgemm_strided(m, k, n, a, (k as isize, 1), b, (n as isize, 1), c, accumulate)
+}
+
+/// SGEMM with explicit (row, column) strides for A and B, so transposed operands need no copy.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_strided(m: usize, k: usize, n: usize, a: &[f32], a_strides: (isize, isize), b: &[f32], b_strides: (isize, isize), c: &mut [f32], accumulate: bool) {
+    assert!(c.len() >= m * n);
+    let max_index = |rows: usize, cols: usize, (rs, cs): (isize, isize)| {
+        if rows == 0 || cols == 0 { 0 } else { (rows - 1) as isize * rs + (cols - 1) as isize * cs + 1 }
+    };
+    assert!(a.len() as isize >= max_index(m, k, a_strides));
+    assert!(b.len() as isize >= max_index(k, n, b_strides));
+    // SAFETY: the asserts above bound every index the strided views can touch.
+    unsafe {
+        matrixmultiply::sgemm(
+            m, k, n, 1.0,
+            a.as_ptr(), a_strides.0, a_strides.1,
+            b.as_ptr(), b_strides.0, b_strides.1,
+            if accumulate { 1.0 } else { 0.0 },
+            c.as_mut_ptr(), n as isize, 1,
+        );
+    }
+}
+
+/// Unfold one group's input patches into a [(c·kh·kw) × (oh·ow)] matrix.
+pub fn im2col(input: &[f32], g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [f32]) {
+    let (oh, ow) = (g.out_h, g.out_w);
+    let [kh, kw] = g.kernel;
+    let mut row = 0;
+    for c in c_begin..c_begin + c_count {
+        let plane = &input[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                dst.fill(0.0);
+                let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, g.strides[1], g.pad_left, kx * g.dilations[1]);
+                for oy in y0..y1 {
+                    let iy = oy * g.strides[0] + ky * g.dilations[0] - g.pad_top;
+                    let src = &plane[iy * g.in_w..(iy + 1) * g.in_w];
+                    let d = &mut dst[oy * ow..(oy + 1) * ow];
+                    for ox in x0..x1 {
+                        d[ox] = src[ox * g.strides[1] + kx * g.dilations[1] - g.pad_left];
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Direct depthwise convolution: one kernel per channel. Loops are arranged so the innermost
+/// runs over a contiguous, branch-free range of output columns.
+pub fn depthwise(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, out: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let (oh, ow) = (g.out_h, g.out_w);
+    let (sy, sx) = (g.strides[0], g.strides[1]);
+    for c in 0..g.out_c {
+        let plane = &input[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
+        let k = &weight[c * kh * kw..(c + 1) * kh * kw];
+        let o = &mut out[c * oh * ow..(c + 1) * oh * ow];
+        o.fill(bias.map_or(0.0, |b| b[c]));
+        for ky in 0..kh {
+            let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, sy, g.pad_top, ky * g.dilations[0]);
+            for kx in 0..kw {
+                let w = k[ky * kw + kx];
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
+                if x0 >= x1 {
+                    continue;
+                }
+                for oy in y0..y1 {
+                    let iy = oy * sy + ky * g.dilations[0] - g.pad_top;
+                    let row = &plane[iy * g.in_w..(iy + 1) * g.in_w];
+                    let dst = &mut o[oy * ow + x0..oy * ow + x1];
+                    let base = x0 * sx + kx * g.dilations[1] - g.pad_left;
+                    if sx == 1 {
+                        for (d, &x) in dst.iter_mut().zip(&row[base..base + (x1 - x0)]) {
+                            *d += w * x;
+                        }
+                    } else {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d += w * row[base + j * sx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Convolution of one CHW image. `scratch` is reused between calls for the im2col buffer.
+pub fn conv2d(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, out: &mut [f32], scratch: &mut Vec<f32>) {
+    if g.is_depthwise() {
+        return depthwise(input, weight, bias, g, out);
+    }
+    let spatial = g.out_h * g.out_w;
+    let cin_g = g.in_c / g.group;
+    let cout_g = g.out_c / g.group;
+    let k = g.weights_per_output();
+    for (c, chunk) in out.chunks_mut(spatial).enumerate().take(g.out_c) {
+        chunk.fill(bias.map_or(0.0, |b| b[c]));
+    }
+    for grp in 0..g.group {
+        let w = &weight[grp * cout_g * k..(grp + 1) * cout_g * k];
+        let o = &mut out[grp * cout_g * spatial..(grp + 1) * cout_g * spatial];
+        if g.is_pointwise() {
+            // A 1×1 convolution is a plain matrix product with the input planes.
+            sgemm(cout_g, k, spatial, w, &input[grp * cin_g * spatial..(grp + 1) * cin_g * spatial], o, true);
+        } else {
+            scratch.resize(k * spatial, 0.0);
+            im2col(input, g, grp * cin_g, cin_g, scratch);
+            sgemm(cout_g, k, spatial, w, scratch, o, true);
+        }
+    }
+}
+
+/// Plain, obviously-correct convolution used as the reference in tests.
+pub fn conv2d_reference(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, out: &mut [f32]) {
+    let cin_g = g.in_c / g.group;
+    let cout_g = g.out_c / g.group;
+    let [kh, kw] = g.kernel;
+    for oc in 0..g.out_c {
+        let grp = oc / cout_g;
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let mut acc = bias.map_or(0.0, |b| b[oc]) as f64;
+                for ic in 0..cin_g {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * g.strides[0] + ky * g.dilations[0]) as isize - g.pad_top as isize;
+                            let ix = (ox * g.strides[1] + kx * g.dilations[1]) as isize - g.pad_left as isize;
+                            if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+                                continue;
+                            }
+                            let x = input[((grp * cin_g + ic) * g.in_h + iy as usize) * g.in_w + ix as usize];
+                            let w = weight[((oc * cin_g + ic) * kh + ky) * kw + kx];
+                            acc += (x * w) as f64;
+                        }
+                    }
+                }
+                out[(oc * g.out_h + oy) * g.out_w + ox] = acc as f32;
+            }
+        }
+    }
+}
+
+/// Average or max pooling over one CHW image. `pads` = [top, left, bottom, right].
+#[allow(clippy::too_many_arguments)]
+pub fn pool2d(input: &[f32], c: usize, in_h: usize, in_w: usize, out_h: usize, out_w: usize, kernel: [usize; 2], strides: [usize; 2], pads: [usize; 4], max: bool, count_include_pad: bool, out: &mut [f32]) {
+    for ch in 0..c {
+        let plane = &input[ch * in_h * in_w..(ch + 1) * in_h * in_w];
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                let y0 = (oy * strides[0]) as isize - pads[0] as isize;
+                let x0 = (ox * strides[1]) as isize - pads[1] as isize;
+                let (mut acc, mut n) = (if max { f32::NEG_INFINITY } else { 0.0 }, 0usize);
+                for ky in 0..kernel[0] as isize {
+                    for kx in 0..kernel[1] as isize {
+                        let (iy, ix) = (y0 + ky, x0 + kx);
+                        if iy < 0 || ix < 0 || iy >= in_h as isize || ix >= in_w as isize {
+                            continue;
+                        }
+                        let v = plane[iy as usize * in_w + ix as usize];
+                        if max { acc = acc.max(v) } else { acc += v }
+                        n += 1;
+                    }
+                }
+                if !max {
+                    // count_include_pad counts padded cells inside the (padded) input, not beyond it.
+                    let denom = if count_include_pad {
+                        let yend = (y0 + kernel[0] as isize).min((in_h + pads[2]) as isize);
+                        let xend = (x0 + kernel[1] as isize).min((in_w + pads[3]) as isize);
+                        ((yend - y0) * (xend - x0)) as usize
+                    } else {
+                        n
+                    };
+                    acc /= denom.max(1) as f32;
+                }
+                out[(ch * out_h + oy) * out_w + ox] = acc;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn geometry() -> impl Strategy<Value = ConvGeometry> {
+        (1usize..4, 1usize..4, 1usize..4, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3, 3usize..12, 3usize..12, 1usize..3, prop::bool::ANY)
+            .prop_map(|(gr, cin_g, cout_g, kh, sy, dil, pt, pl, h, w, kw, dw)| {
+                let (group, in_c, out_c) = if dw { (gr * cin_g, gr * cin_g, gr * cin_g) } else { (gr, gr * cin_g, gr * cout_g) };
+                let kernel = [kh, kw.max(1)];
+                let dil = [dil, 1];
+                let eff = |k: usize, d: usize| d * (k - 1) + 1;
+                let out_h = ((h + 2 * pt).saturating_sub(eff(kernel[0], dil[0]))) / sy + 1;
+                let out_w = ((w + 2 * pl).saturating_sub(eff(kernel[1], dil[1]))) / 1 + 1;
+                ConvGeometry { in_c, in_h: h.max(eff(kernel[0], dil[0])), in_w: w.max(eff(kernel[1], 1)), out_c, out_h, out_w, kernel, strides: [sy, 1], dilations: dil, pad_top: pt, pad_left: pl, group }
+            })
+            .prop_map(|mut g| {
+                let eff = |k: usize, d: usize| d * (k - 1) + 1;
+                g.out_h = (g.in_h + 2 * g.pad_top - eff(g.kernel[0], g.dilations[0])) / g.strides[0] + 1;
+                g.out_w = (g.in_w + 2 * g.pad_left - eff(g.kernel[1], g.dilations[1])) / g.strides[1] + 1;
+                g
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn conv2d_matches_reference(g in geometry(), seed in 0u64..1000) {
+            let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let mut rnd = || { s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5 };
+            let input: Vec<f32> = (0..g.in_c * g.in_h * g.in_w).map(|_| rnd()).collect();
+            let weight: Vec<f32> = (0..g.out_c * g.weights_per_output()).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..g.out_c).map(|_| rnd()).collect();
+            let n = g.out_c * g.out_h * g.out_w;
+            let (mut fast, mut slow) = (vec![0.0; n], vec![0.0; n]);
+            conv2d(&input, &weight, Some(&bias), &g, &mut fast, &mut Vec::new());
+            conv2d_reference(&input, &weight, Some(&bias), &g, &mut slow);
+            for (a, b) in fast.iter().zip(&slow) {
+                prop_assert!((a - b).abs() < 1e-4, "{a} vs {b} for {g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hand_computed_conv() {
+        // 1 channel 3×3 input, 2×2 kernel of ones, stride 1, no pad → sums of 2×2 windows.
+        let g = ConvGeometry { in_c: 1, in_h: 3, in_w: 3, out_c: 1, out_h: 2, out_w: 2, kernel: [2, 2], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
+        let input = [1., 2., 3., 4., 5., 6., 7., 8., 9.];
+        let mut out = [0.0; 4];
+        conv2d(&input, &[1.0; 4], Some(&[0.5]), &g, &mut out, &mut Vec::new());
+        assert_eq!(out, [12.5, 16.5, 24.5, 28.5]);
+    }
+
+    #[test]
+    fn hand_computed_pools() {
+        let input = [1., 2., 3., 4.];
+        let mut out = [0.0; 1];
+        pool2d(&input, 1, 2, 2, 1, 1, [2, 2], [1, 1], [0; 4], false, false, &mut out);
+        assert_eq!(out, [2.5]);
+        pool2d(&input, 1, 2, 2, 1, 1, [2, 2], [1, 1], [0; 4], true, false, &mut out);
+        assert_eq!(out, [4.0]);
+        // 3×3 average with pad 1 at the corner: excluding pads averages 4 cells, including them 9.
+        let mut out = [0.0; 4];
+        pool2d(&input, 1, 2, 2, 2, 2, [3, 3], [1, 1], [1, 1, 1, 1], false, false, &mut out);
+        assert_eq!(out[0], 2.5);
+        pool2d(&input, 1, 2, 2, 2, 2, [3, 3], [1, 1], [1, 1, 1, 1], false, true, &mut out);
+        assert!((out[0] - 10.0 / 9.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,51 @@
+//! Compute kernels over plain slices. No kernel knows the graph: each takes buffers and a
+//! geometry and writes its output.
+//!
+//! `f32` holds the floating-point kernels of the reference engine; `q8` the integer kernels.
+
+pub mod f32;
+
+/// Geometry of a 2-D convolution on one image (CHW in, CHW out, weights OIHW / group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub in_c: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_c: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    /// top, left (bottom/right padding is implied by the output size)
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub group: usize,
+}
+
+impl ConvGeometry {
+    pub fn is_depthwise(&self) -> bool {
+        self.group > 1 && self.group == self.in_c && self.group == self.out_c
+    }
+    pub fn is_pointwise(&self) -> bool {
+        self.group == 1 && self.kernel == [1, 1] && self.strides == [1, 1] && self.pad_top == 0 && self.pad_left == 0 && self.out_h == self.in_h && self.out_w == self.in_w
+    }
+    /// Weights per output channel: (in_c / group) · kh · kw.
+    pub fn weights_per_output(&self) -> usize {
+        self.in_c / self.group * self.kernel[0] * self.kernel[1]
+    }
+    pub fn macs(&self) -> usize {
+        self.out_c * self.out_h * self.out_w * self.weights_per_output()
+    }
+
+    /// For kernel offset `k` along one axis, the range of output positions whose input position
+    /// `o·stride − pad + k·dilation` falls inside `[0, in_len)`.
+    #[inline]
+    pub fn valid_range(out_len: usize, in_len: usize, stride: usize, pad: usize, k_off: usize) -> (usize, usize) {
+        // o·s + k_off − pad ≥ 0  ⇔  o ≥ ceil((pad − k_off) / s)
+        let lo = if pad > k_off { (pad - k_off).div_ceil(stride) } else { 0 };
+        // o·s + k_off − pad ≤ in_len − 1
+        let hi = if in_len + pad > k_off { ((in_len - 1 + pad - k_off) / stride + 1).min(out_len) } else { 0 };
+        (lo.min(hi), hi)
+    }
+}

@@ -1,0 +1,132 @@
+//! Affine quantization parameters: real = scale · (q − zero_point).
+
+use serde::{Deserialize, Serialize};
+
+use crate::DType;
+
+/// Integer range a quantized tensor lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuantRange {
+    /// uint8 0..=255
+    U8,
+    /// int8 −128..=127
+    I8,
+    /// int8 restricted to −127..=127 so that symmetric weights have a symmetric grid
+    /// (what TFLite and ONNX Runtime use for symmetric per-channel weights).
+    I8Narrow,
+}
+
+impl QuantRange {
+    pub fn bounds(self) -> (i32, i32) {
+        match self {
+            QuantRange::U8 => (0, 255),
+            QuantRange::I8 => (-128, 127),
+            QuantRange::I8Narrow => (-127, 127),
+        }
+    }
+    pub fn dtype(self) -> DType {
+        match self {
+            QuantRange::U8 => DType::U8,
+            QuantRange::I8 | QuantRange::I8Narrow => DType::I8,
+        }
+    }
+}
+
+/// Quantization parameters of one tensor: one (scale, zero_point) for per-tensor, or one per
+/// slice along `axis` for per-channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QParams {
+    pub scale: Vec<f32>,
+    pub zero_point: Vec<i32>,
+    pub axis: Option<usize>,
+    pub range: QuantRange,
+}
+
+impl QParams {
+    pub fn per_tensor(scale: f32, zero_point: i32, range: QuantRange) -> QParams {
+        QParams { scale: vec![scale], zero_point: vec![zero_point], axis: None, range }
+    }
+
+    pub fn is_per_tensor(&self) -> bool {
+        self.scale.len() == 1
+    }
+
+    /// Asymmetric parameters whose grid covers [min, max] and always contains 0 exactly
+    /// (so zero padding and ReLU outputs quantize without error).
+    pub fn asymmetric(min: f32, max: f32, range: QuantRange) -> QParams {
+        let (qmin, qmax) = range.bounds();
+        let (lo, hi) = (min.min(0.0), max.max(0.0));
+        let span = hi - lo;
+        if !(span > 0.0) || !span.is_finite() {
+            return QParams::per_tensor(1.0, 0, range);
+        }
+        let scale = span / (qmax - qmin) as f32;
+        let zp = (qmin as f32 - lo / scale).round().clamp(qmin as f32, qmax as f32) as i32;
+        QParams::per_tensor(scale, zp, range)
+    }
+
+    /// Symmetric parameters (zero_point 0) covering [−absmax, absmax].
+    pub fn symmetric(absmax: f32, range: QuantRange) -> QParams {
+        let (_, qmax) = range.bounds();
+        let zp = if range == QuantRange::U8 { 128 } else { 0 };
+        let qmax = if range == QuantRange::U8 { 127 } else { qmax };
+        let scale = if absmax > 0.0 && absmax.is_finite() { absmax / qmax as f32 } else { 1.0 };
+        QParams::per_tensor(scale, zp, range)
+    }
+
+    pub fn scale_at(&self, channel: usize) -> f32 {
+        if self.scale.len() == 1 { self.scale[0] } else { self.scale[channel] }
+    }
+
+    pub fn zero_point_at(&self, channel: usize) -> i32 {
+        if self.zero_point.len() == 1 { self.zero_point[0] } else { self.zero_point[channel] }
+    }
+
+    /// q = clamp(round_half_even(x / scale) + zp). Round-half-to-even is what ONNX
+    /// QuantizeLinear specifies.
+    pub fn quantize_value(&self, x: f32, channel: usize) -> i32 {
+        let (qmin, qmax) = self.range.bounds();
+        let q = (x / self.scale_at(channel)).round_ties_even() as i64 + self.zero_point_at(channel) as i64;
+        q.clamp(qmin as i64, qmax as i64) as i32
+    }
+
+    pub fn dequantize_value(&self, q: i32, channel: usize) -> f32 {
+        (q - self.zero_point_at(channel)) as f32 * self.scale_at(channel)
+    }
+
+    /// Quantize then dequantize ("fake quantization"): what the value becomes in the int8 model.
+    pub fn fake_quantize(&self, x: f32, channel: usize) -> f32 {
+        self.dequantize_value(self.quantize_value(x, channel), channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asymmetric_grid_contains_zero_and_ends() {
+        let q = QParams::asymmetric(-1.0, 3.0, QuantRange::U8);
+        assert_eq!(q.fake_quantize(0.0, 0), 0.0);
+        assert!((q.fake_quantize(3.0, 0) - 3.0).abs() <= q.scale[0] / 2.0 + 1e-6);
+        assert!((q.fake_quantize(-1.0, 0) + 1.0).abs() <= q.scale[0] / 2.0 + 1e-6);
+        assert_eq!(q.quantize_value(100.0, 0), 255);
+        assert_eq!(q.quantize_value(-100.0, 0), 0);
+    }
+
+    #[test]
+    fn symmetric_int8_has_zero_zero_point() {
+        let q = QParams::symmetric(2.54, QuantRange::I8Narrow);
+        assert_eq!(q.zero_point[0], 0);
+        assert_eq!(q.quantize_value(2.54, 0), 127);
+        assert_eq!(q.quantize_value(-2.54, 0), -127);
+    }
+
+    #[test]
+    fn quantize_rounds_half_to_even() {
+        let q = QParams::per_tensor(1.0, 0, QuantRange::I8);
+        assert_eq!(q.quantize_value(0.5, 0), 0);
+        assert_eq!(q.quantize_value(1.5, 0), 2);
+        assert_eq!(q.quantize_value(-0.5, 0), 0);
+    }
+}
