@@ -1,1 +1,20 @@
+//! Measuring models: accuracy and fidelity on image folders, latency, and per-layer inspection.
 
+pub mod accuracy;
+pub mod inspect;
+pub mod model;
+
+pub use accuracy::{evaluate, EvalOptions, EvalReport};
+pub use model::{image_input_shape, RunModel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Calib(#[from] subq_calib::CalibError),
+    #[error(transparent)]
+    Runtime(#[from] subq_runtime::RuntimeError),
+    #[error("{0}")]
+    Model(String),
+    #[error("{path}: {reason}")]
+    Image { path: String, reason: String },
+}

@@ -1,0 +1,83 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use subq_calib::{list_images, Synsets};
+use subq_eval::{evaluate, image_input_shape, EvalOptions, EvalReport, RunModel};
+use subq_runtime::Fp32Executor;
+
+use crate::common::{db, load_graph, pct, write_json, PreprocessArgs};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// ONNX model to evaluate (FP32, or QDQ: then the int8 engine runs it).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Image folder: flat (n01440764_tench.JPEG) or ImageFolder (DIR/n01440764/*.JPEG).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Synsets file (one "wnid name" per line, line number = class index). Without it only
+    /// fidelity to --reference is measured.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// FP32 model to compare against: top-1 agreement and logits SQNR.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Evaluate only the first N images (sorted by path).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write the results as JSON to this file ("-" for stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Skip images that cannot be decoded (listed in the report) instead of stopping.
+    #[arg(long)]
+    pub skip_unreadable: bool,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+}
+
+pub fn print_report(r: &EvalReport) {
+    println!("model:      {}", r.model);
+    println!("images:     {}{}", r.n, if r.skipped.is_empty() { String::new() } else { format!(" ({} unreadable, skipped)", r.skipped.len()) });
+    if r.top1.is_some() {
+        println!("top-1:      {}", pct(r.top1));
+        println!("top-5:      {}", pct(r.top5));
+    }
+    if r.agreement.is_some() {
+        if r.reference_top1.is_some() {
+            println!("ref top-1:  {}", pct(r.reference_top1));
+        }
+        println!("agreement:  {} (top-1 equal to the reference)", pct(r.agreement));
+        println!("SQNR:       {} (logits vs reference)", db(r.sqnr_db));
+    }
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let g = load_graph(&a.model)?;
+    let (_, h, w) = image_input_shape(&g)?;
+    let preprocess = a.preprocess.resolve(&g)?;
+    let mut items = list_images(&a.images)?;
+    if let Some(l) = a.limit {
+        items.truncate(l);
+    }
+    let synsets = a.labels.as_ref().map(|p| Synsets::load(p)).transpose()?;
+    let reference_graph = a.reference.as_ref().map(|p| load_graph(p)).transpose()?;
+    let reference_exec = reference_graph.as_ref().map(Fp32Executor::new);
+    let exec = Fp32Executor::new(&g);
+    let model: &dyn RunModel = &exec;
+    let opts = EvalOptions {
+        preprocess,
+        height: h,
+        width: w,
+        synsets: synsets.as_ref(),
+        reference: reference_exec.as_ref().map(|r| r as &dyn RunModel),
+        skip_unreadable: a.skip_unreadable,
+        progress: true,
+    };
+    let report = evaluate(model, &items, &opts).with_context(|| format!("evaluating {}", a.model.display()))?;
+    print_report(&report);
+    if let Some(path) = &a.json {
+        write_json(path, &report)?;
+    }
+    Ok(())
+}

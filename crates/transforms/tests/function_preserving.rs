@@ -1,0 +1,55 @@
+//! Every function-preserving pass keeps the FP32 outputs of the real models.
+
+use std::path::{Path, PathBuf};
+
+use subq_ir::{Graph, Op};
+use subq_onnx::{load_model, ImportOptions};
+use subq_runtime::Fp32Executor;
+use subq_tensor::Tensor;
+
+fn assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets")
+}
+
+pub fn reference_inputs(model: &str, count: usize) -> Vec<Tensor> {
+    let bytes = std::fs::read(assets().join("reference").join(format!("{model}.inputs.npy"))).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let data = npy.into_vec::<f32>().unwrap();
+    let per = data.len() / shape[0];
+    (0..count.min(shape[0])).map(|i| Tensor::f32(vec![1, shape[1], shape[2], shape[3]], data[i * per..(i + 1) * per].to_vec()).unwrap()).collect()
+}
+
+fn load(model: &str) -> Graph {
+    load_model(&assets().join("models").join(format!("{model}.onnx")), &ImportOptions::default()).unwrap()
+}
+
+/// Largest |a − b| over the logits of `inputs`, relative to the largest |logit|.
+fn relative_change(before: &Graph, after: &Graph, inputs: &[Tensor]) -> f32 {
+    let (e0, e1) = (Fp32Executor::new(before), Fp32Executor::new(after));
+    let (mut diff, mut peak) = (0f32, 0f32);
+    for x in inputs {
+        let a = e0.run(vec![x.clone()]).unwrap().remove(0);
+        let b = e1.run(vec![x.clone()]).unwrap().remove(0);
+        for (p, q) in a.as_f32().unwrap().iter().zip(b.as_f32().unwrap()) {
+            diff = diff.max((p - q).abs());
+            peak = peak.max(p.abs());
+        }
+    }
+    diff / peak
+}
+
+#[test]
+fn bn_fold_preserves_outputs_on_both_models() {
+    for model in ["efficientnet_lite0", "mobilenetv2_1.0_160_dogs"] {
+        let g = load(model);
+        let bn_before = g.nodes.iter().filter(|n| matches!(n.op, Op::BatchNorm { .. })).count();
+        let mut folded = g.clone();
+        let n = subq_transforms::fold_batch_norms(&mut folded).unwrap();
+        assert_eq!(n, bn_before, "{model}: every BN follows a conv and must fold");
+        assert!(folded.nodes.iter().all(|n| !matches!(n.op, Op::BatchNorm { .. })));
+        let rel = relative_change(&g, &folded, &reference_inputs(model, 2));
+        eprintln!("{model}: {n} BN folded, relative logit change {rel:.2e}");
+        assert!(rel < 1e-4, "{model}: BN folding changed the outputs by {rel}");
+    }
+}
