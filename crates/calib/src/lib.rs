@@ -5,6 +5,7 @@
 pub mod dataset;
 pub mod error;
 pub mod labels;
+pub mod observer;
 pub mod preprocess;
 
 pub use dataset::{label_of, list_images, ImageItem};

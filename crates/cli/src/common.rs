@@ -92,3 +92,21 @@ pub fn pct(x: Option<f64>) -> String {
 pub fn db(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.2} dB")).unwrap_or_else(|| "—".into())
 }
+
+/// The error and its causes as "outer: inner: …" (like `{:#}`), skipping a cause that the message
+/// before it already ends with: errors that print their source inline ("cannot read X: <io error>")
+/// would otherwise show it twice.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !out.is_empty() && out.ends_with(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
+}

@@ -22,8 +22,12 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Per-layer table: op, shapes, parameters, MACs, weight ranges and per-channel range spread.
     Inspect(commands::inspect::InspectArgs),
+    /// Calibrate on images and write a quantized QDQ ONNX model.
+    Quantize(commands::quantize::QuantizeArgs),
     /// Run the main job on the bundled model and images (no arguments needed).
     Demo(commands::demo::DemoArgs),
+    /// Measure latency: median/p10/p90 per image, threads, peak memory.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() {
@@ -36,9 +40,11 @@ fn main() {
         Command::Eval(a) => commands::eval::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", common::error_chain(&e));
         std::process::exit(1);
     }
 }

@@ -5,7 +5,7 @@ pub mod inspect;
 pub mod model;
 
 pub use accuracy::{evaluate, EvalOptions, EvalReport};
-pub use model::{image_input_shape, RunModel};
+pub use model::{engine_for, image_input_shape, RunModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

@@ -20,6 +20,27 @@ impl RunModel for subq_runtime::Fp32Executor<'_> {
     }
 }
 
+impl RunModel for subq_runtime::Int8Engine {
+    fn run(&self, input: Tensor) -> Result<Tensor, EvalError> {
+        Ok(subq_runtime::Int8Engine::run(self, input)?.remove(0))
+    }
+    fn describe(&self) -> String {
+        match self.float_ops().len() {
+            0 => "int8 engine (all ops integer)".into(),
+            n => format!("int8 engine ({n} ops in fp32: {})", self.float_ops().join(", ")),
+        }
+    }
+}
+
+/// The engine a graph runs on: the int8 engine for QDQ graphs, the FP32 executor otherwise.
+pub fn engine_for(g: &Graph) -> Result<Box<dyn RunModel + '_>, EvalError> {
+    if g.is_quantized() {
+        Ok(Box::new(subq_runtime::Int8Engine::new(g)?))
+    } else {
+        Ok(Box::new(subq_runtime::Fp32Executor::new(g)))
+    }
+}
+
 /// (channels, height, width) of the model's single image input, or a clear error when the model
 /// does not take one N×3×H×W float image.
 pub fn image_input_shape(g: &Graph) -> Result<(usize, usize, usize), EvalError> {

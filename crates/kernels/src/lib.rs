@@ -4,6 +4,7 @@
 //! `f32` holds the floating-point kernels of the reference engine; `q8` the integer kernels.
 
 pub mod f32;
+pub mod q8;
 
 /// Geometry of a 2-D convolution on one image (CHW in, CHW out, weights OIHW / group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

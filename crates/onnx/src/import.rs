@@ -60,6 +60,14 @@ pub fn import_model(bytes: &[u8], path: &Path, opts: &ImportOptions) -> Result<G
         imp.node(n)?;
     }
     imp.g.outputs = gp.output.iter().map(|o| o.name.clone()).collect();
+    // Constants folded into an op (Clip bounds, Pad amounts, Reshape shape, Dropout ratio) are no
+    // longer read by any node: drop them, or every export → import round trip would add another
+    // copy (the exporter re-emits them under the node's name).
+    let read: std::collections::HashSet<&String> = imp.g.nodes.iter().flat_map(|n| &n.inputs).chain(&imp.g.outputs).collect();
+    let unread: Vec<String> = imp.g.initializers.keys().filter(|k| !read.contains(k)).cloned().collect();
+    for k in unread {
+        imp.g.initializers.remove(&k);
+    }
     imp.g.metadata = model.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect::<BTreeMap<_, _>>();
     let mut g = imp.g;
     let wrap = |source| OnnxError::Ir { path: path.clone(), source };
@@ -215,6 +223,9 @@ impl Importer {
                 let w_shape = n.input.get(1).and_then(|w| self.constant_shape(w)).ok_or_else(|| node_err("weight must be a constant (an initializer, possibly behind DequantizeLinear)".into()))?;
                 if w_shape.len() != 4 {
                     return Err(node_err(format!("only 2-D convolutions are supported (weight shape {w_shape:?})")));
+                }
+                if w_shape.contains(&0) {
+                    return Err(node_err(format!("weight shape {w_shape:?} has a zero dimension")));
                 }
                 let kernel = attrs.pair("kernel_shape", [w_shape[2], w_shape[3]])?;
                 Op::Conv(Conv2d {

@@ -2,8 +2,10 @@
 //! their written semantics); the int8 executor runs quantized graphs with integer kernels.
 
 mod fp32;
+mod int8;
 
 pub use fp32::{eval_node, Fp32Executor};
+pub use int8::Int8Engine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

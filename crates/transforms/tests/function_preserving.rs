@@ -53,3 +53,15 @@ fn bn_fold_preserves_outputs_on_both_models() {
         assert!(rel < 1e-4, "{model}: BN folding changed the outputs by {rel}");
     }
 }
+
+#[test]
+fn pad_fold_preserves_outputs_on_mobilenetv2() {
+    let model = "mobilenetv2_1.0_160_dogs";
+    let g = load(model);
+    let mut folded = g.clone();
+    let n = subq_transforms::fold_pads(&mut folded).unwrap();
+    assert_eq!(n, 4, "the four explicit Pads before stride-2 depthwise convs fold");
+    assert!(folded.nodes.iter().all(|n| !matches!(n.op, Op::Pad { .. })));
+    let rel = relative_change(&g, &folded, &reference_inputs(model, 2));
+    assert!(rel < 1e-5, "pad folding changed the outputs by {rel}");
+}

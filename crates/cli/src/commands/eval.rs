@@ -63,8 +63,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let synsets = a.labels.as_ref().map(|p| Synsets::load(p)).transpose()?;
     let reference_graph = a.reference.as_ref().map(|p| load_graph(p)).transpose()?;
     let reference_exec = reference_graph.as_ref().map(Fp32Executor::new);
-    let exec = Fp32Executor::new(&g);
-    let model: &dyn RunModel = &exec;
+    let engine = subq_eval::engine_for(&g)?;
+    let model: &dyn RunModel = engine.as_ref();
     let opts = EvalOptions {
         preprocess,
         height: h,

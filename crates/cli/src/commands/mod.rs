@@ -1,3 +1,5 @@
+pub mod bench;
 pub mod demo;
 pub mod eval;
 pub mod inspect;
+pub mod quantize;

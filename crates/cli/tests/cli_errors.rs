@@ -1,0 +1,290 @@
+//! The `subq` binary on bad input: non-zero exit, an "error:" line on stderr naming the file or
+//! node at fault, and never a panic. Plus the two success paths the error cases are built around.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use prost::Message;
+use subq_onnx::proto::{self, attribute_type as at, data_type as dt, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto};
+
+fn assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets")
+}
+
+fn mobilenet() -> PathBuf {
+    assets().join("models/mobilenetv2_1.0_160_dogs.onnx")
+}
+
+fn eval_images() -> PathBuf {
+    assets().join("images/eval")
+}
+
+/// The first bundled eval image (sorted by name).
+fn some_eval_image() -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(eval_images()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpeg"))).collect();
+    files.sort();
+    files.into_iter().next().expect("bundled eval images")
+}
+
+fn subq<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_subq")).args(args).output().expect("run subq")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts a clean failure: non-zero exit (not a signal), stderr starting with "error:",
+/// mentioning every `needle`, and no panic. Returns stderr.
+#[track_caller]
+fn assert_clean_failure(out: &Output, needles: &[&str]) -> String {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let ctx = format!("\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    assert!(!stderr.contains("panicked"), "subq panicked:{ctx}");
+    match out.status.code() {
+        Some(0) => panic!("expected a non-zero exit code:{ctx}"),
+        Some(_) => {}
+        None => panic!("subq was killed by a signal:{ctx}"),
+    }
+    assert!(stderr.starts_with("error:"), "stderr does not start with 'error:':{ctx}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr does not mention {n:?}:{ctx}");
+    }
+    stderr
+}
+
+#[track_caller]
+fn assert_success(out: &Output) {
+    assert!(out.status.success(), "subq failed:\n--- stdout ---\n{}\n--- stderr ---\n{}", text(&out.stdout), text(&out.stderr));
+    assert!(!text(&out.stderr).contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiny ONNX models built with the prost structs
+// ---------------------------------------------------------------------------------------------
+
+fn f32_vi(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let dim = dims.iter().map(|&d| proto::Dimension { value: Some(proto::DimValue::DimValue(d)) }).collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(proto::TypeProto { tensor_type: Some(proto::TensorTypeProto { elem_type: dt::FLOAT, shape: Some(proto::TensorShapeProto { dim }) }) }),
+        doc_string: String::new(),
+    }
+}
+
+fn f32_tensor(name: &str, dims: &[i64], v: f32) -> TensorProto {
+    let n: i64 = dims.iter().product();
+    TensorProto { name: name.into(), dims: dims.to_vec(), data_type: dt::FLOAT, raw_data: (0..n).flat_map(|_| v.to_le_bytes()).collect(), ..Default::default() }
+}
+
+fn write_model(dir: &Path, file: &str, node: NodeProto, initializer: Vec<TensorProto>, input: ValueInfoProto, output: ValueInfoProto) -> PathBuf {
+    let m = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }],
+        graph: Some(GraphProto { node: vec![node], name: "g".into(), initializer, input: vec![input], output: vec![output], ..Default::default() }),
+        ..Default::default()
+    };
+    let path = dir.join(file);
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    path
+}
+
+/// Gemm-only classifier: input x [1,10] → y [1,3]. A valid model whose input is not an image.
+fn gemm_model(dir: &Path) -> PathBuf {
+    let node = NodeProto { op_type: "Gemm".into(), name: "fc".into(), input: vec!["x".into(), "w".into()], output: vec!["y".into()], ..Default::default() };
+    write_model(dir, "gemm.onnx", node, vec![f32_tensor("w", &[10, 3], 0.1)], f32_vi("x", &[1, 10]), f32_vi("y", &[1, 3]))
+}
+
+/// One LSTM node (unsupported by subq).
+fn lstm_model(dir: &Path) -> PathBuf {
+    let node = NodeProto {
+        op_type: "LSTM".into(),
+        name: "encoder_lstm".into(),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        attribute: vec![AttributeProto { name: "hidden_size".into(), r#type: at::INT, i: 8, ..Default::default() }],
+        ..Default::default()
+    };
+    write_model(dir, "lstm.onnx", node, vec![], f32_vi("x", &[1, 1, 4]), f32_vi("y", &[]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// subq inspect
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn inspect_missing_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no_such_model.onnx");
+    let out = subq([OsStr::new("inspect"), OsStr::new("--model"), path.as_os_str()]);
+    let stderr = assert_clean_failure(&out, &["no_such_model.onnx", "cannot read"]);
+    assert_eq!(stderr.matches("(os error").count(), 1, "the OS error is repeated:\n{stderr}");
+}
+
+#[test]
+fn inspect_truncated_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(mobilenet()).unwrap();
+    let path = dir.path().join("truncated.onnx");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = subq([OsStr::new("inspect"), OsStr::new("--model"), path.as_os_str()]);
+    assert_clean_failure(&out, &["truncated.onnx", "not a valid ONNX"]);
+}
+
+#[test]
+fn inspect_garbage_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.onnx");
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    let bytes: Vec<u8> = (0..4096)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect();
+    std::fs::write(&path, bytes).unwrap();
+    let out = subq([OsStr::new("inspect"), OsStr::new("--model"), path.as_os_str()]);
+    assert_clean_failure(&out, &["garbage.onnx"]);
+}
+
+#[test]
+fn inspect_model_with_unsupported_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = lstm_model(dir.path());
+    let out = subq([OsStr::new("inspect"), OsStr::new("--model"), path.as_os_str()]);
+    assert_clean_failure(&out, &["lstm.onnx", "encoder_lstm", "LSTM", "opset 13"]);
+}
+
+#[test]
+fn inspect_json_lists_layers() {
+    let out = subq([OsStr::new("inspect"), OsStr::new("--model"), mobilenet().as_os_str(), OsStr::new("--json")]);
+    assert_success(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let layers = v["layers"].as_array().expect("a \"layers\" array");
+    assert!(!layers.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// subq eval
+// ---------------------------------------------------------------------------------------------
+
+/// `subq eval --model M --images I --preset keras-mobilenet --limit 4 EXTRA…`
+fn eval(model: &Path, images: &Path, extra: &[&OsStr]) -> Output {
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new("eval"),
+        OsStr::new("--model"),
+        model.as_os_str(),
+        OsStr::new("--images"),
+        images.as_os_str(),
+        OsStr::new("--preset"),
+        OsStr::new("keras-mobilenet"),
+        OsStr::new("--limit"),
+        OsStr::new("4"),
+    ];
+    args.extend_from_slice(extra);
+    subq(args)
+}
+
+#[test]
+fn eval_model_whose_input_is_not_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gemm_model(dir.path());
+    let out = eval(&model, &eval_images(), &[]);
+    assert_clean_failure(&out, &["'x'", "not an image", "[1, 10]"]);
+}
+
+#[test]
+fn eval_missing_images_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("no_such_images");
+    let out = eval(&mobilenet(), &images, &[]);
+    let stderr = assert_clean_failure(&out, &["no_such_images"]);
+    assert_eq!(stderr.matches("(os error").count(), 1, "the OS error is repeated:\n{stderr}");
+}
+
+#[test]
+fn eval_missing_labels_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("no_such_synsets.txt");
+    let out = eval(&mobilenet(), &eval_images(), &[OsStr::new("--labels"), labels.as_os_str()]);
+    let stderr = assert_clean_failure(&out, &["no_such_synsets.txt"]);
+    assert_eq!(stderr.matches("(os error").count(), 1, "the OS error is repeated:\n{stderr}");
+}
+
+#[test]
+fn eval_empty_images_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = eval(&mobilenet(), dir.path(), &[]);
+    assert_clean_failure(&out, &["no images", &dir.path().display().to_string()]);
+}
+
+#[test]
+fn eval_image_with_unknown_label() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(some_eval_image(), dir.path().join("n99999999_x.JPEG")).unwrap();
+    let labels = assets().join("imagenet_synsets.txt");
+    let out = eval(&mobilenet(), dir.path(), &[OsStr::new("--labels"), labels.as_os_str()]);
+    assert_clean_failure(&out, &["n99999999_x.JPEG", "n99999999", "synsets"]);
+}
+
+/// A folder with one real image and one garbage file with an image name.
+fn folder_with_unreadable_image() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(some_eval_image(), dir.path().join("n01440764_good.JPEG")).unwrap();
+    std::fs::write(dir.path().join("n01440764_bad.JPEG"), b"\x00\x01 this is not a JPEG \xff\xfe").unwrap();
+    dir
+}
+
+#[test]
+fn eval_unreadable_image_fails() {
+    let dir = folder_with_unreadable_image();
+    let out = eval(&mobilenet(), dir.path(), &[]);
+    assert_clean_failure(&out, &["n01440764_bad.JPEG"]);
+}
+
+#[test]
+fn eval_unreadable_image_with_skip_unreadable_succeeds() {
+    let dir = folder_with_unreadable_image();
+    let out = eval(&mobilenet(), dir.path(), &[OsStr::new("--skip-unreadable")]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("skipped"), "stdout does not mention the skipped image:\n{stdout}");
+}
+
+#[test]
+fn eval_without_preset_on_model_without_metadata() {
+    let out = subq([OsStr::new("eval"), OsStr::new("--model"), mobilenet().as_os_str(), OsStr::new("--images"), eval_images().as_os_str(), OsStr::new("--limit"), OsStr::new("4")]);
+    assert_clean_failure(&out, &["--preset"]);
+}
+
+#[test]
+fn eval_with_unknown_preset() {
+    let out = subq([
+        OsStr::new("eval"),
+        OsStr::new("--model"),
+        mobilenet().as_os_str(),
+        OsStr::new("--images"),
+        eval_images().as_os_str(),
+        OsStr::new("--preset"),
+        OsStr::new("no-such-preset"),
+    ]);
+    assert_clean_failure(&out, &["no-such-preset", "keras-mobilenet"]);
+}
+
+#[test]
+fn eval_against_itself_as_reference_has_full_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = eval(&mobilenet(), &eval_images(), &[OsStr::new("--reference"), mobilenet().as_os_str(), OsStr::new("--json"), json.as_os_str()]);
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("report is JSON");
+    assert_eq!(report["n"].as_u64(), Some(4), "{report}");
+    assert_eq!(report["agreement"].as_f64(), Some(1.0), "{report}");
+}

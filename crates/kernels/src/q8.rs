@@ -1,0 +1,254 @@
+//! Integer kernels of the int8 engine (scalar reference versions).
+//!
+//! Conventions: activations are uint8 with a zero-point; weights arrive as `w − zero_point` in
+//! i16 (so uint8 and int8 weights share one path); accumulation is exact in i32; results are
+//! requantized once with [`Requant`] and clamped to the output range (which is how ReLU/ReLU6
+//! are fused: the output grid saturates where the activation clamps).
+
+use crate::ConvGeometry;
+
+/// Fixed-point multiplier: `apply(acc) = round(acc · multiplier / 2^shift)`, ties rounded away
+/// from zero (as gemmlowp's RoundingDivideByPOT does). Multipliers are kept in [2^29, 2^30) so
+/// that the sum of a few `acc · multiplier` products (|acc| < 2^31) stays inside i64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requant {
+    pub multiplier: i64,
+    pub shift: u32,
+}
+
+impl Requant {
+    pub fn new(real: f64) -> Requant {
+        Requant::common(&[real]).0[0]
+    }
+
+    /// Multipliers for several reals sharing one shift (the largest gets 30 significant bits):
+    /// subtensor parts are summed in this common fixed-point domain and rounded once.
+    pub fn common(reals: &[f64]) -> (Vec<Requant>, u32) {
+        let max = reals.iter().cloned().fold(0.0f64, f64::max);
+        if max <= 0.0 || !max.is_finite() {
+            return (reals.iter().map(|_| Requant { multiplier: 0, shift: 0 }).collect(), 0);
+        }
+        // max · 2^shift ∈ [2^29, 2^30)
+        let shift = (29 - max.log2().floor() as i32).clamp(0, 62) as u32;
+        let scale = (shift as f64).exp2();
+        (reals.iter().map(|&r| Requant { multiplier: (r * scale).round() as i64, shift }).collect(), shift)
+    }
+
+    #[inline]
+    pub fn apply(self, acc: i64) -> i64 {
+        round_shift(acc * self.multiplier, self.shift)
+    }
+}
+
+/// `round(x / 2^shift)`, ties away from zero.
+#[inline]
+pub fn round_shift(x: i64, shift: u32) -> i64 {
+    if shift == 0 {
+        return x;
+    }
+    let half = 1i64 << (shift - 1);
+    if x >= 0 { (x + half) >> shift } else { -((-x + half) >> shift) }
+}
+
+#[inline]
+pub fn clamp_u8(v: i64, lo: i32, hi: i32) -> u8 {
+    v.clamp(lo as i64, hi as i64) as u8
+}
+
+/// Output stage shared by conv and gemm: per output channel, `zp + requant(acc)` clamped.
+#[derive(Clone, Debug)]
+pub struct OutputStage {
+    pub requant: Vec<Requant>,
+    pub zero_point: i32,
+    pub qmin: i32,
+    pub qmax: i32,
+}
+
+impl OutputStage {
+    #[inline]
+    pub fn finish(&self, channel: usize, acc: i64) -> u8 {
+        let r = if self.requant.len() == 1 { self.requant[0] } else { self.requant[channel] };
+        clamp_u8(self.zero_point as i64 + r.apply(acc), self.qmin, self.qmax)
+    }
+}
+
+/// Subtract the input zero-point once, unfolding patches into [(c·kh·kw) × (oh·ow)] i16 columns.
+/// Padding becomes 0, i.e. exactly the real value 0.
+pub fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
+    let (oh, ow) = (g.out_h, g.out_w);
+    let [kh, kw] = g.kernel;
+    let mut row = 0;
+    for c in c_begin..c_begin + c_count {
+        let plane = &input[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                dst.fill(0);
+                let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, g.strides[1], g.pad_left, kx * g.dilations[1]);
+                for oy in y0..y1 {
+                    let iy = oy * g.strides[0] + ky * g.dilations[0] - g.pad_top;
+                    let src = &plane[iy * g.in_w..(iy + 1) * g.in_w];
+                    for ox in x0..x1 {
+                        dst[oy * ow + ox] = src[ox * g.strides[1] + kx * g.dilations[1] - g.pad_left] as i16 - zp as i16;
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// acc[m×n] += A[m×k] · B[k×n] in i32, row-major. The inner loop over n is contiguous and
+/// branch-free so that the compiler vectorizes it.
+pub fn gemm_i16(m: usize, k: usize, n: usize, a: &[i16], b: &[i16], acc: &mut [i32]) {
+    for i in 0..m {
+        let row = &mut acc[i * n..(i + 1) * n];
+        for p in 0..k {
+            let w = a[i * k + p] as i32;
+            if w == 0 {
+                continue;
+            }
+            let brow = &b[p * n..(p + 1) * n];
+            for (o, &x) in row.iter_mut().zip(brow) {
+                *o += w * x as i32;
+            }
+        }
+    }
+}
+
+/// One weight part of a (possibly split) convolution: `w − zw` in OIHW order, its requantization
+/// multipliers (per output channel or one) and optional int32 bias at this part's scale.
+#[derive(Clone, Debug)]
+pub struct ConvPart {
+    pub weight: Vec<i16>,
+    pub requant: Vec<Requant>,
+}
+
+/// Integer convolution of one CHW uint8 image over one or more weight parts (subtensor split):
+/// each part accumulates exactly in i32, the parts are combined in one fixed-point sum and
+/// rounded once. `bias` is in the fixed-point domain of the parts (i64, already multiplied).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    let spatial = g.out_h * g.out_w;
+    let cin_g = g.in_c / g.group;
+    let cout_g = g.out_c / g.group;
+    let k = g.weights_per_output();
+    scratch.fixed.clear();
+    scratch.fixed.extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
+    for part in parts {
+        scratch.acc.clear();
+        scratch.acc.resize(g.out_c * spatial, 0);
+        if g.is_depthwise() {
+            depthwise_acc(input, zp_in, &part.weight, g, &mut scratch.acc);
+        } else {
+            for grp in 0..g.group {
+                scratch.cols.resize(k * spatial, 0);
+                im2col_q(input, zp_in, g, grp * cin_g, cin_g, &mut scratch.cols);
+                let w = &part.weight[grp * cout_g * k..(grp + 1) * cout_g * k];
+                gemm_i16(cout_g, k, spatial, w, &scratch.cols, &mut scratch.acc[grp * cout_g * spatial..(grp + 1) * cout_g * spatial]);
+            }
+        }
+        for c in 0..g.out_c {
+            let m = if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier };
+            for (f, &a) in scratch.fixed[c * spatial..(c + 1) * spatial].iter_mut().zip(&scratch.acc[c * spatial..(c + 1) * spatial]) {
+                *f += a as i64 * m;
+            }
+        }
+    }
+    for (o, &f) in out.iter_mut().zip(&scratch.fixed) {
+        *o = clamp_u8(out_zp as i64 + round_shift(f, shift), qmin, qmax);
+    }
+}
+
+/// Reusable buffers for [`conv_q8`].
+#[derive(Default)]
+pub struct Scratch {
+    pub cols: Vec<i16>,
+    pub acc: Vec<i32>,
+    pub fixed: Vec<i64>,
+}
+
+/// Depthwise accumulation: acc[c, y, x] += Σ (x − zp)·w' over the kernel window.
+pub fn depthwise_acc(input: &[u8], zp_in: i32, weight: &[i16], g: &ConvGeometry, acc: &mut [i32]) {
+    let [kh, kw] = g.kernel;
+    let (oh, ow) = (g.out_h, g.out_w);
+    let (sy, sx) = (g.strides[0], g.strides[1]);
+    for c in 0..g.out_c {
+        let plane = &input[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
+        let kern = &weight[c * kh * kw..(c + 1) * kh * kw];
+        let o = &mut acc[c * oh * ow..(c + 1) * oh * ow];
+        for ky in 0..kh {
+            let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, sy, g.pad_top, ky * g.dilations[0]);
+            for kx in 0..kw {
+                let w = kern[ky * kw + kx] as i32;
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
+                if x0 >= x1 || w == 0 {
+                    continue;
+                }
+                for oy in y0..y1 {
+                    let iy = oy * sy + ky * g.dilations[0] - g.pad_top;
+                    let row = &plane[iy * g.in_w..(iy + 1) * g.in_w];
+                    let base = x0 * sx + kx * g.dilations[1] - g.pad_left;
+                    let dst = &mut o[oy * ow + x0..oy * ow + x1];
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d += w * (row[base + j * sx] as i32 - zp_in);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Quantized element-wise add of same-shape tensors: out = zo + round(Ma·(a − za) + Mb·(b − zb)),
+/// both multipliers on one fixed-point shift.
+#[allow(clippy::too_many_arguments)]
+pub fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        let v = (x as i64 - za as i64) * ma + (y as i64 - zb as i64) * mb;
+        *o = clamp_u8(zo as i64 + round_shift(v, shift), qmin, qmax);
+    }
+}
+
+/// Global average pool of one CHW image: per channel zo + round(Σ(x − zi) · si/(so·HW)).
+pub fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: Requant, zo: i32, out: &mut [u8]) {
+    let hw = input.len() / channels;
+    for (c, o) in out.iter_mut().enumerate().take(channels) {
+        let sum: i64 = input[c * hw..(c + 1) * hw].iter().map(|&x| x as i64 - zp_in as i64).sum();
+        *o = clamp_u8(zo as i64 + r.apply(sum), 0, 255);
+    }
+}
+
+/// Requantize u8 values from one grid to another (and clamp): ReLU/Clip and reshape-like ops
+/// whose output grid differs from the input's.
+pub fn requantize_u8(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
+    for (o, &x) in out.iter_mut().zip(input) {
+        *o = clamp_u8(zo as i64 + r.apply(x as i64 - zp_in as i64), qmin, qmax);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_shift_ties_away_from_zero() {
+        assert_eq!(round_shift(3, 1), 2); // 1.5 → 2
+        assert_eq!(round_shift(-3, 1), -2); // −1.5 → −2
+        assert_eq!(round_shift(5, 2), 1); // 1.25 → 1
+        assert_eq!(round_shift(-6, 2), -2); // −1.5 → −2
+    }
+
+    #[test]
+    fn requant_matches_real_multiplier() {
+        for &m in &[0.000123, 0.0421, 0.5, 0.999, 1.7, 37.0] {
+            let r = Requant::new(m);
+            assert!(r.multiplier >= 1 << 29 && r.multiplier < 1 << 30, "{m}: {r:?}");
+            for acc in [-100000i64, -777, -1, 0, 1, 999, 123456] {
+                let exact = acc as f64 * m;
+                let got = r.apply(acc) as f64;
+                assert!((got - exact).abs() <= 0.5 + exact.abs() * 1e-8, "m {m} acc {acc}: {got} vs {exact}");
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The QuantPlan: every quantized tensor's parameters, decided once, read by the QDQ builder
+//! (and through the QDQ graph by the exporter and the int8 engine).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use subq_ir::{Graph, Op};
+use subq_tensor::{QParams, QuantRange, Tensor};
+
+use crate::{Calibration, QuantError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightScheme {
+    /// One asymmetric uint8 grid per weight tensor (min/max → 0..255 with a zero-point): what
+    /// per-tensor-only hardware takes, and what subtensor splitting builds on.
+    PerTensor,
+    /// One symmetric int8 grid (−127..127, zero-point 0) per weight tensor.
+    PerTensorSymmetric,
+    /// One symmetric int8 grid per output channel: the TFLite / ONNX Runtime baseline.
+    PerChannel,
+}
+
+impl WeightScheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightScheme::PerTensor => "per-tensor",
+            WeightScheme::PerTensorSymmetric => "per-tensor-symmetric",
+            WeightScheme::PerChannel => "per-channel",
+        }
+    }
+}
+
+/// One additive part of a weight tensor, quantized on its own grid. A plain layer has one part;
+/// a split (subtensor) layer has several whose float values sum to the original weight.
+#[derive(Clone, Debug)]
+pub struct WeightPart {
+    pub values: Tensor,
+    pub params: QParams,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct QuantPlan {
+    /// uint8 asymmetric per-tensor parameters of every activation, by value name.
+    pub activations: BTreeMap<String, QParams>,
+    /// Weight parts of every Conv/Gemm, by node name.
+    pub weights: BTreeMap<String, Vec<WeightPart>>,
+    /// Relu/Clip nodes absorbed into their producer's output quantization (by node name): the
+    /// output grid already saturates exactly where the activation would clamp.
+    pub fused_activations: BTreeMap<String, ()>,
+}
+
+/// Axis of output channels in the weight of a Conv (OIHW) or Gemm.
+pub fn output_axis(op: &Op) -> usize {
+    match op {
+        Op::Gemm { trans_b: false, .. } | Op::MatMul => 1,
+        _ => 0,
+    }
+}
+
+/// Weight parameters under `scheme`.
+pub fn weight_params(w: &Tensor, axis: usize, scheme: WeightScheme) -> QParams {
+    let v = w.to_f32_vec();
+    match scheme {
+        WeightScheme::PerTensor => {
+            let (lo, hi) = w.min_max();
+            QParams::asymmetric(lo, hi, QuantRange::U8)
+        }
+        WeightScheme::PerTensorSymmetric => {
+            let m = v.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            QParams::symmetric(m, QuantRange::I8Narrow)
+        }
+        WeightScheme::PerChannel => {
+            let channels = w.shape[axis];
+            let inner: usize = w.shape[axis + 1..].iter().product();
+            let mut absmax = vec![0f32; channels];
+            for (i, &x) in v.iter().enumerate() {
+                let c = (i / inner) % channels;
+                absmax[c] = absmax[c].max(x.abs());
+            }
+            let scale: Vec<f32> = absmax.iter().map(|&m| QParams::symmetric(m, QuantRange::I8Narrow).scale[0]).collect();
+            QParams { zero_point: vec![0; channels], scale, axis: Some(axis), range: QuantRange::I8Narrow }
+        }
+    }
+}
+
+fn fusable(op: &Op, q: &QParams) -> bool {
+    let (qmin, qmax) = q.range.bounds();
+    let (lo, hi) = (q.dequantize_value(qmin, 0), q.dequantize_value(qmax, 0));
+    let (min, max) = match op {
+        Op::Relu => (0.0, f32::INFINITY),
+        Op::Clip { min, max } => (*min, *max),
+        _ => return false,
+    };
+    let tol = 1e-5 * (hi - lo).abs().max(1e-12);
+    lo >= min - tol && hi <= max + tol
+}
+
+/// Decide every tensor's parameters for an FP32 graph (BatchNorm already folded).
+pub fn make_plan(g: &Graph, calib: &Calibration, scheme: WeightScheme) -> Result<QuantPlan, QuantError> {
+    let mut plan = QuantPlan::default();
+    let act = |name: &str| -> Result<QParams, QuantError> {
+        let (lo, hi) = calib.ranges.get(name).copied().ok_or_else(|| QuantError::Invalid(format!("no calibration range for '{name}'")))?;
+        Ok(QParams::asymmetric(lo, hi, QuantRange::U8))
+    };
+    for i in &g.inputs {
+        plan.activations.insert(i.clone(), act(i)?);
+    }
+    let consumers = g.consumers();
+    let producers = g.producers();
+    for n in &g.nodes {
+        let out = &n.outputs[0];
+        let params = match n.op {
+            // Shape-only ops and max pooling keep their input's grid: no requantization needed.
+            Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity | Op::MaxPool(_) => plan.activations.get(&n.inputs[0]).cloned().map_or_else(|| act(out), Ok)?,
+            _ => act(out)?,
+        };
+        plan.activations.insert(out.clone(), params.clone());
+        if matches!(n.op, Op::Conv(_) | Op::Gemm { .. }) {
+            let w = g.initializer(&n.inputs[1]).ok_or_else(|| QuantError::Invalid(format!("node '{}': weight is not a constant", n.name)))?;
+            let p = weight_params(w, output_axis(&n.op), scheme);
+            plan.weights.insert(n.name.clone(), vec![WeightPart { values: w.clone(), params: p }]);
+        }
+        if matches!(n.op, Op::Relu | Op::Clip { .. }) {
+            let src = &n.inputs[0];
+            let sole_use = consumers.get(src.as_str()).is_some_and(|c| c.len() == 1) && !g.outputs.contains(src);
+            let from_op = producers.get(src.as_str()).is_some_and(|&p| matches!(g.nodes[p].op, Op::Conv(_) | Op::Gemm { .. } | Op::Add));
+            if sole_use && from_op && fusable(&n.op, &params) {
+                plan.fused_activations.insert(n.name.clone(), ());
+            }
+        }
+    }
+    Ok(plan)
+}

@@ -1,0 +1,504 @@
+//! The integer engine: lowers a QDQ graph into integer steps and runs them.
+//!
+//! Lowering reads the graph's written semantics. A float op whose activation inputs come from
+//! DequantizeLinear, whose weights are constant DequantizeLinear, and whose only reader is a
+//! QuantizeLinear becomes one integer step producing that QuantizeLinear's output directly.
+//! Conv+Conv(+…)→Add→Quantize with a shared input (a subtensor split) becomes one multi-part
+//! conv step. Everything else runs in FP32 between a Dequantize and a Quantize step, and is
+//! listed by [`Int8Engine::float_ops`].
+//!
+//! Activations are held as uint8; int8-typed activations are shifted by +128 (with their
+//! zero-point) on entry, which leaves every real value unchanged.
+
+use std::collections::{HashMap, HashSet};
+
+use subq_ir::{Graph, Node, Op};
+use subq_kernels::q8::{self, ConvPart, Requant, Scratch};
+use subq_kernels::ConvGeometry;
+use subq_tensor::{DType, QParams, Tensor, TensorData};
+
+use crate::fp32::eval_node;
+use crate::RuntimeError;
+
+/// Per-tensor activation grid in the engine's uint8 domain.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Grid {
+    scale: f32,
+    zp: i32,
+}
+
+enum Arg {
+    Slot(usize),
+    Const(Tensor),
+    None,
+}
+
+enum Step {
+    Quantize { input: usize, output: usize, grid: Grid },
+    Dequantize { input: usize, output: usize, grid: Grid },
+    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
+    Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid },
+    GlobalAvgPool { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid },
+    /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
+    Requantize { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid, qmin: i32, qmax: i32, shape: Option<Vec<usize>> },
+    Float { node: Node, args: Vec<Arg>, output: usize },
+}
+
+enum Value {
+    F(Tensor),
+    Q { shape: Vec<usize>, data: Vec<u8> },
+}
+
+pub struct Int8Engine {
+    steps: Vec<Step>,
+    slots: usize,
+    input_slot: usize,
+    output_slots: Vec<usize>,
+    float_ops: Vec<String>,
+    int_steps: usize,
+}
+
+fn err(n: &Node, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Node { node: n.name.clone(), op: n.op.name().into(), reason: reason.into() }
+}
+
+/// (scale, zero-point in the u8 domain, was int8) of a per-tensor Q/DQ node.
+fn node_grid(g: &Graph, n: &Node) -> Option<(Grid, bool)> {
+    let scale = g.initializer(&n.inputs[1])?;
+    if scale.len() != 1 {
+        return None;
+    }
+    let (zp, int8) = match n.inputs.get(2).filter(|s| !s.is_empty()).and_then(|z| g.initializer(z)) {
+        Some(z) if z.dtype() == DType::I8 => (z.to_i32_vec()[0] + 128, true),
+        Some(z) if z.dtype() == DType::U8 => (z.to_i32_vec()[0], false),
+        Some(_) => return None,
+        None => (0, false),
+    };
+    Some((Grid { scale: scale.to_f32_vec()[0], zp }, int8))
+}
+
+/// A constant DequantizeLinear: integer values and their parameters.
+struct ConstDq {
+    values: Tensor,
+    params: QParams,
+}
+
+fn const_dq(g: &Graph, n: &Node) -> Option<ConstDq> {
+    let values = g.initializer(&n.inputs[0])?.clone();
+    let scale = g.initializer(&n.inputs[1])?.to_f32_vec();
+    let zero_point = n.inputs.get(2).filter(|s| !s.is_empty()).and_then(|z| g.initializer(z)).map(|z| z.to_i32_vec()).unwrap_or_else(|| vec![0; scale.len()]);
+    let Op::DequantizeLinear { axis } = n.op else { return None };
+    let rank = values.shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis } as usize;
+    let range = if values.dtype() == DType::U8 { subq_tensor::QuantRange::U8 } else { subq_tensor::QuantRange::I8 };
+    Some(ConstDq { values, params: QParams { axis: (scale.len() > 1).then_some(axis), scale, zero_point, range } })
+}
+
+fn dequantize_const(c: &ConstDq) -> Tensor {
+    let v = c.values.to_i32_vec();
+    let inner: usize = c.params.axis.map(|a| c.values.shape[a + 1..].iter().product()).unwrap_or(1);
+    let channels = c.params.axis.map(|a| c.values.shape[a]).unwrap_or(1);
+    let out = v.iter().enumerate().map(|(i, &q)| c.params.dequantize_value(q, (i / inner) % channels)).collect();
+    Tensor::f32(c.values.shape.clone(), out).expect("same shape")
+}
+
+struct Lowering<'g> {
+    g: &'g Graph,
+    producers: HashMap<&'g str, usize>,
+    consumers: HashMap<&'g str, Vec<usize>>,
+    const_dqs: HashMap<String, ConstDq>,
+    slot_of: HashMap<String, usize>,
+}
+
+impl<'g> Lowering<'g> {
+    fn slot(&mut self, name: &str) -> usize {
+        let n = self.slot_of.len();
+        *self.slot_of.entry(name.to_string()).or_insert(n)
+    }
+
+    fn producer(&self, value: &str) -> Option<&'g Node> {
+        self.producers.get(value).map(|&i| &self.g.nodes[i])
+    }
+
+    fn sole_reader(&self, value: &str, reader: &Node) -> bool {
+        !self.g.outputs.iter().any(|o| o == value) && self.consumers.get(value).is_some_and(|c| c.len() == 1 && self.g.nodes[c[0]].name == reader.name)
+    }
+
+    /// If `value` is a DequantizeLinear of a quantized activation: (quantized value, its grid).
+    fn activation_dq(&self, value: &str) -> Option<(&'g str, Grid)> {
+        let n = self.producer(value)?;
+        if !matches!(n.op, Op::DequantizeLinear { .. }) || self.g.initializers.contains_key(&n.inputs[0]) {
+            return None;
+        }
+        let (grid, _) = node_grid(self.g, n)?;
+        Some((n.inputs[0].as_str(), grid))
+    }
+
+    /// Conv (or Gemm treated as a 1×1 conv) lowered to an integer step, if its inputs allow.
+    /// Returns (activation source, input grid, weight parts as (int weights OIHW, params),
+    /// real bias, geometry, per-image output shape).
+    #[allow(clippy::type_complexity)]
+    fn conv_like(&self, n: &'g Node) -> Option<(&'g str, Grid, ConstDq, Option<Vec<f64>>, ConvGeometry, Vec<usize>)> {
+        let (src, grid) = self.activation_dq(&n.inputs[0])?;
+        let w_node = self.producer(&n.inputs[1])?;
+        let mut w = const_dq(self.g, w_node)?;
+        if !w.params.is_per_tensor() && w.params.axis != Some(0) {
+            // Gemm without transB has output channels on axis 1: transpose below handles it.
+            if !matches!(n.op, Op::Gemm { trans_b: false, .. }) || w.params.axis != Some(1) {
+                return None;
+            }
+        }
+        let in_shape = self.g.shape(&n.inputs[0])?;
+        let (geom, out_shape) = match &n.op {
+            Op::Conv(c) => {
+                let out = self.g.shape(&n.outputs[0])?;
+                (ConvGeometry { in_c: in_shape[1], in_h: in_shape[2], in_w: in_shape[3], out_c: out[1], out_h: out[2], out_w: out[3], kernel: c.kernel, strides: c.strides, dilations: c.dilations, pad_top: c.pads[0], pad_left: c.pads[1], group: c.group }, out[1..].to_vec())
+            }
+            Op::Gemm { alpha, beta, trans_a: false, trans_b } if *alpha == 1.0 && *beta == 1.0 && in_shape.len() == 2 => {
+                if !trans_b {
+                    // Store as [N, K] so every output channel's weights are contiguous.
+                    let (k, nn) = (w.values.shape[0], w.values.shape[1]);
+                    let v = w.values.to_i32_vec();
+                    let t: Vec<i32> = (0..nn * k).map(|i| v[(i % k) * nn + i / k]).collect();
+                    let data = match w.values.dtype() {
+                        DType::U8 => TensorData::U8(t.iter().map(|&x| x as u8).collect()),
+                        _ => TensorData::I8(t.iter().map(|&x| x as i8).collect()),
+                    };
+                    w.values = Tensor { shape: vec![nn, k], data };
+                    if w.params.axis.is_some() {
+                        w.params.axis = Some(0);
+                    }
+                }
+                let k = in_shape[1];
+                let nn = w.values.shape[0];
+                (ConvGeometry { in_c: k, in_h: 1, in_w: 1, out_c: nn, out_h: 1, out_w: 1, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, vec![nn])
+            }
+            _ => return None,
+        };
+        let bias = match n.inputs.get(2).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(b) => match self.g.initializer(b) {
+                Some(t) => Some(t.to_f32_vec().iter().map(|&x| x as f64).collect::<Vec<f64>>()),
+                None => {
+                    let c = const_dq(self.g, self.producer(b)?)?;
+                    let q = c.values.to_i32_vec();
+                    Some(q.iter().enumerate().map(|(i, &v)| (v - c.params.zero_point_at(if c.params.is_per_tensor() { 0 } else { i })) as f64 * c.params.scale_at(if c.params.is_per_tensor() { 0 } else { i }) as f64).collect())
+                }
+            },
+        };
+        if bias.as_ref().is_some_and(|b| b.len() != geom.out_c) {
+            return None;
+        }
+        Some((src, grid, w, bias, geom, out_shape))
+    }
+
+    /// Conv nodes summed by a tree of Adds into `value` (each read only by that tree).
+    fn conv_parts(&self, value: &str, reader: &Node) -> Option<Vec<&'g Node>> {
+        let p = self.producer(value)?;
+        if !self.sole_reader(value, reader) {
+            return None;
+        }
+        match p.op {
+            Op::Conv(_) => Some(vec![p]),
+            Op::Add => {
+                let mut a = self.conv_parts(&p.inputs[0], p)?;
+                a.extend(self.conv_parts(&p.inputs[1], p)?);
+                Some(a)
+            }
+            _ => None,
+        }
+    }
+
+    fn build_conv(&self, parts: &[&'g Node], out: Grid) -> Option<(&'g str, Step)> {
+        let mut lowered = Vec::new();
+        for n in parts {
+            lowered.push(self.conv_like(n)?);
+        }
+        let (src, in_grid, _, _, geom, out_shape) = &lowered[0];
+        if lowered.iter().any(|l| l.0 != *src || l.1 != *in_grid || l.4 != *geom) {
+            return None;
+        }
+        // Real multipliers s_in·s_w[c]/s_out of every part and channel, on one common shift.
+        let reals: Vec<Vec<f64>> = lowered
+            .iter()
+            .map(|l| (0..geom.out_c).map(|c| in_grid.scale as f64 * l.2.params.scale_at(if l.2.params.is_per_tensor() { 0 } else { c }) as f64 / out.scale as f64).collect())
+            .collect();
+        let flat: Vec<f64> = reals.iter().flatten().copied().collect();
+        let (_, shift) = Requant::common(&flat);
+        let scale = (shift as f64).exp2();
+        let mut conv_parts = Vec::new();
+        let mut bias_fixed = vec![0i64; geom.out_c];
+        for (l, r) in lowered.iter().zip(&reals) {
+            let w = &l.2;
+            let per = w.values.len() / geom.out_c;
+            let q = w.values.to_i32_vec();
+            let weight: Vec<i16> = q.iter().enumerate().map(|(i, &v)| (v - w.params.zero_point_at(if w.params.is_per_tensor() { 0 } else { i / per })) as i16).collect();
+            let requant: Vec<Requant> = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
+            if let Some(b) = &l.3 {
+                for c in 0..geom.out_c {
+                    bias_fixed[c] += (b[c] / out.scale as f64 * scale).round() as i64;
+                }
+            }
+            conv_parts.push(ConvPart { weight, requant });
+        }
+        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, geom: *geom, out_shape_per_image: out_shape.clone() };
+        Some((src, step))
+    }
+}
+
+fn q_of(grid: Grid, real: f32) -> i32 {
+    ((real / grid.scale).round_ties_even() as i64 + grid.zp as i64).clamp(0, 255) as i32
+}
+
+impl Int8Engine {
+    pub fn new(g: &Graph) -> Result<Int8Engine, RuntimeError> {
+        if g.inputs.len() != 1 {
+            return Err(RuntimeError::Other("the int8 engine runs models with one input".into()));
+        }
+        let mut lw = Lowering { g, producers: g.producers(), consumers: g.consumers(), const_dqs: HashMap::new(), slot_of: HashMap::new() };
+        for n in &g.nodes {
+            if matches!(n.op, Op::DequantizeLinear { .. }) {
+                if let Some(c) = const_dq(g, n) {
+                    lw.const_dqs.insert(n.outputs[0].clone(), c);
+                }
+            }
+        }
+        // Pass 1: decide the integer steps, keyed by the QuantizeLinear they end in.
+        let mut int_steps: HashMap<usize, (Vec<String>, Step)> = HashMap::new();
+        let mut absorbed: HashSet<usize> = HashSet::new();
+        let index: HashMap<&str, usize> = g.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        for (qi, qn) in g.nodes.iter().enumerate() {
+            if !matches!(qn.op, Op::QuantizeLinear { .. }) {
+                continue;
+            }
+            let Some((out, _int8)) = node_grid(g, qn) else { continue };
+            let x = &qn.inputs[0];
+            let Some(p) = lw.producer(x) else { continue };
+            if !lw.sole_reader(x, qn) {
+                continue;
+            }
+            let lowered: Option<(Vec<&str>, Vec<&Node>, Step)> = match &p.op {
+                Op::Conv(_) | Op::Gemm { .. } | Op::Add if lw.conv_parts(x, qn).is_some() || matches!(p.op, Op::Gemm { .. }) => {
+                    let parts = if matches!(p.op, Op::Gemm { .. }) { vec![p] } else { lw.conv_parts(x, qn).expect("checked") };
+                    lw.build_conv(&parts, out).map(|(src, step)| {
+                        let mut covered: Vec<&Node> = parts.clone();
+                        // The Adds of a split are absorbed too.
+                        let mut frontier = vec![p];
+                        while let Some(a) = frontier.pop() {
+                            if matches!(a.op, Op::Add) {
+                                covered.push(a);
+                                for i in &a.inputs {
+                                    if let Some(pp) = lw.producer(i) {
+                                        frontier.push(pp);
+                                    }
+                                }
+                            }
+                        }
+                        (vec![src], covered, step)
+                    })
+                }
+                Op::Add => {
+                    match (lw.activation_dq(&p.inputs[0]), lw.activation_dq(&p.inputs[1])) {
+                        (Some((a, ga)), Some((b, gb))) if g.shape(&p.inputs[0]) == g.shape(&p.inputs[1]) => {
+                            let (ms, shift) = Requant::common(&[ga.scale as f64 / out.scale as f64, gb.scale as f64 / out.scale as f64]);
+                            Some((vec![a, b], vec![p], Step::Add { a: 0, b: 0, output: 0, za: ga.zp, zb: gb.zp, ma: ms[0].multiplier, mb: ms[1].multiplier, shift, out }))
+                        }
+                        _ => None,
+                    }
+                }
+                Op::GlobalAveragePool => lw.activation_dq(&p.inputs[0]).and_then(|(a, ga)| {
+                    let shape = g.shape(&p.inputs[0])?;
+                    let hw: usize = shape[2..].iter().product();
+                    let r = Requant::new(ga.scale as f64 / (out.scale as f64 * hw as f64));
+                    Some((vec![a], vec![p], Step::GlobalAvgPool { input: 0, output: 0, zp_in: ga.zp, requant: r, out }))
+                }),
+                Op::Relu | Op::Clip { .. } | Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity => lw.activation_dq(&p.inputs[0]).map(|(a, ga)| {
+                    let (qmin, qmax) = match p.op {
+                        Op::Relu => (q_of(out, 0.0), 255),
+                        Op::Clip { min, max } => (if min.is_finite() { q_of(out, min) } else { 0 }, if max.is_finite() { q_of(out, max) } else { 255 }),
+                        _ => (0, 255),
+                    };
+                    let shape = if matches!(p.op, Op::Flatten { .. } | Op::Reshape { .. }) { g.shape(&p.outputs[0]).map(|s| s[1..].to_vec()) } else { None };
+                    let r = Requant::new(ga.scale as f64 / out.scale as f64);
+                    (vec![a], vec![p], Step::Requantize { input: 0, output: 0, zp_in: ga.zp, requant: r, out, qmin, qmax, shape })
+                }),
+                _ => None,
+            };
+            if let Some((srcs, covered, step)) = lowered {
+                for c in &covered {
+                    absorbed.insert(index[c.name.as_str()]);
+                }
+                int_steps.insert(qi, (srcs.into_iter().map(String::from).collect(), step));
+            }
+        }
+        // Which activation DequantizeLinear outputs are still read in float.
+        let float_readers_of = |value: &str| -> bool {
+            g.outputs.iter().any(|o| o == value) || lw.consumers.get(value).is_some_and(|cs| cs.iter().any(|&c| !absorbed.contains(&c) && !int_steps.contains_key(&c)))
+        };
+        let needed_dq: HashSet<usize> = g
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.op, Op::DequantizeLinear { .. }) && !lw.const_dqs.contains_key(&n.outputs[0]) && float_readers_of(&n.outputs[0]))
+            .map(|(i, _)| i)
+            .collect();
+        // Pass 2: emit steps in graph order.
+        let input_slot = lw.slot(&g.inputs[0]);
+        let mut steps = Vec::new();
+        let mut float_ops = Vec::new();
+        for (i, n) in g.nodes.iter().enumerate() {
+            if let Some((srcs, mut step)) = int_steps.remove(&i) {
+                let output = lw.slot(&n.outputs[0]);
+                let ins: Vec<usize> = srcs.iter().map(|s| lw.slot(s)).collect();
+                match &mut step {
+                    Step::Conv { input, output: o, .. } | Step::GlobalAvgPool { input, output: o, .. } | Step::Requantize { input, output: o, .. } => {
+                        *input = ins[0];
+                        *o = output;
+                    }
+                    Step::Add { a, b, output: o, .. } => {
+                        *a = ins[0];
+                        *b = ins[1];
+                        *o = output;
+                    }
+                    _ => unreachable!("only integer steps are planned in pass 1"),
+                }
+                steps.push(step);
+                continue;
+            }
+            if absorbed.contains(&i) || lw.const_dqs.contains_key(&n.outputs[0]) {
+                continue;
+            }
+            match n.op {
+                Op::DequantizeLinear { .. } => {
+                    if needed_dq.contains(&i) {
+                        let (grid, _) = node_grid(g, n).ok_or_else(|| err(n, "per-axis activation quantization is not supported"))?;
+                        let (input, output) = (lw.slot(&n.inputs[0]), lw.slot(&n.outputs[0]));
+                        steps.push(Step::Dequantize { input, output, grid });
+                    }
+                }
+                Op::QuantizeLinear { .. } => {
+                    let (grid, _) = node_grid(g, n).ok_or_else(|| err(n, "per-axis activation quantization is not supported"))?;
+                    let (input, output) = (lw.slot(&n.inputs[0]), lw.slot(&n.outputs[0]));
+                    steps.push(Step::Quantize { input, output, grid });
+                }
+                _ => {
+                    float_ops.push(format!("{} ({})", n.name, n.op.name()));
+                    let args = n
+                        .inputs
+                        .iter()
+                        .map(|v| {
+                            if v.is_empty() {
+                                Arg::None
+                            } else if let Some(t) = g.initializer(v) {
+                                Arg::Const(t.clone())
+                            } else if let Some(c) = lw.const_dqs.get(v) {
+                                Arg::Const(dequantize_const(c))
+                            } else {
+                                Arg::Slot(lw.slot(v))
+                            }
+                        })
+                        .collect();
+                    let output = lw.slot(&n.outputs[0]);
+                    steps.push(Step::Float { node: n.clone(), args, output });
+                }
+            }
+        }
+        let output_slots = g.outputs.iter().map(|o| lw.slot(o)).collect();
+        let int_count = steps.iter().filter(|s| matches!(s, Step::Conv { .. } | Step::Add { .. } | Step::GlobalAvgPool { .. } | Step::Requantize { .. })).count();
+        Ok(Int8Engine { steps, slots: lw.slot_of.len(), input_slot, output_slots, float_ops, int_steps: int_count })
+    }
+
+    /// Ops that run in FP32 (between dequantize and quantize) because no integer kernel covers
+    /// them: "name (OpType)".
+    pub fn float_ops(&self) -> &[String] {
+        &self.float_ops
+    }
+
+    pub fn integer_steps(&self) -> usize {
+        self.int_steps
+    }
+
+    pub fn run(&self, input: Tensor) -> Result<Vec<Tensor>, RuntimeError> {
+        let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
+        vals[self.input_slot] = Some(Value::F(input));
+        let mut scratch = Scratch::default();
+        let mut fscratch = Vec::new();
+        for step in &self.steps {
+            match step {
+                Step::Quantize { input, output, grid } => {
+                    let Some(Value::F(t)) = &vals[*input] else { return Err(RuntimeError::Other("quantize of a non-float value".into())) };
+                    let x = t.as_f32().map_err(|e| RuntimeError::Other(e.to_string()))?;
+                    // Same rounding as QuantizeLinear; int8 grids arrive already shifted into uint8.
+                    let data = x.iter().map(|&v| q_of(*grid, v) as u8).collect();
+                    vals[*output] = Some(Value::Q { shape: t.shape.clone(), data });
+                }
+                Step::Dequantize { input, output, grid } => {
+                    let Some(Value::Q { shape, data }) = &vals[*input] else { return Err(RuntimeError::Other("dequantize of a non-quantized value".into())) };
+                    let f = data.iter().map(|&q| (q as i32 - grid.zp) as f32 * grid.scale).collect();
+                    vals[*output] = Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
+                }
+                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, geom, out_shape_per_image } => {
+                    let Some(Value::Q { shape, data }) = &vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
+                    let images = shape[0];
+                    let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
+                    let mut o = vec![0u8; images * osz];
+                    for b in 0..images {
+                        q8::conv_q8(&data[b * isz..(b + 1) * isz], *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, &mut o[b * osz..(b + 1) * osz], &mut scratch);
+                    }
+                    let mut s = vec![images];
+                    s.extend_from_slice(out_shape_per_image);
+                    vals[*output] = Some(Value::Q { shape: s, data: o });
+                }
+                Step::Add { a, b, output, za, zb, ma, mb, shift, out } => {
+                    let (Some(Value::Q { shape, data: da }), Some(Value::Q { data: db, .. })) = (&vals[*a], &vals[*b]) else { return Err(RuntimeError::Other("add inputs are not quantized".into())) };
+                    let mut o = vec![0u8; da.len()];
+                    q8::add_q8(da, *za, *ma, db, *zb, *mb, *shift, out.zp, 0, 255, &mut o);
+                    vals[*output] = Some(Value::Q { shape: shape.clone(), data: o });
+                }
+                Step::GlobalAvgPool { input, output, zp_in, requant, out } => {
+                    let Some(Value::Q { shape, data }) = &vals[*input] else { return Err(RuntimeError::Other("pool input is not quantized".into())) };
+                    let (n, c) = (shape[0], shape[1]);
+                    let per = data.len() / n;
+                    let mut o = vec![0u8; n * c];
+                    for b in 0..n {
+                        q8::global_avg_pool_q8(&data[b * per..(b + 1) * per], c, *zp_in, *requant, out.zp, &mut o[b * c..(b + 1) * c]);
+                    }
+                    vals[*output] = Some(Value::Q { shape: vec![n, c, 1, 1], data: o });
+                }
+                Step::Requantize { input, output, zp_in, requant, out, qmin, qmax, shape: new_shape } => {
+                    let Some(Value::Q { shape, data }) = &vals[*input] else { return Err(RuntimeError::Other("input is not quantized".into())) };
+                    let mut o = vec![0u8; data.len()];
+                    q8::requantize_u8(data, *zp_in, *requant, out.zp, *qmin, *qmax, &mut o);
+                    let s = match new_shape {
+                        Some(ns) => std::iter::once(shape[0]).chain(ns.iter().copied()).collect(),
+                        None => shape.clone(),
+                    };
+                    vals[*output] = Some(Value::Q { shape: s, data: o });
+                }
+                Step::Float { node, args, output } => {
+                    let refs: Vec<Option<&Tensor>> = args
+                        .iter()
+                        .map(|a| match a {
+                            Arg::Slot(s) => match &vals[*s] {
+                                Some(Value::F(t)) => Some(t),
+                                _ => None,
+                            },
+                            Arg::Const(t) => Some(t),
+                            Arg::None => None,
+                        })
+                        .collect();
+                    let r = eval_node(node, &refs, &mut fscratch)?;
+                    vals[*output] = Some(Value::F(r));
+                }
+            }
+        }
+        self.output_slots
+            .iter()
+            .map(|&s| match vals[s].take() {
+                Some(Value::F(t)) => Ok(t),
+                Some(Value::Q { shape, data }) => Ok(Tensor { shape, data: TensorData::U8(data) }),
+                None => Err(RuntimeError::Other("graph output was not computed".into())),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Latency of subq's engines vs ONNX Runtime on the same models, same machine, one run.
+# Builds release, runs `subq bench` and tools/ort_bench.py (both batch 1, 1 thread by default)
+# and prints a markdown table on stdout (progress goes to stderr).
+#
+#   bash tools/bench.sh            # RUNS=200 WARMUP=20 THREADS=1 by default
+#   RUNS=50 bash tools/bench.sh
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+M=assets/models
+
+# label | model for `subq bench` ("-": no subq row yet) | model for ONNX Runtime ("-": none).
+# Add int8 rows here once subq's int8 engine runs QDQ models, e.g.
+#   "EfficientNet-Lite0 int8 per-channel|$M/efficientnet_lite0.ort_qdq_per_channel.onnx|$M/efficientnet_lite0.ort_qdq_per_channel.onnx"
+ROWS=(
+    "EfficientNet-Lite0 FP32 (224)|$M/efficientnet_lite0.onnx|$M/efficientnet_lite0.onnx"
+    "MobileNetV2-1.0 dogs FP32 (160)|$M/mobilenetv2_1.0_160_dogs.onnx|$M/mobilenetv2_1.0_160_dogs.onnx"
+    "EfficientNet-Lite0 int8 per-channel QDQ (ORT only)|-|$M/efficientnet_lite0.ort_qdq_per_channel.onnx"
+    "MobileNetV2-1.0 dogs int8 per-channel QDQ (ORT only)|-|$M/mobilenetv2_1.0_160_dogs.ort_qdq_per_channel.onnx"
+)
+
+RUNS="${RUNS:-200}"
+WARMUP="${WARMUP:-20}"
+THREADS="${THREADS:-1}"
+
+log() { echo "bench.sh: $*" >&2; }
+
+PY="$(bash tools/setup_venv.sh)"
+log "building release"
+cargo build --release --quiet -p subq-cli >&2
+SUBQ="$ROOT/target/release/subq"
+
+median_of() { "$PY" -c 'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print("%.2f" % d["median_ms"])'; }
+
+ort_version="$("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)')"
+table="| model | subq median ms | ORT median ms | ratio subq/ORT |
+| --- | ---: | ---: | ---: |"
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r label subq_model ort_model <<<"$row"
+    s="—"; o="—"; r="—"
+    if [[ "$subq_model" != "-" ]]; then
+        log "subq bench $subq_model"
+        s="$("$SUBQ" bench --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" --model "$subq_model" --json | median_of)"
+    fi
+    if [[ "$ort_model" != "-" ]]; then
+        log "ort_bench $ort_model"
+        o="$("$PY" tools/ort_bench.py "$ort_model" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" --json | median_of)"
+    fi
+    if [[ "$s" != "—" && "$o" != "—" ]]; then
+        r="$("$PY" -c "print('%.2f' % ($s / $o))")"
+    fi
+    table+=$'\n'"| $label | $s | $o | $r |"
+done
+
+echo "$table"
+echo
+echo "Batch 1, $THREADS thread(s), $RUNS timed runs after $WARMUP warm-up, random input; ONNX Runtime $ort_version CPU, default graph optimizations; $(nproc) cores, $(date -u +%Y-%m-%d)."
