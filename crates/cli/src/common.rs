@@ -11,7 +11,8 @@ use subq_ir::Graph;
 pub const PREPROCESS_KEY: &str = "subq.preprocess";
 
 pub fn load_graph(path: &Path) -> Result<Graph> {
-    subq_onnx::load_model(path, &subq_onnx::ImportOptions::default()).with_context(|| format!("loading model {}", path.display()))
+    // The importer's errors already name the file.
+    Ok(subq_onnx::load_model(path, &subq_onnx::ImportOptions::default())?)
 }
 
 /// Folder with the bundled models and images. Set at build time; `SUBQ_ASSETS` overrides it.

@@ -210,7 +210,10 @@ pub fn infer_shapes(g: &mut Graph) -> Result<(), IrError> {
                 o
             }
             Op::Concat { axis } => {
-                let a = norm_axis(&node, *axis, x.len().saturating_sub(1))?;
+                let a = norm_axis(&node, *axis, x.len())?;
+                if a >= x.len() {
+                    return Err(IrError::node(&node, format!("axis {axis} out of range for rank {}", x.len())));
+                }
                 let mut o = x.clone();
                 for i in 1..node.inputs.len() {
                     let s = shape_of(i)?;

@@ -20,12 +20,71 @@ pub struct CalibOptions {
     pub progress: bool,
 }
 
-/// Observed [min, max] of every activation (graph inputs and node outputs) by value name.
+/// Observed [min, max] of every activation (graph inputs and node outputs) by value name, and
+/// per-channel first and second moments (what split selection and bias correction weigh
+/// weight errors with).
 #[derive(Clone, Debug, Default)]
 pub struct Calibration {
     pub ranges: BTreeMap<String, (f32, f32)>,
+    pub moments: BTreeMap<String, ChannelMoments>,
     pub images: usize,
     pub skipped: Vec<String>,
+}
+
+/// Per-channel (axis 1) sums over batch and spatial positions.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelMoments {
+    pub count: f64,
+    pub sum: Vec<f64>,
+    pub sum_sq: Vec<f64>,
+}
+
+impl ChannelMoments {
+    pub fn observe(&mut self, t: &Tensor) {
+        let Ok(v) = t.as_f32() else { return };
+        if t.shape.len() < 2 {
+            return;
+        }
+        let c = t.shape[1];
+        let inner: usize = t.shape[2..].iter().product();
+        if self.sum.is_empty() {
+            self.sum = vec![0.0; c];
+            self.sum_sq = vec![0.0; c];
+        }
+        for (i, chunk) in v.chunks(inner.max(1)).enumerate() {
+            let ch = i % c;
+            let (mut s, mut s2) = (0f64, 0f64);
+            for &x in chunk {
+                s += x as f64;
+                s2 += (x as f64) * (x as f64);
+            }
+            self.sum[ch] += s;
+            self.sum_sq[ch] += s2;
+        }
+        self.count += (v.len() / c) as f64;
+    }
+
+    pub fn merge(&mut self, o: &ChannelMoments) {
+        if self.sum.is_empty() {
+            *self = o.clone();
+            return;
+        }
+        for (a, b) in self.sum.iter_mut().zip(&o.sum) {
+            *a += b;
+        }
+        for (a, b) in self.sum_sq.iter_mut().zip(&o.sum_sq) {
+            *a += b;
+        }
+        self.count += o.count;
+    }
+
+    pub fn mean(&self) -> Vec<f64> {
+        self.sum.iter().map(|s| s / self.count.max(1.0)).collect()
+    }
+
+    pub fn mean_sq(&self) -> Vec<f64> {
+        self.sum_sq.iter().map(|s| s / self.count.max(1.0)).collect()
+    }
 }
 
 fn bar(len: usize, msg: &str, show: bool) -> ProgressBar {
@@ -80,17 +139,26 @@ pub fn calibrate_tensors(g: &Graph, inputs: &[Tensor], observer: ObserverKind, p
     let input_name = g.inputs[0].clone();
     // Pass 1: min/max of every value.
     let minmax: Mutex<BTreeMap<String, MinMax>> = Mutex::new(BTreeMap::new());
+    let moments: Mutex<BTreeMap<String, ChannelMoments>> = Mutex::new(BTreeMap::new());
     let b = bar(inputs.len(), "calibrating (min/max)", progress);
     inputs.par_iter().try_for_each(|x| -> Result<(), QuantError> {
         let mut local: BTreeMap<String, MinMax> = BTreeMap::new();
+        let mut local_moments: BTreeMap<String, ChannelMoments> = BTreeMap::new();
         local.entry(input_name.clone()).or_default().observe(x.as_f32().expect("f32 input"));
+        local_moments.entry(input_name.clone()).or_default().observe(x);
         exec.run_observed(vec![x.clone()], &mut |name, t| {
             if let Ok(v) = t.as_f32() {
                 local.entry(name.to_string()).or_default().observe(v);
+                local_moments.entry(name.to_string()).or_default().observe(t);
             }
         })?;
         let mut global = minmax.lock().unwrap();
         for (k, m) in local {
+            global.entry(k).or_default().merge(&m);
+        }
+        drop(global);
+        let mut global = moments.lock().unwrap();
+        for (k, m) in local_moments {
             global.entry(k).or_default().merge(&m);
         }
         b.inc(1);
@@ -134,5 +202,5 @@ pub fn calibrate_tensors(g: &Graph, inputs: &[Tensor], observer: ObserverKind, p
             })
             .collect()
     };
-    Ok(Calibration { ranges, images: inputs.len(), skipped: Vec::new() })
+    Ok(Calibration { ranges, moments: moments.into_inner().unwrap(), images: inputs.len(), skipped: Vec::new() })
 }

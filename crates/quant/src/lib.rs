@@ -6,7 +6,7 @@ pub mod calibrate;
 pub mod plan;
 pub mod qdq;
 
-pub use calibrate::{calibrate, calibrate_tensors, CalibOptions, Calibration};
+pub use calibrate::{calibrate, calibrate_tensors, CalibOptions, Calibration, ChannelMoments};
 pub use plan::{make_plan, QuantPlan, WeightPart, WeightScheme};
 pub use qdq::build_qdq_graph;
 

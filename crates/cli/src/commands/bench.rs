@@ -9,7 +9,6 @@ use rayon::prelude::*;
 use serde::Serialize;
 use subq_eval::{image_input_shape, RunModel};
 use subq_ir::Graph;
-use subq_runtime::Fp32Executor;
 use subq_tensor::Tensor;
 
 use crate::common::load_graph;
@@ -37,7 +36,7 @@ pub struct BenchArgs {
 /// The engine that runs `g`. This is the one place to change when another engine (e.g. the
 /// int8 executor for QDQ models) implements [`RunModel`].
 fn engine<'g>(g: &'g Graph) -> Result<Box<dyn RunModel + 'g>> {
-    Ok(Box::new(Fp32Executor::new(g)))
+    Ok(subq_eval::engine_for(g)?)
 }
 
 #[derive(Debug, Serialize)]
