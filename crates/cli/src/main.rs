@@ -24,6 +24,8 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Calibrate on images and write a quantized QDQ ONNX model.
     Quantize(commands::quantize::QuantizeArgs),
+    /// Table of schemes for one model: FP32, per-channel, per-tensor, CLE + bias correction, subtensor, data-free subtensor.
+    Compare(commands::compare::CompareArgs),
     /// Run the main job on the bundled model and images (no arguments needed).
     Demo(commands::demo::DemoArgs),
     /// Measure latency: median/p10/p90 per image, threads, peak memory.
@@ -41,6 +43,7 @@ fn main() {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Demo(a) => commands::demo::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Compare(a) => commands::compare::run(a),
         Command::Bench(a) => commands::bench::run(a),
     };
     if let Err(e) = result {

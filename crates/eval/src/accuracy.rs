@@ -139,3 +139,71 @@ mod tests {
         assert_eq!(top_k(&[1.0, 1.0], 1), vec![0]);
     }
 }
+
+/// Scores of a model on already-decoded inputs, against labels and optionally reference logits
+/// (both indexed like `inputs`). Returns the report and the model's logits per input.
+pub fn evaluate_tensors(model: &dyn RunModel, inputs: &[Tensor], labels: &[Option<usize>], reference: Option<&[Vec<f32>]>, progress: bool) -> Result<(EvalReport, Vec<Vec<f32>>), EvalError> {
+    let bar = if progress { ProgressBar::new(inputs.len() as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_message(model.describe());
+    let logits: Vec<Vec<f32>> = inputs
+        .par_iter()
+        .map(|x| {
+            let out = model.run(x.clone())?;
+            bar.inc(1);
+            Ok(out.as_f32().map_err(|e| EvalError::Model(e.to_string()))?.to_vec())
+        })
+        .collect::<Result<_, EvalError>>()?;
+    bar.finish_and_clear();
+    let mut t = Tally::default();
+    for (i, l) in logits.iter().enumerate() {
+        let top = top_k(l, 5);
+        t.n += 1;
+        if let Some(Some(label)) = labels.get(i) {
+            t.top1 += (top[0] == *label) as usize;
+            t.top5 += top.contains(label) as usize;
+        }
+        if let Some(r) = reference.and_then(|r| r.get(i)) {
+            let rtop = top_k(r, 1)[0];
+            t.agree += (rtop == top[0]) as usize;
+            if let Some(Some(label)) = labels.get(i) {
+                t.ref_top1 += (rtop == *label) as usize;
+            }
+            for (&a, &b) in r.iter().zip(l) {
+                t.signal += (a as f64).powi(2);
+                t.noise += ((a - b) as f64).powi(2);
+            }
+        }
+    }
+    let frac = |c: usize| if t.n == 0 { 0.0 } else { c as f64 / t.n as f64 };
+    let has_labels = labels.iter().any(|l| l.is_some());
+    let has_ref = reference.is_some();
+    let report = EvalReport {
+        model: model.describe(),
+        n: t.n,
+        skipped: Vec::new(),
+        top1: has_labels.then(|| frac(t.top1)),
+        top5: has_labels.then(|| frac(t.top5)),
+        agreement: has_ref.then(|| frac(t.agree)),
+        sqnr_db: has_ref.then(|| if t.noise == 0.0 { f64::INFINITY } else { 10.0 * (t.signal / t.noise).log10() }),
+        reference_top1: (has_ref && has_labels).then(|| frac(t.ref_top1)),
+    };
+    Ok((report, logits))
+}
+
+/// Median wall time of `runs` single-image runs (after `warmup`), in milliseconds, on the
+/// calling thread.
+pub fn median_latency_ms(model: &dyn RunModel, input: &Tensor, warmup: usize, runs: usize) -> Result<f64, EvalError> {
+    for _ in 0..warmup {
+        model.run(input.clone())?;
+    }
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let x = input.clone();
+        let t0 = std::time::Instant::now();
+        model.run(x)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(times[times.len() / 2])
+}

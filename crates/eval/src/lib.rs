@@ -4,7 +4,7 @@ pub mod accuracy;
 pub mod inspect;
 pub mod model;
 
-pub use accuracy::{evaluate, EvalOptions, EvalReport};
+pub use accuracy::{evaluate, evaluate_tensors, median_latency_ms, EvalOptions, EvalReport};
 pub use model::{engine_for, image_input_shape, RunModel};
 
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,9 @@ pub enum Op {
     Clip { min: f32, max: f32 },
     Add,
     Mul,
+    /// Element-wise minimum of two tensors (broadcasting). Per-channel ReLU6 bounds after
+    /// cross-layer equalization are `Min(Relu(x), bound[1,C,1,1])`.
+    Min,
     Sigmoid,
     HardSigmoid { alpha: f32, beta: f32 },
     HardSwish,
@@ -80,6 +83,7 @@ impl Op {
             Op::Clip { .. } => "Clip",
             Op::Add => "Add",
             Op::Mul => "Mul",
+            Op::Min => "Min",
             Op::Sigmoid => "Sigmoid",
             Op::HardSigmoid { .. } => "HardSigmoid",
             Op::HardSwish => "HardSwish",
@@ -104,7 +108,7 @@ impl Op {
         match self {
             Op::Conv(_) => (2, 3),
             Op::BatchNorm { .. } => (5, 5),
-            Op::Add | Op::Mul | Op::MatMul => (2, 2),
+            Op::Add | Op::Mul | Op::Min | Op::MatMul => (2, 2),
             Op::Gemm { .. } => (2, 3),
             Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => (2, 3),
             Op::Concat { .. } => (1, usize::MAX),

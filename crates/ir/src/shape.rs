@@ -141,7 +141,7 @@ pub fn infer_shapes(g: &mut Graph) -> Result<(), IrError> {
                 x
             }
             Op::Relu | Op::Clip { .. } | Op::Sigmoid | Op::HardSigmoid { .. } | Op::HardSwish | Op::Identity | Op::Softmax { .. } => x,
-            Op::Add | Op::Mul => broadcast(&node, &x, &shape_of(1)?)?,
+            Op::Add | Op::Mul | Op::Min => broadcast(&node, &x, &shape_of(1)?)?,
             Op::Pad { pads, .. } => {
                 if pads.len() != 2 * x.len() {
                     return Err(IrError::node(&node, format!("pads has {} entries for a rank-{} input", pads.len(), x.len())));

@@ -128,7 +128,7 @@ pub fn export_model(g: &Graph) -> Vec<u8> {
                     attribute.push(int("axis", *axis));
                 }
             }
-            Op::Relu | Op::Add | Op::Mul | Op::Sigmoid | Op::HardSwish | Op::GlobalAveragePool | Op::MatMul | Op::Identity => {}
+            Op::Relu | Op::Add | Op::Mul | Op::Min | Op::Sigmoid | Op::HardSwish | Op::GlobalAveragePool | Op::MatMul | Op::Identity => {}
         }
         nodes.push(NodeProto { input: inputs, output: n.outputs.clone(), name: n.name.clone(), op_type: n.op.name().into(), attribute, ..Default::default() });
     }

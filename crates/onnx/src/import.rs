@@ -267,11 +267,12 @@ impl Importer {
                 }
                 Op::Clip { min, max }
             }
-            "Add" | "Mul" | "Sigmoid" | "HardSwish" | "GlobalAveragePool" | "MatMul" | "Identity" => {
+            "Add" | "Mul" | "Min" | "Sigmoid" | "HardSwish" | "GlobalAveragePool" | "MatMul" | "Identity" => {
                 attrs.allow(&[])?;
                 match n.op_type.as_str() {
                     "Add" => Op::Add,
                     "Mul" => Op::Mul,
+                    "Min" => Op::Min,
                     "Sigmoid" => Op::Sigmoid,
                     "HardSwish" => Op::HardSwish,
                     "GlobalAveragePool" => Op::GlobalAveragePool,

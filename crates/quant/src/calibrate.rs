@@ -1,7 +1,6 @@
 //! Run the FP32 model over calibration images and record each activation's range.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -95,7 +94,7 @@ fn bar(len: usize, msg: &str, show: bool) -> ProgressBar {
 }
 
 /// Decode the calibration images once (they are reused by every pass).
-fn load_inputs(g: &Graph, items: &[ImageItem], opts: &CalibOptions) -> Result<(Vec<Tensor>, Vec<String>), QuantError> {
+pub fn load_inputs(g: &Graph, items: &[ImageItem], opts: &CalibOptions) -> Result<(Vec<Tensor>, Vec<String>), QuantError> {
     let shape = g.shape(&g.inputs[0]).ok_or_else(|| QuantError::Invalid("model input has no shape".into()))?.to_vec();
     if shape.len() != 4 || shape[1] != 3 {
         return Err(QuantError::Invalid(format!("model input has shape {shape:?}; calibration needs an N×3×H×W image input")));
@@ -133,65 +132,87 @@ pub fn calibrate(g: &Graph, items: &[ImageItem], opts: &CalibOptions) -> Result<
     Ok(c)
 }
 
+/// Calibration work is split into this many fixed chunks whose partial statistics are merged in
+/// order: floating-point sums then do not depend on thread count or scheduling, so the same
+/// images always give byte-identical models.
+const CHUNKS: usize = 8;
+
+fn chunked<T: Send>(inputs: &[Tensor], bar: &ProgressBar, work: impl Fn(&Tensor, &mut T) -> Result<(), QuantError> + Sync, fresh: impl Fn() -> T + Sync) -> Result<Vec<T>, QuantError> {
+    let size = inputs.len().div_ceil(CHUNKS).max(1);
+    inputs
+        .par_chunks(size)
+        .map(|chunk| {
+            let mut acc = fresh();
+            for x in chunk {
+                work(x, &mut acc)?;
+                bar.inc(1);
+            }
+            Ok(acc)
+        })
+        .collect()
+}
+
 /// Calibrate on already-preprocessed input tensors.
 pub fn calibrate_tensors(g: &Graph, inputs: &[Tensor], observer: ObserverKind, progress: bool) -> Result<Calibration, QuantError> {
     let exec = Fp32Executor::new(g);
     let input_name = g.inputs[0].clone();
-    // Pass 1: min/max of every value.
-    let minmax: Mutex<BTreeMap<String, MinMax>> = Mutex::new(BTreeMap::new());
-    let moments: Mutex<BTreeMap<String, ChannelMoments>> = Mutex::new(BTreeMap::new());
+    type Pass1 = (BTreeMap<String, MinMax>, BTreeMap<String, ChannelMoments>);
+    // Pass 1: min/max and channel moments of every value.
     let b = bar(inputs.len(), "calibrating (min/max)", progress);
-    inputs.par_iter().try_for_each(|x| -> Result<(), QuantError> {
-        let mut local: BTreeMap<String, MinMax> = BTreeMap::new();
-        let mut local_moments: BTreeMap<String, ChannelMoments> = BTreeMap::new();
-        local.entry(input_name.clone()).or_default().observe(x.as_f32().expect("f32 input"));
-        local_moments.entry(input_name.clone()).or_default().observe(x);
-        exec.run_observed(vec![x.clone()], &mut |name, t| {
-            if let Ok(v) = t.as_f32() {
-                local.entry(name.to_string()).or_default().observe(v);
-                local_moments.entry(name.to_string()).or_default().observe(t);
-            }
-        })?;
-        let mut global = minmax.lock().unwrap();
-        for (k, m) in local {
-            global.entry(k).or_default().merge(&m);
-        }
-        drop(global);
-        let mut global = moments.lock().unwrap();
-        for (k, m) in local_moments {
-            global.entry(k).or_default().merge(&m);
-        }
-        b.inc(1);
-        Ok(())
-    })?;
+    let partials: Vec<Pass1> = chunked(
+        inputs,
+        &b,
+        |x, (mm, mo): &mut Pass1| {
+            mm.entry(input_name.clone()).or_default().observe(x.as_f32().expect("f32 input"));
+            mo.entry(input_name.clone()).or_default().observe(x);
+            exec.run_observed(vec![x.clone()], &mut |name, t| {
+                if let Ok(v) = t.as_f32() {
+                    mm.entry(name.to_string()).or_default().observe(v);
+                    mo.entry(name.to_string()).or_default().observe(t);
+                }
+            })?;
+            Ok(())
+        },
+        Default::default,
+    )?;
     b.finish_and_clear();
-    let minmax = minmax.into_inner().unwrap();
+    let (mut minmax, mut moments): Pass1 = Default::default();
+    for (mm, mo) in partials {
+        for (k, m) in mm {
+            minmax.entry(k).or_default().merge(&m);
+        }
+        for (k, m) in mo {
+            moments.entry(k).or_default().merge(&m);
+        }
+    }
     let ranges = if !observer.needs_histogram() {
         minmax.iter().map(|(k, m)| (k.clone(), (m.min, m.max))).collect()
     } else {
         // Pass 2: histograms over the pass-1 ranges.
         let fresh = || -> BTreeMap<String, Histogram> { minmax.iter().map(|(k, m)| (k.clone(), Histogram::new(m.min.min(0.0), m.max.max(0.0)))).collect() };
-        let hists = Mutex::new(fresh());
         let b = bar(inputs.len(), "calibrating (histograms)", progress);
-        inputs.par_iter().try_for_each(|x| -> Result<(), QuantError> {
-            let mut local = fresh();
-            local.get_mut(&input_name).expect("input observed").observe(x.as_f32().expect("f32"));
-            exec.run_observed(vec![x.clone()], &mut |name, t| {
-                if let (Ok(v), Some(h)) = (t.as_f32(), local.get_mut(name)) {
-                    h.observe(v);
-                }
-            })?;
-            let mut global = hists.lock().unwrap();
-            for (k, h) in local {
-                global.get_mut(&k).expect("same keys").merge(&h);
-            }
-            b.inc(1);
-            Ok(())
-        })?;
+        let partials = chunked(
+            inputs,
+            &b,
+            |x, local: &mut BTreeMap<String, Histogram>| {
+                local.get_mut(&input_name).expect("input observed").observe(x.as_f32().expect("f32"));
+                exec.run_observed(vec![x.clone()], &mut |name, t| {
+                    if let (Ok(v), Some(h)) = (t.as_f32(), local.get_mut(name)) {
+                        h.observe(v);
+                    }
+                })?;
+                Ok(())
+            },
+            fresh,
+        )?;
         b.finish_and_clear();
+        let mut hists = fresh();
+        for p in partials {
+            for (k, h) in p {
+                hists.get_mut(&k).expect("same keys").merge(&h);
+            }
+        }
         hists
-            .into_inner()
-            .unwrap()
             .into_iter()
             .map(|(k, h)| {
                 let r = match observer {
@@ -202,5 +223,5 @@ pub fn calibrate_tensors(g: &Graph, inputs: &[Tensor], observer: ObserverKind, p
             })
             .collect()
     };
-    Ok(Calibration { ranges, moments: moments.into_inner().unwrap(), images: inputs.len(), skipped: Vec::new() })
+    Ok(Calibration { ranges, moments, images: inputs.len(), skipped: Vec::new() })
 }

@@ -2,13 +2,18 @@
 //! parameters ([`plan`]), and the QDQ graph built from it ([`qdq`]). The QDQ graph is what both
 //! the ONNX exporter writes and the int8 engine lowers, so the two cannot disagree.
 
+pub mod bias_correction;
 pub mod calibrate;
+pub mod data_free;
+pub mod pipeline;
 pub mod plan;
 pub mod qdq;
+pub mod split;
+pub mod subtensor;
 
 pub use calibrate::{calibrate, calibrate_tensors, CalibOptions, Calibration, ChannelMoments};
 pub use plan::{make_plan, QuantPlan, WeightPart, WeightScheme};
-pub use qdq::build_qdq_graph;
+pub use qdq::{build_qdq_graph, build_qdq_graph_with_map};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
@@ -21,3 +26,5 @@ pub enum QuantError {
     #[error("{0}")]
     Invalid(String),
 }
+pub use subtensor::{make_subtensor_plan, LayerDecision, SubtensorOptions, SubtensorPlan};
+pub use pipeline::{quantize, QuantConfig, QuantSummary, Scheme};

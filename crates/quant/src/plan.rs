@@ -48,6 +48,9 @@ pub struct QuantPlan {
     /// Relu/Clip nodes absorbed into their producer's output quantization (by node name): the
     /// output grid already saturates exactly where the activation would clamp.
     pub fused_activations: BTreeMap<String, ()>,
+    /// Per-channel bound nodes (Min with a constant, from equalized ReLU6) that read their
+    /// producer's float output directly: the producer gets no QuantizeLinear of its own.
+    pub attached_bounds: BTreeMap<String, ()>,
 }
 
 /// Axis of output channels in the weight of a Conv (OIHW) or Gemm.
@@ -108,6 +111,21 @@ pub fn make_plan(g: &Graph, calib: &Calibration, scheme: WeightScheme) -> Result
     }
     let consumers = g.consumers();
     let producers = g.producers();
+    // Conv → Relu → Min(bound): the Relu is fused and the Min attached when the Min's grid
+    // starts at 0; the quantization then happens once, after the bound.
+    let mut relu_grid_from: BTreeMap<String, String> = BTreeMap::new();
+    for n in &g.nodes {
+        if !matches!(n.op, Op::Min) || !g.initializers.contains_key(&n.inputs[1]) {
+            continue;
+        }
+        let Some(&ri) = producers.get(n.inputs[0].as_str()) else { continue };
+        let r = &g.nodes[ri];
+        let sole = |v: &str| consumers.get(v).is_some_and(|c| c.len() == 1) && !g.outputs.iter().any(|o| o == v);
+        let from_conv = producers.get(r.inputs[0].as_str()).is_some_and(|&p| matches!(g.nodes[p].op, Op::Conv(_) | Op::Gemm { .. }));
+        if matches!(r.op, Op::Relu) && sole(&n.inputs[0]) && sole(&r.inputs[0]) && from_conv {
+            relu_grid_from.insert(r.name.clone(), n.outputs[0].clone());
+        }
+    }
     for n in &g.nodes {
         let out = &n.outputs[0];
         let params = match n.op {
@@ -120,6 +138,15 @@ pub fn make_plan(g: &Graph, calib: &Calibration, scheme: WeightScheme) -> Result
             let w = g.initializer(&n.inputs[1]).ok_or_else(|| QuantError::Invalid(format!("node '{}': weight is not a constant", n.name)))?;
             let p = weight_params(w, output_axis(&n.op), scheme);
             plan.weights.insert(n.name.clone(), vec![WeightPart { values: w.clone(), params: p }]);
+        }
+        if let Some(min_out) = relu_grid_from.get(&n.name) {
+            let q = act(min_out)?;
+            if fusable(&n.op, &QParams { scale: q.scale.clone(), zero_point: q.zero_point.clone(), axis: None, range: q.range }) && q.zero_point[0] == 0 {
+                plan.fused_activations.insert(n.name.clone(), ());
+                let min_node = g.nodes.iter().find(|m| m.inputs[0] == n.outputs[0]).expect("Min reads the Relu");
+                plan.attached_bounds.insert(min_node.name.clone(), ());
+            }
+            continue;
         }
         if matches!(n.op, Op::Relu | Op::Clip { .. }) {
             let src = &n.inputs[0];

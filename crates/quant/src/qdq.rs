@@ -101,6 +101,14 @@ impl Builder<'_> {
 
 /// The QDQ graph of `g` (an FP32 graph with BatchNorm folded) under `plan`.
 pub fn build_qdq_graph(g: &Graph, plan: &QuantPlan) -> Result<Graph, QuantError> {
+    Ok(build_qdq_graph_with_map(g, plan)?.0)
+}
+
+/// Like [`build_qdq_graph`], also returning for every Conv/Gemm node the name of its float output
+/// before quantization in the QDQ graph (the sum of its parts, before any fused activation):
+/// what bias correction compares with the FP32 node's output.
+pub fn build_qdq_graph_with_map(g: &Graph, plan: &QuantPlan) -> Result<(Graph, BTreeMap<String, String>), QuantError> {
+    let mut pre_quant = BTreeMap::new();
     let mut b = Builder { src: g, out: Graph { name: g.name.clone(), inputs: g.inputs.clone(), outputs: g.outputs.clone(), metadata: g.metadata.clone(), opset: g.opset.max(13), ..Default::default() }, dequantized: HashMap::new() };
     for i in &g.inputs {
         b.out.shapes.insert(i.clone(), g.shapes[i].clone());
@@ -115,6 +123,8 @@ pub fn build_qdq_graph(g: &Graph, plan: &QuantPlan) -> Result<Graph, QuantError>
             renamed.insert(n.inputs[0].clone(), n.outputs[0].clone());
         }
     }
+    // Values read in float by an attached bound: no QuantizeLinear after their producer.
+    let unquantized: std::collections::BTreeSet<String> = g.nodes.iter().filter(|n| plan.attached_bounds.contains_key(&n.name)).map(|n| n.inputs[0].clone()).collect();
     for n in &g.nodes {
         if plan.fused_activations.contains_key(&n.name) {
             continue;
@@ -151,8 +161,20 @@ pub fn build_qdq_graph(g: &Graph, plan: &QuantPlan) -> Result<Graph, QuantError>
                     b.push(format!("{}_sum{k}", n.name), Op::Add, vec![acc, p.clone()], out.clone());
                     acc = out;
                 }
+                pre_quant.insert(n.name.clone(), produced_as.clone());
             }
-            _ => b.push(n.name.clone(), n.op.clone(), inputs, produced_as.clone()),
+            _ => {
+                // Constant operands of other ops (e.g. an equalized ReLU6 bound) stay float.
+                for i in &n.inputs {
+                    if let Some(t) = g.initializer(i) {
+                        b.add_init(i.clone(), t.clone());
+                    }
+                }
+                b.push(n.name.clone(), n.op.clone(), inputs, produced_as.clone())
+            }
+        }
+        if unquantized.contains(&value) {
+            continue;
         }
         let q = plan.activations.get(&value).ok_or_else(|| QuantError::Invalid(format!("no parameters for '{value}'")))?.clone();
         b.quantize_activation(&value, &produced_as, &q);
@@ -160,5 +182,5 @@ pub fn build_qdq_graph(g: &Graph, plan: &QuantPlan) -> Result<Graph, QuantError>
     let mut out = b.out;
     subq_ir::infer_shapes(&mut out)?;
     out.validate()?;
-    Ok(out)
+    Ok((out, pre_quant))
 }

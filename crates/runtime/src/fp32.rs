@@ -1,6 +1,7 @@
 //! Floating-point graph interpreter.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use subq_ir::{Graph, Node, Op};
 use subq_kernels::{f32 as k, ConvGeometry};
@@ -22,6 +23,77 @@ pub struct Fp32Executor<'g> {
     frees: Vec<Vec<usize>>,
     output_slots: Vec<usize>,
     input_slots: Vec<usize>,
+    /// Per node: for a Conv, the BatchNormalization / Relu / Clip nodes that run fused into
+    /// its output pass (execution-time only; the graph is unchanged).
+    fusion: Vec<Option<ConvFusion>>,
+    /// Nodes that run as part of an earlier Conv's fusion.
+    fused_into_conv: Vec<bool>,
+    /// Pad nodes whose padding the reading Conv applies (when not observing).
+    pad_into_conv: Vec<bool>,
+    /// Output buffers and scratch kept between runs, so steady-state runs neither allocate
+    /// nor fault in fresh pages for convolution outputs.
+    buffers: Mutex<BufferPool>,
+}
+
+/// The `run_observed` callback.
+type Observer<'o> = dyn FnMut(&str, &Tensor) + 'o;
+
+/// Post-ops run inside a Conv: an optional BatchNormalization (folded to a per-channel
+/// affine) then an optional Relu/Clip, each the only reader of the previous value.
+struct ConvFusion {
+    /// A zero Pad of the spatial axes producing the input (its only reader being this Conv):
+    /// unobserved, the Pad passes its input through and the Conv pads by [top, left, bottom,
+    /// right] more instead.
+    pad: Option<[usize; 4]>,
+    /// (BN node index, scale, shift), computed as `eval_node` computes BatchNormalization.
+    bn: Option<(usize, Vec<f32>, Vec<f32>)>,
+    /// (activation node index, lo, hi).
+    act: Option<(usize, f32, f32)>,
+}
+
+impl ConvFusion {
+    fn last_node(&self, conv: usize) -> usize {
+        self.act.map(|a| a.0).or(self.bn.as_ref().map(|b| b.0)).unwrap_or(conv)
+    }
+}
+
+#[derive(Default)]
+struct BufferPool {
+    free: Vec<Vec<f32>>,
+    scratch: Vec<f32>,
+}
+
+impl BufferPool {
+    /// Most buffers kept for reuse.
+    const KEEP: usize = 16;
+
+    /// A buffer of `n` elements with unspecified contents (the caller overwrites all of them).
+    fn take(&mut self, n: usize) -> Vec<f32> {
+        let best = self.free.iter().enumerate().filter(|(_, v)| v.capacity() >= n).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i);
+        let mut v = match best {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::with_capacity(n),
+        };
+        if v.len() >= n {
+            v.truncate(n);
+        } else {
+            v.resize(n, 0.0);
+        }
+        v
+    }
+
+    fn give(&mut self, t: Tensor) {
+        if let TensorData::F32(v) = t.data {
+            if v.capacity() >= 1024 {
+                self.free.push(v);
+                if self.free.len() > Self::KEEP {
+                    // Drop the smallest.
+                    let i = self.free.iter().enumerate().min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i).unwrap();
+                    self.free.swap_remove(i);
+                }
+            }
+        }
+    }
 }
 
 impl<'g> Fp32Executor<'g> {
@@ -55,7 +127,8 @@ impl<'g> Fp32Executor<'g> {
                 frees[i].push(s);
             }
         }
-        Fp32Executor { graph, slot_of, node_slots, frees, output_slots, input_slots }
+        let (fusion, fused_into_conv, pad_into_conv) = plan_fusion(graph, &node_slots, &output_slots, slot_of.len());
+        Fp32Executor { graph, slot_of, node_slots, frees, output_slots, input_slots, fusion, fused_into_conv, pad_into_conv, buffers: Mutex::new(BufferPool::default()) }
     }
 
     pub fn graph(&self) -> &Graph {
@@ -64,12 +137,16 @@ impl<'g> Fp32Executor<'g> {
 
     /// Run on the graph inputs (in `graph.inputs` order); returns the graph outputs in order.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
-        self.run_observed(inputs, &mut |_, _| {})
+        self.execute(inputs, None)
     }
 
     /// Run and show every node output to `observe(value_name, tensor)` as it is produced
     /// (calibration and per-layer error analysis hook in here).
     pub fn run_observed(&self, inputs: Vec<Tensor>, observe: &mut dyn FnMut(&str, &Tensor)) -> Result<Vec<Tensor>, RuntimeError> {
+        self.execute(inputs, Some(observe))
+    }
+
+    fn execute(&self, inputs: Vec<Tensor>, mut observe: Option<&mut Observer<'_>>) -> Result<Vec<Tensor>, RuntimeError> {
         let g = self.graph;
         if inputs.len() != g.inputs.len() {
             return Err(RuntimeError::MissingInput(g.inputs.get(inputs.len()).cloned().unwrap_or_default()));
@@ -83,27 +160,197 @@ impl<'g> Fp32Executor<'g> {
             }
             slots[s] = Some(t);
         }
-        let mut scratch = Vec::new();
+        // Another thread running the same executor gets a fresh pool rather than waiting.
+        let mut pool = self.buffers.try_lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
         for (i, n) in g.nodes.iter().enumerate() {
-            let (ins, out) = &self.node_slots[i];
-            let args: Vec<Option<&Tensor>> = n
-                .inputs
-                .iter()
-                .zip(ins)
-                .map(|(name, s)| match s {
-                    Some(s) => slots[*s].as_ref(),
-                    None => g.initializers.get(name),
-                })
-                .collect();
-            let result = eval_node(n, &args, &mut scratch)?;
-            observe(&n.outputs[0], &result);
-            slots[*out] = Some(result);
+            if self.pad_into_conv[i] && observe.is_none() {
+                // Pass the unpadded input through; the reading Conv pads it.
+                let (ins, out) = &self.node_slots[i];
+                let src = ins[0].expect("planned Pad reads a value");
+                let t = if self.frees[i].contains(&src) { slots[src].take() } else { slots[src].clone() };
+                slots[*out] = t;
+            } else if !self.fused_into_conv[i] {
+                let (ins, out) = &self.node_slots[i];
+                let args: Vec<Option<&Tensor>> = n
+                    .inputs
+                    .iter()
+                    .zip(ins)
+                    .map(|(name, s)| match s {
+                        Some(s) => slots[*s].as_ref(),
+                        None => g.initializers.get(name),
+                    })
+                    .collect();
+                match (&n.op, &self.fusion[i]) {
+                    (Op::Conv(c), Some(f)) => {
+                        let result = self.run_conv(n, c, f, &args, &mut pool, observe.as_deref_mut())?;
+                        slots[self.node_slots[f.last_node(i)].1] = Some(result);
+                    }
+                    _ => {
+                        let result = eval_node(n, &args, &mut pool.scratch)?;
+                        if let Some(obs) = observe.as_deref_mut() {
+                            obs(&n.outputs[0], &result);
+                        }
+                        slots[*out] = Some(result);
+                    }
+                }
+            }
             for &s in &self.frees[i] {
-                slots[s] = None;
+                if let Some(t) = slots[s].take() {
+                    pool.give(t);
+                }
             }
         }
-        self.output_slots.iter().map(|&s| slots[s].take().ok_or_else(|| RuntimeError::Other("graph output was not computed".into()))).collect()
+        let outputs = self.output_slots.iter().map(|&s| slots[s].take().ok_or_else(|| RuntimeError::Other("graph output was not computed".into()))).collect();
+        if let Ok(mut p) = self.buffers.try_lock() {
+            *p = pool;
+        }
+        outputs
     }
+
+    /// A Conv node with its fused followers. Unobserved, the followers run inside the
+    /// convolution's output pass; observed, they run in place one after another so every
+    /// intermediate value is shown (the values are the same either way).
+    #[allow(clippy::too_many_arguments)]
+    fn run_conv(&self, n: &Node, c: &subq_ir::Conv2d, f: &ConvFusion, args: &[Option<&Tensor>], pool: &mut BufferPool, observe: Option<&mut Observer<'_>>) -> Result<Tensor, RuntimeError> {
+        let padded;
+        let c = match (f.pad, observe.is_some()) {
+            (Some([t, l, b, r]), false) => {
+                padded = subq_ir::Conv2d { pads: [c.pads[0] + t, c.pads[1] + l, c.pads[2] + b, c.pads[3] + r], ..c.clone() };
+                &padded
+            }
+            _ => c,
+        };
+        let (x, geom, xv, wv, bias) = conv_operands(n, c, args)?;
+        let batch = x.shape[0];
+        let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
+        let mut out = pool.take(batch * osz);
+        let affine = f.bn.as_ref().map(|(_, s, b)| (&s[..], &b[..]));
+        let clamp = f.act.map(|(_, lo, hi)| (lo, hi));
+        let fused = if observe.is_some() { k::Epilogue::NONE } else { k::Epilogue { affine, clamp } };
+        for b in 0..batch {
+            k::conv2d_fused(&xv[b * isz..(b + 1) * isz], wv, bias, &geom, &fused, &mut out[b * osz..(b + 1) * osz], &mut pool.scratch);
+        }
+        let mut t = Tensor { shape: vec![batch, geom.out_c, geom.out_h, geom.out_w], data: TensorData::F32(out) };
+        if let Some(obs) = observe {
+            obs(&n.outputs[0], &t);
+            let plane = geom.out_h * geom.out_w;
+            let TensorData::F32(v) = &mut t.data else { unreachable!() };
+            if let Some((j, _, _)) = &f.bn {
+                let ep = k::Epilogue { affine, clamp: None };
+                v.chunks_mut(osz).for_each(|img| ep.apply_planes(img, geom.out_c, plane));
+                obs(&self.graph.nodes[*j].outputs[0], &t);
+            }
+            let TensorData::F32(v) = &mut t.data else { unreachable!() };
+            if let Some((j, _, _)) = f.act {
+                let ep = k::Epilogue { affine: None, clamp };
+                v.chunks_mut(osz).for_each(|img| ep.apply_planes(img, geom.out_c, plane));
+                obs(&self.graph.nodes[j].outputs[0], &t);
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Decide which nodes run fused into a preceding Conv: a BatchNormalization with constant
+/// parameters and/or a Relu/Clip, each the only reader of the previous value, none of the
+/// intermediate values a graph output. Every Conv gets an entry (possibly with no followers)
+/// so all convolutions go through the pooled-buffer path.
+fn plan_fusion(graph: &Graph, node_slots: &[(Vec<Option<usize>>, usize)], output_slots: &[usize], n_slots: usize) -> (Vec<Option<ConvFusion>>, Vec<bool>, Vec<bool>) {
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n_slots];
+    for (i, (ins, _)) in node_slots.iter().enumerate() {
+        for s in ins.iter().flatten() {
+            readers[*s].push(i);
+        }
+    }
+    // The single node reading value `slot` through its first input and nothing else.
+    let sole_reader = |slot: usize| -> Option<usize> {
+        match readers[slot][..] {
+            [j] if !output_slots.contains(&slot) && node_slots[j].0.first() == Some(&Some(slot)) && node_slots[j].0[1..].iter().all(|s| s.is_none()) => Some(j),
+            _ => None,
+        }
+    };
+    let mut producer = vec![usize::MAX; n_slots];
+    for (i, (_, out)) in node_slots.iter().enumerate() {
+        producer[*out] = i;
+    }
+    let mut fusion: Vec<Option<ConvFusion>> = (0..graph.nodes.len()).map(|_| None).collect();
+    let mut fused = vec![false; graph.nodes.len()];
+    let mut pad_into = vec![false; graph.nodes.len()];
+    for (i, n) in graph.nodes.iter().enumerate() {
+        if !matches!(n.op, Op::Conv(_)) || n.outputs.len() != 1 {
+            continue;
+        }
+        let mut f = ConvFusion { pad: None, bn: None, act: None };
+        if let Some(Some(x)) = node_slots[i].0.first() {
+            let p = producer[*x];
+            if p != usize::MAX && sole_reader(*x) == Some(i) && graph.nodes[p].outputs.len() == 1 && matches!(node_slots[p].0.first(), Some(Some(_))) {
+                if let Op::Pad { pads, value } = &graph.nodes[p].op {
+                    // [n, c, h, w begins, n, c, h, w ends]: only non-negative zero padding of H and W.
+                    if *value == 0.0 && pads.len() == 8 && pads.iter().all(|&v| v >= 0) && pads[0] == 0 && pads[1] == 0 && pads[4] == 0 && pads[5] == 0 {
+                        f.pad = Some([pads[2] as usize, pads[3] as usize, pads[6] as usize, pads[7] as usize]);
+                        pad_into[p] = true;
+                    }
+                }
+            }
+        }
+        let mut cur = node_slots[i].1;
+        if let Some(j) = sole_reader(cur) {
+            if let Op::BatchNorm { epsilon } = graph.nodes[j].op {
+                if let Some((scale, shift)) = bn_affine(graph, &graph.nodes[j], epsilon) {
+                    f.bn = Some((j, scale, shift));
+                    cur = node_slots[j].1;
+                }
+            }
+        }
+        if let Some(j) = sole_reader(cur) {
+            match graph.nodes[j].op {
+                Op::Relu => f.act = Some((j, 0.0, f32::INFINITY)),
+                Op::Clip { min, max } => f.act = Some((j, min, max)),
+                _ => {}
+            }
+        }
+        for j in f.bn.as_ref().map(|b| b.0).into_iter().chain(f.act.map(|a| a.0)) {
+            fused[j] = true;
+        }
+        fusion[i] = Some(f);
+    }
+    (fusion, fused, pad_into)
+}
+
+/// BatchNormalization as a per-channel (scale, shift), exactly as `eval_node` computes it;
+/// None unless all four parameters are f32 initializers of one length.
+fn bn_affine(graph: &Graph, n: &Node, epsilon: f32) -> Option<(Vec<f32>, Vec<f32>)> {
+    if n.inputs.len() != 5 || n.outputs.len() != 1 {
+        return None;
+    }
+    let p: Vec<&[f32]> = n.inputs[1..].iter().map(|name| graph.initializers.get(name)?.as_f32().ok()).collect::<Option<_>>()?;
+    let (s, b, m, v) = (p[0], p[1], p[2], p[3]);
+    if [b.len(), m.len(), v.len()].iter().any(|&l| l != s.len()) {
+        return None;
+    }
+    let scale: Vec<f32> = s.iter().zip(v).map(|(&s, &v)| s / (v + epsilon).sqrt()).collect();
+    let shift = scale.iter().zip(b.iter().zip(m)).map(|(&a, (&b, &m))| b - m * a).collect();
+    Some((scale, shift))
+}
+
+type ConvOperands<'a> = (&'a Tensor, ConvGeometry, &'a [f32], &'a [f32], Option<&'a [f32]>);
+
+/// Input, geometry, input values, weights and bias of a Conv node.
+fn conv_operands<'a>(n: &Node, c: &subq_ir::Conv2d, args: &[Option<&'a Tensor>]) -> Result<ConvOperands<'a>, RuntimeError> {
+    let x = arg(n, args, 0)?;
+    let xv = f32_arg(n, args, 0)?;
+    let w = arg(n, args, 1)?;
+    let wv = w.as_f32().map_err(|e| node_err(n, e.to_string()))?;
+    let bias = match args.get(2).copied().flatten() {
+        Some(b) => Some(b.as_f32().map_err(|e| node_err(n, e.to_string()))?),
+        None => None,
+    };
+    let [_, in_c, in_h, in_w] = x.shape[..] else { return Err(node_err(n, "input must be 4-D")) };
+    let eff = |k: usize, d: usize| d * (k - 1) + 1;
+    let out_h = (in_h + c.pads[0] + c.pads[2] - eff(c.kernel[0], c.dilations[0])) / c.strides[0] + 1;
+    let out_w = (in_w + c.pads[1] + c.pads[3] - eff(c.kernel[1], c.dilations[1])) / c.strides[1] + 1;
+    let geom = ConvGeometry { in_c, in_h, in_w, out_c: w.shape[0], out_h, out_w, kernel: c.kernel, strides: c.strides, dilations: c.dilations, pad_top: c.pads[0], pad_left: c.pads[1], group: c.group };
+    Ok((x, geom, xv, wv, bias))
 }
 
 fn arg<'a>(n: &Node, args: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, RuntimeError> {
@@ -193,24 +440,14 @@ pub fn eval_node(n: &Node, args: &[Option<&Tensor>], scratch: &mut Vec<f32>) -> 
     let x = arg(n, args, 0)?;
     Ok(match &n.op {
         Op::Conv(c) => {
-            let xv = f32_arg(n, args, 0)?;
-            let w = arg(n, args, 1)?;
-            let wv = w.as_f32().map_err(|e| node_err(n, e.to_string()))?;
-            let bias = match args.get(2).copied().flatten() {
-                Some(b) => Some(b.as_f32().map_err(|e| node_err(n, e.to_string()))?),
-                None => None,
-            };
-            let [batch, in_c, in_h, in_w] = x.shape[..] else { return Err(node_err(n, "input must be 4-D")) };
-            let eff = |k: usize, d: usize| d * (k - 1) + 1;
-            let out_h = (in_h + c.pads[0] + c.pads[2] - eff(c.kernel[0], c.dilations[0])) / c.strides[0] + 1;
-            let out_w = (in_w + c.pads[1] + c.pads[3] - eff(c.kernel[1], c.dilations[1])) / c.strides[1] + 1;
-            let geom = ConvGeometry { in_c, in_h, in_w, out_c: w.shape[0], out_h, out_w, kernel: c.kernel, strides: c.strides, dilations: c.dilations, pad_top: c.pads[0], pad_left: c.pads[1], group: c.group };
-            let (isz, osz) = (in_c * in_h * in_w, geom.out_c * out_h * out_w);
+            let (x, geom, xv, wv, bias) = conv_operands(n, c, args)?;
+            let batch = x.shape[0];
+            let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
             let mut out = vec![0.0; batch * osz];
             for b in 0..batch {
                 k::conv2d(&xv[b * isz..(b + 1) * isz], wv, bias, &geom, &mut out[b * osz..(b + 1) * osz], scratch);
             }
-            Tensor { shape: vec![batch, geom.out_c, out_h, out_w], data: TensorData::F32(out) }
+            Tensor { shape: vec![batch, geom.out_c, geom.out_h, geom.out_w], data: TensorData::F32(out) }
         }
         Op::BatchNorm { epsilon } => {
             let xv = f32_arg(n, args, 0)?;
@@ -234,6 +471,7 @@ pub fn eval_node(n: &Node, args: &[Option<&Tensor>], scratch: &mut Vec<f32>) -> 
         Op::Identity => x.clone(),
         Op::Add => broadcast_binary(n, x, arg(n, args, 1)?, |a, b| a + b)?,
         Op::Mul => broadcast_binary(n, x, arg(n, args, 1)?, |a, b| a * b)?,
+        Op::Min => broadcast_binary(n, x, arg(n, args, 1)?, |a, b| a.min(b))?,
         Op::GlobalAveragePool => {
             let xv = f32_arg(n, args, 0)?;
             let inner: usize = x.shape[2..].iter().product();
@@ -392,5 +630,113 @@ fn reshape_target(n: &Node, shape: &[usize]) -> Result<Vec<usize>, RuntimeError>
             Ok(out)
         }
         _ => Err(node_err(n, "not a reshape")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use subq_ir::{AutoPad, Conv2d};
+
+    fn rnd(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    fn node(name: &str, op: Op, inputs: &[&str], out: &str) -> Node {
+        Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect(), outputs: vec![out.into()] }
+    }
+
+    fn conv(k: usize, stride: usize, pad: usize, group: usize) -> Op {
+        Op::Conv(Conv2d { kernel: [k, k], strides: [stride, stride], dilations: [1, 1], pads: [pad; 4], auto_pad: AutoPad::NotSet, group })
+    }
+
+    /// x → Pad → depthwise Conv → BN → Clip → pointwise Conv → Relu → Conv 3×3 → BN (output),
+    /// plus a Conv whose output is both a graph output and read by a Relu (must not fuse).
+    fn graph() -> Graph {
+        let mut g = Graph { name: "fuse".into(), opset: 13, ..Default::default() };
+        let c = 4;
+        g.inputs.push("x".into());
+        g.shapes.insert("x".into(), vec![1, c, 9, 11]);
+        g.dtypes.insert("x".into(), subq_tensor::DType::F32);
+        let mut init = |name: &str, shape: Vec<usize>, seed: u64, pos: bool| {
+            let n = shape.iter().product();
+            let mut v = rnd(n, seed);
+            if pos {
+                v.iter_mut().for_each(|x| *x = x.abs() + 0.1);
+            }
+            g.initializers.insert(name.into(), Tensor::f32(shape, v).unwrap());
+        };
+        init("wd", vec![c, 1, 3, 3], 1, false);
+        init("bd", vec![c], 2, false);
+        for (p, s) in [("bn1", 10), ("bn2", 20)] {
+            init(&format!("{p}_s"), vec![c], s, false);
+            init(&format!("{p}_b"), vec![c], s + 1, false);
+            init(&format!("{p}_m"), vec![c], s + 2, false);
+            init(&format!("{p}_v"), vec![c], s + 3, true);
+        }
+        init("wp", vec![c, c, 1, 1], 3, false);
+        init("w3", vec![c, c, 3, 3], 4, false);
+        init("b3", vec![c], 5, false);
+        g.nodes = vec![
+            node("pad", Op::Pad { pads: vec![0, 0, 0, 1, 0, 0, 1, 2], value: 0.0 }, &["x"], "xp"),
+            node("dw", conv(3, 2, 1, c), &["xp", "wd", "bd"], "d"),
+            node("bn1", Op::BatchNorm { epsilon: 1e-3 }, &["d", "bn1_s", "bn1_b", "bn1_m", "bn1_v"], "dn"),
+            node("clip", Op::Clip { min: 0.0, max: 0.6 }, &["dn"], "da"),
+            node("pw", conv(1, 1, 0, 1), &["da", "wp"], "p"),
+            node("relu", Op::Relu, &["p"], "pa"),
+            node("c3", conv(3, 1, 1, 1), &["pa", "w3", "b3"], "q"),
+            node("bn2", Op::BatchNorm { epsilon: 1e-5 }, &["q", "bn2_s", "bn2_b", "bn2_m", "bn2_v"], "y"),
+            node("c4", conv(1, 1, 0, 1), &["pa", "wp"], "z"),
+            node("relu2", Op::Relu, &["z"], "za"),
+        ];
+        g.outputs = vec!["y".into(), "z".into(), "za".into()];
+        subq_ir::infer_shapes(&mut g).unwrap();
+        g.validate().unwrap();
+        g
+    }
+
+    #[test]
+    fn fused_run_matches_observed_and_node_by_node() {
+        let g = graph();
+        let exec = Fp32Executor::new(&g);
+        assert!(exec.fused_into_conv[2] && exec.fused_into_conv[3] && exec.fused_into_conv[5] && exec.fused_into_conv[7]);
+        assert!(exec.pad_into_conv[0] && !exec.fused_into_conv[9], "a graph output is never fused away");
+        let x = Tensor::f32(vec![1, 4, 9, 11], rnd(4 * 9 * 11, 7)).unwrap();
+
+        // Node by node through eval_node: the reference values.
+        let mut values: HashMap<String, Tensor> = HashMap::from([("x".to_string(), x.clone())]);
+        for n in &g.nodes {
+            let args: Vec<Option<&Tensor>> = n.inputs.iter().map(|i| values.get(i).or(g.initializers.get(i))).collect();
+            let t = eval_node(n, &args, &mut Vec::new()).unwrap();
+            values.insert(n.outputs[0].clone(), t);
+        }
+        let mut seen = HashMap::new();
+        let observed = exec.run_observed(vec![x.clone()], &mut |name, t| {
+            seen.insert(name.to_string(), t.clone());
+        });
+        let observed = observed.unwrap();
+        let fused = exec.run(vec![x.clone()]).unwrap();
+        // Twice: the second run reuses pooled buffers.
+        let again = exec.run(vec![x]).unwrap();
+        for n in &g.nodes {
+            let name = &n.outputs[0];
+            let (want, got) = (values[name].as_f32().unwrap(), seen[name].as_f32().unwrap());
+            assert_eq!(values[name].shape, seen[name].shape, "{name}");
+            for (a, b) in want.iter().zip(got) {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{name}: {a} vs {b}");
+            }
+        }
+        for (i, name) in g.outputs.iter().enumerate() {
+            assert_eq!(fused[i].shape, values[name].shape);
+            // Fused and observed runs compute the same values bit for bit.
+            assert_eq!(fused[i].as_f32().unwrap(), observed[i].as_f32().unwrap(), "{name}");
+            assert_eq!(again[i].as_f32().unwrap(), observed[i].as_f32().unwrap(), "{name}");
+        }
     }
 }

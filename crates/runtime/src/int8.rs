@@ -11,6 +11,7 @@
 //! zero-point) on entry, which leaves every real value unchanged.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use subq_ir::{Graph, Node, Op};
 use subq_kernels::q8::{self, ConvPart, Requant, Scratch};
@@ -42,6 +43,9 @@ enum Step {
     /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
     Requantize { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid, qmin: i32, qmax: i32, shape: Option<Vec<usize>> },
     Float { node: Node, args: Vec<Arg>, output: usize },
+    /// Per-channel upper clamp in place (an equalized ReLU6 bound after a conv): exact, since
+    /// quantization is monotone, Q(min(x, b_c)) = min(Q(x), Q(b_c)).
+    ClampChannels { slot: usize, qmax: Vec<u8> },
 }
 
 enum Value {
@@ -56,6 +60,64 @@ pub struct Int8Engine {
     output_slots: Vec<usize>,
     float_ops: Vec<String>,
     int_steps: usize,
+    /// Per step: slots read for the last time by it (their buffers are recycled after it).
+    release: Vec<Vec<usize>>,
+    /// Idle per-run states (values, recycled buffers, kernel scratch), reused across runs and
+    /// threads so that a steady-state run allocates almost nothing.
+    pool: Mutex<Vec<RunState>>,
+}
+
+/// What one run needs besides the engine: reused from run to run.
+#[derive(Default)]
+struct RunState {
+    vals: Vec<Option<Value>>,
+    /// Recycled uint8 buffers (their length is kept so that a reuse writes no zeros).
+    free: Vec<Vec<u8>>,
+    scratch: Scratch,
+    fscratch: Vec<f32>,
+}
+
+impl RunState {
+    /// A buffer of `len` bytes (contents unspecified: every kernel writes all of its output).
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        // Best fit among buffers already large enough, else the largest (it will grow).
+        let pick = self.free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i).or_else(|| self.free.iter().enumerate().max_by_key(|(_, b)| b.capacity()).map(|(i, _)| i));
+        let mut b = match pick {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::new(),
+        };
+        b.resize(len, 0);
+        b
+    }
+
+    fn recycle(&mut self, slot: usize) {
+        if let Some(Value::Q { data, .. }) = self.vals[slot].take() {
+            self.free.push(data);
+        }
+    }
+}
+
+impl Step {
+    /// Value slots this step reads.
+    fn inputs(&self) -> Vec<usize> {
+        match self {
+            Step::Quantize { input, .. } | Step::Dequantize { input, .. } | Step::Conv { input, .. } | Step::GlobalAvgPool { input, .. } | Step::Requantize { input, .. } => vec![*input],
+            Step::Add { a, b, .. } => vec![*a, *b],
+            Step::ClampChannels { slot, .. } => vec![*slot],
+            Step::Float { args, .. } => args.iter().filter_map(|a| if let Arg::Slot(s) = a { Some(*s) } else { None }).collect(),
+        }
+    }
+}
+
+/// `QuantizeLinear` of one value: round half to even, add the zero-point, clamp to uint8.
+/// `round_ties_even` through the 1.5·2^23 trick (exact for |x| < 2^22; beyond that the value
+/// clamps to 0 or 255 either way, and NaN stays NaN, i.e. 0 + zp as with `round_ties_even`).
+#[inline]
+fn quantize_value(v: f32, grid: Grid) -> u8 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    let x = (v / grid.scale).clamp(-4_194_304.0, 4_194_304.0);
+    let r = if x.abs() < 4_194_304.0 { (x + MAGIC) - MAGIC } else { x };
+    (r as i64 + grid.zp as i64).clamp(0, 255) as u8
 }
 
 fn err(n: &Node, reason: impl Into<String>) -> RuntimeError {
@@ -239,7 +301,7 @@ impl<'g> Lowering<'g> {
                     bias_fixed[c] += (b[c] / out.scale as f64 * scale).round() as i64;
                 }
             }
-            conv_parts.push(ConvPart { weight, requant });
+            conv_parts.push(ConvPart::new(weight, requant, geom));
         }
         let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, geom: *geom, out_shape_per_image: out_shape.clone() };
         Some((src, step))
@@ -265,6 +327,7 @@ impl Int8Engine {
         }
         // Pass 1: decide the integer steps, keyed by the QuantizeLinear they end in.
         let mut int_steps: HashMap<usize, (Vec<String>, Step)> = HashMap::new();
+        let mut channel_bounds: HashMap<usize, Vec<u8>> = HashMap::new();
         let mut absorbed: HashSet<usize> = HashSet::new();
         let index: HashMap<&str, usize> = g.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
         for (qi, qn) in g.nodes.iter().enumerate() {
@@ -295,6 +358,27 @@ impl Int8Engine {
                             }
                         }
                         (vec![src], covered, step)
+                    })
+                }
+                Op::Min if g.initializer(&p.inputs[1]).is_some() && lw.conv_parts(&p.inputs[0], p).is_some() => {
+                    let parts = lw.conv_parts(&p.inputs[0], p).expect("checked");
+                    let bound = g.initializer(&p.inputs[1]).expect("checked").to_f32_vec();
+                    lw.build_conv(&parts, out).and_then(|(src, step)| {
+                        let Step::Conv { geom, .. } = &step else { return None };
+                        if bound.len() != geom.out_c {
+                            return None;
+                        }
+                        channel_bounds.insert(qi, bound.iter().map(|&b| q_of(out, b) as u8).collect());
+                        let mut covered: Vec<&Node> = parts.clone();
+                        covered.push(p);
+                        let mut frontier: Vec<&Node> = lw.producer(&p.inputs[0]).into_iter().collect();
+                        while let Some(a) = frontier.pop() {
+                            if matches!(a.op, Op::Add) {
+                                covered.push(a);
+                                frontier.extend(a.inputs.iter().filter_map(|i| lw.producer(i)));
+                            }
+                        }
+                        Some((vec![src], covered, step))
                     })
                 }
                 Op::Add => {
@@ -363,6 +447,9 @@ impl Int8Engine {
                     _ => unreachable!("only integer steps are planned in pass 1"),
                 }
                 steps.push(step);
+                if let Some(qmax) = channel_bounds.remove(&i) {
+                    steps.push(Step::ClampChannels { slot: output, qmax });
+                }
                 continue;
             }
             if absorbed.contains(&i) || lw.const_dqs.contains_key(&n.outputs[0]) {
@@ -403,9 +490,24 @@ impl Int8Engine {
                 }
             }
         }
-        let output_slots = g.outputs.iter().map(|o| lw.slot(o)).collect();
+        let output_slots: Vec<usize> = g.outputs.iter().map(|o| lw.slot(o)).collect();
         let int_count = steps.iter().filter(|s| matches!(s, Step::Conv { .. } | Step::Add { .. } | Step::GlobalAvgPool { .. } | Step::Requantize { .. })).count();
-        Ok(Int8Engine { steps, slots: lw.slot_of.len(), input_slot, output_slots, float_ops, int_steps: int_count })
+        let slots = lw.slot_of.len();
+        let mut last_read = vec![None; slots];
+        for (i, st) in steps.iter().enumerate() {
+            for s in st.inputs() {
+                last_read[s] = Some(i);
+            }
+        }
+        let mut release = vec![Vec::new(); steps.len()];
+        for (s, last) in last_read.iter().enumerate() {
+            if let Some(i) = last {
+                if !output_slots.contains(&s) {
+                    release[*i].push(s);
+                }
+            }
+        }
+        Ok(Int8Engine { steps, slots, input_slot, output_slots, float_ops, int_steps: int_count, release, pool: Mutex::new(Vec::new()) })
     }
 
     /// Ops that run in FP32 (between dequantize and quantize) because no integer kernel covers
@@ -419,63 +521,98 @@ impl Int8Engine {
     }
 
     pub fn run(&self, input: Tensor) -> Result<Vec<Tensor>, RuntimeError> {
-        let mut vals: Vec<Option<Value>> = (0..self.slots).map(|_| None).collect();
-        vals[self.input_slot] = Some(Value::F(input));
-        let mut scratch = Scratch::default();
-        let mut fscratch = Vec::new();
-        for step in &self.steps {
+        let mut st = self.pool.lock().map(|mut p| p.pop()).unwrap_or_default().unwrap_or_default();
+        st.vals.clear();
+        st.vals.resize_with(self.slots, || None);
+        st.vals[self.input_slot] = Some(Value::F(input));
+        let result = self.run_steps(&mut st);
+        // Keep every remaining buffer for the next run.
+        for s in 0..st.vals.len() {
+            st.recycle(s);
+        }
+        st.vals.clear();
+        if let Ok(mut p) = self.pool.lock() {
+            p.push(st);
+        }
+        result
+    }
+
+    fn run_steps(&self, st: &mut RunState) -> Result<Vec<Tensor>, RuntimeError> {
+        for (step, release) in self.steps.iter().zip(&self.release) {
             match step {
                 Step::Quantize { input, output, grid } => {
-                    let Some(Value::F(t)) = &vals[*input] else { return Err(RuntimeError::Other("quantize of a non-float value".into())) };
+                    let Some(Value::F(t)) = &st.vals[*input] else { return Err(RuntimeError::Other("quantize of a non-float value".into())) };
+                    let x = t.as_f32().map_err(|e| RuntimeError::Other(e.to_string()))?;
+                    let shape = t.shape.clone();
+                    let n = x.len();
+                    let mut data = st.buffer(n);
+                    let Some(Value::F(t)) = &st.vals[*input] else { unreachable!() };
                     let x = t.as_f32().map_err(|e| RuntimeError::Other(e.to_string()))?;
                     // Same rounding as QuantizeLinear; int8 grids arrive already shifted into uint8.
-                    let data = x.iter().map(|&v| q_of(*grid, v) as u8).collect();
-                    vals[*output] = Some(Value::Q { shape: t.shape.clone(), data });
+                    for (d, &v) in data.iter_mut().zip(x) {
+                        *d = quantize_value(v, *grid);
+                    }
+                    st.vals[*output] = Some(Value::Q { shape, data });
                 }
                 Step::Dequantize { input, output, grid } => {
-                    let Some(Value::Q { shape, data }) = &vals[*input] else { return Err(RuntimeError::Other("dequantize of a non-quantized value".into())) };
+                    let Some(Value::Q { shape, data }) = &st.vals[*input] else { return Err(RuntimeError::Other("dequantize of a non-quantized value".into())) };
                     let f = data.iter().map(|&q| (q as i32 - grid.zp) as f32 * grid.scale).collect();
-                    vals[*output] = Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
+                    st.vals[*output] = Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
                 }
                 Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, geom, out_shape_per_image } => {
-                    let Some(Value::Q { shape, data }) = &vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
+                    let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
                     let images = shape[0];
                     let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
-                    let mut o = vec![0u8; images * osz];
+                    let mut o = st.buffer(images * osz);
+                    let RunState { vals, scratch, .. } = &mut *st;
+                    let Some(Value::Q { data, .. }) = &vals[*input] else { unreachable!() };
                     for b in 0..images {
-                        q8::conv_q8(&data[b * isz..(b + 1) * isz], *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, &mut o[b * osz..(b + 1) * osz], &mut scratch);
+                        q8::conv_q8(&data[b * isz..(b + 1) * isz], *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, &mut o[b * osz..(b + 1) * osz], scratch);
                     }
                     let mut s = vec![images];
                     s.extend_from_slice(out_shape_per_image);
-                    vals[*output] = Some(Value::Q { shape: s, data: o });
+                    st.vals[*output] = Some(Value::Q { shape: s, data: o });
                 }
                 Step::Add { a, b, output, za, zb, ma, mb, shift, out } => {
-                    let (Some(Value::Q { shape, data: da }), Some(Value::Q { data: db, .. })) = (&vals[*a], &vals[*b]) else { return Err(RuntimeError::Other("add inputs are not quantized".into())) };
-                    let mut o = vec![0u8; da.len()];
+                    let (Some(Value::Q { shape, data: da }), Some(Value::Q { .. })) = (&st.vals[*a], &st.vals[*b]) else { return Err(RuntimeError::Other("add inputs are not quantized".into())) };
+                    let (shape, n) = (shape.clone(), da.len());
+                    let mut o = st.buffer(n);
+                    let (Some(Value::Q { data: da, .. }), Some(Value::Q { data: db, .. })) = (&st.vals[*a], &st.vals[*b]) else { unreachable!() };
                     q8::add_q8(da, *za, *ma, db, *zb, *mb, *shift, out.zp, 0, 255, &mut o);
-                    vals[*output] = Some(Value::Q { shape: shape.clone(), data: o });
+                    st.vals[*output] = Some(Value::Q { shape, data: o });
                 }
                 Step::GlobalAvgPool { input, output, zp_in, requant, out } => {
-                    let Some(Value::Q { shape, data }) = &vals[*input] else { return Err(RuntimeError::Other("pool input is not quantized".into())) };
+                    let Some(Value::Q { shape, data }) = &st.vals[*input] else { return Err(RuntimeError::Other("pool input is not quantized".into())) };
                     let (n, c) = (shape[0], shape[1]);
                     let per = data.len() / n;
-                    let mut o = vec![0u8; n * c];
+                    let mut o = st.buffer(n * c);
+                    let Some(Value::Q { data, .. }) = &st.vals[*input] else { unreachable!() };
                     for b in 0..n {
                         q8::global_avg_pool_q8(&data[b * per..(b + 1) * per], c, *zp_in, *requant, out.zp, &mut o[b * c..(b + 1) * c]);
                     }
-                    vals[*output] = Some(Value::Q { shape: vec![n, c, 1, 1], data: o });
+                    st.vals[*output] = Some(Value::Q { shape: vec![n, c, 1, 1], data: o });
                 }
                 Step::Requantize { input, output, zp_in, requant, out, qmin, qmax, shape: new_shape } => {
-                    let Some(Value::Q { shape, data }) = &vals[*input] else { return Err(RuntimeError::Other("input is not quantized".into())) };
-                    let mut o = vec![0u8; data.len()];
-                    q8::requantize_u8(data, *zp_in, *requant, out.zp, *qmin, *qmax, &mut o);
+                    let Some(Value::Q { shape, data }) = &st.vals[*input] else { return Err(RuntimeError::Other("input is not quantized".into())) };
                     let s = match new_shape {
                         Some(ns) => std::iter::once(shape[0]).chain(ns.iter().copied()).collect(),
                         None => shape.clone(),
                     };
-                    vals[*output] = Some(Value::Q { shape: s, data: o });
+                    let mut o = st.buffer(data.len());
+                    let Some(Value::Q { data, .. }) = &st.vals[*input] else { unreachable!() };
+                    q8::requantize_u8(data, *zp_in, *requant, out.zp, *qmin, *qmax, &mut o);
+                    st.vals[*output] = Some(Value::Q { shape: s, data: o });
+                }
+                Step::ClampChannels { slot, qmax } => {
+                    let Some(Value::Q { shape, data }) = &mut st.vals[*slot] else { return Err(RuntimeError::Other("clamp of a non-quantized value".into())) };
+                    let inner: usize = shape[2..].iter().product();
+                    for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
+                        let m = qmax[i % qmax.len()];
+                        chunk.iter_mut().for_each(|v| *v = (*v).min(m));
+                    }
                 }
                 Step::Float { node, args, output } => {
+                    let RunState { vals, fscratch, .. } = &mut *st;
                     let refs: Vec<Option<&Tensor>> = args
                         .iter()
                         .map(|a| match a {
@@ -487,14 +624,17 @@ impl Int8Engine {
                             Arg::None => None,
                         })
                         .collect();
-                    let r = eval_node(node, &refs, &mut fscratch)?;
-                    vals[*output] = Some(Value::F(r));
+                    let r = eval_node(node, &refs, fscratch)?;
+                    st.vals[*output] = Some(Value::F(r));
                 }
+            }
+            for &s in release {
+                st.recycle(s);
             }
         }
         self.output_slots
             .iter()
-            .map(|&s| match vals[s].take() {
+            .map(|&s| match st.vals[s].take() {
                 Some(Value::F(t)) => Ok(t),
                 Some(Value::Q { shape, data }) => Ok(Tensor { shape, data: TensorData::U8(data) }),
                 None => Err(RuntimeError::Other("graph output was not computed".into())),

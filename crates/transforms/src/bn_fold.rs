@@ -6,10 +6,19 @@ use subq_tensor::Tensor;
 
 use crate::TransformError;
 
+/// Per-channel (β, |γ|) of a folded BatchNormalization, by the folded layer's output value: under
+/// BN's own assumption that output channel c is distributed as N(β_c, γ_c²), which is what
+/// data-free quantization estimates ranges and bias shifts from.
+pub type BnStats = std::collections::BTreeMap<String, (Vec<f32>, Vec<f32>)>;
+
 /// Returns how many BatchNormalization nodes were folded. A BN whose input is not the sole use of
 /// a Conv/Gemm output (or whose parameters are not constants) is left in place.
 pub fn fold_batch_norms(g: &mut Graph) -> Result<usize, TransformError> {
-    let mut folded = 0;
+    fold_batch_norms_with_stats(g).map(|s| s.len())
+}
+
+pub fn fold_batch_norms_with_stats(g: &mut Graph) -> Result<BnStats, TransformError> {
+    let mut stats = BnStats::new();
     loop {
         let producers = g.producers();
         let consumers = g.consumers();
@@ -29,6 +38,7 @@ pub fn fold_batch_norms(g: &mut Graph) -> Result<usize, TransformError> {
         let prod = g.nodes[pi].clone();
         let param = |i: usize| g.initializers[&bn.inputs[i]].to_f32_vec();
         let (gamma, beta, mean, var) = (param(1), param(2), param(3), param(4));
+        stats.insert(bn.outputs[0].clone(), (beta.clone(), gamma.iter().map(|x| x.abs()).collect()));
         let a: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
         let w = g.initializers.get(&prod.inputs[1]).cloned().expect("checked");
         let out_c = w.shape[0];
@@ -56,9 +66,8 @@ pub fn fold_batch_norms(g: &mut Graph) -> Result<usize, TransformError> {
         let old_out = std::mem::replace(&mut g.nodes[pi].outputs[0], bn.outputs[0].clone());
         g.shapes.remove(&old_out);
         g.nodes.remove(bi);
-        folded += 1;
     }
     g.remove_dead();
     g.validate()?;
-    Ok(folded)
+    Ok(stats)
 }

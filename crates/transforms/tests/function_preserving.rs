@@ -65,3 +65,22 @@ fn pad_fold_preserves_outputs_on_mobilenetv2() {
     let rel = relative_change(&g, &folded, &reference_inputs(model, 2));
     assert!(rel < 1e-5, "pad folding changed the outputs by {rel}");
 }
+
+#[test]
+fn cle_preserves_outputs_and_keeps_relu6_exact() {
+    for model in ["efficientnet_lite0", "mobilenetv2_1.0_160_dogs"] {
+        let mut g = load(model);
+        subq_transforms::prepare_for_quantization(&mut g).unwrap();
+        let mut eq = g.clone();
+        let pairs = subq_transforms::equalize(&mut eq, 1.0, 2).unwrap();
+        assert!(pairs > 20, "{model}: only {pairs} conv pairs equalized");
+        // Every ReLU6 that was equalized became Relu → Min(per-channel bound), none a plain Relu.
+        let clips_before = g.nodes.iter().filter(|n| matches!(n.op, Op::Clip { .. })).count();
+        let clips_after = eq.nodes.iter().filter(|n| matches!(n.op, Op::Clip { .. })).count();
+        let mins = eq.nodes.iter().filter(|n| matches!(n.op, Op::Min)).count();
+        assert_eq!(clips_before, clips_after + mins, "{model}: a ReLU6 lost its bound");
+        let rel = relative_change(&g, &eq, &reference_inputs(model, 2));
+        eprintln!("{model}: {pairs} pairs, {mins} ReLU6 with per-channel bounds, relative logit change {rel:.2e}");
+        assert!(rel < 1e-4, "{model}: CLE changed the outputs by {rel}");
+    }
+}

@@ -29,6 +29,10 @@ pub struct EvalArgs {
     /// Write the results as JSON to this file ("-" for stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Engine for a QDQ model: int8 (integer kernels, the default) or fp32 (the file's written
+    /// semantics: dequantize → float op → quantize, as ONNX Runtime runs it with optimizations off).
+    #[arg(long, value_parser = ["int8", "fp32"], default_value = "int8")]
+    pub engine: String,
     /// Skip images that cannot be decoded (listed in the report) instead of stopping.
     #[arg(long)]
     pub skip_unreadable: bool,
@@ -63,7 +67,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let synsets = a.labels.as_ref().map(|p| Synsets::load(p)).transpose()?;
     let reference_graph = a.reference.as_ref().map(|p| load_graph(p)).transpose()?;
     let reference_exec = reference_graph.as_ref().map(Fp32Executor::new);
-    let engine = subq_eval::engine_for(&g)?;
+    let engine: Box<dyn RunModel> = if a.engine == "fp32" { Box::new(Fp32Executor::new(&g)) } else { subq_eval::engine_for(&g)? };
     let model: &dyn RunModel = engine.as_ref();
     let opts = EvalOptions {
         preprocess,

@@ -1,13 +1,14 @@
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use subq_calib::observer::ObserverKind;
 use subq_calib::list_images;
-use subq_quant::{calibrate, make_plan, build_qdq_graph, CalibOptions, WeightScheme};
+use subq_calib::observer::ObserverKind;
+use subq_quant::calibrate::load_inputs;
+use subq_quant::split::SplitKind;
+use subq_quant::{quantize, CalibOptions, QuantConfig, QuantSummary, Scheme};
 
-use crate::common::{load_graph, PreprocessArgs, PREPROCESS_KEY};
+use crate::common::{load_graph, write_json, PreprocessArgs, PREPROCESS_KEY};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum SchemeArg {
@@ -17,14 +18,17 @@ pub enum SchemeArg {
     PerTensorSymmetric,
     /// Symmetric int8 weights, one scale per output channel (TFLite/ONNX Runtime baseline).
     PerChannel,
+    /// Per-tensor uint8 weights with subtensor splits, weight clipping and bias correction.
+    Subtensor,
 }
 
-impl From<SchemeArg> for WeightScheme {
-    fn from(s: SchemeArg) -> WeightScheme {
+impl From<SchemeArg> for Scheme {
+    fn from(s: SchemeArg) -> Scheme {
         match s {
-            SchemeArg::PerTensor => WeightScheme::PerTensor,
-            SchemeArg::PerTensorSymmetric => WeightScheme::PerTensorSymmetric,
-            SchemeArg::PerChannel => WeightScheme::PerChannel,
+            SchemeArg::PerTensor => Scheme::PerTensor,
+            SchemeArg::PerTensorSymmetric => Scheme::PerTensorSymmetric,
+            SchemeArg::PerChannel => Scheme::PerChannel,
+            SchemeArg::Subtensor => Scheme::Subtensor,
         }
     }
 }
@@ -39,79 +43,181 @@ pub enum ObserverArg {
     Mse,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SplitArg {
+    Outlier,
+    ChannelGroup,
+    Residual,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QuantOptions {
+    /// Weight quantization scheme. Activations are always per-tensor asymmetric uint8.
+    #[arg(long, value_enum, default_value = "per-channel")]
+    pub scheme: SchemeArg,
+    /// How activation ranges are chosen (default: mse for subtensor, minmax otherwise).
+    #[arg(long, value_enum)]
+    pub activation_observer: Option<ObserverArg>,
+    /// With --activation-observer percentile: fraction dropped at each end.
+    #[arg(long, default_value_t = 1e-4)]
+    pub percentile_tail: f64,
+    /// Subtensor: do not split any layer.
+    #[arg(long)]
+    pub no_split: bool,
+    /// Subtensor: split kinds to try per layer (default: all three, best one per layer).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub split_kinds: Option<Vec<SplitArg>>,
+    /// Subtensor: no weight-clipping analysis.
+    #[arg(long)]
+    pub no_clip: bool,
+    /// Turn empirical bias correction off (on by default for subtensor) …
+    #[arg(long, conflicts_with = "bias_correction")]
+    pub no_bias_correction: bool,
+    /// … or on for the other schemes.
+    #[arg(long)]
+    pub bias_correction: bool,
+    /// Subtensor: extra weight bytes allowed for splits, in % of the weight bytes.
+    #[arg(long, default_value_t = 1.0)]
+    pub size_budget: f64,
+    /// Subtensor: extra MACs allowed for splits, in % of the model's MACs (latency proxy).
+    #[arg(long, default_value_t = 5.0)]
+    pub latency_budget: f64,
+    /// Cross-layer equalization before calibration (ReLU6 bounds kept exact per channel).
+    #[arg(long)]
+    pub cle: bool,
+    /// CLE strength: equalization scales raised to this power (1 = full).
+    #[arg(long, default_value_t = 0.5)]
+    pub cle_strength: f32,
+    /// No calibration images: activation ranges and bias correction from BatchNormalization statistics.
+    #[arg(long)]
+    pub data_free: bool,
+}
+
+impl QuantOptions {
+    pub fn config(&self) -> QuantConfig {
+        let mut c = QuantConfig::new(self.scheme.into());
+        if let Some(o) = self.activation_observer {
+            c.observer = match o {
+                ObserverArg::Minmax => ObserverKind::MinMax,
+                ObserverArg::Percentile => ObserverKind::Percentile(self.percentile_tail),
+                ObserverArg::Mse => ObserverKind::Mse,
+            };
+        }
+        if self.no_split {
+            c.split = false;
+        }
+        if let Some(kinds) = &self.split_kinds {
+            c.subtensor.kinds = kinds
+                .iter()
+                .map(|k| match k {
+                    SplitArg::Outlier => SplitKind::Outlier,
+                    SplitArg::ChannelGroup => SplitKind::ChannelGroup,
+                    SplitArg::Residual => SplitKind::Residual,
+                })
+                .collect();
+        }
+        c.subtensor.clip_weights = !self.no_clip;
+        if self.no_bias_correction {
+            c.bias_correction = false;
+        }
+        if self.bias_correction {
+            c.bias_correction = true;
+        }
+        c.cle = self.cle;
+        c.cle_strength = self.cle_strength;
+        c.data_free = self.data_free;
+        c.subtensor.size_budget = self.size_budget / 100.0;
+        c.subtensor.latency_budget = self.latency_budget / 100.0;
+        c
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
     /// FP32 ONNX model.
     #[arg(long)]
     pub model: PathBuf,
-    /// Folder of calibration images (never the evaluation images).
-    #[arg(long)]
-    pub calib: PathBuf,
+    /// Folder of calibration images (never the evaluation images). Not needed with --data-free.
+    #[arg(long, required_unless_present = "data_free")]
+    pub calib: Option<PathBuf>,
     /// Use only the first N calibration images (sorted by path).
     #[arg(long)]
     pub calib_limit: Option<usize>,
-    /// Weight quantization scheme. Activations are always per-tensor asymmetric uint8.
-    #[arg(long, value_enum, default_value = "per-channel")]
-    pub scheme: SchemeArg,
-    /// How activation ranges are chosen from the calibration data.
-    #[arg(long, value_enum, default_value = "minmax")]
-    pub activation_observer: ObserverArg,
-    /// With --activation-observer percentile: fraction dropped at each end.
-    #[arg(long, default_value_t = 1e-4)]
-    pub percentile_tail: f64,
     /// Where to write the QDQ ONNX model (written atomically).
     #[arg(long, short)]
     pub output: PathBuf,
+    /// Write the quantization summary (per-layer decisions) as JSON ("-" for stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     /// Skip calibration images that cannot be decoded instead of stopping.
     #[arg(long)]
     pub skip_unreadable: bool,
     #[command(flatten)]
+    pub quant: QuantOptions,
+    #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
 
+/// Real range of the model input that the preprocessing can produce (pixels 0..255).
+pub fn input_range(p: &subq_calib::Preprocess) -> (f32, f32) {
+    let ends: Vec<f32> = (0..3).flat_map(|c| [(0.0 - p.mean[c]) / p.std[c], (255.0 - p.mean[c]) / p.std[c]]).collect();
+    (ends.iter().cloned().fold(f32::INFINITY, f32::min), ends.iter().cloned().fold(f32::NEG_INFINITY, f32::max))
+}
+
+pub fn print_summary(s: &QuantSummary) {
+    println!("scheme {} · activations {} from {} images · {} BN and {} Pad folded · {} activations fused", s.scheme, s.observer, s.calibration_images, s.batch_norms_folded, s.pads_folded, s.fused_activations);
+    if !s.layers.is_empty() {
+        println!(
+            "subtensor: {} layers split (+{:.2}% weight bytes, +{:.2}% MACs); bias corrected on {} layers",
+            s.split_layers,
+            100.0 * s.extra_weight_bytes as f64 / s.weight_bytes.max(1) as f64,
+            100.0 * s.extra_macs as f64 / s.total_macs.max(1) as f64,
+            s.bias_corrected_layers
+        );
+        println!("{:<40} {:<15} {:>9} {:>9} {:>6} {:>9} {:>10}", "layer", "kind", "per-tensor", "clipped", "clip", "final", "split");
+        for l in &s.layers {
+            let name: String = l.node.chars().take(40).collect();
+            println!("{:<40} {:<15} {:>7.1}dB {:>7.1}dB {:>6.2} {:>7.1}dB {:>10}", name, l.layer, l.sqnr_per_tensor_db, l.sqnr_clipped_db, l.clip, l.final_sqnr_db, l.split.map(|k| format!("{k:?}")).unwrap_or_default());
+        }
+        println!("(dB: estimated layer-output SQNR of the weight quantization alone, from calibration statistics)");
+    }
+}
+
 pub fn run(a: QuantizeArgs) -> Result<()> {
-    let started = Instant::now();
-    let mut g = load_graph(&a.model)?;
+    let g = load_graph(&a.model)?;
     if g.is_quantized() {
         bail!("{} is already quantized (it has QuantizeLinear/DequantizeLinear nodes); give subq the FP32 model", a.model.display());
     }
     let preprocess = a.preprocess.resolve(&g)?;
     subq_eval::image_input_shape(&g)?;
-    let prep = subq_transforms::prepare_for_quantization(&mut g).context("preparing the graph")?;
-    let mut items = list_images(&a.calib).context("reading the calibration folder")?;
-    if let Some(l) = a.calib_limit {
-        items.truncate(l);
-    }
-    let observer = match a.activation_observer {
-        ObserverArg::Minmax => ObserverKind::MinMax,
-        ObserverArg::Percentile => ObserverKind::Percentile(a.percentile_tail),
-        ObserverArg::Mse => ObserverKind::Mse,
+    let mut cfg = a.quant.config();
+    cfg.input_range = Some(input_range(&preprocess));
+    let inputs = match (&a.calib, cfg.data_free) {
+        (Some(dir), false) => {
+            let mut items = list_images(dir).context("reading the calibration folder")?;
+            if let Some(l) = a.calib_limit {
+                items.truncate(l);
+            }
+            let opts = CalibOptions { observer: cfg.observer, preprocess: preprocess.clone(), skip_unreadable: a.skip_unreadable, progress: true };
+            let (inputs, skipped) = load_inputs(&g, &items, &opts).context("loading calibration images")?;
+            for s in &skipped {
+                eprintln!("warning: skipped unreadable calibration image {s}");
+            }
+            inputs
+        }
+        _ => Vec::new(),
     };
-    let opts = CalibOptions { observer, preprocess: preprocess.clone(), skip_unreadable: a.skip_unreadable, progress: true };
-    let calib = calibrate(&g, &items, &opts).context("calibrating")?;
-    for s in &calib.skipped {
-        eprintln!("warning: skipped unreadable calibration image {s}");
-    }
-    let scheme: WeightScheme = a.scheme.into();
-    let plan = make_plan(&g, &calib, scheme)?;
-    let mut q = build_qdq_graph(&g, &plan)?;
+    let (mut q, summary) = quantize(&g, &inputs, &cfg, true).context("quantizing")?;
     q.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&preprocess)?);
-    q.metadata.insert("subq.scheme".into(), scheme.name().into());
-    q.metadata.insert("subq.activation_observer".into(), format!("{observer:?}"));
-    q.metadata.insert("subq.calibration_images".into(), calib.images.to_string());
+    q.metadata.insert("subq.scheme".into(), summary.scheme.clone());
+    q.metadata.insert("subq.activation_observer".into(), summary.observer.clone());
+    q.metadata.insert("subq.calibration_images".into(), summary.calibration_images.to_string());
     subq_onnx::save_model(&q, &a.output)?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "wrote {} ({:.1} kB): {} weights, {:?} activation ranges from {} images; {} BN and {} Pad folded; {} activations fused; {:.1} s",
-        a.output.display(),
-        size as f64 / 1e3,
-        scheme.name(),
-        observer,
-        calib.images,
-        prep.batch_norms_folded,
-        prep.pads_folded,
-        plan.fused_activations.len(),
-        started.elapsed().as_secs_f64()
-    );
+    print_summary(&summary);
+    println!("wrote {} ({:.1} kB) in {:.1} s", a.output.display(), size as f64 / 1e3, summary.seconds);
+    if let Some(p) = &a.json {
+        write_json(p, &summary)?;
+    }
     Ok(())
 }

@@ -2,6 +2,116 @@
 
 use crate::ConvGeometry;
 
+pub mod depthwise;
+pub mod gemm;
+
+/// One output channel's post-op constants (from an [`Epilogue`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Post {
+    scale: f32,
+    shift: f32,
+    affine: bool,
+    lo: f32,
+    hi: f32,
+    clamp: bool,
+}
+
+impl Post {
+    pub(crate) fn of(ep: &Epilogue, c: usize) -> Post {
+        let (affine, scale, shift) = match ep.affine {
+            Some((s, b)) => (true, s[c], b[c]),
+            None => (false, 1.0, 0.0),
+        };
+        let (clamp, lo, hi) = match ep.clamp {
+            Some((lo, hi)) => (true, lo, hi),
+            None => (false, f32::NEG_INFINITY, f32::INFINITY),
+        };
+        Post { scale, shift, affine, lo, hi, clamp }
+    }
+    #[inline(always)]
+    pub(crate) fn apply(&self, mut v: f32) -> f32 {
+        if self.affine {
+            v = v * self.scale + self.shift;
+        }
+        if self.clamp {
+            v = v.max(self.lo).min(self.hi);
+        }
+        v
+    }
+}
+
+/// [`Post::apply`] on eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn post_avx2(v: std::arch::x86_64::__m256, p: &Post) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let mut v = v;
+    if p.affine {
+        // Multiply then add (no FMA) to match the unfused BatchNormalization bit for bit.
+        v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(p.scale)), _mm256_set1_ps(p.shift));
+    }
+    if p.clamp {
+        v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(p.lo)), _mm256_set1_ps(p.hi));
+    }
+    v
+}
+
+/// `MASK[8 − n..16 − n]` enables the first n of eight lanes.
+#[cfg(target_arch = "x86_64")]
+pub(crate) static MASK: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// Whether the AVX2+FMA kernels can run here.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Post-ops fused into a convolution's output pass, applied per output channel `c` as
+/// `y = clamp(conv · scale[c] + shift[c], lo, hi)` (each part optional). The affine part is an
+/// inference BatchNormalization; the clamp a Relu or Clip.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// (scale, shift) per output channel.
+    pub affine: Option<(&'a [f32], &'a [f32])>,
+    /// (lo, hi), applied as `max(lo)` then `min(hi)`.
+    pub clamp: Option<(f32, f32)>,
+}
+
+impl Epilogue<'_> {
+    pub const NONE: Epilogue<'static> = Epilogue { affine: None, clamp: None };
+
+    pub fn is_identity(&self) -> bool {
+        self.affine.is_none() && self.clamp.is_none()
+    }
+
+    /// Apply to the output plane(s) of channel `c`, in place.
+    pub fn apply(&self, c: usize, ys: &mut [f32]) {
+        if let Some((s, b)) = self.affine {
+            let (a, off) = (s[c], b[c]);
+            ys.iter_mut().for_each(|y| *y = *y * a + off);
+        }
+        if let Some((lo, hi)) = self.clamp {
+            ys.iter_mut().for_each(|y| *y = y.max(lo).min(hi));
+        }
+    }
+
+    /// Apply to `channels` consecutive planes of `plane` elements each.
+    pub fn apply_planes(&self, out: &mut [f32], channels: usize, plane: usize) {
+        if self.is_identity() || plane == 0 {
+            return;
+        }
+        for (c, ys) in out.chunks_mut(plane).take(channels).enumerate() {
+            self.apply(c, ys);
+        }
+    }
+}
+
 /// C[m×n] = A[m×k] · B[k×n] (+ C when `accumulate`), all row-major, through `matrixmultiply`'s
 /// blocked SGEMM.
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
@@ -17,6 +127,30 @@ pub fn sgemm_strided(m: usize, k: usize, n: usize, a: &[f32], a_strides: (isize,
     };
     assert!(a.len() as isize >= max_index(m, k, a_strides));
     assert!(b.len() as isize >= max_index(k, n, b_strides));
+    if m == 1 && k > 0 && a_strides.1 == 1 && b_strides.0 == 1 && b_strides.1 > 0 {
+        // Row vector times a transposed matrix (a fully-connected layer at batch 1): one
+        // contiguous dot product per output.
+        let (x, ldb) = (&a[..k], b_strides.1 as usize);
+        for (j, y) in c[..n].iter_mut().enumerate() {
+            let d = dot(x, &b[j * ldb..j * ldb + k]);
+            *y = if accumulate { *y + d } else { d };
+        }
+        return;
+    }
+    if m == 1 && k > 0 && b_strides.1 == 1 && b_strides.0 > 0 {
+        // Row vector times a row-major matrix: accumulate scaled rows of B.
+        let (ldb, y) = (b_strides.0 as usize, &mut c[..n]);
+        if !accumulate {
+            y.fill(0.0);
+        }
+        for kk in 0..k {
+            let s = a[kk * a_strides.1 as usize];
+            for (o, &bv) in y.iter_mut().zip(&b[kk * ldb..kk * ldb + n]) {
+                *o += s * bv;
+            }
+        }
+        return;
+    }
     // SAFETY: the asserts above bound every index the strided views can touch.
     unsafe {
         matrixmultiply::sgemm(
@@ -27,6 +161,23 @@ pub fn sgemm_strided(m: usize, k: usize, n: usize, a: &[f32], a_strides: (isize,
             c.as_mut_ptr(), n as isize, 1,
         );
     }
+}
+
+/// Dot product with eight independent partial sums (vectorizes without reassociation flags).
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (xc, yc) = (x.chunks_exact(16), y.chunks_exact(16));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for i in 0..16 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (a, b) in xr.iter().zip(yr) {
+        s += a * b;
+    }
+    s
 }
 
 /// Unfold one group's input patches into a [(c·kh·kw) × (oh·ow)] matrix.
@@ -97,26 +248,34 @@ pub fn depthwise(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGe
 
 /// Convolution of one CHW image. `scratch` is reused between calls for the im2col buffer.
 pub fn conv2d(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, out: &mut [f32], scratch: &mut Vec<f32>) {
+    conv2d_fused(input, weight, bias, g, &Epilogue::NONE, out, scratch)
+}
+
+/// Convolution of one CHW image followed by `ep` (see [`Epilogue`]).
+pub fn conv2d_fused(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>) {
     if g.is_depthwise() {
-        return depthwise(input, weight, bias, g, out);
+        if depthwise::supports(g) {
+            return depthwise::depthwise_with(depthwise::best_isa(), input, weight, bias, g, ep, out, scratch);
+        }
+        depthwise(input, weight, bias, g, out);
+        return ep.apply_planes(out, g.out_c, g.out_h * g.out_w);
     }
     let spatial = g.out_h * g.out_w;
     let cin_g = g.in_c / g.group;
     let cout_g = g.out_c / g.group;
     let k = g.weights_per_output();
-    for (c, chunk) in out.chunks_mut(spatial).enumerate().take(g.out_c) {
-        chunk.fill(bias.map_or(0.0, |b| b[c]));
-    }
+    let isa = gemm::best_isa();
     for grp in 0..g.group {
         let w = &weight[grp * cout_g * k..(grp + 1) * cout_g * k];
         let o = &mut out[grp * cout_g * spatial..(grp + 1) * cout_g * spatial];
+        let b = bias.map(|b| &b[grp * cout_g..(grp + 1) * cout_g]);
         if g.is_pointwise() {
             // A 1×1 convolution is a plain matrix product with the input planes.
-            sgemm(cout_g, k, spatial, w, &input[grp * cin_g * spatial..(grp + 1) * cin_g * spatial], o, true);
+            gemm::gemm_epilogue(isa, cout_g, k, spatial, w, &input[grp * cin_g * spatial..(grp + 1) * cin_g * spatial], o, b, ep, grp * cout_g);
         } else {
             scratch.resize(k * spatial, 0.0);
             im2col(input, g, grp * cin_g, cin_g, scratch);
-            sgemm(cout_g, k, spatial, w, scratch, o, true);
+            gemm::gemm_epilogue(isa, cout_g, k, spatial, w, scratch, o, b, ep, grp * cout_g);
         }
     }
 }
@@ -227,6 +386,25 @@ mod tests {
             conv2d_reference(&input, &weight, Some(&bias), &g, &mut slow);
             for (a, b) in fast.iter().zip(&slow) {
                 prop_assert!((a - b).abs() < 1e-4, "{a} vs {b} for {g:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn row_vector_times_transposed_matrix() {
+        for (k, n) in [(1, 1), (15, 3), (16, 5), (37, 9), (1280, 7)] {
+            let a: Vec<f32> = (0..k).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+            let bt: Vec<f32> = (0..n * k).map(|i| (i % 11) as f32 * 0.125 - 0.6).collect();
+            let mut got = vec![1.0; n];
+            sgemm_strided(1, k, n, &a, (k as isize, 1), &bt, (1, k as isize), &mut got, true);
+            // The same matrix stored row-major (k × n).
+            let b: Vec<f32> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
+            let mut got_nn = vec![0.5; n];
+            sgemm_strided(1, k, n, &a, (k as isize, 1), &b, (n as isize, 1), &mut got_nn, false);
+            for j in 0..n {
+                let want: f64 = (0..k).map(|i| a[i] as f64 * bt[j * k + i] as f64).sum::<f64>();
+                assert!((got[j] as f64 - 1.0 - want).abs() < 1e-3, "k {k} n {n} j {j}: {} vs {want}", got[j]);
+                assert!((got_nn[j] as f64 - want).abs() < 1e-3, "k {k} n {n} j {j}: {} vs {want}", got_nn[j]);
             }
         }
     }

@@ -7,6 +7,15 @@
 
 use crate::ConvGeometry;
 
+mod pack;
+pub use pack::{pack_b_i16, pack_b_u8, PackedWeights, MR, NR};
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+
+mod dispatch;
+pub use dispatch::{add_q8, conv_q8, conv_q8_portable, global_avg_pool_q8, requantize_u8, simd_level, SimdLevel};
+
 /// Fixed-point multiplier: `apply(acc) = round(acc · multiplier / 2^shift)`, ties rounded away
 /// from zero (as gemmlowp's RoundingDivideByPOT does). Multipliers are kept in [2^29, 2^30) so
 /// that the sum of a few `acc · multiplier` products (|acc| < 2^31) stays inside i64.
@@ -74,7 +83,7 @@ impl OutputStage {
 
 /// Subtract the input zero-point once, unfolding patches into [(c·kh·kw) × (oh·ow)] i16 columns.
 /// Padding becomes 0, i.e. exactly the real value 0.
-pub fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
+pub fn im2col_q_reference(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
     let (oh, ow) = (g.out_h, g.out_w);
     let [kh, kw] = g.kernel;
     let mut row = 0;
@@ -101,7 +110,7 @@ pub fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count
 
 /// acc[m×n] += A[m×k] · B[k×n] in i32, row-major. The inner loop over n is contiguous and
 /// branch-free so that the compiler vectorizes it.
-pub fn gemm_i16(m: usize, k: usize, n: usize, a: &[i16], b: &[i16], acc: &mut [i32]) {
+pub fn gemm_i16_reference(m: usize, k: usize, n: usize, a: &[i16], b: &[i16], acc: &mut [i32]) {
     for i in 0..m {
         let row = &mut acc[i * n..(i + 1) * n];
         for p in 0..k {
@@ -123,13 +132,23 @@ pub fn gemm_i16(m: usize, k: usize, n: usize, a: &[i16], b: &[i16], acc: &mut [i
 pub struct ConvPart {
     pub weight: Vec<i16>,
     pub requant: Vec<Requant>,
+    /// `weight` re-laid for the SIMD kernels (built once, by [`ConvPart::new`]).
+    pub packed: PackedWeights,
+}
+
+impl ConvPart {
+    /// A part with its weights packed for geometry `g`.
+    pub fn new(weight: Vec<i16>, requant: Vec<Requant>, g: &ConvGeometry) -> ConvPart {
+        let packed = PackedWeights::new(&weight, g);
+        ConvPart { weight, requant, packed }
+    }
 }
 
 /// Integer convolution of one CHW uint8 image over one or more weight parts (subtensor split):
 /// each part accumulates exactly in i32, the parts are combined in one fixed-point sum and
 /// rounded once. `bias` is in the fixed-point domain of the parts (i64, already multiplied).
 #[allow(clippy::too_many_arguments)]
-pub fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+pub fn conv_q8_reference(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     let spatial = g.out_h * g.out_w;
     let cin_g = g.in_c / g.group;
     let cout_g = g.out_c / g.group;
@@ -140,13 +159,13 @@ pub fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64],
         scratch.acc.clear();
         scratch.acc.resize(g.out_c * spatial, 0);
         if g.is_depthwise() {
-            depthwise_acc(input, zp_in, &part.weight, g, &mut scratch.acc);
+            depthwise_acc_reference(input, zp_in, &part.weight, g, &mut scratch.acc);
         } else {
             for grp in 0..g.group {
                 scratch.cols.resize(k * spatial, 0);
-                im2col_q(input, zp_in, g, grp * cin_g, cin_g, &mut scratch.cols);
+                im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, &mut scratch.cols);
                 let w = &part.weight[grp * cout_g * k..(grp + 1) * cout_g * k];
-                gemm_i16(cout_g, k, spatial, w, &scratch.cols, &mut scratch.acc[grp * cout_g * spatial..(grp + 1) * cout_g * spatial]);
+                gemm_i16_reference(cout_g, k, spatial, w, &scratch.cols, &mut scratch.acc[grp * cout_g * spatial..(grp + 1) * cout_g * spatial]);
             }
         }
         for c in 0..g.out_c {
@@ -167,10 +186,14 @@ pub struct Scratch {
     pub cols: Vec<i16>,
     pub acc: Vec<i32>,
     pub fixed: Vec<i64>,
+    /// Packed GEMM right-hand side / padded depthwise plane (SIMD paths).
+    pub bpack: Vec<i16>,
+    /// Per-output-channel multipliers of the current part.
+    pub mult: Vec<i64>,
 }
 
 /// Depthwise accumulation: acc[c, y, x] += Σ (x − zp)·w' over the kernel window.
-pub fn depthwise_acc(input: &[u8], zp_in: i32, weight: &[i16], g: &ConvGeometry, acc: &mut [i32]) {
+pub fn depthwise_acc_reference(input: &[u8], zp_in: i32, weight: &[i16], g: &ConvGeometry, acc: &mut [i32]) {
     let [kh, kw] = g.kernel;
     let (oh, ow) = (g.out_h, g.out_w);
     let (sy, sx) = (g.strides[0], g.strides[1]);
@@ -203,7 +226,7 @@ pub fn depthwise_acc(input: &[u8], zp_in: i32, weight: &[i16], g: &ConvGeometry,
 /// Quantized element-wise add of same-shape tensors: out = zo + round(Ma·(a − za) + Mb·(b − zb)),
 /// both multipliers on one fixed-point shift.
 #[allow(clippy::too_many_arguments)]
-pub fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
+pub fn add_q8_reference(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
         let v = (x as i64 - za as i64) * ma + (y as i64 - zb as i64) * mb;
         *o = clamp_u8(zo as i64 + round_shift(v, shift), qmin, qmax);
@@ -211,7 +234,7 @@ pub fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32
 }
 
 /// Global average pool of one CHW image: per channel zo + round(Σ(x − zi) · si/(so·HW)).
-pub fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: Requant, zo: i32, out: &mut [u8]) {
+pub fn global_avg_pool_q8_reference(input: &[u8], channels: usize, zp_in: i32, r: Requant, zo: i32, out: &mut [u8]) {
     let hw = input.len() / channels;
     for (c, o) in out.iter_mut().enumerate().take(channels) {
         let sum: i64 = input[c * hw..(c + 1) * hw].iter().map(|&x| x as i64 - zp_in as i64).sum();
@@ -221,7 +244,7 @@ pub fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: Requant,
 
 /// Requantize u8 values from one grid to another (and clamp): ReLU/Clip and reshape-like ops
 /// whose output grid differs from the input's.
-pub fn requantize_u8(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
+pub fn requantize_u8_reference(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     for (o, &x) in out.iter_mut().zip(input) {
         *o = clamp_u8(zo as i64 + r.apply(x as i64 - zp_in as i64), qmin, qmax);
     }

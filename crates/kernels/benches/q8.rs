@@ -1,0 +1,81 @@
+//! Integer kernels, scalar reference vs the dispatched (SIMD where available) versions, on
+//! EfficientNet-Lite0-like shapes. `cargo bench -p subq-kernels --bench q8`.
+
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use subq_kernels::q8::{self, ConvPart, Requant, Scratch};
+use subq_kernels::ConvGeometry;
+
+fn data(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+fn geom(in_c: usize, hw: usize, out_c: usize, k: usize, stride: usize, group: usize) -> ConvGeometry {
+    let pad = k / 2;
+    let out = (hw + 2 * pad - k) / stride + 1;
+    ConvGeometry { in_c, in_h: hw, in_w: hw, out_c, out_h: out, out_w: out, kernel: [k, k], strides: [stride, stride], dilations: [1, 1], pad_top: pad, pad_left: pad, group }
+}
+
+fn conv(c: &mut Criterion) {
+    let cases = [
+        ("stem3x3s2_3to32_224", geom(3, 224, 32, 3, 2, 1)),
+        ("pw_32to16_112", geom(32, 112, 16, 1, 1, 1)),
+        ("pw_24to144_56", geom(24, 56, 144, 1, 1, 1)),
+        ("pw_672to112_14", geom(672, 14, 112, 1, 1, 1)),
+        ("pw_1152to320_7", geom(1152, 7, 320, 1, 1, 1)),
+        ("dw3x3s1_32_112", geom(32, 112, 32, 3, 1, 32)),
+        ("dw3x3s2_96_112", geom(96, 112, 96, 3, 2, 96)),
+        ("dw5x5s1_672_14", geom(672, 14, 672, 5, 1, 672)),
+        ("dw5x5s2_144_56", geom(144, 56, 144, 5, 2, 144)),
+        ("grouped3x3_g4_32to32_28", geom(32, 28, 32, 3, 1, 4)),
+        ("gemm_fc_1280to1000", geom(1280, 1, 1000, 1, 1, 1)),
+    ];
+    let mut grp = c.benchmark_group("conv_q8");
+    grp.sample_size(15).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    for (name, g) in cases {
+        let input = data(g.in_c * g.in_h * g.in_w, 1);
+        let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2).iter().map(|&x| x as i16 - 128).collect();
+        let (rq, shift) = Requant::common(&(0..g.out_c).map(|i| 0.001 + i as f64 * 1e-5).collect::<Vec<_>>());
+        let parts = vec![ConvPart::new(w, rq, &g)];
+        let bias = vec![12345i64 << 10; g.out_c];
+        let mut out = vec![0u8; g.out_c * g.out_h * g.out_w];
+        let mut s = Scratch::default();
+        grp.bench_function(BenchmarkId::new("reference", name), |b| b.iter(|| q8::conv_q8_reference(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, &g, &mut out, &mut s)));
+        grp.bench_function(BenchmarkId::new(format!("{:?}", q8::simd_level()), name), |b| b.iter(|| q8::conv_q8(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, &g, &mut out, &mut s)));
+    }
+    grp.finish();
+}
+
+fn elementwise(c: &mut Criterion) {
+    let level = format!("{:?}", q8::simd_level());
+    let mut grp = c.benchmark_group("elementwise_q8");
+    grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    let n = 24 * 56 * 56;
+    let (a, b) = (data(n, 3), data(n, 4));
+    let mut out = vec![0u8; n];
+    let (ms, shift) = Requant::common(&[0.7, 1.3]);
+    grp.bench_function("add/reference", |bch| bch.iter(|| q8::add_q8_reference(black_box(&a), 120, ms[0].multiplier, &b, 130, ms[1].multiplier, shift, 128, 0, 255, &mut out)));
+    grp.bench_function(format!("add/{level}"), |bch| bch.iter(|| q8::add_q8(black_box(&a), 120, ms[0].multiplier, &b, 130, ms[1].multiplier, shift, 128, 0, 255, &mut out)));
+    let (c_, hw) = (1280, 49);
+    let x = data(c_ * hw, 5);
+    let r = Requant::new(0.9 / hw as f64);
+    let mut o = vec![0u8; c_];
+    grp.bench_function("global_avg_pool/reference", |bch| bch.iter(|| q8::global_avg_pool_q8_reference(black_box(&x), c_, 10, r, 5, &mut o)));
+    grp.bench_function(format!("global_avg_pool/{level}"), |bch| bch.iter(|| q8::global_avg_pool_q8(black_box(&x), c_, 10, r, 5, &mut o)));
+    let r = Requant::new(0.8);
+    grp.bench_function("requantize/reference", |bch| bch.iter(|| q8::requantize_u8_reference(black_box(&a), 10, r, 5, 5, 250, &mut out)));
+    grp.bench_function("requantize/lut", |bch| bch.iter(|| q8::requantize_u8(black_box(&a), 10, r, 5, 5, 250, &mut out)));
+    grp.finish();
+}
+
+criterion_group!(benches, conv, elementwise);
+criterion_main!(benches);

@@ -1,0 +1,391 @@
+//! Fast depthwise convolution (dilation 1, any kernel size and stride).
+//!
+//! Each channel's input plane is first copied into a zero-padded buffer split by column phase
+//! (`x mod stride`), so every kernel tap reads a contiguous, in-bounds run of columns: tap
+//! (ky, kx) of output column `ox` reads phase `kx mod sx` at column `ox + kx / sx` of padded row
+//! `oy·sy + ky`. The output is then computed eight columns at a time with no edge cases; the
+//! last, partial block reads (zero) padding and only stores the valid columns.
+//!
+//! The AVX2+FMA row kernel is chosen at run time; the portable row kernel has the same
+//! structure and is what the proptests compare the SIMD one against (both are also compared
+//! with [`super::conv2d_reference`]).
+
+use super::{Epilogue, Post};
+use crate::ConvGeometry;
+
+/// Output columns per SIMD block.
+const LANES: usize = 8;
+
+/// Layout of the per-channel padded, phase-split plane. Its zero border is the same for every
+/// channel, so the buffer is zeroed once per call and each channel only overwrites the interior.
+struct Plane {
+    /// Padded rows needed: (out_h − 1)·sy + kh.
+    rows: usize,
+    /// Columns per phase row: out_w rounded up to LANES plus the largest tap offset.
+    width: usize,
+    /// For tap t = ky·kw + kx: offset of its first column relative to the output row's base.
+    tap_offsets: Vec<usize>,
+    /// Distance between the bases of consecutive output rows.
+    row_step: usize,
+    /// Padded rows that hold input rows: [py0, py1), input row py − pad_top.
+    py: (usize, usize),
+    /// Per phase p: columns [q0, q1) hold input columns first + (q − q0)·sx.
+    cols: Vec<(usize, usize, usize)>,
+}
+
+impl Plane {
+    fn new(g: &ConvGeometry) -> Plane {
+        let [kh, kw] = g.kernel;
+        let (sy, sx) = (g.strides[0], g.strides[1]);
+        let rows = (g.out_h - 1) * sy + kh;
+        let width = g.out_w.div_ceil(LANES) * LANES + (kw - 1) / sx;
+        let tap_offsets = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * sx + kx % sx) * width + kx / sx)).collect();
+        let py0 = g.pad_top.min(rows);
+        let py1 = (g.pad_top + g.in_h).min(rows).max(py0);
+        let cols = (0..sx)
+            .map(|p| {
+                let (q0, q1) = ConvGeometry::valid_range(width, g.in_w, sx, g.pad_left, p);
+                (q0, q1, if q0 < q1 { q0 * sx + p - g.pad_left } else { 0 })
+            })
+            .collect();
+        Plane { rows, width, tap_offsets, row_step: sy * sx * width, py: (py0, py1), cols }
+    }
+
+    fn len(&self, sx: usize) -> usize {
+        self.rows * sx * self.width
+    }
+
+    /// Copy one channel's interior into the (already zero-bordered) buffer.
+    #[inline(always)]
+    fn fill(&self, src: &[f32], g: &ConvGeometry, dst: &mut [f32], deint: Deinterleave) {
+        let sx = g.strides[1];
+        let w = self.width;
+        for py in self.py.0..self.py.1 {
+            let iy = py - g.pad_top;
+            let row = &src[iy * g.in_w..(iy + 1) * g.in_w];
+            let d = &mut dst[py * sx * w..(py + 1) * sx * w];
+            match sx {
+                1 => {
+                    let (q0, q1, first) = self.cols[0];
+                    copy(&mut d[q0..q1], &row[first..first + (q1 - q0)]);
+                }
+                2 => {
+                    // Phase p holds input columns of parity (p + pad_left) mod 2, starting at
+                    // input column 0 or 1 (the left edge is padded, never cropped).
+                    let ((a0, a1, _), (b0, b1, _)) = (self.cols[0], self.cols[1]);
+                    let (p0, p1) = d.split_at_mut(w);
+                    let (even, odd) = if g.pad_left.is_multiple_of(2) { (&mut p0[a0..a1], &mut p1[b0..b1]) } else { (&mut p1[b0..b1], &mut p0[a0..a1]) };
+                    let r = row;
+                    // SAFETY: both ranges come from valid_range over in_w, so every read index
+                    // is below in_w (asserted inside).
+                    unsafe { deint(r, even, odd) };
+                }
+                _ => {
+                    for p in 0..sx {
+                        let (q0, q1, first) = self.cols[p];
+                        for (j, v) in d[p * w + q0..p * w + q1].iter_mut().enumerate() {
+                            *v = row[first + j * sx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Short copies without a library call per row.
+#[inline(always)]
+fn copy(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len().min(src.len());
+    let (mut dc, mut sc) = (dst[..n].chunks_exact_mut(8), src[..n].chunks_exact(8));
+    for (d, s) in (&mut dc).zip(&mut sc) {
+        let v: [f32; 8] = s.try_into().unwrap();
+        d.copy_from_slice(&v);
+    }
+    for (d, s) in dc.into_remainder().iter_mut().zip(sc.remainder()) {
+        *d = *s;
+    }
+}
+
+/// One block of up to [`LANES`] consecutive output columns of one output row.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    /// Offset of the block's first tap-(0, 0) input in the padded plane.
+    src: usize,
+    /// Offset of its first output in the channel's output plane.
+    dst: usize,
+    /// Valid columns (1..=LANES).
+    len: usize,
+}
+
+fn blocks(g: &ConvGeometry, plane: &Plane) -> Vec<Block> {
+    let mut v = Vec::with_capacity(g.out_h * g.out_w.div_ceil(LANES));
+    for oy in 0..g.out_h {
+        for x0 in (0..g.out_w).step_by(LANES) {
+            v.push(Block { src: oy * plane.row_step + x0, dst: oy * g.out_w + x0, len: (g.out_w - x0).min(LANES) });
+        }
+    }
+    v
+}
+
+/// One channel: for every block, `out[ox] = post(bias + Σ_t w[t] · plane[src + off[t] + ox])`.
+type ChannelKernel = unsafe fn(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, post: Post, out: &mut [f32]);
+
+/// Fills phase rows from one input row when the column stride is 2: `even[j] = row[2j]`,
+/// `odd[j] = row[2j + 1]`, for j below each destination's length.
+type Deinterleave = unsafe fn(row: &[f32], even: &mut [f32], odd: &mut [f32]);
+
+/// Portable channel kernel.
+///
+/// # Safety
+/// `plane + block.src + offs[t] + LANES` stays inside the padded plane for every block and tap.
+unsafe fn channel_scalar(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, post: Post, out: &mut [f32]) {
+    for b in blocks {
+        let mut acc = [bias; LANES];
+        for (&off, &wt) in offs.iter().zip(w) {
+            let src = std::slice::from_raw_parts(plane.add(b.src + off), LANES);
+            for (a, &s) in acc.iter_mut().zip(src) {
+                *a += wt * s;
+            }
+        }
+        for (o, &a) in out[b.dst..b.dst + b.len].iter_mut().zip(&acc) {
+            *o = post.apply(a);
+        }
+    }
+}
+
+unsafe fn deinterleave_scalar(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    for (j, e) in even.iter_mut().enumerate() {
+        *e = row[2 * j];
+    }
+    for (j, o) in odd.iter_mut().enumerate() {
+        *o = row[2 * j + 1];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Block, Post, LANES};
+    use crate::f32::post_avx2 as post;
+    use std::arch::x86_64::*;
+
+    use crate::f32::MASK;
+
+    #[inline(always)]
+    unsafe fn store(out: *mut f32, b: &Block, v: __m256) {
+        if b.len == LANES {
+            _mm256_storeu_ps(out.add(b.dst), v);
+        } else {
+            let m = _mm256_loadu_si256(MASK.as_ptr().add(LANES - b.len) as *const __m256i);
+            _mm256_maskstore_ps(out.add(b.dst), m, v);
+        }
+    }
+
+    /// `N` blocks at once: N independent accumulator chains share each broadcast weight.
+    #[inline(always)]
+    unsafe fn group<const N: usize>(plane: *const f32, bs: &[Block], offs: &[usize], w: &[f32], bias: f32, p: &Post, out: *mut f32) {
+        let mut acc = [_mm256_set1_ps(bias); N];
+        let mut src = [plane; N];
+        for i in 0..N {
+            src[i] = plane.add(bs[i].src);
+        }
+        for (&off, wt) in offs.iter().zip(w) {
+            let wv = _mm256_broadcast_ss(wt);
+            for i in 0..N {
+                acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src[i].add(off)), acc[i]);
+            }
+        }
+        for i in 0..N {
+            store(out, &bs[i], post(acc[i], p));
+        }
+    }
+
+    /// AVX2+FMA channel kernel.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; same bounds as [`super::channel_scalar`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn channel(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, p: Post, out: &mut [f32]) {
+        assert!(blocks.iter().all(|b| b.dst + b.len <= out.len()));
+        let o = out.as_mut_ptr();
+        let mut rest = blocks;
+        while rest.len() >= 8 {
+            group::<8>(plane, &rest[..8], offs, w, bias, &p, o);
+            rest = &rest[8..];
+        }
+        if rest.len() >= 4 {
+            group::<4>(plane, &rest[..4], offs, w, bias, &p, o);
+            rest = &rest[4..];
+        }
+        if rest.len() >= 2 {
+            group::<2>(plane, &rest[..2], offs, w, bias, &p, o);
+            rest = &rest[2..];
+        }
+        if !rest.is_empty() {
+            group::<1>(plane, rest, offs, w, bias, &p, o);
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+        assert!(row.len() + 1 >= 2 * even.len() && row.len() >= 2 * odd.len());
+        let n = even.len().min(odd.len());
+        let mut j = 0;
+        // Each step reads row[2j .. 2j + 16].
+        while j + LANES <= n && 2 * j + 2 * LANES <= row.len() {
+            let a = _mm256_loadu_ps(row.as_ptr().add(2 * j));
+            let b = _mm256_loadu_ps(row.as_ptr().add(2 * j + LANES));
+            // Per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6], then fix the 64-bit pair order.
+            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+            let od = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+            let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
+            let od = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(od)));
+            _mm256_storeu_ps(even.as_mut_ptr().add(j), e);
+            _mm256_storeu_ps(odd.as_mut_ptr().add(j), od);
+            j += LANES;
+        }
+        for (k, e) in even[j..].iter_mut().enumerate() {
+            *e = row[2 * (j + k)];
+        }
+        for (k, o) in odd[j..].iter_mut().enumerate() {
+            *o = row[2 * (j + k) + 1];
+        }
+    }
+}
+
+/// Whether the fast path handles this geometry (dilation 1); [`depthwise_fused`] falls back
+/// to the plain kernel otherwise.
+pub fn supports(g: &ConvGeometry) -> bool {
+    g.group == g.in_c && g.group == g.out_c && g.dilations == [1, 1] && g.out_h > 0 && g.out_w > 0
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn run(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>, kernel: ChannelKernel, deint: Deinterleave) {
+    let [kh, kw] = g.kernel;
+    let (oh, ow) = (g.out_h, g.out_w);
+    let plane = Plane::new(g);
+    let blocks = blocks(g, &plane);
+    scratch.clear();
+    scratch.resize(plane.len(g.strides[1]), 0.0);
+    let in_plane = g.in_h * g.in_w;
+    assert!(input.len() >= g.in_c * in_plane && out.len() >= g.out_c * oh * ow && weight.len() >= g.out_c * kh * kw);
+    for c in 0..g.out_c {
+        plane.fill(&input[c * in_plane..(c + 1) * in_plane], g, scratch, deint);
+        let w = &weight[c * kh * kw..(c + 1) * kh * kw];
+        let b = bias.map_or(0.0, |b| b[c]);
+        // SAFETY: the plane holds `rows` padded rows of `width ≥ ceil(ow / 8)·8 + max tap
+        // column offset` columns per phase, and block oy's taps stay within rows oy·sy .. oy·sy + kh.
+        unsafe { kernel(scratch.as_ptr(), &blocks, &plane.tap_offsets, w, b, Post::of(ep, c), &mut out[c * oh * ow..(c + 1) * oh * ow]) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>) {
+    run(input, weight, bias, g, ep, out, scratch, avx2::channel, avx2::deinterleave)
+}
+
+/// Which row kernel to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2Fma,
+}
+
+/// The best kernel this CPU runs.
+pub fn best_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        return Isa::Avx2Fma;
+    }
+    Isa::Scalar
+}
+
+/// Depthwise convolution with the epilogue applied, on the given kernel set (`isa` must be
+/// supported by the CPU: use [`best_isa`]). Requires [`supports`].
+#[allow(clippy::too_many_arguments)]
+pub fn depthwise_with(isa: Isa, input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>) {
+    assert!(supports(g), "depthwise fast path needs dilation 1: {g:?}");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            assert!(best_isa() == Isa::Avx2Fma);
+            // SAFETY: AVX2 and FMA were detected.
+            unsafe { run_avx2(input, weight, bias, g, ep, out, scratch) }
+        }
+        _ => run(input, weight, bias, g, ep, out, scratch, channel_scalar, deinterleave_scalar),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::f32::conv2d_reference;
+    use proptest::prelude::*;
+
+    fn dw_geometry() -> impl Strategy<Value = ConvGeometry> {
+        (1usize..6, 1usize..6, 1usize..6, 1usize..4, 1usize..4, 0usize..4, 0usize..4, 1usize..24, 1usize..40, 0usize..3, 0usize..3).prop_filter_map(
+            "kernel larger than padded input",
+            |(c, kh, kw, sy, sx, pt, pl, h, w, pb, pr)| {
+                let (ph, pw) = (h + pt + pb, w + pl + pr);
+                if ph < kh || pw < kw {
+                    return None;
+                }
+                let (out_h, out_w) = ((ph - kh) / sy + 1, (pw - kw) / sx + 1);
+                Some(ConvGeometry { in_c: c, in_h: h, in_w: w, out_c: c, out_h, out_w, kernel: [kh, kw], strides: [sy, sx], dilations: [1, 1], pad_top: pt, pad_left: pl, group: c })
+            },
+        )
+    }
+
+    fn rnd_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        #[test]
+        fn simd_and_scalar_match_reference(g in dw_geometry(), seed in 0u64..1000, affine in any::<bool>(), clamp in any::<bool>()) {
+            let input = rnd_vec(g.in_c * g.in_h * g.in_w, seed);
+            let weight = rnd_vec(g.out_c * g.kernel[0] * g.kernel[1], seed + 1);
+            let bias = rnd_vec(g.out_c, seed + 2);
+            let (scale, shift) = (rnd_vec(g.out_c, seed + 3), rnd_vec(g.out_c, seed + 4));
+            let ep = Epilogue { affine: affine.then_some((&scale[..], &shift[..])), clamp: clamp.then_some((-0.1, 0.2)) };
+            let n = g.out_c * g.out_h * g.out_w;
+            let mut want = vec![0.0; n];
+            conv2d_reference(&input, &weight, Some(&bias), &g, &mut want);
+            ep.apply_planes(&mut want, g.out_c, g.out_h * g.out_w);
+            let mut isas = vec![Isa::Scalar];
+            if best_isa() != Isa::Scalar {
+                isas.push(best_isa());
+            }
+            let mut outs = Vec::new();
+            for isa in isas {
+                let mut got = vec![f32::NAN; n];
+                depthwise_with(isa, &input, &weight, Some(&bias), &g, &ep, &mut got, &mut vec![1.0; 3]);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    prop_assert!(close(*a, *b), "{isa:?} [{i}] {a} vs {b} for {g:?}");
+                }
+                outs.push(got);
+            }
+            // SIMD against its scalar twin.
+            for o in &outs[1..] {
+                for (a, b) in o.iter().zip(&outs[0]) {
+                    prop_assert!(close(*a, *b));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! AVX2 versions of the integer kernels, bit-identical to the scalar references in [`super`].
+//!
+//! Products use `vpmaddwd` on i16 pairs (`|x − zp| ≤ 255`, `|w − zw| ≤ 255`): each i32 lane gets
+//! `x0·w0 + x1·w1` exactly, with no intermediate saturation (`vpmaddubsw` is never used). i32
+//! accumulation wraps exactly like the reference's (order does not matter for wrapping sums).
+//! Requantization is the reference's i64 fixed-point arithmetic, done on 4×i64 lanes
+//! (`vpmuldq`), with ties-away-from-zero rounding computed on the absolute value.
+//!
+//! Every function here requires AVX2: call only after `is_x86_feature_detected!("avx2")`
+//! (see [`super::simd_level`]).
+
+// Safety of every `unsafe fn` here: the CPU must support AVX2 (slices are bounds-checked by
+// asserts on entry).
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use super::pack::{PackedWeights, MR, NR};
+use super::{im2col_q_reference, round_shift, ConvPart, Scratch};
+use crate::ConvGeometry;
+
+/// Where a kernel's i32 accumulators go. Rows are output channels, `n` the row stride.
+pub enum Sink<'a> {
+    /// `out[r·n + j] = clamp(zp + round_shift(bias[r] + acc·mult[r], shift), qmin, qmax)`.
+    Requant { mult: &'a [i64], bias: &'a [i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &'a mut [u8] },
+    /// `acc[r·n + j] = acc` (overwritten).
+    Acc(&'a mut [i32]),
+}
+
+/// Requantization constants in vector form.
+#[derive(Clone, Copy)]
+struct Fin {
+    half: __m256i,
+    shift: __m128i,
+    cap: __m256i,
+    zp: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+}
+
+#[inline(always)]
+unsafe fn fin(shift: u32, zp: i32, qmin: i32, qmax: i32) -> Fin {
+    let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
+    Fin {
+        half: _mm256_set1_epi64x(half),
+        shift: _mm_cvtsi64_si128(shift as i64),
+        // |round_shift| is clamped to 2^24 before narrowing to i32: far outside [0, 255] − zp,
+        // so the final clamp is unchanged.
+        cap: _mm256_set1_epi64x(1 << 24),
+        zp: _mm256_set1_epi32(zp),
+        lo: _mm256_set1_epi32(qmin),
+        hi: _mm256_set1_epi32(qmax),
+    }
+}
+
+/// `round_shift` on 4×i64 (|x| < 2^62), result clamped to ±2^24.
+#[inline(always)]
+unsafe fn round64(x: __m256i, f: &Fin) -> __m256i {
+    let sign = _mm256_cmpgt_epi64(_mm256_setzero_si256(), x);
+    let abs = _mm256_sub_epi64(_mm256_xor_si256(x, sign), sign);
+    let r = _mm256_srl_epi64(_mm256_add_epi64(abs, f.half), f.shift);
+    let r = _mm256_blendv_epi8(r, f.cap, _mm256_cmpgt_epi64(r, f.cap));
+    _mm256_sub_epi64(_mm256_xor_si256(r, sign), sign)
+}
+
+/// Fixed-point values of elements 0,2,4,6 (`even`) and 1,3,5,7 (`odd`) → 8 clamped i32.
+#[inline(always)]
+unsafe fn finish(even: __m256i, odd: __m256i, f: &Fin) -> __m256i {
+    let e = round64(even, f);
+    let o = round64(odd, f);
+    let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
+    _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
+}
+
+/// 8 i32 accumulators → 8 clamped outputs (as i32), with one channel's i64 multiplier and bias.
+#[inline(always)]
+unsafe fn requant8(acc: __m256i, m: __m256i, bias: __m256i, f: &Fin) -> __m256i {
+    let even = _mm256_add_epi64(_mm256_mul_epi32(acc, m), bias);
+    let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), m), bias);
+    finish(even, odd, f)
+}
+
+/// Two vectors of 8 i32 in [0, 255] → 16 bytes in order.
+#[inline(always)]
+unsafe fn pack16(a: __m256i, b: __m256i) -> __m128i {
+    let t = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
+    _mm_packus_epi16(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1))
+}
+
+/// Write 16 accumulators (`v0` = columns 0..8, `v1` = 8..16) of row `row` at column `col`,
+/// `cols` ≤ 16 of them valid.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sink16(sink: &mut Sink, f: &Fin, row: usize, col: usize, n: usize, cols: usize, v0: __m256i, v1: __m256i) {
+    match sink {
+        Sink::Requant { mult, bias, out, .. } => {
+            let m = _mm256_set1_epi64x(*mult.get_unchecked(row));
+            let b = _mm256_set1_epi64x(*bias.get_unchecked(row));
+            let bytes = pack16(requant8(v0, m, b, f), requant8(v1, m, b, f));
+            let dst = out.as_mut_ptr().add(row * n + col);
+            if cols == 16 {
+                _mm_storeu_si128(dst as *mut __m128i, bytes);
+            } else {
+                let mut tmp = [0u8; 16];
+                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+            }
+        }
+        Sink::Acc(acc) => {
+            let dst = acc.as_mut_ptr().add(row * n + col);
+            if cols == 16 {
+                _mm256_storeu_si256(dst as *mut __m256i, v0);
+                _mm256_storeu_si256(dst.add(8) as *mut __m256i, v1);
+            } else {
+                let mut tmp = [0i32; 16];
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, v0);
+                _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, v1);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn sink_fin(sink: &Sink) -> Fin {
+    match sink {
+        Sink::Requant { shift, zp, qmin, qmax, .. } => fin(*shift, *zp, *qmin, *qmax),
+        Sink::Acc(_) => fin(0, 0, 0, 255),
+    }
+}
+
+/// `out[j] = clamp(zp + round_shift(bias + acc[j]·mult, shift), qmin, qmax)`: the conv epilogue
+/// on one row (exposed for tests).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn requant_row(acc: &[i32], mult: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
+    let n = acc.len().min(out.len());
+    let f = fin(shift, zp, qmin, qmax);
+    let mut sink = Sink::Requant { mult: &[mult], bias: &[bias], shift, zp, qmin, qmax, out };
+    let mut j = 0;
+    while j < n {
+        let cols = 16.min(n - j);
+        let mut tmp = [0i32; 16];
+        tmp[..cols].copy_from_slice(&acc[j..j + cols]);
+        let v0 = _mm256_loadu_si256(tmp.as_ptr() as *const __m256i);
+        let v1 = _mm256_loadu_si256(tmp.as_ptr().add(8) as *const __m256i);
+        sink16(&mut sink, &f, 0, j, 0, cols, v0, v1);
+        j += 16;
+    }
+}
+
+/// Pack `x − zp` of a uint8 `[k × n]` matrix into `NR`-column panels (see [`super::pack_b_u8`]).
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec<i16>) {
+    assert!(input.len() >= k * n);
+    let (np, kp) = (n.div_ceil(NR), k.div_ceil(2));
+    let len = np * kp * NR * 2;
+    dst.clear();
+    dst.reserve(len);
+    let zpv = _mm256_set1_epi16(zp as i16);
+    let full = n / NR;
+    let d = dst.as_mut_ptr();
+    let src = input.as_ptr();
+    for jp in 0..full {
+        let col = jp * NR;
+        for p in 0..kp {
+            let a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(src.add(2 * p * n + col) as *const __m128i)), zpv);
+            let b = if 2 * p + 1 < k { _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(src.add((2 * p + 1) * n + col) as *const __m128i)), zpv) } else { _mm256_setzero_si256() };
+            let lo = _mm256_unpacklo_epi16(a, b);
+            let hi = _mm256_unpackhi_epi16(a, b);
+            let o = d.add((jp * kp + p) * NR * 2);
+            _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x20));
+            _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x31));
+        }
+    }
+    if full < np {
+        let tail = d.add(full * kp * NR * 2);
+        std::ptr::write_bytes(tail, 0, kp * NR * 2);
+        for row in 0..k {
+            let (p, h) = (row / 2, row % 2);
+            for col in full * NR..n {
+                *tail.add((p * NR + col % NR) * 2 + h) = (*src.add(row * n + col) as i32 - zp) as i16;
+            }
+        }
+    }
+    dst.set_len(len);
+}
+
+/// `acc = A · B` for packed A (one group: `m` rows, `k` deep) and packed B (`n` columns),
+/// results to `sink` (rows relative to this group).
+#[target_feature(enable = "avx2")]
+pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink) {
+    let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
+    assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
+    let f = sink_fin(sink);
+    for jp in 0..np {
+        let bp = b.as_ptr().add(jp * kp * NR * 2);
+        let cols = NR.min(n - jp * NR);
+        for ib in 0..mb {
+            let ap = a.as_ptr().add(ib * kp * MR * 2) as *const i32;
+            let mut c = [[_mm256_setzero_si256(); 2]; MR];
+            for p in 0..kp {
+                let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
+                let b1 = _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i);
+                let aw = ap.add(p * MR);
+                for (r, cr) in c.iter_mut().enumerate() {
+                    let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
+                    cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w));
+                    cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w));
+                }
+            }
+            let rows = MR.min(m - ib * MR);
+            for (r, cr) in c.iter().enumerate().take(rows) {
+                sink16(sink, &f, ib * MR + r, jp * NR, n, cols, cr[0], cr[1]);
+            }
+        }
+    }
+}
+
+/// Σ a[i]·b[i] over i16 slices of equal length, exact in (wrapping) i32.
+#[inline(always)]
+unsafe fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
+    let k = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut s0 = _mm256_setzero_si256();
+    let mut s1 = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 32 <= k {
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_loadu_si256(pa.add(i) as *const __m256i), _mm256_loadu_si256(pb.add(i) as *const __m256i)));
+        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_loadu_si256(pa.add(i + 16) as *const __m256i), _mm256_loadu_si256(pb.add(i + 16) as *const __m256i)));
+        i += 32;
+    }
+    while i + 16 <= k {
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_loadu_si256(pa.add(i) as *const __m256i), _mm256_loadu_si256(pb.add(i) as *const __m256i)));
+        i += 16;
+    }
+    let s = _mm256_add_epi32(s0, s1);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    let mut acc = _mm_cvtsi128_si32(s);
+    while i < k {
+        acc = acc.wrapping_add(*pa.add(i) as i32 * *pb.add(i) as i32);
+        i += 1;
+    }
+    acc
+}
+
+/// Matrix–vector products for narrow outputs (`n` small, e.g. Gemm/FC): `w` is `[m × k]`
+/// row-major (unpacked), `cols` the `[k × n]` i16 right-hand side.
+#[target_feature(enable = "avx2")]
+pub unsafe fn gemv(w: &[i16], m: usize, k: usize, cols: &[i16], n: usize, xcol: &mut Vec<i16>, sink: &mut Sink) {
+    assert!(w.len() >= m * k && cols.len() >= k * n);
+    for j in 0..n {
+        xcol.clear();
+        xcol.extend((0..k).map(|p| cols[p * n + j]));
+        for i in 0..m {
+            let acc = dot_i16(&w[i * k..(i + 1) * k], xcol);
+            match sink {
+                Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
+                    let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
+                    out[i * n + j] = v.clamp(*qmin as i64, *qmax as i64) as u8;
+                }
+                Sink::Acc(a) => a[i * n + j] = acc,
+            }
+        }
+    }
+}
+
+/// Whether [`depthwise`] handles this geometry.
+pub fn depthwise_supported(g: &ConvGeometry) -> bool {
+    g.is_depthwise() && g.dilations == [1, 1] && (g.strides[1] == 1 || g.strides[1] == 2) && g.strides[0] >= 1
+}
+
+/// Depthwise conv, any kernel size, horizontal stride 1 or 2, any vertical stride, dilation 1.
+///
+/// Per channel the input is laid out once as a zero-padded i16 plane of `x − zp` (for stride 2
+/// each row split into its even and odd columns), so every tap is a contiguous 16-wide load; two
+/// kernel rows are interleaved into i16 pairs and multiplied by `(w[ky][kx], w[ky+1][kx])`
+/// with one `vpmaddwd`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
+    let [kh, kw] = g.kernel;
+    let (oh, ow) = (g.out_h, g.out_w);
+    let (sy, sx) = (g.strides[0], g.strides[1]);
+    let (ih, iw) = (g.in_h, g.in_w);
+    assert!(depthwise_supported(g) && input.len() >= g.in_c * ih * iw && pairs.len() >= g.out_c * kh2 * kw && kh2 * 2 >= kh);
+    let owp = ow.div_ceil(16) * 16;
+    // Phase length (per row: `sx` phases) and row stride.
+    let phase = if sx == 1 { owp + kw - 1 } else { owp + (kw - 1) / 2 };
+    let rs = phase * sx;
+    let hp = (oh - 1) * sy + 2 * kh2;
+    plane.clear();
+    plane.resize(hp * rs, 0);
+    // Stride 2: one padded row before the even/odd split (+16 for whole-vector reads).
+    let mut tmp = vec![0i16; if sx == 2 { 2 * phase + 16 } else { 0 }];
+    let f = sink_fin(sink);
+    let zpv = _mm256_set1_epi16(zp as i16);
+    let spatial = oh * ow;
+    for c in 0..g.out_c {
+        let src = &input[c * ih * iw..(c + 1) * ih * iw];
+        // Build the padded plane (every entry is rewritten: rows outside the input are zeroed).
+        for py in 0..hp {
+            let row = plane.as_mut_ptr().add(py * rs);
+            let iy = py as isize - g.pad_top as isize;
+            if iy < 0 || iy >= ih as isize {
+                std::ptr::write_bytes(row, 0, rs);
+                continue;
+            }
+            let s = src.as_ptr().add(iy as usize * iw);
+            if sx == 1 {
+                fill_row(row, phase, s, iw, g.pad_left, zpv, zp);
+            } else {
+                // Padded row into `tmp`, then split into even / odd columns.
+                let t = tmp.as_mut_ptr();
+                fill_row(t, 2 * phase, s, iw, g.pad_left, zpv, zp);
+                deinterleave(t, row, row.add(phase), phase);
+            }
+        }
+        let wp = pairs.as_ptr().add(c * kh2 * kw);
+        let base = plane.as_ptr();
+        for oy in 0..oh {
+            let mut ox0 = 0;
+            while ox0 < ow {
+                let mut lo = _mm256_setzero_si256();
+                let mut hi = _mm256_setzero_si256();
+                for r in 0..kh2 {
+                    let r0 = base.add((oy * sy + 2 * r) * rs);
+                    let r1 = r0.add(rs);
+                    for kx in 0..kw {
+                        let off = if sx == 1 { ox0 + kx } else { (kx & 1) * phase + ox0 + (kx >> 1) };
+                        let a = _mm256_loadu_si256(r0.add(off) as *const __m256i);
+                        let b = _mm256_loadu_si256(r1.add(off) as *const __m256i);
+                        let w = _mm256_set1_epi32(*wp.add(r * kw + kx));
+                        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), w));
+                        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), w));
+                    }
+                }
+                let v0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+                let v1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+                sink16(sink, &f, c, oy * ow + ox0, spatial, 16.min(ow - ox0), v0, v1);
+                ox0 += 16;
+            }
+        }
+    }
+}
+
+/// `row[px] = x[px − pad] − zp` for `px ∈ [pad, pad + iw)`, 0 elsewhere, `px < len`.
+#[inline(always)]
+unsafe fn fill_row(row: *mut i16, len: usize, s: *const u8, iw: usize, pad: usize, zpv: __m256i, zp: i32) {
+    let x0 = pad.min(len);
+    std::ptr::write_bytes(row, 0, x0);
+    let x1 = (pad + iw).min(len);
+    let mut px = x0;
+    while px + 16 <= x1 {
+        let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(px - pad) as *const __m128i)), zpv);
+        _mm256_storeu_si256(row.add(px) as *mut __m256i, v);
+        px += 16;
+    }
+    while px < x1 {
+        *row.add(px) = (*s.add(px - pad) as i32 - zp) as i16;
+        px += 1;
+    }
+    if x1 < len {
+        std::ptr::write_bytes(row.add(x1), 0, len - x1);
+    }
+}
+
+/// `even[j] = src[2j]`, `odd[j] = src[2j+1]` for `j < len` (`src` readable up to `2·len + 16`,
+/// rounded up to 16).
+#[inline(always)]
+unsafe fn deinterleave(src: *const i16, even: *mut i16, odd: *mut i16, len: usize) {
+    // Within each 128-bit lane: even words to the low 8 bytes, odd words to the high 8 bytes.
+    let shuf = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    let mut j = 0;
+    while j + 16 <= len {
+        let a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256(src.add(2 * j) as *const __m256i), shuf), 0xD8);
+        let b = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256(src.add(2 * j + 16) as *const __m256i), shuf), 0xD8);
+        _mm256_storeu_si256(even.add(j) as *mut __m256i, _mm256_permute2x128_si256(a, b, 0x20));
+        _mm256_storeu_si256(odd.add(j) as *mut __m256i, _mm256_permute2x128_si256(a, b, 0x31));
+        j += 16;
+    }
+    while j < len {
+        *even.add(j) = *src.add(2 * j);
+        *odd.add(j) = *src.add(2 * j + 1);
+        j += 1;
+    }
+}
+
+/// Pack an i16 `[k × n]` matrix into `NR`-column panels (see [`super::pack_b_i16`]).
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_b_i16(cols: &[i16], k: usize, n: usize, dst: &mut Vec<i16>) {
+    assert!(cols.len() >= k * n);
+    let (np, kp) = (n.div_ceil(NR), k.div_ceil(2));
+    let len = np * kp * NR * 2;
+    dst.clear();
+    dst.reserve(len);
+    let full = n / NR;
+    let d = dst.as_mut_ptr();
+    let src = cols.as_ptr();
+    for jp in 0..full {
+        let col = jp * NR;
+        for p in 0..kp {
+            let a = _mm256_loadu_si256(src.add(2 * p * n + col) as *const __m256i);
+            let b = if 2 * p + 1 < k { _mm256_loadu_si256(src.add((2 * p + 1) * n + col) as *const __m256i) } else { _mm256_setzero_si256() };
+            let lo = _mm256_unpacklo_epi16(a, b);
+            let hi = _mm256_unpackhi_epi16(a, b);
+            let o = d.add((jp * kp + p) * NR * 2);
+            _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x20));
+            _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x31));
+        }
+    }
+    if full < np {
+        let tail = d.add(full * kp * NR * 2);
+        std::ptr::write_bytes(tail, 0, kp * NR * 2);
+        for row in 0..k {
+            let (p, h) = (row / 2, row % 2);
+            for col in full * NR..n {
+                *tail.add((p * NR + col % NR) * 2 + h) = *src.add(row * n + col);
+            }
+        }
+    }
+    dst.set_len(len);
+}
+
+/// Whether [`conv_q8`] handles these parts (else the caller uses the reference).
+pub fn conv_supported(parts: &[ConvPart], g: &ConvGeometry) -> bool {
+    !parts.is_empty()
+        && parts.iter().all(|p| match &p.packed {
+            PackedWeights::Gemm { m, k, groups, .. } => *groups == g.group && *m == g.out_c / g.group && *k == g.weights_per_output(),
+            PackedWeights::Depthwise { kw, kh2, .. } => depthwise_supported(g) && *kw == g.kernel[1] && *kh2 == g.kernel[0].div_ceil(2),
+            PackedWeights::None => false,
+        })
+}
+
+/// Below this many output positions a conv runs as matrix–vector products.
+const GEMV_MAX_N: usize = 4;
+
+/// AVX2 [`super::conv_q8_reference`]: same arguments, same bytes out. Requires
+/// [`conv_supported`].
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    assert!(conv_supported(parts, g));
+    let spatial = g.out_h * g.out_w;
+    let cin_g = g.in_c / g.group;
+    let cout_g = g.out_c / g.group;
+    let k = g.weights_per_output();
+    assert!(out.len() >= g.out_c * spatial && bias_fixed.len() >= g.out_c && input.len() >= g.in_c * g.in_h * g.in_w);
+    let single = parts.len() == 1;
+    if !single {
+        scratch.fixed.clear();
+        scratch.fixed.extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
+    }
+    let Scratch { cols, acc, fixed, bpack, mult } = scratch;
+    for part in parts {
+        mult.clear();
+        mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
+        if !single {
+            acc.clear();
+            acc.resize(g.out_c * spatial, 0);
+        }
+        match &part.packed {
+            PackedWeights::Depthwise { pairs, kh2, .. } => {
+                let mut sink = if single { Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out } } else { Sink::Acc(&mut acc[..]) };
+                depthwise(input, zp_in, pairs, *kh2, g, bpack, &mut sink);
+            }
+            PackedWeights::Gemm { data, .. } => {
+                let blk = cout_g.div_ceil(MR) * k.div_ceil(2) * MR * 2;
+                for grp in 0..g.group {
+                    let rows = grp * cout_g..(grp + 1) * cout_g;
+                    let mut sink = if single {
+                        Sink::Requant { mult: &mult[rows.clone()], bias: &bias_fixed[rows.clone()], shift, zp: out_zp, qmin, qmax, out: &mut out[rows.start * spatial..rows.end * spatial] }
+                    } else {
+                        Sink::Acc(&mut acc[rows.start * spatial..rows.end * spatial])
+                    };
+                    if spatial <= GEMV_MAX_N {
+                        cols.resize(k * spatial, 0);
+                        im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, cols);
+                        gemv(&part.weight[rows.start * k..rows.end * k], cout_g, k, cols, spatial, bpack, &mut sink);
+                        continue;
+                    }
+                    if g.is_pointwise() {
+                        pack_b_u8(input, zp_in, k, spatial, bpack);
+                    } else {
+                        cols.resize(k * spatial, 0);
+                        im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, cols);
+                        pack_b_i16(cols, k, spatial, bpack);
+                    }
+                    gemm_packed(&data[grp * blk..(grp + 1) * blk], cout_g, k, bpack, spatial, &mut sink);
+                }
+            }
+            PackedWeights::None => unreachable!("checked by conv_supported"),
+        }
+        if !single {
+            for c in 0..g.out_c {
+                let m = mult[c];
+                for (f, &a) in fixed[c * spatial..(c + 1) * spatial].iter_mut().zip(&acc[c * spatial..(c + 1) * spatial]) {
+                    *f += a as i64 * m;
+                }
+            }
+        }
+    }
+    if !single {
+        for (o, &f) in out.iter_mut().zip(fixed.iter()) {
+            *o = (out_zp as i64 + round_shift(f, shift)).clamp(qmin as i64, qmax as i64) as u8;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn add8(pa: *const u8, pb: *const u8, zav: __m256i, zbv: __m256i, mav: __m256i, mbv: __m256i, f: &Fin) -> __m256i {
+    let xa = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pa as *const __m128i)), zav);
+    let xb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pb as *const __m128i)), zbv);
+    let even = _mm256_add_epi64(_mm256_mul_epi32(xa, mav), _mm256_mul_epi32(xb, mbv));
+    let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xa, 32), mav), _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mbv));
+    finish(even, odd, f)
+}
+
+/// AVX2 [`super::add_q8_reference`].
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
+    let n = out.len().min(a.len()).min(b.len());
+    let f = fin(shift, zo, qmin, qmax);
+    let (zav, zbv) = (_mm256_set1_epi32(za), _mm256_set1_epi32(zb));
+    let (mav, mbv) = (_mm256_set1_epi64x(ma), _mm256_set1_epi64x(mb));
+    let mut i = 0;
+    while i + 16 <= n {
+        let v0 = add8(a.as_ptr().add(i), b.as_ptr().add(i), zav, zbv, mav, mbv, &f);
+        let v1 = add8(a.as_ptr().add(i + 8), b.as_ptr().add(i + 8), zav, zbv, mav, mbv, &f);
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, pack16(v0, v1));
+        i += 16;
+    }
+    super::add_q8_reference(&a[i..n], za, ma, &b[i..n], zb, mb, shift, zo, qmin, qmax, &mut out[i..n]);
+}
+
+/// Σ of a uint8 slice (exact).
+#[target_feature(enable = "avx2")]
+pub unsafe fn sum_u8(x: &[u8]) -> u64 {
+    let mut s = _mm256_setzero_si256();
+    let zero = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 32 <= x.len() {
+        s = _mm256_add_epi64(s, _mm256_sad_epu8(_mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i), zero));
+        i += 32;
+    }
+    let mut lanes = [0u64; 4];
+    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, s);
+    lanes.iter().sum::<u64>() + x[i..].iter().map(|&v| v as u64).sum::<u64>()
+}
+
+/// AVX2 [`super::global_avg_pool_q8_reference`]: Σ(x − zp) = Σx − zp·hw, exactly.
+#[target_feature(enable = "avx2")]
+pub unsafe fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: super::Requant, zo: i32, out: &mut [u8]) {
+    let hw = input.len() / channels;
+    for (c, o) in out.iter_mut().enumerate().take(channels) {
+        let sum = sum_u8(&input[c * hw..(c + 1) * hw]) as i64 - zp_in as i64 * hw as i64;
+        *o = super::clamp_u8(zo as i64 + r.apply(sum), 0, 255);
+    }
+}

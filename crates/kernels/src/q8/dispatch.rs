@@ -1,0 +1,88 @@
+//! Run-time choice between the AVX2 kernels and the portable (scalar reference) ones.
+
+use std::sync::OnceLock;
+
+use super::{ConvPart, Requant, Scratch};
+use crate::ConvGeometry;
+
+/// Instruction-set level the dispatched kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    /// The scalar reference kernels (any target).
+    Portable,
+    /// x86-64 AVX2 kernels.
+    Avx2,
+}
+
+/// Detected once: AVX2 when the CPU has it, unless the environment variable `SUBQ_SIMD` is
+/// `portable` (or `scalar`/`off`), which forces the portable path (to compare or debug).
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let forced = std::env::var("SUBQ_SIMD").map(|v| matches!(v.to_ascii_lowercase().as_str(), "portable" | "scalar" | "off" | "none")).unwrap_or(false);
+        if forced {
+            return SimdLevel::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return SimdLevel::Avx2;
+        }
+        SimdLevel::Portable
+    })
+}
+
+/// Integer convolution (see [`super::conv_q8_reference`] for the arguments): the fastest kernel
+/// the CPU supports, bit-identical to the reference.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 && super::avx2::conv_supported(parts, g) {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { super::avx2::conv_q8(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch) };
+        return;
+    }
+    conv_q8_portable(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch)
+}
+
+/// The portable conv path (the scalar reference).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_q8_portable(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    super::conv_q8_reference(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch)
+}
+
+/// Quantized element-wise add (see [`super::add_q8_reference`]).
+#[allow(clippy::too_many_arguments)]
+pub fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { super::avx2::add_q8(a, za, ma, b, zb, mb, shift, zo, qmin, qmax, out) };
+        return;
+    }
+    super::add_q8_reference(a, za, ma, b, zb, mb, shift, zo, qmin, qmax, out)
+}
+
+/// Global average pool of one CHW image (see [`super::global_avg_pool_q8_reference`]).
+pub fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: Requant, zo: i32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { super::avx2::global_avg_pool_q8(input, channels, zp_in, r, zo, out) };
+        return;
+    }
+    super::global_avg_pool_q8_reference(input, channels, zp_in, r, zo, out)
+}
+
+/// Regrid + clamp (see [`super::requantize_u8_reference`]) through a 256-entry table: the output
+/// depends only on the input byte, so the table holds exactly the reference's results.
+pub fn requantize_u8(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
+    if input.len() < 512 {
+        return super::requantize_u8_reference(input, zp_in, r, zo, qmin, qmax, out);
+    }
+    let all: [u8; 256] = std::array::from_fn(|i| i as u8);
+    let mut lut = [0u8; 256];
+    super::requantize_u8_reference(&all, zp_in, r, zo, qmin, qmax, &mut lut);
+    for (o, &x) in out.iter_mut().zip(input) {
+        *o = lut[x as usize];
+    }
+}

@@ -1,0 +1,105 @@
+//! Weight and activation layouts of the SIMD kernels.
+//!
+//! GEMM (`acc[m×n] = A[m×k] · B[k×n]`, A = weights, B = activations) works on pairs of `k`:
+//! `vpmaddwd` multiplies two i16 pairs and adds them into one i32 lane, exactly (|w|, |x| ≤ 255,
+//! so a pair sum stays far inside i32 and no saturation can occur).
+//!
+//! * A is packed once per conv into blocks of [`MR`] rows: `[m/MR][k/2][MR][2]` i16, so one
+//!   32-bit broadcast gives a row's `(w[2p], w[2p+1])`.
+//! * B is packed per inference into panels of [`NR`] columns: `[n/NR][k/2][NR][2]` i16 holding
+//!   `x − zp`, so one k-pair of a panel is two contiguous 256-bit loads.
+//!
+//! Everything is zero padded (a zero weight or a zero `x − zp` adds nothing), so the kernels run
+//! on whole blocks and only the stores are clipped.
+
+use crate::ConvGeometry;
+
+/// Rows (output channels) of the GEMM micro-tile.
+pub const MR: usize = 6;
+/// Columns (output positions) of the GEMM micro-tile.
+pub const NR: usize = 16;
+
+/// Weights of one conv part, re-laid out for the SIMD kernels.
+#[derive(Clone, Debug, Default)]
+pub enum PackedWeights {
+    /// Geometry not handled by the SIMD kernels (they fall back to the reference).
+    #[default]
+    None,
+    /// Per group: `ceil(m/MR)` blocks of `[ceil(k/2)][MR][2]` i16, zero padded. `m` output
+    /// channels per group, `k` weights per output channel.
+    Gemm { data: Vec<i16>, m: usize, k: usize, groups: usize },
+    /// Depthwise, per channel: `[ceil(kh/2)][kw]` i32 holding the i16 pair
+    /// `(w[2r][kx], w[2r+1][kx])` (second half 0 past the last kernel row).
+    Depthwise { pairs: Vec<i32>, kh2: usize, kw: usize },
+}
+
+impl PackedWeights {
+    /// Pack OIHW weights (`w − zw`, i16) for geometry `g`.
+    pub fn new(weight: &[i16], g: &ConvGeometry) -> PackedWeights {
+        if g.is_depthwise() {
+            let [kh, kw] = g.kernel;
+            let kh2 = kh.div_ceil(2);
+            let mut pairs = Vec::with_capacity(g.out_c * kh2 * kw);
+            for c in 0..g.out_c {
+                let w = &weight[c * kh * kw..(c + 1) * kh * kw];
+                for r in 0..kh2 {
+                    for kx in 0..kw {
+                        let lo = w[2 * r * kw + kx] as u16 as u32;
+                        let hi = if 2 * r + 1 < kh { w[(2 * r + 1) * kw + kx] as u16 as u32 } else { 0 };
+                        pairs.push((lo | hi << 16) as i32);
+                    }
+                }
+            }
+            return PackedWeights::Depthwise { pairs, kh2, kw };
+        }
+        let m = g.out_c / g.group;
+        let k = g.weights_per_output();
+        let groups = g.group;
+        let (mb, kp) = (m.div_ceil(MR), k.div_ceil(2));
+        let mut data = vec![0i16; groups * mb * kp * MR * 2];
+        for grp in 0..groups {
+            let a = &weight[grp * m * k..(grp + 1) * m * k];
+            let dst = &mut data[grp * mb * kp * MR * 2..(grp + 1) * mb * kp * MR * 2];
+            for i in 0..m {
+                let (blk, r) = (i / MR, i % MR);
+                for p in 0..k {
+                    dst[((blk * kp + p / 2) * MR + r) * 2 + p % 2] = a[i * k + p];
+                }
+            }
+        }
+        PackedWeights::Gemm { data, m, k, groups }
+    }
+}
+
+/// Pack `x − zp` of a uint8 `[k × n]` matrix (CHW activations of a pointwise conv) into `NR`-column
+/// panels `[n/NR][k/2][NR][2]` (portable version; the AVX2 one is identical).
+pub fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec<i16>) {
+    let (np, kp) = (n.div_ceil(NR), k.div_ceil(2));
+    dst.clear();
+    dst.resize(np * kp * NR * 2, 0);
+    for p in 0..kp {
+        for h in 0..2 {
+            let row = 2 * p + h;
+            if row >= k {
+                continue;
+            }
+            let src = &input[row * n..(row + 1) * n];
+            for (col, &x) in src.iter().enumerate() {
+                dst[(((col / NR) * kp + p) * NR + col % NR) * 2 + h] = (x as i32 - zp) as i16;
+            }
+        }
+    }
+}
+
+/// Pack an i16 `[k × n]` matrix (im2col columns) into `NR`-column panels `[n/NR][k/2][NR][2]`.
+pub fn pack_b_i16(cols: &[i16], k: usize, n: usize, dst: &mut Vec<i16>) {
+    let (np, kp) = (n.div_ceil(NR), k.div_ceil(2));
+    dst.clear();
+    dst.resize(np * kp * NR * 2, 0);
+    for row in 0..k {
+        let (p, h) = (row / 2, row % 2);
+        for (col, &x) in cols[row * n..(row + 1) * n].iter().enumerate() {
+            dst[(((col / NR) * kp + p) * NR + col % NR) * 2 + h] = x;
+        }
+    }
+}

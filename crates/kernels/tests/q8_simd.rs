@@ -1,0 +1,298 @@
+//! Every fast integer kernel against its scalar reference, bit for bit.
+//!
+//! The dispatched kernels (`conv_q8`, `add_q8`, …) are checked on whatever path this machine
+//! picks (run with `SUBQ_SIMD=portable` to check the portable path); on x86-64 with AVX2 the
+//! AVX2 kernels are also called directly.
+
+use proptest::prelude::*;
+use subq_kernels::q8::{self, ConvPart, Requant, Scratch};
+use subq_kernels::ConvGeometry;
+
+/// Tiny deterministic generator for bulk data (proptest picks the seeds and shapes).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() % (hi - lo + 1) as u64) as i64
+    }
+    fn bytes(&mut self, n: usize, extreme: bool) -> Vec<u8> {
+        (0..n).map(|_| if extreme { if self.next() & 1 == 0 { 0 } else { 255 } } else { self.next() as u8 }).collect()
+    }
+    /// `w − zw` for uint8 or int8 weights: [−255, 255].
+    fn weights(&mut self, n: usize, extreme: bool) -> Vec<i16> {
+        (0..n).map(|_| if extreme { if self.next() & 1 == 0 { -255 } else { 255 } } else { self.range(-255, 255) as i16 }).collect()
+    }
+    fn real(&mut self) -> f64 {
+        // log-uniform in [1e-6, 20]
+        (1e-6f64.ln() + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (20f64.ln() - 1e-6f64.ln())).exp()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ConvCase {
+    g: ConvGeometry,
+    parts: usize,
+    per_channel: bool,
+    zp_in: i32,
+    out_zp: i32,
+    qmin: i32,
+    qmax: i32,
+    extreme: bool,
+    seed: u64,
+}
+
+fn conv_case(kind: u8) -> impl Strategy<Value = ConvCase> {
+    (
+        (1usize..=4, 1usize..=6, 1usize..=6), // groups (grouped kind) / channel multipliers
+        (1usize..=5, 1usize..=5),             // kernel
+        (1usize..=3, 1usize..=3),             // strides
+        (1usize..=2, 1usize..=2),             // dilations
+        (1usize..=19, 1usize..=37),           // input size
+        (0usize..=4, 0usize..=4, 0usize..=4, 0usize..=4),
+        (1usize..=3, any::<bool>(), 0i32..=255, 0i32..=255, 0i32..=120, 130i32..=255),
+        (any::<bool>(), any::<u64>(), 0u8..8),
+    )
+        .prop_filter_map("empty output", move |((grp, ci, co), (kh, kw), (sy, sx), (dy, dx), (ih, iw), (pt, pl, pb, pr), (parts, per_channel, zp_in, out_zp, qmin, qmax), (extreme, seed, shape))| {
+            // `shape` biases toward the shapes the engine meets: stride 1/2, dilation 1, odd
+            // kernels with "same" padding.
+            let (mut kh, mut kw, mut sy, mut sx, mut dy, mut dx, mut pt, mut pl, mut pb, mut pr) = (kh, kw, sy, sx, dy, dx, pt, pl, pb, pr);
+            if shape < 5 {
+                let k = [1, 3, 5, 3, 5][shape as usize];
+                (kh, kw, dy, dx) = (k, k, 1, 1);
+                (sy, sx) = if shape >= 3 { (2, 2) } else { (1, 1) };
+                (pt, pl, pb, pr) = (k / 2, k / 2, k / 2, k / 2);
+                if sy == 2 && seed & 1 == 1 {
+                    (pt, pl) = ((k - 1) / 2, (k - 1) / 2);
+                    (pb, pr) = (k / 2, k / 2);
+                }
+            }
+            let (in_c, out_c, group) = match kind {
+                0 => (ci * grp, co * grp, 1),   // dense
+                1 => (ci * 3, ci * 3, ci * 3), // depthwise
+                _ => (ci * grp, co * grp, grp), // grouped
+            };
+            let (hp, wp) = (ih + pt + pb, iw + pl + pr);
+            let (ek, ekw) = (dy * (kh - 1) + 1, dx * (kw - 1) + 1);
+            if hp < ek || wp < ekw || pt >= ek || pl >= ekw {
+                return None;
+            }
+            let (oh, ow) = ((hp - ek) / sy + 1, (wp - ekw) / sx + 1);
+            let g = ConvGeometry { in_c, in_h: ih, in_w: iw, out_c, out_h: oh, out_w: ow, kernel: [kh, kw], strides: [sy, sx], dilations: [dy, dx], pad_top: pt, pad_left: pl, group };
+            Some(ConvCase { g, parts, per_channel, zp_in, out_zp, qmin, qmax, extreme, seed })
+        })
+}
+
+fn pointwise_case() -> impl Strategy<Value = ConvCase> {
+    (1usize..=70, 1usize..=40, 1usize..=12, 1usize..=12, 1usize..=2, any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<u64>()).prop_map(|(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
+        let g = ConvGeometry { in_c, in_h: h, in_w: w, out_c, out_h: h, out_w: w, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
+        ConvCase { g, parts, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed }
+    })
+}
+
+struct ConvData {
+    input: Vec<u8>,
+    parts: Vec<ConvPart>,
+    bias: Vec<i64>,
+    shift: u32,
+}
+
+fn conv_data(c: &ConvCase) -> ConvData {
+    let g = &c.g;
+    let mut rng = Rng(c.seed | 1);
+    let input = rng.bytes(g.in_c * g.in_h * g.in_w, c.extreme);
+    let per = g.weights_per_output();
+    let nreq = if c.per_channel { g.out_c } else { 1 };
+    let reals: Vec<Vec<f64>> = (0..c.parts).map(|_| (0..nreq).map(|_| rng.real()).collect()).collect();
+    let flat: Vec<f64> = reals.iter().flatten().copied().collect();
+    let (_, shift) = Requant::common(&flat);
+    let scale = (shift as f64).exp2();
+    let parts = reals
+        .iter()
+        .map(|r| {
+            let weight = rng.weights(g.out_c * per, c.extreme);
+            let requant = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
+            ConvPart::new(weight, requant, g)
+        })
+        .collect();
+    let bias = (0..g.out_c).map(|_| (rng.range(-100_000, 100_000) as f64 * flat[0] * scale) as i64).collect();
+    ConvData { input, parts, bias, shift }
+}
+
+fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
+    let g = &c.g;
+    let d = conv_data(c);
+    let n = g.out_c * g.out_h * g.out_w;
+    let run = |f: &dyn Fn(&mut [u8], &mut Scratch)| {
+        let mut out = vec![0xAAu8; n];
+        f(&mut out, &mut Scratch::default());
+        out
+    };
+    let want = run(&|o, s| q8::conv_q8_reference(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s));
+    let got = run(&|o, s| q8::conv_q8(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s));
+    prop_assert_eq!(&got, &want, "dispatched conv, {:?}", g);
+    let got = run(&|o, s| q8::conv_q8_portable(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s));
+    prop_assert_eq!(&got, &want, "portable conv, {:?}", g);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && q8::avx2::conv_supported(&d.parts, g) {
+        // A reused scratch (dirty from a previous call) must not change anything either.
+        let mut s = Scratch::default();
+        for _ in 0..2 {
+            let mut out = vec![0x55u8; n];
+            unsafe { q8::avx2::conv_q8(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, &mut out, &mut s) };
+            prop_assert_eq!(&out, &want, "avx2 conv, {:?}", g);
+        }
+    }
+    Ok(())
+}
+
+fn cfg(cases: u32) -> ProptestConfig {
+    ProptestConfig { cases, ..ProptestConfig::default() }
+}
+
+proptest! {
+    #![proptest_config(cfg(200))]
+
+    #[test]
+    fn conv_dense_matches_reference(c in conv_case(0)) { check_conv(&c)?; }
+
+    #[test]
+    fn conv_depthwise_matches_reference(c in conv_case(1)) { check_conv(&c)?; }
+
+    #[test]
+    fn conv_grouped_matches_reference(c in conv_case(2)) { check_conv(&c)?; }
+
+    #[test]
+    fn conv_pointwise_matches_reference(c in pointwise_case()) { check_conv(&c)?; }
+
+    #[test]
+    fn add_matches_reference(n in 0usize..300, za in 0i32..=255, zb in 0i32..=255, zo in 0i32..=255, lo in 0i32..=100, hi in 150i32..=255, extreme in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let (a, b) = (rng.bytes(n, extreme), rng.bytes(n, extreme));
+        let (ms, shift) = Requant::common(&[rng.real(), rng.real()]);
+        let mut want = vec![0u8; n];
+        q8::add_q8_reference(&a, za, ms[0].multiplier, &b, zb, ms[1].multiplier, shift, zo, lo, hi, &mut want);
+        let mut got = vec![0u8; n];
+        q8::add_q8(&a, za, ms[0].multiplier, &b, zb, ms[1].multiplier, shift, zo, lo, hi, &mut got);
+        prop_assert_eq!(&got, &want);
+    }
+
+    #[test]
+    fn global_avg_pool_matches_reference(c in 1usize..20, hw in 1usize..300, zp in 0i32..=255, zo in 0i32..=255, extreme in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let x = rng.bytes(c * hw, extreme);
+        let r = Requant::new(rng.real() / hw as f64);
+        let (mut want, mut got) = (vec![0u8; c], vec![0u8; c]);
+        q8::global_avg_pool_q8_reference(&x, c, zp, r, zo, &mut want);
+        q8::global_avg_pool_q8(&x, c, zp, r, zo, &mut got);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn requantize_matches_reference(n in 0usize..2000, zp in 0i32..=255, zo in 0i32..=255, lo in 0i32..=100, hi in 150i32..=255, seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let x = rng.bytes(n, false);
+        let r = Requant::new(rng.real());
+        let (mut want, mut got) = (vec![0u8; n], vec![0u8; n]);
+        q8::requantize_u8_reference(&x, zp, r, zo, lo, hi, &mut want);
+        q8::requantize_u8(&x, zp, r, zo, lo, hi, &mut got);
+        prop_assert_eq!(got, want);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use q8::avx2::Sink;
+
+    fn have() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    proptest! {
+        #![proptest_config(cfg(200))]
+
+        /// Raw accumulators of the packed GEMM equal the reference GEMM's.
+        #[test]
+        fn gemm_packed_matches_reference(m in 1usize..40, k in 1usize..80, n in 1usize..70, extreme in any::<bool>(), seed in any::<u64>()) {
+            if !have() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let a = rng.weights(m * k, extreme);
+            let b = rng.weights(k * n, extreme);
+            let mut want = vec![0i32; m * n];
+            q8::gemm_i16_reference(m, k, n, &a, &b, &mut want);
+            let g = ConvGeometry { in_c: k, in_h: 1, in_w: n, out_c: m, out_h: 1, out_w: n, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
+            let q8::PackedWeights::Gemm { data, .. } = q8::PackedWeights::new(&a, &g) else { panic!("gemm packing") };
+            let mut bp = Vec::new();
+            q8::pack_b_i16(&b, k, n, &mut bp);
+            let mut got = vec![7i32; m * n];
+            unsafe { q8::avx2::gemm_packed(&data, m, k, &bp, n, &mut Sink::Acc(&mut got)) };
+            prop_assert_eq!(&got, &want);
+            let mut xcol = Vec::new();
+            let mut got = vec![7i32; m * n];
+            unsafe { q8::avx2::gemv(&a, m, k, &b, n, &mut xcol, &mut Sink::Acc(&mut got)) };
+            prop_assert_eq!(&got, &want);
+        }
+
+        #[test]
+        fn pack_b_u8_matches_portable(k in 1usize..40, n in 1usize..100, zp in 0i32..=255, seed in any::<u64>()) {
+            if !have() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let x = rng.bytes(k * n, false);
+            let (mut want, mut got) = (Vec::new(), vec![3i16; 5]);
+            q8::pack_b_u8(&x, zp, k, n, &mut want);
+            unsafe { q8::avx2::pack_b_u8(&x, zp, k, n, &mut got) };
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn pack_b_i16_matches_portable(k in 1usize..40, n in 1usize..100, seed in any::<u64>()) {
+            if !have() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let x = rng.weights(k * n, false);
+            let (mut want, mut got) = (Vec::new(), vec![3i16; 5]);
+            q8::pack_b_i16(&x, k, n, &mut want);
+            unsafe { q8::avx2::pack_b_i16(&x, k, n, &mut got) };
+            prop_assert_eq!(got, want);
+        }
+
+        /// Raw depthwise accumulators equal the reference's.
+        #[test]
+        fn depthwise_acc_matches_reference(c in conv_case(1)) {
+            if !have() || !q8::avx2::depthwise_supported(&c.g) { return Ok(()); }
+            let g = &c.g;
+            let d = conv_data(&c);
+            let n = g.out_c * g.out_h * g.out_w;
+            let mut want = vec![0i32; n];
+            q8::depthwise_acc_reference(&d.input, c.zp_in, &d.parts[0].weight, g, &mut want);
+            let q8::PackedWeights::Depthwise { pairs, kh2, .. } = &d.parts[0].packed else { panic!("depthwise packing") };
+            let mut got = vec![7i32; n];
+            let mut plane = vec![-1i16; 3];
+            unsafe { q8::avx2::depthwise(&d.input, c.zp_in, pairs, *kh2, g, &mut plane, &mut Sink::Acc(&mut got)) };
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    /// Requantization corner cases: accumulators at the edges of i32 products, ties, shift 0.
+    #[test]
+    fn requant_epilogue_corners() {
+        if !have() {
+            return;
+        }
+        let accs: Vec<i32> = vec![0, 1, -1, 2, -2, 3, -3, 1 << 20, -(1 << 20), 16_581_375, -16_581_375, i32::MAX / 4, i32::MIN / 4, 12345, -12345, 7];
+        for &(mult, shift) in &[(1i64 << 29, 30u32), ((1 << 30) - 1, 62), (1 << 29, 0), (536_870_913, 31), (1 << 29, 29), (805_306_368, 40)] {
+            for &bias in &[0i64, 1, -1, 1 << 40, -(1 << 40)] {
+                for &(zp, lo, hi) in &[(0, 0, 255), (128, 0, 255), (255, 0, 255), (10, 3, 200)] {
+                    let want: Vec<u8> = accs.iter().map(|&a| (zp as i64 + q8::round_shift(bias + a as i64 * mult, shift)).clamp(lo as i64, hi as i64) as u8).collect();
+                    let mut got = vec![0u8; accs.len()];
+                    unsafe { q8::avx2::requant_row(&accs, mult, bias, shift, zp, lo, hi, &mut got) };
+                    assert_eq!(got, want, "mult {mult} shift {shift} bias {bias} zp {zp}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! One call from an FP32 graph and calibration inputs to a QDQ graph: what `subq quantize` and
+//! `subq compare` run.
+//!
+//! Order: prepare (fold Pad and BN) → calibrate activations → choose weight grids (scheme;
+//! for subtensor: clipping analysis and splits) → bias correction (after splitting, so it
+//! corrects what the split model really does) → QDQ graph.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use subq_calib::observer::ObserverKind;
+use subq_ir::Graph;
+use subq_tensor::Tensor;
+
+use crate::subtensor::{make_subtensor_plan, LayerDecision, SubtensorOptions};
+use crate::{build_qdq_graph, calibrate_tensors, make_plan, QuantError, WeightScheme};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheme {
+    PerTensor,
+    PerTensorSymmetric,
+    PerChannel,
+    /// Per-tensor asymmetric uint8 everywhere, with subtensor splits where they pay.
+    Subtensor,
+}
+
+impl Scheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::PerTensor => "per-tensor",
+            Scheme::PerTensorSymmetric => "per-tensor-symmetric",
+            Scheme::PerChannel => "per-channel",
+            Scheme::Subtensor => "subtensor",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct QuantConfig {
+    pub scheme: Scheme,
+    pub observer: ObserverKind,
+    pub subtensor: SubtensorOptions,
+    /// Splits on (subtensor scheme); off keeps clipping and bias correction only.
+    pub split: bool,
+    pub bias_correction: bool,
+    /// Calibration inputs used by empirical bias correction (the first N).
+    pub bias_correction_images: usize,
+    /// Cross-layer equalization (with high-bias absorption) before calibration.
+    pub cle: bool,
+    /// Strength of equalization: scales raised to this power (1 = full DFQ equalization).
+    pub cle_strength: f32,
+    /// No images: activation ranges and bias correction from BatchNormalization statistics.
+    pub data_free: bool,
+    /// Real value range of the model input (from the preprocessing); data-free needs it.
+    pub input_range: Option<(f32, f32)>,
+}
+
+impl QuantConfig {
+    pub fn new(scheme: Scheme) -> QuantConfig {
+        let sub = scheme == Scheme::Subtensor;
+        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 32, cle: false, cle_strength: 0.5, data_free: false, input_range: None }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QuantSummary {
+    pub scheme: String,
+    pub observer: String,
+    pub calibration_images: usize,
+    pub batch_norms_folded: usize,
+    pub pads_folded: usize,
+    pub fused_activations: usize,
+    pub split_layers: usize,
+    pub extra_weight_bytes: usize,
+    pub weight_bytes: usize,
+    pub extra_macs: usize,
+    pub total_macs: usize,
+    pub bias_corrected_layers: usize,
+    pub seconds: f64,
+    pub layers: Vec<LayerDecision>,
+}
+
+pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bool) -> Result<(Graph, QuantSummary), QuantError> {
+    let started = Instant::now();
+    let mut g = fp32.clone();
+    let prep = subq_transforms::prepare_for_quantization(&mut g).map_err(|e| QuantError::Invalid(e.to_string()))?;
+    if cfg.cle {
+        if cfg.data_free {
+            return Err(QuantError::Invalid("cross-layer equalization with --data-free is not supported (the BN statistics would need rescaling); drop one of them".into()));
+        }
+        subq_transforms::equalize(&mut g, cfg.cle_strength, 2).map_err(|e| QuantError::Invalid(e.to_string()))?;
+    }
+    let reference = g.clone();
+    let calib = if cfg.data_free {
+        let range = cfg.input_range.ok_or_else(|| QuantError::Invalid("data-free quantization needs the input value range (from the preprocessing)".into()))?;
+        if prep.bn_stats.is_empty() {
+            return Err(QuantError::Invalid("data-free quantization needs BatchNormalization statistics and this model has none; calibrate with images".into()));
+        }
+        crate::data_free::data_free_calibration(&g, &prep.bn_stats, range)?
+    } else {
+        if inputs.is_empty() {
+            return Err(QuantError::Invalid("no calibration inputs".into()));
+        }
+        calibrate_tensors(&g, inputs, cfg.observer, progress)?
+    };
+    let observer = if cfg.data_free { "BN statistics (data-free)".to_string() } else { format!("{:?}", cfg.observer) };
+    let mut summary = QuantSummary { scheme: cfg.scheme.name().into(), observer, calibration_images: if cfg.data_free { 0 } else { inputs.len() }, batch_norms_folded: prep.batch_norms_folded, pads_folded: prep.pads_folded, ..Default::default() };
+    let plan = match cfg.scheme {
+        Scheme::Subtensor => {
+            let mut opts = cfg.subtensor.clone();
+            if !cfg.split {
+                opts.kinds.clear();
+            }
+            let sp = make_subtensor_plan(&g, &calib, &opts)?;
+            summary.split_layers = sp.layers.iter().filter(|l| l.split.is_some()).count();
+            summary.extra_weight_bytes = sp.extra_bytes;
+            summary.weight_bytes = sp.total_bytes;
+            summary.extra_macs = sp.extra_macs;
+            summary.total_macs = sp.total_macs;
+            summary.layers = sp.layers;
+            sp.plan
+        }
+        Scheme::PerTensor => make_plan(&g, &calib, WeightScheme::PerTensor)?,
+        Scheme::PerTensorSymmetric => make_plan(&g, &calib, WeightScheme::PerTensorSymmetric)?,
+        Scheme::PerChannel => make_plan(&g, &calib, WeightScheme::PerChannel)?,
+    };
+    summary.fused_activations = plan.fused_activations.len();
+    if cfg.bias_correction {
+        summary.bias_corrected_layers = if cfg.data_free {
+            crate::bias_correction::analytic(&mut g, &plan, &calib.moments)
+        } else {
+            let n = cfg.bias_correction_images.min(inputs.len()).max(1);
+            crate::bias_correction::empirical(&mut g, &reference, &plan, &inputs[..n])?
+        };
+    }
+    let q = build_qdq_graph(&g, &plan)?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok((q, summary))
+}
