@@ -77,5 +77,33 @@ fn elementwise(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, conv, elementwise);
+/// Subtensor-split depthwise layers (2 weight parts on their own grids) vs plain ones, on
+/// MobileNetV2-like shapes. Filter with `-- depthwise_parts`.
+fn depthwise_parts(c: &mut Criterion) {
+    let level = format!("{:?}", q8::simd_level());
+    let mut grp = c.benchmark_group("depthwise_parts");
+    grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let cases = [("dw3x3s1_144_40", geom(144, 40, 144, 3, 1, 144)), ("dw3x3s1_96_80", geom(96, 80, 96, 3, 1, 96)), ("dw3x3s2_144_80", geom(144, 80, 144, 3, 2, 144))];
+    for (name, g) in cases {
+        let input = data(g.in_c * g.in_h * g.in_w, 1);
+        let mut out = vec![0u8; g.out_c * g.out_h * g.out_w];
+        let mut s = Scratch::default();
+        for nparts in [1usize, 2] {
+            let reals: Vec<f64> = (0..nparts * g.out_c).map(|i| 0.001 + i as f64 * 1e-5).collect();
+            let (rq, shift) = Requant::common(&reals);
+            let parts: Vec<ConvPart> = (0..nparts)
+                .map(|p| {
+                    let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2 + p as u64).iter().map(|&x| x as i16 - 128).collect();
+                    ConvPart::new(w, rq[p * g.out_c..(p + 1) * g.out_c].to_vec(), &g)
+                })
+                .collect();
+            let bias = vec![12345i64 << 10; g.out_c];
+            let label = format!("depthwise 3x3 s{} {} part{}/{}", g.strides[0], nparts, if nparts > 1 { "s" } else { "" }, level);
+            grp.bench_function(BenchmarkId::new(label, name), |b| b.iter(|| q8::conv_q8(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, &g, &mut out, &mut s)));
+        }
+    }
+    grp.finish();
+}
+
+criterion_group!(benches, conv, elementwise, depthwise_parts);
 criterion_main!(benches);

@@ -46,8 +46,12 @@ pub struct QuantConfig {
     pub bias_correction: bool,
     /// Calibration inputs used by empirical bias correction (the first N).
     pub bias_correction_images: usize,
-    /// Cross-layer equalization (with high-bias absorption) before calibration.
+    /// Cross-layer equalization before calibration.
     pub cle: bool,
+    /// Quantize with and without CLE and keep the one whose logits are closer to FP32 on the
+    /// calibration images (CLE helps EfficientNet-Lite0 and hurts MobileNetV2 under per-tensor
+    /// activations, so neither default fits both). Overrides `cle`.
+    pub cle_auto: bool,
     /// Strength of equalization: scales raised to this power (1 = full DFQ equalization).
     pub cle_strength: f32,
     /// No images: activation ranges and bias correction from BatchNormalization statistics.
@@ -59,7 +63,7 @@ pub struct QuantConfig {
 impl QuantConfig {
     pub fn new(scheme: Scheme) -> QuantConfig {
         let sub = scheme == Scheme::Subtensor;
-        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 32, cle: false, cle_strength: 0.5, data_free: false, input_range: None }
+        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 32, cle: false, cle_auto: sub, cle_strength: 0.5, data_free: false, input_range: None }
     }
 }
 
@@ -77,12 +81,31 @@ pub struct QuantSummary {
     pub extra_macs: usize,
     pub total_macs: usize,
     pub bias_corrected_layers: usize,
+    pub cle: bool,
+    /// With automatic CLE: calibration-set logits SQNR without and with CLE.
+    pub cle_choice_sqnr_db: Option<(f64, f64)>,
     pub seconds: f64,
     pub layers: Vec<LayerDecision>,
 }
 
 pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bool) -> Result<(Graph, QuantSummary), QuantError> {
     let started = Instant::now();
+    if cfg.cle_auto && !cfg.data_free {
+        let mut off = cfg.clone();
+        off.cle_auto = false;
+        off.cle = false;
+        let mut on = off.clone();
+        on.cle = true;
+        let (q_off, s_off) = quantize(fp32, inputs, &off, progress)?;
+        let (q_on, s_on) = quantize(fp32, inputs, &on, progress)?;
+        // Judge on (a few of) the calibration images: never on evaluation data.
+        let probe = &inputs[..inputs.len().min(16)];
+        let (a, b) = (calib_sqnr(fp32, &q_off, probe)?, calib_sqnr(fp32, &q_on, probe)?);
+        let (q, mut s) = if b > a { (q_on, s_on) } else { (q_off, s_off) };
+        s.cle_choice_sqnr_db = Some((a, b));
+        s.seconds = started.elapsed().as_secs_f64();
+        return Ok((q, s));
+    }
     let mut g = fp32.clone();
     let prep = subq_transforms::prepare_for_quantization(&mut g).map_err(|e| QuantError::Invalid(e.to_string()))?;
     if cfg.cle {
@@ -91,6 +114,7 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         }
         subq_transforms::equalize(&mut g, cfg.cle_strength, 2).map_err(|e| QuantError::Invalid(e.to_string()))?;
     }
+    let cle_applied = cfg.cle;
     let reference = g.clone();
     let calib = if cfg.data_free {
         let range = cfg.input_range.ok_or_else(|| QuantError::Invalid("data-free quantization needs the input value range (from the preprocessing)".into()))?;
@@ -126,6 +150,7 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         Scheme::PerChannel => make_plan(&g, &calib, WeightScheme::PerChannel)?,
     };
     summary.fused_activations = plan.fused_activations.len();
+    summary.cle = cle_applied;
     if cfg.bias_correction {
         summary.bias_corrected_layers = if cfg.data_free {
             crate::bias_correction::analytic(&mut g, &plan, &calib.moments)
@@ -137,4 +162,19 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
     let q = build_qdq_graph(&g, &plan)?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok((q, summary))
+}
+
+/// Logits SQNR of the int8 engine running `q` against the FP32 graph on `inputs`.
+fn calib_sqnr(fp32: &Graph, q: &Graph, inputs: &[Tensor]) -> Result<f64, QuantError> {
+    let (f, e) = (subq_runtime::Fp32Executor::new(fp32), subq_runtime::Int8Engine::new(q)?);
+    let (mut signal, mut noise) = (0f64, 0f64);
+    for x in inputs {
+        let a = f.run(vec![x.clone()])?.remove(0);
+        let b = e.run(x.clone())?.remove(0);
+        for (p, r) in a.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?.iter().zip(b.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?) {
+            signal += (*p as f64).powi(2);
+            noise += ((p - r) as f64).powi(2);
+        }
+    }
+    Ok(10.0 * (signal / noise.max(1e-30)).log10())
 }

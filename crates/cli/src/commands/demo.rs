@@ -1,33 +1,35 @@
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use subq_calib::{list_images, Preprocess, Synsets};
-use subq_eval::{evaluate, image_input_shape, EvalOptions};
-use subq_runtime::Fp32Executor;
 
-use crate::commands::eval::print_report;
-use crate::common::{assets_dir, load_graph};
+use crate::commands::compare::{self, CompareArgs};
+use crate::common::{assets_dir, PreprocessArgs};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Evaluate only the first N bundled eval images (default: all 400).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Use only the first N bundled calibration images (default: all 100).
+    #[arg(long)]
+    pub calib_limit: Option<usize>,
 }
 
+/// `subq compare` on the bundled EfficientNet-Lite0 with the bundled calibration and evaluation
+/// images: FP32, per-channel, per-tensor, per-tensor + CLE + bias correction, subtensor and
+/// data-free subtensor side by side.
 pub fn run(a: DemoArgs) -> Result<()> {
     let assets = assets_dir();
-    let model = assets.join("models/efficientnet_lite0.onnx");
-    println!("subq demo: EfficientNet-Lite0 (bundled) on the bundled ImageNet eval images\n");
-    let g = load_graph(&model)?;
-    let (_, h, w) = image_input_shape(&g)?;
-    let synsets = Synsets::load(&assets.join("imagenet_synsets.txt"))?;
-    let mut items = list_images(&assets.join("images/eval")).context("bundled images missing: is this a full clone?")?;
-    if let Some(l) = a.limit {
-        items.truncate(l);
-    }
-    let exec = Fp32Executor::new(&g);
-    let opts = EvalOptions { preprocess: Preprocess::preset("efficientnet-lite")?, height: h, width: w, synsets: Some(&synsets), reference: None, skip_unreadable: false, progress: true };
-    let report = evaluate(&exec, &items, &opts)?;
-    print_report(&report);
-    Ok(())
+    println!("subq demo: EfficientNet-Lite0 (bundled), 100 calibration and 400 evaluation ImageNet images (bundled)\n");
+    compare::run(CompareArgs {
+        model: assets.join("models/efficientnet_lite0.onnx"),
+        calib: assets.join("images/calib"),
+        images: assets.join("images/eval"),
+        labels: Some(assets.join("imagenet_synsets.txt")),
+        calib_limit: a.calib_limit,
+        limit: a.limit,
+        latency_runs: 30,
+        json: None,
+        markdown: None,
+        preprocess: PreprocessArgs { preset: Some("efficientnet-lite".into()), ..Default::default() },
+    })
 }

@@ -83,8 +83,12 @@ pub struct QuantOptions {
     #[arg(long, default_value_t = 5.0)]
     pub latency_budget: f64,
     /// Cross-layer equalization before calibration (ReLU6 bounds kept exact per channel).
-    #[arg(long)]
+    /// Default for subtensor: tried both ways, the one closer to FP32 on calibration images kept.
+    #[arg(long, conflicts_with = "no_cle")]
     pub cle: bool,
+    /// No cross-layer equalization (subtensor otherwise decides automatically).
+    #[arg(long)]
+    pub no_cle: bool,
     /// CLE strength: equalization scales raised to this power (1 = full).
     #[arg(long, default_value_t = 0.5)]
     pub cle_strength: f32,
@@ -123,7 +127,10 @@ impl QuantOptions {
         if self.bias_correction {
             c.bias_correction = true;
         }
-        c.cle = self.cle;
+        if self.cle || self.no_cle {
+            c.cle_auto = false;
+            c.cle = self.cle;
+        }
         c.cle_strength = self.cle_strength;
         c.data_free = self.data_free;
         c.subtensor.size_budget = self.size_budget / 100.0;
@@ -165,7 +172,10 @@ pub fn input_range(p: &subq_calib::Preprocess) -> (f32, f32) {
 }
 
 pub fn print_summary(s: &QuantSummary) {
-    println!("scheme {} · activations {} from {} images · {} BN and {} Pad folded · {} activations fused", s.scheme, s.observer, s.calibration_images, s.batch_norms_folded, s.pads_folded, s.fused_activations);
+    println!("scheme {} · activations {} from {} images · {} BN and {} Pad folded · {} activations fused · CLE {}", s.scheme, s.observer, s.calibration_images, s.batch_norms_folded, s.pads_folded, s.fused_activations, if s.cle { "on" } else { "off" });
+    if let Some((off, on)) = s.cle_choice_sqnr_db {
+        println!("CLE chosen automatically: calibration logits SQNR {off:.2} dB without, {on:.2} dB with");
+    }
     if !s.layers.is_empty() {
         println!(
             "subtensor: {} layers split (+{:.2}% weight bytes, +{:.2}% MACs); bias corrected on {} layers",

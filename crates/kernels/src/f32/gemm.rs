@@ -63,13 +63,14 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         }
         return;
     }
-    let kernel: MicroKernel = match isa {
+    // (full panels, a last panel of at most 8 columns)
+    let (kernel, kernel8): (MicroKernel, MicroKernel) = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             assert!(super::has_avx2_fma());
-            avx2::kernel
+            (avx2::kernel, avx2::kernel8)
         }
-        _ => kernel_scalar,
+        _ => (kernel_scalar, kernel_scalar),
     };
     // Full NR-column micro-panels are read from B in place (rows n apart); only a partial
     // last one is packed, zero-padded, into `scratch`.
@@ -97,7 +98,8 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
                 let (bp, ldb) = if p < full_panels { (b[j0..].as_ptr(), n) } else { (scratch.as_ptr(), NR) };
                 // SAFETY: rows·cols of the tile lie inside C (asserted above); A rows hold k
                 // values; B rows j0..j0 + NR exist for full panels, the packed panel holds k·NR.
-                unsafe { kernel(k, arows, bp, ldb, c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, bias6, &post6) };
+                let kern = if cols <= 8 { kernel8 } else { kernel };
+                unsafe { kern(k, arows, bp, ldb, c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, bias6, &post6) };
             }
         }
         p0 += np;
@@ -158,16 +160,34 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+        tile::<2>(k, a, bp, ldb, c, ldc, rows, cols, bias, post)
+    }
+
+    /// 6×8 variant for a last micro-panel of at most 8 columns (reads 8 of each B row).
+    ///
+    /// # Safety
+    /// As [`kernel`], with `cols ≤ 8`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel8(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+        debug_assert!(cols <= 8);
+        tile::<1>(k, a, bp, ldb, c, ldc, rows, cols, bias, post)
+    }
+
+    /// MR × 8·V tile.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const V: usize>(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
         let z = _mm256_setzero_ps();
-        let mut acc = [[z; 2]; MR];
+        let mut acc = [[z; V]; MR];
         let mut b = bp;
         for kk in 0..k {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
+            let bv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
             for r in 0..MR {
                 let x = _mm256_broadcast_ss(&*a[r].add(kk));
-                acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+                for v in 0..V {
+                    acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
+                }
             }
             b = b.add(ldb);
         }

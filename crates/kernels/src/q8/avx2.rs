@@ -280,11 +280,35 @@ pub fn depthwise_supported(g: &ConvGeometry) -> bool {
 /// with one `vpmaddwd`.
 #[target_feature(enable = "avx2")]
 pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
+    depthwise_parts::<1>(input, zp, [pairs], kh2, g, plane, sink)
+}
+
+/// [`depthwise`] over `P` weight parts at once (a subtensor-split layer): the padded plane is
+/// built once per channel and every input load feeds all parts' taps (`P` accumulator sets).
+/// For `P = 1` results go to `sink` as in [`depthwise`]; for `P > 1` the sink must be
+/// `Sink::Requant` with `mult[p·out_c + c]` = part `p`'s multiplier of channel `c` (each in i32
+/// range) and `bias[c]` in the common fixed-point domain: the output is
+/// `clamp(zp + round_shift(bias[c] + Σ_p acc_p·mult_p[c], shift))`, exactly the reference's sum.
+#[target_feature(enable = "avx2")]
+pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], kh2: usize, g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
     let [kh, kw] = g.kernel;
     let (oh, ow) = (g.out_h, g.out_w);
     let (sy, sx) = (g.strides[0], g.strides[1]);
     let (ih, iw) = (g.in_h, g.in_w);
-    assert!(depthwise_supported(g) && input.len() >= g.in_c * ih * iw && pairs.len() >= g.out_c * kh2 * kw && kh2 * 2 >= kh);
+    assert!(P >= 1 && depthwise_supported(g) && input.len() >= g.in_c * ih * iw && kh2 * 2 >= kh);
+    for pr in pairs.iter() {
+        assert!(pr.len() >= g.out_c * kh2 * kw);
+    }
+    let spatial = oh * ow;
+    if P > 1 {
+        match sink {
+            Sink::Requant { mult, bias, out, .. } => {
+                assert!(mult.len() >= P * g.out_c && bias.len() >= g.out_c && out.len() >= g.out_c * spatial);
+                assert!(mult[..P * g.out_c].iter().all(|&m| m == m as i32 as i64), "multipliers must fit in i32");
+            }
+            Sink::Acc(_) => panic!("depthwise_parts: several parts need a Requant sink"),
+        }
+    }
     let owp = ow.div_ceil(16) * 16;
     // Phase length (per row: `sx` phases) and row stride.
     let phase = if sx == 1 { owp + kw - 1 } else { owp + (kw - 1) / 2 };
@@ -296,7 +320,6 @@ pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &Co
     let mut tmp = vec![0i16; if sx == 2 { 2 * phase + 16 } else { 0 }];
     let f = sink_fin(sink);
     let zpv = _mm256_set1_epi16(zp as i16);
-    let spatial = oh * ow;
     for c in 0..g.out_c {
         let src = &input[c * ih * iw..(c + 1) * ih * iw];
         // Build the padded plane (every entry is rewritten: rows outside the input are zeroed).
@@ -317,13 +340,16 @@ pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &Co
                 deinterleave(t, row, row.add(phase), phase);
             }
         }
-        let wp = pairs.as_ptr().add(c * kh2 * kw);
+        let mut wp = [std::ptr::null::<i32>(); P];
+        for p in 0..P {
+            wp[p] = pairs[p].as_ptr().add(c * kh2 * kw);
+        }
         let base = plane.as_ptr();
         for oy in 0..oh {
             let mut ox0 = 0;
             while ox0 < ow {
-                let mut lo = _mm256_setzero_si256();
-                let mut hi = _mm256_setzero_si256();
+                let mut lo = [_mm256_setzero_si256(); P];
+                let mut hi = [_mm256_setzero_si256(); P];
                 for r in 0..kh2 {
                     let r0 = base.add((oy * sy + 2 * r) * rs);
                     let r1 = r0.add(rs);
@@ -331,17 +357,55 @@ pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &Co
                         let off = if sx == 1 { ox0 + kx } else { (kx & 1) * phase + ox0 + (kx >> 1) };
                         let a = _mm256_loadu_si256(r0.add(off) as *const __m256i);
                         let b = _mm256_loadu_si256(r1.add(off) as *const __m256i);
-                        let w = _mm256_set1_epi32(*wp.add(r * kw + kx));
-                        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), w));
-                        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), w));
+                        let ul = _mm256_unpacklo_epi16(a, b);
+                        let uh = _mm256_unpackhi_epi16(a, b);
+                        for p in 0..P {
+                            let w = _mm256_set1_epi32(*wp[p].add(r * kw + kx));
+                            lo[p] = _mm256_add_epi32(lo[p], _mm256_madd_epi16(ul, w));
+                            hi[p] = _mm256_add_epi32(hi[p], _mm256_madd_epi16(uh, w));
+                        }
                     }
                 }
-                let v0 = _mm256_permute2x128_si256(lo, hi, 0x20);
-                let v1 = _mm256_permute2x128_si256(lo, hi, 0x31);
-                sink16(sink, &f, c, oy * ow + ox0, spatial, 16.min(ow - ox0), v0, v1);
+                let cols = 16.min(ow - ox0);
+                if P == 1 {
+                    let v0 = _mm256_permute2x128_si256(lo[0], hi[0], 0x20);
+                    let v1 = _mm256_permute2x128_si256(lo[0], hi[0], 0x31);
+                    sink16(sink, &f, c, oy * ow + ox0, spatial, cols, v0, v1);
+                } else {
+                    sink16_parts::<P>(sink, &f, c, g.out_c, spatial, oy * ow + ox0, cols, &lo, &hi);
+                }
                 ox0 += 16;
             }
         }
+    }
+}
+
+/// Multi-part epilogue of [`depthwise_parts`]: `lo`/`hi` are each part's accumulators in
+/// unpack order (columns 0..4,8..12 / 4..8,12..16); `cols` ≤ 16 outputs of channel `row` (of
+/// `rows`, row stride `n`) at `pos` are written.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sink16_parts<const P: usize>(sink: &mut Sink, f: &Fin, row: usize, rows: usize, n: usize, pos: usize, cols: usize, lo: &[__m256i; P], hi: &[__m256i; P]) {
+    let Sink::Requant { mult, bias, out, .. } = sink else { unreachable!("checked on entry") };
+    let b = _mm256_set1_epi64x(*bias.get_unchecked(row));
+    let (mut e0, mut o0, mut e1, mut o1) = (b, b, b, b);
+    for p in 0..P {
+        let m = _mm256_set1_epi64x(*mult.get_unchecked(p * rows + row));
+        let v0 = _mm256_permute2x128_si256(lo[p], hi[p], 0x20);
+        let v1 = _mm256_permute2x128_si256(lo[p], hi[p], 0x31);
+        e0 = _mm256_add_epi64(e0, _mm256_mul_epi32(v0, m));
+        o0 = _mm256_add_epi64(o0, _mm256_mul_epi32(_mm256_srli_epi64(v0, 32), m));
+        e1 = _mm256_add_epi64(e1, _mm256_mul_epi32(v1, m));
+        o1 = _mm256_add_epi64(o1, _mm256_mul_epi32(_mm256_srli_epi64(v1, 32), m));
+    }
+    let bytes = pack16(finish(e0, o0, f), finish(e1, o1, f));
+    let dst = out.as_mut_ptr().add(row * n + pos);
+    if cols == 16 {
+        _mm_storeu_si128(dst as *mut __m128i, bytes);
+    } else {
+        let mut tmp = [0u8; 16];
+        _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
     }
 }
 
@@ -447,17 +511,43 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
     let cout_g = g.out_c / g.group;
     let k = g.weights_per_output();
     assert!(out.len() >= g.out_c * spatial && bias_fixed.len() >= g.out_c && input.len() >= g.in_c * g.in_h * g.in_w);
+    // Split depthwise (2–3 parts): one pass, shared padded planes and input loads.
+    if (2..=3).contains(&parts.len()) && g.is_depthwise() {
+        let mut dw: [&[i32]; 3] = [&[], &[], &[]];
+        let mut kh2s = [0usize; 3];
+        for (i, part) in parts.iter().enumerate() {
+            if let PackedWeights::Depthwise { pairs, kh2, .. } = &part.packed {
+                dw[i] = pairs;
+                kh2s[i] = *kh2;
+            }
+        }
+        let Scratch { bpack, mult, .. } = &mut *scratch;
+        mult.clear();
+        for part in parts {
+            mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
+        }
+        let fits = mult.iter().all(|&m| m == m as i32 as i64);
+        if fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) && kh2s[..parts.len()].iter().all(|&k| k == kh2s[0]) {
+            let mut sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
+            if parts.len() == 2 {
+                depthwise_parts::<2>(input, zp_in, [dw[0], dw[1]], kh2s[0], g, bpack, &mut sink);
+            } else {
+                depthwise_parts::<3>(input, zp_in, [dw[0], dw[1], dw[2]], kh2s[0], g, bpack, &mut sink);
+            }
+            return;
+        }
+    }
     let single = parts.len() == 1;
     if !single {
         scratch.fixed.clear();
         scratch.fixed.extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
     }
     let Scratch { cols, acc, fixed, bpack, mult } = scratch;
-    for part in parts {
+    for (pi, part) in parts.iter().enumerate() {
         mult.clear();
         mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
         if !single {
-            acc.clear();
+            // Every entry is overwritten by the kernels' `Sink::Acc`.
             acc.resize(g.out_c * spatial, 0);
         }
         match &part.packed {
@@ -480,7 +570,10 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
                         gemv(&part.weight[rows.start * k..rows.end * k], cout_g, k, cols, spatial, bpack, &mut sink);
                         continue;
                     }
-                    if g.is_pointwise() {
+                    if pi > 0 && g.group == 1 {
+                        // Split layer, one group: `bpack` still holds this input's panels,
+                        // packed for the first part (the kernels only read it).
+                    } else if g.is_pointwise() {
                         pack_b_u8(input, zp_in, k, spatial, bpack);
                     } else {
                         cols.resize(k * spatial, 0);
