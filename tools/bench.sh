@@ -11,14 +11,29 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 M=assets/models
 
-# label | model for `subq bench` ("-": no subq row yet) | model for ONNX Runtime ("-": none).
-# Add int8 rows here once subq's int8 engine runs QDQ models, e.g.
-#   "EfficientNet-Lite0 int8 per-channel|$M/efficientnet_lite0.ort_qdq_per_channel.onnx|$M/efficientnet_lite0.ort_qdq_per_channel.onnx"
+# Our own QDQ exports (per-tensor and subtensor), made here so both engines time the same files.
+Q="$(mktemp -d)"
+trap 'rm -rf "$Q"' EXIT
+cargo build --release --quiet -p subq-cli >&2
+for spec in "efficientnet_lite0:efficientnet-lite" "mobilenetv2_1.0_160_dogs:keras-mobilenet"; do
+    m="${spec%%:*}"; preset="${spec##*:}"
+    for scheme in per-tensor subtensor; do
+        echo "bench.sh: quantizing $m ($scheme)" >&2
+        ./target/release/subq quantize --model "$M/$m.onnx" --calib assets/images/calib --preset "$preset" \
+            --scheme "$scheme" -o "$Q/$m.$scheme.onnx" >/dev/null 2>&1
+    done
+done
+
+# label | model for `subq bench` ("-": none) | model for ONNX Runtime ("-": none).
 ROWS=(
     "EfficientNet-Lite0 FP32 (224)|$M/efficientnet_lite0.onnx|$M/efficientnet_lite0.onnx"
+    "EfficientNet-Lite0 int8 ORT's per-channel QDQ|$M/efficientnet_lite0.ort_qdq_per_channel.onnx|$M/efficientnet_lite0.ort_qdq_per_channel.onnx"
+    "EfficientNet-Lite0 int8 subq per-tensor QDQ|$Q/efficientnet_lite0.per-tensor.onnx|$Q/efficientnet_lite0.per-tensor.onnx"
+    "EfficientNet-Lite0 int8 subq subtensor QDQ|$Q/efficientnet_lite0.subtensor.onnx|$Q/efficientnet_lite0.subtensor.onnx"
     "MobileNetV2-1.0 dogs FP32 (160)|$M/mobilenetv2_1.0_160_dogs.onnx|$M/mobilenetv2_1.0_160_dogs.onnx"
-    "EfficientNet-Lite0 int8 per-channel QDQ (ORT only)|-|$M/efficientnet_lite0.ort_qdq_per_channel.onnx"
-    "MobileNetV2-1.0 dogs int8 per-channel QDQ (ORT only)|-|$M/mobilenetv2_1.0_160_dogs.ort_qdq_per_channel.onnx"
+    "MobileNetV2-1.0 dogs int8 ORT's per-channel QDQ|$M/mobilenetv2_1.0_160_dogs.ort_qdq_per_channel.onnx|$M/mobilenetv2_1.0_160_dogs.ort_qdq_per_channel.onnx"
+    "MobileNetV2-1.0 dogs int8 subq per-tensor QDQ|$Q/mobilenetv2_1.0_160_dogs.per-tensor.onnx|$Q/mobilenetv2_1.0_160_dogs.per-tensor.onnx"
+    "MobileNetV2-1.0 dogs int8 subq subtensor QDQ|$Q/mobilenetv2_1.0_160_dogs.subtensor.onnx|$Q/mobilenetv2_1.0_160_dogs.subtensor.onnx"
 )
 
 RUNS="${RUNS:-200}"

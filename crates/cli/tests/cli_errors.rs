@@ -288,3 +288,67 @@ fn eval_against_itself_as_reference_has_full_agreement() {
     assert_eq!(report["n"].as_u64(), Some(4), "{report}");
     assert_eq!(report["agreement"].as_f64(), Some(1.0), "{report}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// quantize
+// ---------------------------------------------------------------------------------------------
+
+fn quantize(model: &Path, calib: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<&OsStr> = vec!["quantize".as_ref(), "--model".as_ref(), model.as_os_str(), "--calib".as_ref(), calib.as_os_str(), "--preset".as_ref(), "keras-mobilenet".as_ref(), "-o".as_ref(), output.as_os_str()];
+    args.extend(extra.iter().map(|s| OsStr::new(*s)));
+    subq(args)
+}
+
+/// Nothing, not even a temporary file, is left in the output folder after a failed quantize.
+#[track_caller]
+fn assert_no_output(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".onnx") || n.to_string_lossy().ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn quantize_refuses_an_already_quantized_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let qdq = assets().join("models/mobilenetv2_1.0_160_dogs.ort_qdq_per_tensor.onnx");
+    assert_clean_failure(&quantize(&qdq, &eval_images(), &out, &["--calib-limit", "2"]), &["already quantized"]);
+    assert_no_output(dir.path());
+}
+
+#[test]
+fn quantize_with_an_empty_calibration_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib");
+    std::fs::create_dir(&calib).unwrap();
+    let out = dir.path().join("q.onnx");
+    assert_clean_failure(&quantize(&mobilenet(), &calib, &out, &[]), &["calib"]);
+    assert_no_output(dir.path());
+}
+
+#[test]
+fn quantize_with_an_undecodable_calibration_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib");
+    std::fs::create_dir(&calib).unwrap();
+    std::fs::write(calib.join("n01440764_broken.JPEG"), b"not a jpeg at all").unwrap();
+    std::fs::copy(some_eval_image(), calib.join("n01440764_good.JPEG")).unwrap();
+    let out = dir.path().join("q.onnx");
+    assert_clean_failure(&quantize(&mobilenet(), &calib, &out, &["--scheme", "per-tensor"]), &["n01440764_broken.JPEG"]);
+    assert_no_output(dir.path());
+    // Skipping it, the one good image calibrates the model.
+    let ok = quantize(&mobilenet(), &calib, &out, &["--scheme", "per-tensor", "--skip-unreadable"]);
+    assert_success(&ok);
+    assert!(text(&ok.stderr).contains("skipped unreadable calibration image"));
+    assert!(out.exists());
+}
+
+#[test]
+fn quantize_data_free_needs_no_images_and_writes_a_runnable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let o = subq(["quantize".as_ref(), "--model".as_ref(), mobilenet().as_os_str(), "--data-free".as_ref(), "--scheme".as_ref(), "subtensor".as_ref(), "--preset".as_ref(), "keras-mobilenet".as_ref(), "-o".as_ref(), out.as_os_str()]);
+    assert_success(&o);
+    let e = eval(&out, &eval_images(), &["--reference".as_ref(), mobilenet().as_os_str()]);
+    assert_success(&e);
+    assert!(text(&e.stdout).contains("int8 engine"), "{}", text(&e.stdout));
+}
