@@ -56,6 +56,10 @@ pub struct QuantConfig {
     pub cle_strength: f32,
     /// No images: activation ranges and bias correction from BatchNormalization statistics.
     pub data_free: bool,
+    /// Rank candidate splits by their measured effect on the logits (8 calibration images)
+    /// rather than by the per-layer estimate alone. Off by default: on MobileNetV2 it chose
+    /// nearly the same layers (21.6 vs 21.7 dB) at 4× the quantization time.
+    pub probe_splits: bool,
     /// Real value range of the model input (from the preprocessing); data-free needs it.
     pub input_range: Option<(f32, f32)>,
 }
@@ -63,7 +67,7 @@ pub struct QuantConfig {
 impl QuantConfig {
     pub fn new(scheme: Scheme) -> QuantConfig {
         let sub = scheme == Scheme::Subtensor;
-        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 32, cle: false, cle_auto: sub, cle_strength: 0.5, data_free: false, input_range: None }
+        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 32, cle: false, cle_auto: sub, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None }
     }
 }
 
@@ -136,7 +140,28 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
             if !cfg.split {
                 opts.kinds.clear();
             }
-            let sp = make_subtensor_plan(&g, &calib, &opts)?;
+            // Probe splits on the model output with a few calibration images (not with data-free).
+            let probe_inputs = &inputs[..inputs.len().min(8)];
+            let fp32_logits: Vec<Tensor> = if probe_inputs.is_empty() {
+                Vec::new()
+            } else {
+                let exec = subq_runtime::Fp32Executor::new(&g);
+                probe_inputs.iter().map(|x| exec.run(vec![x.clone()]).map(|mut o| o.remove(0))).collect::<Result<_, _>>()?
+            };
+            let measure = |p: &crate::QuantPlan| -> Result<f64, QuantError> {
+                let q = build_qdq_graph(&g, p)?;
+                let e = subq_runtime::Int8Engine::new(&q)?;
+                let mut noise = 0f64;
+                for (x, r) in probe_inputs.iter().zip(&fp32_logits) {
+                    let y = e.run(x.clone())?.remove(0);
+                    for (a, b) in r.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?.iter().zip(y.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?) {
+                        noise += ((a - b) as f64).powi(2);
+                    }
+                }
+                Ok(noise)
+            };
+            let probe: Option<crate::subtensor::Probe> = if probe_inputs.is_empty() || !cfg.probe_splits { None } else { Some(&measure) };
+            let sp = make_subtensor_plan(&g, &calib, &opts, probe)?;
             summary.split_layers = sp.layers.iter().filter(|l| l.split.is_some()).count();
             summary.extra_weight_bytes = sp.extra_bytes;
             summary.weight_bytes = sp.total_bytes;

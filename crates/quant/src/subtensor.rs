@@ -69,7 +69,11 @@ fn layout_of(g: &Graph, n: &subq_ir::Node, w: &subq_tensor::Tensor) -> Option<(W
     }
 }
 
-pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptions) -> Result<SubtensorPlan, QuantError> {
+/// Measures a candidate plan end to end: the logits noise power of the quantized model against
+/// FP32 on a few calibration images (lower is better).
+pub type Probe<'a> = &'a dyn Fn(&QuantPlan) -> Result<f64, QuantError>;
+
+pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptions, probe: Option<Probe>) -> Result<SubtensorPlan, QuantError> {
     let mut plan = make_plan(g, calib, WeightScheme::PerTensor)?;
     struct Option_ {
         node: String,
@@ -119,11 +123,41 @@ pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptio
         });
         options.push(Option_ { node: n.name.clone(), base, best, cost_bytes: w.len(), cost_macs: macs, shape: w.shape.clone() });
     }
-    // Greedy: largest reduction of the layer's noise-to-signal ratio per unit of budget first.
+    // With a probe, each candidate split is measured on the model's output (the others left
+    // unsplit): the per-layer estimate ranks layers within one layer type well but does not say
+    // how much a layer's error matters downstream.
+    let measured: Option<Vec<f64>> = match probe {
+        None => None,
+        Some(measure) => {
+            let mut base_plan = plan.clone();
+            for o in &options {
+                base_plan.weights.insert(o.node.clone(), o.base.clone().into_parts(&o.shape));
+            }
+            let base_noise = measure(&base_plan)?;
+            let mut gains = Vec::with_capacity(options.len());
+            for o in &options {
+                gains.push(match &o.best {
+                    None => 0.0,
+                    Some(b) => {
+                        let mut p = base_plan.clone();
+                        p.weights.insert(o.node.clone(), b.clone().into_parts(&o.shape));
+                        base_noise - measure(&p)?
+                    }
+                });
+            }
+            Some(gains)
+        }
+    };
+    // Greedy: largest reduction of noise per unit of budget first (measured at the output when
+    // probed, else the layer's own noise-to-signal ratio).
     let byte_budget = (opts.size_budget * total_bytes as f64) as usize;
     let mac_budget = (opts.latency_budget * total_macs as f64) as usize;
-    let mut order: Vec<usize> = (0..options.len()).filter(|&i| options[i].best.is_some()).collect();
-    let gain = |o: &Option_| (o.base.error - o.best.as_ref().map_or(o.base.error, |b| b.error)) / o.base.signal.max(1e-30);
+    let mut order: Vec<usize> = (0..options.len()).filter(|&i| options[i].best.is_some() && measured.as_ref().is_none_or(|m| m[i] > 0.0)).collect();
+    let index_of: std::collections::HashMap<&str, usize> = options.iter().enumerate().map(|(i, o)| (o.node.as_str(), i)).collect();
+    let gain = |o: &Option_| match &measured {
+        Some(m) => m[index_of[o.node.as_str()]],
+        None => (o.base.error - o.best.as_ref().map_or(o.base.error, |b| b.error)) / o.base.signal.max(1e-30),
+    };
     let cost = |o: &Option_| (o.cost_bytes as f64 / byte_budget.max(1) as f64).max(o.cost_macs as f64 / mac_budget.max(1) as f64);
     order.sort_by(|&a, &b| (gain(&options[b]) / cost(&options[b])).partial_cmp(&(gain(&options[a]) / cost(&options[a]))).unwrap().then(a.cmp(&b)));
     let (mut used_bytes, mut used_macs) = (0usize, 0usize);
@@ -144,9 +178,10 @@ pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptio
             d.reason = format!("split: noise/signal {:.2e} → {:.2e}", o.base.error / o.base.signal, b.error / b.signal);
             b
         } else {
-            d.reason = match &o.best {
-                None => "no split lowers the error".into(),
-                Some(_) => "outside the size/latency budget".into(),
+            d.reason = match (&o.best, &measured) {
+                (None, _) => "no split lowers the error".into(),
+                (Some(_), Some(m)) if m[i] <= 0.0 => "splitting does not lower the output error".into(),
+                (Some(_), _) => "outside the size/latency budget".into(),
             };
             o.base
         };

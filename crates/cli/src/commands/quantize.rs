@@ -95,6 +95,9 @@ pub struct QuantOptions {
     /// No calibration images: activation ranges and bias correction from BatchNormalization statistics.
     #[arg(long)]
     pub data_free: bool,
+    /// Subtensor: rank candidate splits by their measured effect on the model output (slower).
+    #[arg(long)]
+    pub probe_splits: bool,
 }
 
 impl QuantOptions {
@@ -133,6 +136,7 @@ impl QuantOptions {
         }
         c.cle_strength = self.cle_strength;
         c.data_free = self.data_free;
+        c.probe_splits = self.probe_splits;
         c.subtensor.size_budget = self.size_budget / 100.0;
         c.subtensor.latency_budget = self.latency_budget / 100.0;
         c
