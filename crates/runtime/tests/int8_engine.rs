@@ -1,25 +1,14 @@
 //! The int8 engine runs QDQ files made by ONNX Runtime's quantizer and reproduces their outputs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{argmax, assets, read_npy};
 
 use subq_onnx::{load_model, ImportOptions};
 use subq_runtime::{Fp32Executor, Int8Engine};
 use subq_tensor::Tensor;
 
-fn assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets")
-}
 
-fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    (shape, npy.into_vec::<f32>().unwrap())
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold(0, |best, (j, &x)| if x > v[best] { j } else { best })
-}
 
 /// For each ORT QDQ file: same top-1 as ONNX Runtime on all 8 reference images, and logits
 /// within a few output quantization steps of ORT's and of the written (float) semantics.

@@ -1,21 +1,13 @@
 //! The FP32 engine reproduces ONNX Runtime's logits on the shared reference inputs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{argmax, assets, read_npy};
 
 use subq_onnx::{load_model, ImportOptions};
 use subq_runtime::Fp32Executor;
 use subq_tensor::Tensor;
 
-fn assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets")
-}
-
-fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape = npy.shape().iter().map(|&d| d as usize).collect();
-    (shape, npy.into_vec::<f32>().unwrap())
-}
 
 /// Runs `model` on the reference inputs of `inputs_of` and compares with `logits` file.
 /// Returns (max |diff|, max |logit|, top-1 matches).
@@ -36,7 +28,6 @@ fn compare(model: &str, inputs_of: &str, logits: &str) -> (f32, f32, usize) {
             max_diff = max_diff.max((a - b).abs());
             max_logit = max_logit.max(b.abs());
         }
-        let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (j, &x)| if x > v[best] { j } else { best });
         top1 += (argmax(got) == argmax(want)) as usize;
     }
     (max_diff, max_logit, top1)

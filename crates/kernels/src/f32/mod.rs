@@ -182,29 +182,7 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
 
 /// Unfold one group's input patches into a [(c·kh·kw) × (oh·ow)] matrix.
 pub fn im2col(input: &[f32], g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [f32]) {
-    let (oh, ow) = (g.out_h, g.out_w);
-    let [kh, kw] = g.kernel;
-    let mut row = 0;
-    for c in c_begin..c_begin + c_count {
-        let plane = &input[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                dst.fill(0.0);
-                let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
-                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, g.strides[1], g.pad_left, kx * g.dilations[1]);
-                for oy in y0..y1 {
-                    let iy = oy * g.strides[0] + ky * g.dilations[0] - g.pad_top;
-                    let src = &plane[iy * g.in_w..(iy + 1) * g.in_w];
-                    let d = &mut dst[oy * ow..(oy + 1) * ow];
-                    for ox in x0..x1 {
-                        d[ox] = src[ox * g.strides[1] + kx * g.dilations[1] - g.pad_left];
-                    }
-                }
-                row += 1;
-            }
-        }
-    }
+    crate::im2col_with(input, g, c_begin, c_count, cols, 0.0, |x| x)
 }
 
 /// Direct depthwise convolution: one kernel per channel. Loops are arranged so the innermost

@@ -84,28 +84,7 @@ impl OutputStage {
 /// Subtract the input zero-point once, unfolding patches into [(c·kh·kw) × (oh·ow)] i16 columns.
 /// Padding becomes 0, i.e. exactly the real value 0.
 pub fn im2col_q_reference(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
-    let (oh, ow) = (g.out_h, g.out_w);
-    let [kh, kw] = g.kernel;
-    let mut row = 0;
-    for c in c_begin..c_begin + c_count {
-        let plane = &input[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                dst.fill(0);
-                let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
-                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, g.strides[1], g.pad_left, kx * g.dilations[1]);
-                for oy in y0..y1 {
-                    let iy = oy * g.strides[0] + ky * g.dilations[0] - g.pad_top;
-                    let src = &plane[iy * g.in_w..(iy + 1) * g.in_w];
-                    for ox in x0..x1 {
-                        dst[oy * ow + ox] = src[ox * g.strides[1] + kx * g.dilations[1] - g.pad_left] as i16 - zp as i16;
-                    }
-                }
-                row += 1;
-            }
-        }
-    }
+    crate::im2col_with(input, g, c_begin, c_count, cols, 0, |x| x as i16 - zp as i16)
 }
 
 /// acc[m×n] += A[m×k] · B[k×n] in i32, row-major. The inner loop over n is contiguous and

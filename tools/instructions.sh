@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Instructions per image of the int8 engine (valgrind callgrind), which, unlike wall time, do not
+# depend on what else the machine is doing: (instructions of `subq bench --runs 3`
+# − instructions of `--runs 1`) / 2 removes model loading and engine construction.
+#
+#   bash tools/instructions.sh MODEL.onnx [MODEL2.onnx ...]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SUBQ="$ROOT/target/release/subq"
+command -v valgrind >/dev/null || { echo "instructions.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+total() {
+    local out; out=$(mktemp)
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$SUBQ" bench --model "$1" --threads 1 --warmup 0 --runs "$2" >/dev/null 2>&1
+    grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
+    rm -f "$out"
+}
+echo "| model | instructions per image (M) |"
+echo "|---|---:|"
+for m in "$@"; do
+    one=$(total "$m" 1); three=$(total "$m" 3)
+    echo "| $(basename "$m") | $(( (three - one) / 2 / 1000000 )) |"
+done
