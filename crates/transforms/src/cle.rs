@@ -126,7 +126,17 @@ fn apply(g: &mut Graph, p: &Pair, strength: f32) {
     if r1.len() != r2.len() {
         return;
     }
-    let s: Vec<f32> = r1.iter().zip(&r2).map(|(&a, &b)| if a > 0.0 && b > 0.0 { (a / b).sqrt().powf(strength) } else { 1.0 }).collect();
+    // Channels whose first-conv weights are (nearly) all zero carry only their bias: scaling
+    // them up would blow that constant up to dominate the whole tensor's activation range
+    // (MobileNetV2 collapsed to a constant output that way). They keep s = 1, and scales stay
+    // within [1/MAX_SCALE, MAX_SCALE].
+    const MAX_SCALE: f32 = 32.0;
+    let r1_max = r1.iter().cloned().fold(0.0f32, f32::max);
+    let s: Vec<f32> = r1
+        .iter()
+        .zip(&r2)
+        .map(|(&a, &b)| if a > 1e-3 * r1_max && b > 0.0 { (a / b).sqrt().powf(strength).clamp(1.0 / MAX_SCALE, MAX_SCALE) } else { 1.0 })
+        .collect();
     let c = s.len();
     {
         let w1 = g.initializers.get_mut(&w1_name).expect("weight");

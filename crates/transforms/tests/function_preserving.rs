@@ -79,8 +79,40 @@ fn cle_preserves_outputs_and_keeps_relu6_exact() {
         let clips_after = eq.nodes.iter().filter(|n| matches!(n.op, Op::Clip { .. })).count();
         let mins = eq.nodes.iter().filter(|n| matches!(n.op, Op::Min)).count();
         assert_eq!(clips_before, clips_after + mins, "{model}: a ReLU6 lost its bound");
+        // Scales are bounded (dead channels keep s = 1), so no bound explodes: 6 · 32 at most.
+        for n in eq.nodes.iter().filter(|n| matches!(n.op, Op::Min)) {
+            let top = eq.initializers[&n.inputs[1]].to_f32_vec().into_iter().fold(0.0f32, f32::max);
+            assert!(top <= 6.0 * 32.0 * 1.0001, "{model}: {} bound {top}", n.name);
+        }
         let rel = relative_change(&g, &eq, &reference_inputs(model, 2));
         eprintln!("{model}: {pairs} pairs, {mins} ReLU6 with per-channel bounds, relative logit change {rel:.2e}");
         assert!(rel < 1e-4, "{model}: CLE changed the outputs by {rel}");
+    }
+}
+
+/// Calibration runs the executor with an observer; on an equalized graph (Relu → Min bounds) its
+/// outputs must equal a plain run's, and every observed Min output must respect its bound.
+#[test]
+fn observed_runs_of_an_equalized_graph_match_plain_runs() {
+    let model = "mobilenetv2_1.0_160_dogs";
+    let mut g = load(model);
+    subq_transforms::prepare_for_quantization(&mut g).unwrap();
+    subq_transforms::equalize(&mut g, 0.5, 2).unwrap();
+    let exec = Fp32Executor::new(&g);
+    let x = reference_inputs(model, 1).remove(0);
+    let plain = exec.run(vec![x.clone()]).unwrap().remove(0);
+    let mut observed_values = std::collections::HashMap::new();
+    let observed = exec.run_observed(vec![x], &mut |name, t| {
+        observed_values.insert(name.to_string(), t.clone());
+    }).unwrap().remove(0);
+    assert_eq!(plain.as_f32().unwrap(), observed.as_f32().unwrap());
+    for n in g.nodes.iter().filter(|n| matches!(n.op, Op::Min)) {
+        let bound = g.initializers[&n.inputs[1]].to_f32_vec();
+        let out = &observed_values[&n.outputs[0]];
+        let inner: usize = out.shape[2..].iter().product();
+        for (i, chunk) in out.as_f32().unwrap().chunks(inner).enumerate() {
+            let b = bound[i % bound.len()];
+            assert!(chunk.iter().all(|&v| v <= b + 1e-6 && v >= 0.0), "{}: channel {} exceeds its bound {b}", n.name, i % bound.len());
+        }
     }
 }
