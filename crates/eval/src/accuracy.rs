@@ -57,15 +57,59 @@ struct Tally {
     skipped: Vec<String>,
 }
 
+impl Tally {
+    /// Score one image's logits against its label and the reference model's logits.
+    fn add(&mut self, logits: &[f32], label: Option<usize>, reference: Option<&[f32]>) {
+        let top = top_k(logits, 5);
+        self.n += 1;
+        if let Some(l) = label {
+            self.top1 += (top[0] == l) as usize;
+            self.top5 += top.contains(&l) as usize;
+        }
+        if let Some(r) = reference {
+            let rtop = top_k(r, 1)[0];
+            self.agree += (rtop == top[0]) as usize;
+            if let Some(l) = label {
+                self.ref_top1 += (rtop == l) as usize;
+            }
+            for (&a, &b) in r.iter().zip(logits) {
+                self.signal += (a as f64).powi(2);
+                self.noise += ((a - b) as f64).powi(2);
+            }
+        }
+    }
+
+    fn report(self, model: String, has_labels: bool, has_ref: bool) -> EvalReport {
+        let frac = |c: usize| if self.n == 0 { 0.0 } else { c as f64 / self.n as f64 };
+        let mut skipped = self.skipped;
+        skipped.sort();
+        EvalReport {
+            model,
+            n: self.n,
+            skipped,
+            top1: has_labels.then(|| frac(self.top1)),
+            top5: has_labels.then(|| frac(self.top5)),
+            agreement: has_ref.then(|| frac(self.agree)),
+            sqnr_db: has_ref.then(|| if self.noise == 0.0 { f64::INFINITY } else { 10.0 * (self.signal / self.noise).log10() }),
+            reference_top1: (has_ref && has_labels).then(|| frac(self.ref_top1)),
+        }
+    }
+}
+
+fn progress_bar(len: usize, message: String, show: bool) -> ProgressBar {
+    let bar = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_message(message);
+    bar
+}
+
 pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -> Result<EvalReport, EvalError> {
     // Labels are resolved up front so that an unknown label fails before any inference.
     let labels: Vec<Option<usize>> = match opts.synsets {
         Some(s) => items.iter().map(|it| subq_calib::dataset::label_of(it, s).map(Some)).collect::<Result<_, _>>()?,
         None => vec![None; items.len()],
     };
-    let bar = if opts.progress { ProgressBar::new(items.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-    bar.set_message(model.describe());
+    let bar = progress_bar(items.len(), model.describe(), opts.progress);
     let tally = Mutex::new(Tally::default());
     // Each worker decodes its image and runs it, so decoding of one image overlaps inference of
     // another; the pool size is set by the caller (`--threads`).
@@ -87,46 +131,16 @@ pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -
         };
         let out = model.run(input)?;
         let logits = out.as_f32().map_err(|e| EvalError::Model(e.to_string()))?;
-        let top = top_k(logits, 5);
-        let mut t = tally.lock().unwrap();
-        t.n += 1;
-        if let Some(l) = label {
-            t.top1 += (top[0] == *l) as usize;
-            t.top5 += top.contains(l) as usize;
-        }
-        if let Some(r) = &reference {
-            let rv = r.as_f32().map_err(|e| EvalError::Model(e.to_string()))?;
-            let rtop = top_k(rv, 1)[0];
-            t.agree += (rtop == top[0]) as usize;
-            if let Some(l) = label {
-                t.ref_top1 += (rtop == *l) as usize;
-            }
-            for (&a, &b) in rv.iter().zip(logits) {
-                t.signal += (a as f64).powi(2);
-                t.noise += ((a - b) as f64).powi(2);
-            }
-        }
-        drop(t);
+        let reference = match &reference {
+            Some(r) => Some(r.as_f32().map_err(|e| EvalError::Model(e.to_string()))?),
+            None => None,
+        };
+        tally.lock().unwrap().add(logits, *label, reference);
         bar.inc(1);
         Ok(())
     })?;
     bar.finish_and_clear();
-    let t = tally.into_inner().unwrap();
-    let frac = |c: usize| if t.n == 0 { 0.0 } else { c as f64 / t.n as f64 };
-    let has_labels = opts.synsets.is_some();
-    let has_ref = opts.reference.is_some();
-    let mut skipped = t.skipped;
-    skipped.sort();
-    Ok(EvalReport {
-        model: model.describe(),
-        n: t.n,
-        skipped,
-        top1: has_labels.then(|| frac(t.top1)),
-        top5: has_labels.then(|| frac(t.top5)),
-        agreement: has_ref.then(|| frac(t.agree)),
-        sqnr_db: has_ref.then(|| if t.noise == 0.0 { f64::INFINITY } else { 10.0 * (t.signal / t.noise).log10() }),
-        reference_top1: (has_ref && has_labels).then(|| frac(t.ref_top1)),
-    })
+    Ok(tally.into_inner().unwrap().report(model.describe(), opts.synsets.is_some(), opts.reference.is_some()))
 }
 
 #[cfg(test)]
@@ -143,9 +157,7 @@ mod tests {
 /// Scores of a model on already-decoded inputs, against labels and optionally reference logits
 /// (both indexed like `inputs`). Returns the report and the model's logits per input.
 pub fn evaluate_tensors(model: &dyn RunModel, inputs: &[Tensor], labels: &[Option<usize>], reference: Option<&[Vec<f32>]>, progress: bool) -> Result<(EvalReport, Vec<Vec<f32>>), EvalError> {
-    let bar = if progress { ProgressBar::new(inputs.len() as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-    bar.set_message(model.describe());
+    let bar = progress_bar(inputs.len(), model.describe(), progress);
     let logits: Vec<Vec<f32>> = inputs
         .par_iter()
         .map(|x| {
@@ -157,37 +169,9 @@ pub fn evaluate_tensors(model: &dyn RunModel, inputs: &[Tensor], labels: &[Optio
     bar.finish_and_clear();
     let mut t = Tally::default();
     for (i, l) in logits.iter().enumerate() {
-        let top = top_k(l, 5);
-        t.n += 1;
-        if let Some(Some(label)) = labels.get(i) {
-            t.top1 += (top[0] == *label) as usize;
-            t.top5 += top.contains(label) as usize;
-        }
-        if let Some(r) = reference.and_then(|r| r.get(i)) {
-            let rtop = top_k(r, 1)[0];
-            t.agree += (rtop == top[0]) as usize;
-            if let Some(Some(label)) = labels.get(i) {
-                t.ref_top1 += (rtop == *label) as usize;
-            }
-            for (&a, &b) in r.iter().zip(l) {
-                t.signal += (a as f64).powi(2);
-                t.noise += ((a - b) as f64).powi(2);
-            }
-        }
+        t.add(l, labels.get(i).copied().flatten(), reference.and_then(|r| r.get(i)).map(|r| r.as_slice()));
     }
-    let frac = |c: usize| if t.n == 0 { 0.0 } else { c as f64 / t.n as f64 };
-    let has_labels = labels.iter().any(|l| l.is_some());
-    let has_ref = reference.is_some();
-    let report = EvalReport {
-        model: model.describe(),
-        n: t.n,
-        skipped: Vec::new(),
-        top1: has_labels.then(|| frac(t.top1)),
-        top5: has_labels.then(|| frac(t.top5)),
-        agreement: has_ref.then(|| frac(t.agree)),
-        sqnr_db: has_ref.then(|| if t.noise == 0.0 { f64::INFINITY } else { 10.0 * (t.signal / t.noise).log10() }),
-        reference_top1: (has_ref && has_labels).then(|| frac(t.ref_top1)),
-    };
+    let report = t.report(model.describe(), labels.iter().any(|l| l.is_some()), reference.is_some());
     Ok((report, logits))
 }
 

@@ -136,10 +136,8 @@ pub fn analytic(g: &mut Graph, plan: &QuantPlan, moments: &BTreeMap<String, Chan
         let wv = w.to_f32_vec();
         let mut wq = vec![0f32; wv.len()];
         for p in parts {
-            let inner: usize = p.params.axis.map(|a| p.values.shape[a + 1..].iter().product()).unwrap_or(1);
             for (i, (s, &v)) in wq.iter_mut().zip(p.values.as_f32().expect("float")).enumerate() {
-                let c = if p.params.is_per_tensor() { 0 } else { (i / inner) % p.params.scale.len() };
-                *s += p.params.fake_quantize(v, c);
+                *s += p.params.fake_quantize(v, p.params.channel_of(&p.values.shape, i));
             }
         }
         let mean = x.mean();

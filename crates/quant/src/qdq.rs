@@ -12,9 +12,7 @@ use crate::QuantError;
 
 fn quantize_tensor(t: &Tensor, q: &QParams) -> Tensor {
     let v = t.to_f32_vec();
-    let inner: usize = q.axis.map(|a| t.shape[a + 1..].iter().product()).unwrap_or(1);
-    let channels = q.axis.map(|a| t.shape[a]).unwrap_or(1);
-    let ch = |i: usize| if q.is_per_tensor() { 0 } else { (i / inner) % channels };
+    let ch = |i: usize| q.channel_of(&t.shape, i);
     let data = match q.range {
         QuantRange::U8 => TensorData::U8(v.iter().enumerate().map(|(i, &x)| q.quantize_value(x, ch(i)) as u8).collect()),
         QuantRange::I8 | QuantRange::I8Narrow => TensorData::I8(v.iter().enumerate().map(|(i, &x)| q.quantize_value(x, ch(i)) as i8).collect()),

@@ -429,12 +429,6 @@ pub fn qdq_params(n: &Node, args: &[Option<&Tensor>], axis: i64, rank: usize, dt
     Ok((QParams { axis: (scale.len() > 1).then_some(axis), scale, zero_point, range }, axis))
 }
 
-/// Index of the per-axis channel for every flat element.
-fn channel_index(shape: &[usize], axis: usize, flat: usize) -> usize {
-    let inner: usize = shape[axis + 1..].iter().product();
-    (flat / inner) % shape[axis]
-}
-
 /// Evaluate one node on its inputs (None for omitted optional inputs).
 pub fn eval_node(n: &Node, args: &[Option<&Tensor>], scratch: &mut Vec<f32>) -> Result<Tensor, RuntimeError> {
     let x = arg(n, args, 0)?;
@@ -588,9 +582,9 @@ pub fn eval_node(n: &Node, args: &[Option<&Tensor>], scratch: &mut Vec<f32>) -> 
             Tensor { shape: x.shape.clone(), data: TensorData::F32(out) }
         }
         Op::QuantizeLinear { axis } => {
-            let (qp, ax) = qdq_params(n, args, *axis, x.shape.len(), None)?;
+            let (qp, _) = qdq_params(n, args, *axis, x.shape.len(), None)?;
             let xv = f32_arg(n, args, 0)?;
-            let ch = |i: usize| if qp.is_per_tensor() { 0 } else { channel_index(&x.shape, ax, i) };
+            let ch = |i: usize| qp.channel_of(&x.shape, i);
             let data = match qp.range {
                 QuantRange::U8 => TensorData::U8(xv.iter().enumerate().map(|(i, &v)| qp.quantize_value(v, ch(i)) as u8).collect()),
                 _ => TensorData::I8(xv.iter().enumerate().map(|(i, &v)| qp.quantize_value(v, ch(i)) as i8).collect()),
@@ -598,13 +592,13 @@ pub fn eval_node(n: &Node, args: &[Option<&Tensor>], scratch: &mut Vec<f32>) -> 
             Tensor { shape: x.shape.clone(), data }
         }
         Op::DequantizeLinear { axis } => {
-            let (qp, ax) = qdq_params(n, args, *axis, x.shape.len(), Some(x.dtype()))?;
+            let (qp, _) = qdq_params(n, args, *axis, x.shape.len(), Some(x.dtype()))?;
             let q = x.to_i32_vec();
             let out = q
                 .iter()
                 .enumerate()
                 .map(|(i, &v)| {
-                    let c = if qp.scale.len() == 1 { 0 } else { channel_index(&x.shape, ax, i) };
+                    let c = qp.channel_of(&x.shape, i);
                     // Computed as in the ONNX reference: (x − zp) · scale, the difference in int32.
                     (v - qp.zero_point_at(c)) as f32 * qp.scale_at(c)
                 })

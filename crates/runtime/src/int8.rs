@@ -158,9 +158,7 @@ fn const_dq(g: &Graph, n: &Node) -> Option<ConstDq> {
 
 fn dequantize_const(c: &ConstDq) -> Tensor {
     let v = c.values.to_i32_vec();
-    let inner: usize = c.params.axis.map(|a| c.values.shape[a + 1..].iter().product()).unwrap_or(1);
-    let channels = c.params.axis.map(|a| c.values.shape[a]).unwrap_or(1);
-    let out = v.iter().enumerate().map(|(i, &q)| c.params.dequantize_value(q, (i / inner) % channels)).collect();
+    let out = v.iter().enumerate().map(|(i, &q)| c.params.dequantize_value(q, c.params.channel_of(&c.values.shape, i))).collect();
     Tensor::f32(c.values.shape.clone(), out).expect("same shape")
 }
 
@@ -244,7 +242,7 @@ impl<'g> Lowering<'g> {
                 None => {
                     let c = const_dq(self.g, self.producer(b)?)?;
                     let q = c.values.to_i32_vec();
-                    Some(q.iter().enumerate().map(|(i, &v)| (v - c.params.zero_point_at(if c.params.is_per_tensor() { 0 } else { i })) as f64 * c.params.scale_at(if c.params.is_per_tensor() { 0 } else { i }) as f64).collect())
+                    Some(q.iter().enumerate().map(|(i, &v)| (v - c.params.zero_point_at(i)) as f64 * c.params.scale_at(i) as f64).collect())
                 }
             },
         };
@@ -283,7 +281,7 @@ impl<'g> Lowering<'g> {
         // Real multipliers s_in·s_w[c]/s_out of every part and channel, on one common shift.
         let reals: Vec<Vec<f64>> = lowered
             .iter()
-            .map(|l| (0..geom.out_c).map(|c| in_grid.scale as f64 * l.2.params.scale_at(if l.2.params.is_per_tensor() { 0 } else { c }) as f64 / out.scale as f64).collect())
+            .map(|l| (0..geom.out_c).map(|c| in_grid.scale as f64 * l.2.params.scale_at(c) as f64 / out.scale as f64).collect())
             .collect();
         let flat: Vec<f64> = reals.iter().flatten().copied().collect();
         let (_, shift) = Requant::common(&flat);
@@ -294,7 +292,7 @@ impl<'g> Lowering<'g> {
             let w = &l.2;
             let per = w.values.len() / geom.out_c;
             let q = w.values.to_i32_vec();
-            let weight: Vec<i16> = q.iter().enumerate().map(|(i, &v)| (v - w.params.zero_point_at(if w.params.is_per_tensor() { 0 } else { i / per })) as i16).collect();
+            let weight: Vec<i16> = q.iter().enumerate().map(|(i, &v)| (v - w.params.zero_point_at(i / per)) as i16).collect();
             let requant: Vec<Requant> = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
             if let Some(b) = &l.3 {
                 for c in 0..geom.out_c {

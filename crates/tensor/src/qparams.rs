@@ -74,6 +74,18 @@ impl QParams {
         QParams::per_tensor(scale, zp, range)
     }
 
+    /// Which entry of `scale`/`zero_point` applies to element `flat` of a row-major tensor of
+    /// `shape`: 0 when per-tensor, else its index along `axis`.
+    pub fn channel_of(&self, shape: &[usize], flat: usize) -> usize {
+        match self.axis {
+            Some(a) if self.scale.len() > 1 => {
+                let inner: usize = shape[a + 1..].iter().product();
+                (flat / inner.max(1)) % shape[a]
+            }
+            _ => 0,
+        }
+    }
+
     pub fn scale_at(&self, channel: usize) -> f32 {
         if self.scale.len() == 1 { self.scale[0] } else { self.scale[channel] }
     }
@@ -120,6 +132,15 @@ mod tests {
         assert_eq!(q.zero_point[0], 0);
         assert_eq!(q.quantize_value(2.54, 0), 127);
         assert_eq!(q.quantize_value(-2.54, 0), -127);
+    }
+
+    #[test]
+    fn channel_of_follows_the_axis() {
+        let per_channel = QParams { scale: vec![1.0, 2.0, 3.0], zero_point: vec![0; 3], axis: Some(1), range: QuantRange::I8 };
+        // shape [2, 3, 2]: elements 0,1 → channel 0; 2,3 → 1; 4,5 → 2; then again for the next row.
+        let got: Vec<usize> = (0..12).map(|i| per_channel.channel_of(&[2, 3, 2], i)).collect();
+        assert_eq!(got, vec![0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]);
+        assert_eq!(QParams::per_tensor(1.0, 0, QuantRange::U8).channel_of(&[2, 3, 2], 7), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use subq_eval::{engine_for, evaluate_tensors, image_input_shape, median_latency_
 use subq_quant::calibrate::load_inputs;
 use subq_quant::{quantize, CalibOptions, QuantConfig, Scheme};
 
-use crate::common::{load_graph, write_json, PreprocessArgs};
+use crate::common::{load_graph, pct, write_json, PreprocessArgs};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -75,10 +75,6 @@ pub fn rows() -> Vec<(&'static str, Option<QuantConfig>)> {
     ]
 }
 
-fn pct(x: Option<f64>) -> String {
-    x.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "—".into())
-}
-
 pub fn markdown(rows: &[Row]) -> String {
     let mut s = String::from("| scheme | top-1 | top-5 | agreement | logits SQNR | latency (ms) | size (kB) | quantize (s) | split layers |\n|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
@@ -105,9 +101,10 @@ pub fn run(a: CompareArgs) -> Result<()> {
         Some(s) => eval_items.iter().map(|it| label_of(it, s).map(Some)).collect::<Result<_, _>>()?,
         None => vec![None; eval_items.len()],
     };
-    let opts = |obs| CalibOptions { observer: obs, preprocess: preprocess.clone(), skip_unreadable: false, progress: true };
-    let (calib_inputs, _) = load_inputs(&g, &calib_items, &opts(subq_calib::observer::ObserverKind::MinMax))?;
-    let (eval_inputs, _) = load_inputs(&g, &eval_items, &opts(subq_calib::observer::ObserverKind::MinMax))?;
+    // Both folders are decoded once and reused by every row (the observer is not used to load).
+    let opts = CalibOptions { observer: subq_calib::observer::ObserverKind::MinMax, preprocess: preprocess.clone(), skip_unreadable: false, progress: true };
+    let (calib_inputs, _) = load_inputs(&g, &calib_items, &opts)?;
+    let (eval_inputs, _) = load_inputs(&g, &eval_items, &opts)?;
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let mut reference: Option<Vec<Vec<f32>>> = None;
     let mut table = Vec::new();
