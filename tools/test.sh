@@ -6,4 +6,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 SUBQ_PYTHON="$(bash tools/setup_venv.sh)"
 export SUBQ_PYTHON
+# The fuzz test of the importer and QDQ reader runs this long (a few seconds by default).
+export SUBQ_FUZZ_SECONDS="${SUBQ_FUZZ_SECONDS:-60}"
 cargo test --workspace --release "$@"

@@ -96,6 +96,9 @@ pub fn infer_shapes(g: &mut Graph) -> Result<(), IrError> {
                 if [w[2], w[3]] != c.kernel {
                     return Err(IrError::node(&node, format!("kernel_shape {:?} does not match weight {w:?}", c.kernel)));
                 }
+                if node.inputs.len() > 2 && !node.inputs[2].is_empty() && shape_of(2)? != [w[0]] {
+                    return Err(IrError::node(&node, format!("bias shape {:?} does not match {} output channels", shape_of(2)?, w[0])));
+                }
                 let pads = resolve_auto_pad(c.auto_pad, c.pads, [x[2], x[3]], c.kernel, c.strides, c.dilations);
                 if let Op::Conv(c) = &mut g.nodes[idx].op {
                     c.pads = pads;
@@ -198,6 +201,20 @@ pub fn infer_shapes(g: &mut Graph) -> Result<(), IrError> {
                 if k != kb {
                     return Err(IrError::node(&node, format!("inner dimensions differ: {x:?} × {b:?}")));
                 }
+                // C must broadcast to [m, n] (ONNX unidirectional broadcasting).
+                if node.inputs.len() > 2 && !node.inputs[2].is_empty() {
+                    let c = shape_of(2)?;
+                    let fits = |d: usize, full: usize| d == 1 || d == full;
+                    let ok = match c.as_slice() {
+                        [] => true,
+                        [cn] => fits(*cn, n),
+                        [cm, cn] => fits(*cm, m) && fits(*cn, n),
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(IrError::node(&node, format!("bias C of shape {c:?} does not broadcast to [{m}, {n}]")));
+                    }
+                }
                 vec![m, n]
             }
             Op::MatMul => {
@@ -224,12 +241,34 @@ pub fn infer_shapes(g: &mut Graph) -> Result<(), IrError> {
                 }
                 o
             }
-            Op::QuantizeLinear { .. } => {
-                dtype = if node.inputs.len() > 2 && !node.inputs[2].is_empty() { dtype_of(2) } else { DType::U8 };
-                x
-            }
-            Op::DequantizeLinear { .. } => {
-                dtype = DType::F32;
+            Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis } => {
+                // Scale: one value (per tensor) or one per entry of `axis`; the zero-point, when
+                // given, has the scale's shape. Consumers index them by channel.
+                let scale = shape_of(1)?;
+                let count: usize = scale.iter().product();
+                if scale.len() > 1 || count == 0 {
+                    return Err(IrError::node(&node, format!("scale must be a scalar or 1-D and non-empty, got shape {scale:?}")));
+                }
+                if count > 1 {
+                    let a = norm_axis(&node, *axis, x.len())?;
+                    if a >= x.len() || x[a] != count {
+                        return Err(IrError::node(&node, format!("{count} scales for axis {axis} of shape {x:?}")));
+                    }
+                }
+                // Shapes [] and [1] both mean per tensor (ONNX Runtime writes either).
+                if node.inputs.len() > 2 && !node.inputs[2].is_empty() {
+                    let zp = shape_of(2)?;
+                    if zp.len() > 1 || zp.iter().product::<usize>() != count {
+                        return Err(IrError::node(&node, format!("zero-point shape {zp:?} does not match scale shape {scale:?}")));
+                    }
+                }
+                dtype = if matches!(node.op, Op::DequantizeLinear { .. }) {
+                    DType::F32
+                } else if node.inputs.len() > 2 && !node.inputs[2].is_empty() {
+                    dtype_of(2)
+                } else {
+                    DType::U8
+                };
                 x
             }
         };

@@ -30,12 +30,14 @@ pub struct Calibration {
     pub skipped: Vec<String>,
 }
 
-/// Per-channel (axis 1) sums over batch and spatial positions.
+/// Per-channel (axis 1) sums over batch and spatial positions, and the smallest value seen
+/// (what high-bias absorption may move out of a channel).
 #[derive(Clone, Debug, Default)]
 pub struct ChannelMoments {
     pub count: f64,
     pub sum: Vec<f64>,
     pub sum_sq: Vec<f64>,
+    pub min: Vec<f32>,
 }
 
 impl ChannelMoments {
@@ -49,16 +51,19 @@ impl ChannelMoments {
         if self.sum.is_empty() {
             self.sum = vec![0.0; c];
             self.sum_sq = vec![0.0; c];
+            self.min = vec![f32::INFINITY; c];
         }
         for (i, chunk) in v.chunks(inner.max(1)).enumerate() {
             let ch = i % c;
-            let (mut s, mut s2) = (0f64, 0f64);
+            let (mut s, mut s2, mut lo) = (0f64, 0f64, f32::INFINITY);
             for &x in chunk {
                 s += x as f64;
                 s2 += (x as f64) * (x as f64);
+                lo = lo.min(x);
             }
             self.sum[ch] += s;
             self.sum_sq[ch] += s2;
+            self.min[ch] = self.min[ch].min(lo);
         }
         self.count += (v.len() / c) as f64;
     }
@@ -73,6 +78,9 @@ impl ChannelMoments {
         }
         for (a, b) in self.sum_sq.iter_mut().zip(&o.sum_sq) {
             *a += b;
+        }
+        for (a, b) in self.min.iter_mut().zip(&o.min) {
+            *a = a.min(*b);
         }
         self.count += o.count;
     }

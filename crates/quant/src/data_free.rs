@@ -131,7 +131,7 @@ pub fn data_free_calibration(g: &Graph, bn: &BnStats, input_range: (f32, f32)) -
     let mut c = Calibration::default();
     for (k, s) in st {
         c.ranges.insert(k.clone(), s.range());
-        c.moments.insert(k, ChannelMoments { count: 1.0, sum: s.mean.clone(), sum_sq: s.mean.iter().zip(&s.var).map(|(m, v)| v + m * m).collect() });
+        c.moments.insert(k, ChannelMoments { count: 1.0, sum: s.mean.clone(), sum_sq: s.mean.iter().zip(&s.var).map(|(m, v)| v + m * m).collect(), min: s.mean.iter().zip(&s.var).map(|(m, v)| (m - 3.0 * v.sqrt()) as f32).collect() });
     }
     Ok(c)
 }

@@ -52,6 +52,9 @@ pub struct QuantConfig {
     /// calibration images (CLE helps EfficientNet-Lite0 and hurts MobileNetV2 under per-tensor
     /// activations, so neither default fits both). Overrides `cle`.
     pub cle_auto: bool,
+    /// High-bias absorption after CLE: per-channel offsets that ReLU passes unchanged (the
+    /// minimum seen on the calibration images) move into the next conv's bias.
+    pub absorb_biases: bool,
     /// Strength of equalization: scales raised to this power (1 = full DFQ equalization).
     pub cle_strength: f32,
     /// No images: activation ranges and bias correction from BatchNormalization statistics.
@@ -67,7 +70,7 @@ pub struct QuantConfig {
 impl QuantConfig {
     pub fn new(scheme: Scheme) -> QuantConfig {
         let sub = scheme == Scheme::Subtensor;
-        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 32, cle: false, cle_auto: sub, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None }
+        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 32, cle: false, cle_auto: sub, absorb_biases: sub, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None }
     }
 }
 
@@ -86,6 +89,8 @@ pub struct QuantSummary {
     pub total_macs: usize,
     pub bias_corrected_layers: usize,
     pub cle: bool,
+    /// Conv pairs whose constant offsets were absorbed into the next bias.
+    pub biases_absorbed: usize,
     /// With automatic CLE: calibration-set logits SQNR without and with CLE.
     pub cle_choice_sqnr_db: Option<(f64, f64)>,
     pub seconds: f64,
@@ -119,6 +124,12 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         subq_transforms::equalize(&mut g, cfg.cle_strength, 2).map_err(|e| QuantError::Invalid(e.to_string()))?;
     }
     let cle_applied = cfg.cle;
+    let mut biases_absorbed = 0;
+    if cfg.absorb_biases && !cfg.data_free && !inputs.is_empty() {
+        let seen = calibrate_tensors(&g, inputs, ObserverKind::MinMax, false)?;
+        let lower: std::collections::BTreeMap<String, Vec<f32>> = seen.moments.into_iter().map(|(k, m)| (k, m.min)).collect();
+        biases_absorbed = subq_transforms::absorb_high_biases(&mut g, &lower).map_err(|e| QuantError::Invalid(e.to_string()))?;
+    }
     let reference = g.clone();
     let calib = if cfg.data_free {
         let range = cfg.input_range.ok_or_else(|| QuantError::Invalid("data-free quantization needs the input value range (from the preprocessing)".into()))?;
@@ -176,6 +187,7 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
     };
     summary.fused_activations = plan.fused_activations.len();
     summary.cle = cle_applied;
+    summary.biases_absorbed = biases_absorbed;
     if cfg.bias_correction {
         summary.bias_corrected_layers = if cfg.data_free {
             crate::bias_correction::analytic(&mut g, &plan, &calib.moments)

@@ -161,8 +161,18 @@ pub fn build_qdq_graph_with_map(g: &Graph, plan: &QuantPlan) -> Result<(Graph, B
                 }
                 pre_quant.insert(n.name.clone(), produced_as.clone());
             }
+            (Op::Min, _) if plan.attached_bounds.contains_key(&n.name) => {
+                // An equalized ReLU6 bound, one per channel: stored as uint8 on the Min's own
+                // output grid behind a DequantizeLinear. Exact, since quantization is monotone:
+                // Q(min(x, DQ(Q(b)))) = min(Q(x), Q(b)) = Q(min(x, b)); and 4× smaller than float.
+                let q = plan.activations.get(&value).ok_or_else(|| QuantError::Invalid(format!("no parameters for '{value}'")))?.clone();
+                let bound = g.initializer(&n.inputs[1]).ok_or_else(|| QuantError::Invalid(format!("node '{}': bound is not a constant", n.name)))?;
+                let part = crate::WeightPart { values: bound.clone(), params: q };
+                inputs[1] = b.weight(&n.inputs[1], &part);
+                b.push(n.name.clone(), n.op.clone(), inputs, produced_as.clone())
+            }
             _ => {
-                // Constant operands of other ops (e.g. an equalized ReLU6 bound) stay float.
+                // Constant operands of other ops stay float.
                 for i in &n.inputs {
                     if let Some(t) = g.initializer(i) {
                         b.add_init(i.clone(), t.clone());

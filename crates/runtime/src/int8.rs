@@ -176,6 +176,15 @@ impl<'g> Lowering<'g> {
         *self.slot_of.entry(name.to_string()).or_insert(n)
     }
 
+    /// Values of a constant operand: a float initializer, or a DequantizeLinear of one (subq
+    /// stores equalized ReLU6 bounds as uint8 on the output grid).
+    fn constant(&self, name: &str) -> Option<Vec<f32>> {
+        match self.g.initializer(name) {
+            Some(t) => Some(t.to_f32_vec()),
+            None => self.const_dqs.get(name).map(|c| dequantize_const(c).to_f32_vec()),
+        }
+    }
+
     fn producer(&self, value: &str) -> Option<&'g Node> {
         self.producers.get(value).map(|&i| &self.g.nodes[i])
     }
@@ -358,9 +367,9 @@ impl Int8Engine {
                         (vec![src], covered, step)
                     })
                 }
-                Op::Min if g.initializer(&p.inputs[1]).is_some() && lw.conv_parts(&p.inputs[0], p).is_some() => {
+                Op::Min if lw.constant(&p.inputs[1]).is_some() && lw.conv_parts(&p.inputs[0], p).is_some() => {
                     let parts = lw.conv_parts(&p.inputs[0], p).expect("checked");
-                    let bound = g.initializer(&p.inputs[1]).expect("checked").to_f32_vec();
+                    let bound = lw.constant(&p.inputs[1]).expect("checked");
                     lw.build_conv(&parts, out).and_then(|(src, step)| {
                         let Step::Conv { geom, .. } = &step else { return None };
                         if bound.len() != geom.out_c {

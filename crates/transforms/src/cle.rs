@@ -13,11 +13,11 @@ use subq_tensor::Tensor;
 use crate::TransformError;
 
 /// A conv → (Relu | Clip(0,m) | Relu → Min(const)) → conv chain, each link read only by the next.
-struct Pair {
-    first: usize,
+pub(crate) struct Pair {
+    pub(crate) first: usize,
     /// Min node of a rescaled ReLU6 bound, if any (Clip is rewritten before).
-    min: Option<usize>,
-    second: usize,
+    pub(crate) min: Option<usize>,
+    pub(crate) second: usize,
 }
 
 fn sole_consumer(g: &Graph, value: &str) -> Option<usize> {
@@ -51,7 +51,7 @@ fn split_clip(g: &mut Graph, clip: usize, channels: usize) -> Result<(), Transfo
     Ok(())
 }
 
-fn find_pair(g: &mut Graph, first: usize) -> Result<Option<Pair>, TransformError> {
+pub(crate) fn find_pair(g: &mut Graph, first: usize) -> Result<Option<Pair>, TransformError> {
     if !const_conv(g, &g.nodes[first]) {
         return Ok(None);
     }

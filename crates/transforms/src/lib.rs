@@ -1,10 +1,12 @@
 //! Function-preserving graph passes on FP32 graphs, one pass per file.
 
+pub mod bias_absorption;
 pub mod bn_fold;
 pub mod cle;
 pub mod pad_fold;
 pub mod pipeline;
 
+pub use bias_absorption::absorb_high_biases;
 pub use bn_fold::fold_batch_norms;
 pub use cle::equalize;
 pub use pad_fold::fold_pads;

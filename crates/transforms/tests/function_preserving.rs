@@ -117,3 +117,47 @@ fn observed_runs_of_an_equalized_graph_match_plain_runs() {
         }
     }
 }
+
+/// Per-channel minimum of every value over `inputs` (what the quantizer feeds high-bias absorption).
+fn channel_minimums(g: &Graph, inputs: &[Tensor]) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let exec = Fp32Executor::new(g);
+    let mut mins: std::collections::BTreeMap<String, Vec<f32>> = Default::default();
+    for x in inputs {
+        exec.run_observed(vec![x.clone()], &mut |name, t| {
+            if t.shape.len() != 4 {
+                return;
+            }
+            let (c, inner) = (t.shape[1], t.shape[2] * t.shape[3]);
+            let m = mins.entry(name.to_string()).or_insert_with(|| vec![f32::INFINITY; c]);
+            for (i, chunk) in t.as_f32().unwrap().chunks(inner).enumerate() {
+                m[i % c] = chunk.iter().fold(m[i % c], |a, &b| a.min(b));
+            }
+        })
+        .unwrap();
+    }
+    mins
+}
+
+#[test]
+fn high_bias_absorption_preserves_outputs_and_shrinks_ranges() {
+    for model in ["efficientnet_lite0", "mobilenetv2_1.0_160_dogs"] {
+        let mut g = load(model);
+        subq_transforms::prepare_for_quantization(&mut g).unwrap();
+        subq_transforms::equalize(&mut g, 0.5, 2).unwrap();
+        let inputs = reference_inputs(model, 3);
+        let mins = channel_minimums(&g, &inputs);
+        let mut absorbed = g.clone();
+        let pairs = subq_transforms::absorb_high_biases(&mut absorbed, &mins).unwrap();
+        assert!(pairs > 5, "{model}: only {pairs} pairs absorbed");
+        // Exact on the images whose minimums were used (x ≥ c there).
+        let rel = relative_change(&g, &absorbed, &inputs);
+        eprintln!("{model}: {pairs} pairs absorbed, relative logit change {rel:.2e}");
+        assert!(rel < 1e-4, "{model}: absorption changed the outputs by {rel}");
+        // Some activation between the pairs now starts lower: a bound was lowered somewhere.
+        let lowered = g.nodes.iter().filter(|n| matches!(n.op, Op::Min)).any(|n| {
+            let (a, b) = (g.initializers[&n.inputs[1]].to_f32_vec(), absorbed.initializers[&n.inputs[1]].to_f32_vec());
+            a.iter().zip(&b).any(|(x, y)| y < x)
+        });
+        assert!(lowered, "{model}: no ReLU6 bound moved");
+    }
+}

@@ -89,6 +89,13 @@ pub struct QuantOptions {
     /// No cross-layer equalization (subtensor otherwise decides automatically).
     #[arg(long)]
     pub no_cle: bool,
+    /// High-bias absorption after CLE (on by default for subtensor): channel offsets that ReLU
+    /// passes unchanged move into the next layer's bias, shrinking activation ranges.
+    #[arg(long, conflicts_with = "absorb_biases")]
+    pub no_absorb_biases: bool,
+    /// … or on for the other schemes.
+    #[arg(long)]
+    pub absorb_biases: bool,
     /// CLE strength: equalization scales raised to this power (1 = full).
     #[arg(long, default_value_t = 0.5)]
     pub cle_strength: f32,
@@ -134,6 +141,9 @@ impl QuantOptions {
             c.cle_auto = false;
             c.cle = self.cle;
         }
+        if self.no_absorb_biases || self.absorb_biases {
+            c.absorb_biases = self.absorb_biases;
+        }
         c.cle_strength = self.cle_strength;
         c.data_free = self.data_free;
         c.probe_splits = self.probe_splits;
@@ -176,7 +186,7 @@ pub fn input_range(p: &subq_calib::Preprocess) -> (f32, f32) {
 }
 
 pub fn print_summary(s: &QuantSummary) {
-    println!("scheme {} · activations {} from {} images · {} BN and {} Pad folded · {} activations fused · CLE {}", s.scheme, s.observer, s.calibration_images, s.batch_norms_folded, s.pads_folded, s.fused_activations, if s.cle { "on" } else { "off" });
+    println!("scheme {} · activations {} from {} images · {} BN and {} Pad folded · {} activations fused · CLE {} · {} high biases absorbed", s.scheme, s.observer, s.calibration_images, s.batch_norms_folded, s.pads_folded, s.fused_activations, if s.cle { "on" } else { "off" }, s.biases_absorbed);
     if let Some((off, on)) = s.cle_choice_sqnr_db {
         println!("CLE chosen automatically: calibration logits SQNR {off:.2} dB without, {on:.2} dB with");
     }
