@@ -76,6 +76,9 @@ pub struct QuantOptions {
     /// … or on for the other schemes.
     #[arg(long)]
     pub bias_correction: bool,
+    /// Calibration images that empirical bias correction averages over (the first N).
+    #[arg(long, default_value_t = 32)]
+    pub bias_correction_images: usize,
     /// Subtensor: extra weight bytes allowed for splits, in % of the weight bytes.
     #[arg(long, default_value_t = 1.0)]
     pub size_budget: f64,
@@ -137,6 +140,7 @@ impl QuantOptions {
         if self.bias_correction {
             c.bias_correction = true;
         }
+        c.bias_correction_images = self.bias_correction_images.max(1);
         if self.cle || self.no_cle {
             c.cle_auto = false;
             c.cle = self.cle;
