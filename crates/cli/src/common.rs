@@ -15,6 +15,22 @@ pub fn load_graph(path: &Path) -> Result<Graph> {
     Ok(subq_onnx::load_model(path, &subq_onnx::ImportOptions::default())?)
 }
 
+/// The FP32 graph to quantize. A QDQ model (say, ONNX Runtime's) is turned back into float first
+/// (weights dequantized, activation grids dropped, fused ReLU clamps kept) and the user is told:
+/// refusing would leave someone who only has the QDQ file stuck.
+pub fn load_float_graph(path: &Path) -> Result<Graph> {
+    let mut g = load_graph(path)?;
+    if g.is_quantized() {
+        subq_transforms::dequantize_qdq(&mut g).with_context(|| format!("{}: turning the QDQ model back into float", path.display()))?;
+        eprintln!(
+            "note: {} is already quantized (QDQ); its weights were dequantized to float and its activation grids dropped, \
+             and that float model is quantized again (and is the reference for agreement/SQNR). Start from the FP32 model if you have it.",
+            path.display()
+        );
+    }
+    Ok(g)
+}
+
 /// Folder with the bundled models and images. Set at build time; `SUBQ_ASSETS` overrides it.
 pub fn assets_dir() -> PathBuf {
     std::env::var_os("SUBQ_ASSETS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets"))

@@ -1,7 +1,8 @@
 //! One call from an FP32 graph and calibration inputs to a QDQ graph: what `subq quantize` and
 //! `subq compare` run.
 //!
-//! Order: prepare (fold Pad and BN) → calibrate activations → choose weight grids (scheme;
+//! Order: prepare (fold Pad and BN) → [CLE → high-bias absorption, which needs the equalized
+//! graph's own minimums] → calibrate activations → choose weight grids (scheme;
 //! for subtensor: clipping analysis and splits) → bias correction (after splitting, so it
 //! corrects what the split model really does) → QDQ graph.
 
@@ -53,7 +54,8 @@ pub struct QuantConfig {
     /// activations, so neither default fits both). Overrides `cle`.
     pub cle_auto: bool,
     /// High-bias absorption after CLE: per-channel offsets that ReLU passes unchanged (the
-    /// minimum seen on the calibration images) move into the next conv's bias.
+    /// minimum seen on the calibration images) move into the next conv's bias. Off by default:
+    /// with CLE and subtensor splits it cost 0.3–0.4 dB on both bundled models (BENCHMARKS.md).
     pub absorb_biases: bool,
     /// Strength of equalization: scales raised to this power (1 = full DFQ equalization).
     pub cle_strength: f32,
@@ -70,7 +72,7 @@ pub struct QuantConfig {
 impl QuantConfig {
     pub fn new(scheme: Scheme) -> QuantConfig {
         let sub = scheme == Scheme::Subtensor;
-        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 32, cle: false, cle_auto: sub, absorb_biases: sub, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None }
+        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 100, cle: false, cle_auto: sub, absorb_biases: false, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None }
     }
 }
 
@@ -85,6 +87,7 @@ pub struct QuantSummary {
     pub split_layers: usize,
     pub extra_weight_bytes: usize,
     pub weight_bytes: usize,
+    /// Extra latency of the splits in MAC-equivalents (depthwise parts count a quarter).
     pub extra_macs: usize,
     pub total_macs: usize,
     pub bias_corrected_layers: usize,

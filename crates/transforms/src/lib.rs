@@ -3,12 +3,14 @@
 pub mod bias_absorption;
 pub mod bn_fold;
 pub mod cle;
+pub mod dequantize;
 pub mod pad_fold;
 pub mod pipeline;
 
 pub use bias_absorption::absorb_high_biases;
 pub use bn_fold::fold_batch_norms;
 pub use cle::equalize;
+pub use dequantize::dequantize_qdq;
 pub use pad_fold::fold_pads;
 pub use pipeline::{prepare_for_quantization, PrepareReport};
 

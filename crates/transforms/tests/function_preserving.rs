@@ -161,3 +161,38 @@ fn high_bias_absorption_preserves_outputs_and_shrinks_ranges() {
         assert!(lowered, "{model}: no ReLU6 bound moved");
     }
 }
+
+/// A QDQ file turned back into float computes what the file computes, minus activation rounding:
+/// close to the file's written semantics, and to the original FP32 model for a per-channel file.
+#[test]
+fn dequantized_qdq_models_match_their_files() {
+    for (qdq, fp32, min_db) in [("efficientnet_lite0.ort_qdq_per_channel", "efficientnet_lite0", 15.0), ("mobilenetv2_1.0_160_dogs.ort_qdq_per_tensor", "mobilenetv2_1.0_160_dogs", 0.0)] {
+        let file = load(qdq);
+        let mut g = file.clone();
+        let removed = subq_transforms::dequantize_qdq(&mut g).unwrap();
+        assert!(!g.is_quantized(), "{qdq}: Q/DQ nodes left");
+        assert!(removed > 100, "{qdq}: only {removed} nodes removed");
+        // Every weight is float now.
+        for n in g.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_) | Op::Gemm { .. })) {
+            assert_eq!(g.initializers[&n.inputs[1]].dtype(), subq_tensor::DType::F32, "{qdq}: {} weight", n.name);
+        }
+        let inputs = reference_inputs(fp32, 2);
+        let sqnr = |a: &Graph, b: &Graph| {
+            let (ea, eb) = (Fp32Executor::new(a), Fp32Executor::new(b));
+            let (mut s, mut n) = (0f64, 0f64);
+            for x in &inputs {
+                let (p, q) = (ea.run(vec![x.clone()]).unwrap().remove(0).to_f32_vec(), eb.run(vec![x.clone()]).unwrap().remove(0).to_f32_vec());
+                for (u, v) in p.iter().zip(&q) {
+                    s += (*u as f64).powi(2);
+                    n += ((u - v) as f64).powi(2);
+                }
+            }
+            10.0 * (s / n.max(1e-30)).log10()
+        };
+        let vs_file = sqnr(&file, &g);
+        let vs_fp32 = sqnr(&load(fp32), &g);
+        eprintln!("{qdq}: {removed} nodes removed; logits SQNR {vs_file:.1} dB vs the QDQ file, {vs_fp32:.1} dB vs FP32");
+        assert!(vs_file > 12.0, "{qdq}: dequantized model drifts from its file ({vs_file:.1} dB)");
+        assert!(vs_fp32 > min_db, "{qdq}: {vs_fp32:.1} dB vs FP32");
+    }
+}

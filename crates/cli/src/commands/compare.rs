@@ -11,7 +11,7 @@ use subq_eval::{engine_for, evaluate_tensors, image_input_shape, median_latency_
 use subq_quant::calibrate::load_inputs;
 use subq_quant::{quantize, CalibOptions, QuantConfig, Scheme};
 
-use crate::common::{load_graph, pct, write_json, PreprocessArgs};
+use crate::common::{load_float_graph, pct, write_json, PreprocessArgs};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -85,7 +85,7 @@ pub fn markdown(rows: &[Row]) -> String {
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
-    let g = load_graph(&a.model)?;
+    let g = load_float_graph(&a.model)?;
     let (_, h, w) = image_input_shape(&g)?;
     let preprocess = a.preprocess.resolve(&g)?;
     let mut calib_items = list_images(&a.calib).context("reading the calibration folder")?;

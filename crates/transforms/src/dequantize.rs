@@ -1,0 +1,92 @@
+//! Turn a QDQ model back into an FP32 graph, so that a model that was only ever shipped quantized
+//! (e.g. ONNX Runtime's QDQ files) can be re-quantized, inspected and reported on.
+//!
+//! - A DequantizeLinear of a constant becomes that constant in float (exactly the values the QDQ
+//!   file computes with).
+//! - An activation's QuantizeLinear → DequantizeLinear pair is removed, except for what it does
+//!   beyond rounding that the model relies on: a grid starting at 0 (zero-point 0, uint8) is where
+//!   a quantizer fused a ReLU/ReLU6 away (ONNX Runtime's files have no Relu/Clip nodes left), so it
+//!   becomes Clip(0, 255·scale). Other grids' saturation only cut calibration outliers and is
+//!   dropped.
+//!
+//! The result computes what the QDQ file computes without activation rounding: the "FP32" model a
+//! re-quantization starts from. Per-channel parameters survive only as the float weights they
+//! produce.
+
+use std::collections::HashMap;
+
+use subq_ir::{Graph, Node, Op};
+use subq_tensor::{DType, QParams, QuantRange, Tensor};
+
+use crate::TransformError;
+
+fn err(node: &Node, reason: impl Into<String>) -> TransformError {
+    TransformError::Node { pass: "dequantize", node: node.name.clone(), reason: reason.into() }
+}
+
+fn params(g: &Graph, n: &Node, values: Option<&Tensor>) -> Result<QParams, TransformError> {
+    let scale = g.initializer(&n.inputs[1]).ok_or_else(|| err(n, "scale is not a constant"))?.to_f32_vec();
+    let zero_point = match n.inputs.get(2).filter(|z| !z.is_empty()) {
+        Some(z) => g.initializer(z).ok_or_else(|| err(n, "zero-point is not a constant"))?.to_i32_vec(),
+        None => vec![0; scale.len()],
+    };
+    let (Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis }) = n.op else { unreachable!("Q/DQ only") };
+    let rank = values.map_or(4, |v| v.shape.len()) as i64;
+    let axis = (scale.len() > 1).then_some(if axis < 0 { axis + rank } else { axis } as usize);
+    let range = match values.map(|v| v.dtype()) {
+        Some(DType::I8) => QuantRange::I8,
+        _ => QuantRange::U8,
+    };
+    Ok(QParams { scale, zero_point, axis, range })
+}
+
+/// Rewrite `g` (a QDQ graph) as an FP32 graph. Returns how many Q/DQ nodes were removed.
+pub fn dequantize_qdq(g: &mut Graph) -> Result<usize, TransformError> {
+    let before = g.nodes.len();
+    let producers: HashMap<String, usize> = g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.clone(), i))).collect();
+    let mut nodes = Vec::with_capacity(g.nodes.len());
+    let mut constants: Vec<(String, Tensor)> = Vec::new();
+    for n in &g.nodes {
+        match n.op {
+            Op::DequantizeLinear { .. } => {
+                if let Some(values) = g.initializer(&n.inputs[0]) {
+                    let q = params(g, n, Some(values))?;
+                    let v = values.to_i32_vec();
+                    let floats = v.iter().enumerate().map(|(i, &x)| q.dequantize_value(x, q.channel_of(&values.shape, i))).collect();
+                    constants.push((n.outputs[0].clone(), Tensor::f32(values.shape.clone(), floats).map_err(|e| err(n, e.to_string()))?));
+                    continue;
+                }
+                let quant = producers.get(&n.inputs[0]).map(|&p| &g.nodes[p]).filter(|p| matches!(p.op, Op::QuantizeLinear { .. }));
+                let Some(quant) = quant else { return Err(err(n, "dequantizes a value that no QuantizeLinear produced")) };
+                let q = params(g, quant, None)?;
+                let source = quant.inputs[0].clone();
+                let already_clamped = producers.get(&source).is_some_and(|&p| matches!(g.nodes[p].op, Op::Relu | Op::Clip { .. }));
+                if q.is_per_tensor() && q.zero_point[0] == 0 && !already_clamped {
+                    nodes.push(Node { name: format!("{}_relu_bound", n.name), op: Op::Clip { min: 0.0, max: 255.0 * q.scale[0] }, inputs: vec![source], outputs: n.outputs.clone() });
+                } else {
+                    nodes.push(Node { name: n.name.clone(), op: Op::Identity, inputs: vec![source], outputs: n.outputs.clone() });
+                }
+            }
+            Op::QuantizeLinear { .. } => {}
+            _ => nodes.push(n.clone()),
+        }
+    }
+    g.nodes = nodes;
+    for (name, t) in constants {
+        g.shapes.insert(name.clone(), t.shape.clone());
+        g.dtypes.insert(name.clone(), DType::F32);
+        g.initializers.insert(name, t);
+    }
+    // Identity stand-ins: readers take the source directly (graph outputs keep their names).
+    let identities: Vec<(String, String)> = g.nodes.iter().filter(|n| matches!(n.op, Op::Identity) && !g.outputs.contains(&n.outputs[0])).map(|n| (n.outputs[0].clone(), n.inputs[0].clone())).collect();
+    for (out, src) in &identities {
+        g.replace_uses(out, src);
+    }
+    g.remove_dead();
+    for o in g.nodes.iter().flat_map(|n| n.outputs.iter()) {
+        g.dtypes.insert(o.clone(), DType::F32);
+    }
+    subq_ir::infer_shapes(g)?;
+    g.validate()?;
+    Ok(before - g.nodes.len())
+}
