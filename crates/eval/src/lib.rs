@@ -3,6 +3,7 @@
 pub mod accuracy;
 pub mod inspect;
 pub mod model;
+pub mod schemes;
 
 pub use accuracy::{evaluate, evaluate_tensors, median_latency_ms, EvalOptions, EvalReport};
 pub use model::{engine_for, image_input_shape, RunModel};
@@ -13,6 +14,8 @@ pub enum EvalError {
     Calib(#[from] subq_calib::CalibError),
     #[error(transparent)]
     Runtime(#[from] subq_runtime::RuntimeError),
+    #[error(transparent)]
+    Quant(#[from] subq_quant::QuantError),
     #[error("{0}")]
     Model(String),
     #[error("{path}: {reason}")]
