@@ -1,9 +1,14 @@
-//! Measuring models: accuracy and fidelity on image folders, latency, and per-layer inspection.
+//! Measuring models: accuracy and fidelity on image folders, latency, per-layer inspection, the
+//! scheme table (`schemes`), per-layer ranges and SQNR (`layers`), layer sensitivity
+//! (`sensitivity`) and the HTML report (`report`).
 
 pub mod accuracy;
 pub mod inspect;
+pub mod layers;
 pub mod model;
+pub mod report;
 pub mod schemes;
+pub mod sensitivity;
 
 pub use accuracy::{evaluate, evaluate_tensors, median_latency_ms, EvalOptions, EvalReport};
 pub use model::{engine_for, image_input_shape, RunModel};
