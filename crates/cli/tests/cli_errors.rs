@@ -421,6 +421,20 @@ fn report_has_every_section_and_escapes_node_names() {
 }
 
 #[test]
+fn report_without_evaluation_images_leaves_the_scheme_table_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let o = report(&mobilenet(), &calib_images(), &out, &["--calib-limit", "2", "--analysis-images", "1"].map(OsStr::new));
+    assert_success(&o);
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("Not measured: pass <code>--images DIR</code>"));
+    for section in ["id=\"ranges\"", "id=\"sqnr\"", "id=\"splits\"", "id=\"sensitivity\""] {
+        assert!(html.contains(section), "missing section {section}");
+    }
+    assert!(html.contains("block_2_depthwise"));
+}
+
+#[test]
 fn sensitivity_json_ranks_every_layer_worst_first() {
     let o = subq(["sensitivity".as_ref(), "--model".as_ref(), mobilenet().as_os_str(), "--calib".as_ref(), calib_images().as_os_str(), "--preset".as_ref(), "keras-mobilenet".as_ref(), "--calib-limit".as_ref(), "2".as_ref(), "--json".as_ref(), "-".as_ref()]);
     assert_success(&o);

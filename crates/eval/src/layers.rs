@@ -198,8 +198,7 @@ pub fn layer_sqnr(reference: &Graph, qdq: &Graph, inputs: &[Tensor], bar: &Progr
     let mut weights: HashMap<String, Vec<f32>> = HashMap::new();
     let per_image: Vec<Sums> = inputs
         .par_iter()
-        .enumerate()
-        .map(|(i, x)| -> Result<Sums, EvalError> {
+        .map(|x| -> Result<Sums, EvalError> {
             let mut ref_values: HashMap<String, Tensor> = HashMap::new();
             fexec.run_observed(vec![x.clone()], &mut |name, t| {
                 if wanted_ref.contains(name) {
@@ -216,7 +215,6 @@ pub fn layer_sqnr(reference: &Graph, qdq: &Graph, inputs: &[Tensor], bar: &Progr
                     e.1 += ((p - q) as f64) * ((p - q) as f64);
                 }
             })?;
-            let _ = i;
             bar.inc(1);
             Ok(sums)
         })

@@ -69,7 +69,9 @@ pub fn generate(model: &str, fp32: &Graph, calib: &[Tensor], eval: Option<&EvalS
         eprintln!("== weight ranges (BN folded, with and without CLE)");
     }
     let ranges = layer_ranges(fp32, opts.cle_strength)?;
-    let results = run_schemes(fp32, calib, eval, scheme_configs(), opts.input_range, opts.progress, |r| {
+    // Without evaluation images only the schemes whose per-layer SQNR is shown are quantized.
+    let configs = scheme_configs().into_iter().filter(|(label, _)| eval.is_some() || SQNR_SCHEMES.contains(label)).collect();
+    let results = run_schemes(fp32, calib, eval, configs, opts.input_range, opts.progress, |r| {
         if let (true, Some(row)) = (opts.progress, &r.row) {
             eprintln!("{}", crate::schemes::markdown(std::slice::from_ref(row)).lines().last().unwrap_or_default());
         }
@@ -134,11 +136,11 @@ nav a{margin-right:14px}.key{display:inline-block;width:10px;height:10px;margin:
 /// The report as one HTML page.
 pub fn render_html(r: &Report) -> String {
     let mut s = String::new();
-    let _ = write!(s, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>subq report — {}</title><style>{STYLE}</style></head><body>\n", esc(&r.model));
-    let _ = write!(s, "<h1>subq report — {}</h1>\n", esc(&r.model));
-    let _ = write!(
+    let _ = writeln!(s, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>subq report — {}</title><style>{STYLE}</style></head><body>", esc(&r.model));
+    let _ = writeln!(s, "<h1>subq report — {}</h1>", esc(&r.model));
+    let _ = writeln!(
         s,
-        "<p class=\"meta\">input {}×{} · {} Conv/Gemm layers · {} calibration images ({} for the per-layer SQNR and sensitivity) · {} · generated in {:.0} s</p>\n",
+        "<p class=\"meta\">input {}×{} · {} Conv/Gemm layers · {} calibration images ({} for the per-layer SQNR and sensitivity) · {} · generated in {:.0} s</p>",
         r.input_hw.0,
         r.input_hw.1,
         r.ranges.len(),
@@ -230,7 +232,7 @@ fn ranges_section(s: &mut String, r: &Report) {
 
 fn sqnr_section(s: &mut String, r: &Report) {
     s.push_str("<section id=\"sqnr\"><h2>3. Per-layer SQNR under per-tensor, per-channel and subtensor</h2>\n");
-    let _ = write!(s, "<p>Weight SQNR: 10·log10(Σw² / Σ(w − ŵ)²) of each layer's weight (ŵ: the sum of its dequantized parts; measured against the equalized weight when the scheme chose CLE). Activation SQNR: the layer's quantized output (after a fused ReLU/ReLU6) against the float model on {} calibration images — the error accumulated up to that layer, so it falls along the network; a sudden drop marks a layer that hurts.</p>\n", r.analysis_images);
+    let _ = writeln!(s, "<p>Weight SQNR: 10·log10(Σw² / Σ(w − ŵ)²) of each layer's weight (ŵ: the sum of its dequantized parts; measured against the equalized weight when the scheme chose CLE). Activation SQNR: the layer's quantized output (after a fused ReLU/ReLU6) against the float model on {} calibration images — the error accumulated up to that layer, so it falls along the network; a sudden drop marks a layer that hurts.</p>", r.analysis_images);
     let names: Vec<String> = r.layers.iter().map(|l| l.node.clone()).collect();
     let series = |f: &dyn Fn(&LayerSqnr) -> Option<f64>| -> Vec<Series> { SQNR_SCHEMES.iter().enumerate().map(|(k, name)| Series { name, values: r.layers.iter().map(|l| l.sqnr.get(k).and_then(f)).collect(), bars: false }).collect() };
     s.push_str(&layer_chart("Weight SQNR per layer", "dB", &names, &series(&|x| x.weight_db), false, 1300, 240));
@@ -263,9 +265,9 @@ fn splits_section(s: &mut String, r: &Report) {
         s.push_str("<p>No subtensor run.</p></section>\n");
         return;
     };
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<p>{} layers split (+{:.2}% weight bytes, +{:.2}% MACs within the budgets); bias corrected on {} layers; CLE {}{}. Activation ranges: {}. The dB columns are <code>subq quantize</code>'s estimates of each layer's output SQNR from its weight quantization alone (calibration statistics); the greedy choice takes the largest error reduction per unit of size/latency budget first. Split rows are highlighted.</p>\n",
+        "<p>{} layers split (+{:.2}% weight bytes, +{:.2}% MACs within the budgets); bias corrected on {} layers; CLE {}{}. Activation ranges: {}. The dB columns are <code>subq quantize</code>'s estimates of each layer's output SQNR from its weight quantization alone (calibration statistics); the greedy choice takes the largest error reduction per unit of size/latency budget first. Split rows are highlighted.</p>",
         sum.split_layers,
         100.0 * sum.extra_weight_bytes as f64 / sum.weight_bytes.max(1) as f64,
         100.0 * sum.extra_macs as f64 / sum.total_macs.max(1) as f64,
@@ -300,7 +302,7 @@ fn splits_section(s: &mut String, r: &Report) {
 
 fn sensitivity_section(s: &mut String, r: &Report) {
     s.push_str("<section id=\"sensitivity\"><h2>5. Layer sensitivity (worst first)</h2>\n");
-    let _ = write!(s, "<p>Each layer quantized alone — its weight on one per-tensor uint8 grid and its output activation on the calibrated uint8 grid (min/max), every other layer FP32 — and the logits compared with FP32 on {} calibration images. Low SQNR = the layers per-tensor quantization hurts most; they are the candidates for per-channel, splits or higher precision. Also: <code>subq sensitivity --model M --calib DIR --json -</code>.</p>\n", r.analysis_images);
+    let _ = writeln!(s, "<p>Each layer quantized alone — its weight on one per-tensor uint8 grid and its output activation on the calibrated uint8 grid (min/max), every other layer FP32 — and the logits compared with FP32 on {} calibration images. Low SQNR = the layers per-tensor quantization hurts most; they are the candidates for per-channel, splits or higher precision. Also: <code>subq sensitivity --model M --calib DIR --json -</code>.</p>", r.analysis_images);
     let worst = r.sensitivity.iter().map(|l| l.logits_sqnr_db).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
     let best = r.sensitivity.iter().map(|l| l.logits_sqnr_db).filter(|v| v.is_finite()).fold(f64::NEG_INFINITY, f64::max);
     s.push_str("<table><tr><th>rank</th><th class=\"l\">layer</th><th class=\"l\">kind</th><th>logits SQNR (dB)</th><th class=\"l\"></th><th>weight SQNR (dB)</th><th>max/median</th><th>max/min</th></tr>\n");
