@@ -102,9 +102,7 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     subq_onnx::write_atomically(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn pct(x: Option<f64>) -> String {
-    x.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "—".into())
-}
+pub use subq_eval::schemes::pct;
 
 pub fn db(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.2} dB")).unwrap_or_else(|| "—".into())

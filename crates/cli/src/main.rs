@@ -30,6 +30,10 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Measure latency: median/p10/p90 per image, threads, peak memory.
     Bench(commands::bench::BenchArgs),
+    /// Write an HTML report (OUT/index.html): per-channel weight ranges before/after CLE, per-layer SQNR per scheme, split decisions, the compare table, layer sensitivity.
+    Report(commands::report::ReportArgs),
+    /// Rank layers by the logits SQNR of quantizing each one alone (per-tensor), worst first.
+    Sensitivity(commands::sensitivity::SensitivityArgs),
 }
 
 fn main() {
@@ -45,6 +49,8 @@ fn main() {
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Compare(a) => commands::compare::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Report(a) => commands::report::run(a),
+        Command::Sensitivity(a) => commands::sensitivity::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", common::error_chain(&e));

@@ -355,3 +355,140 @@ fn quantize_data_free_needs_no_images_and_writes_a_runnable_model() {
     assert_success(&e);
     assert!(text(&e.stdout).contains("int8 engine"), "{}", text(&e.stdout));
 }
+
+// ---------------------------------------------------------------------------------------------
+// report and sensitivity
+// ---------------------------------------------------------------------------------------------
+
+fn calib_images() -> PathBuf {
+    assets().join("images/calib")
+}
+
+/// MobileNetV2 with its first depthwise node renamed to carry markup.
+const EVIL_NAME: &str = "expanded_conv_depthwise<evil>&\"x\"";
+
+fn mobilenet_with_evil_name(dir: &Path) -> PathBuf {
+    let mut m = ModelProto::decode(std::fs::read(mobilenet()).unwrap().as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let n = g.node.iter_mut().find(|n| n.name == "expanded_conv_depthwise").expect("node in the bundled model");
+    n.name = EVIL_NAME.into();
+    let path = dir.join("evil.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    path
+}
+
+fn report(model: &Path, calib: &Path, out: &Path, extra: &[&OsStr]) -> Output {
+    let mut args: Vec<&OsStr> = vec!["report".as_ref(), "--model".as_ref(), model.as_os_str(), "--calib".as_ref(), calib.as_os_str(), "--preset".as_ref(), "keras-mobilenet".as_ref(), "--out".as_ref(), out.as_os_str()];
+    args.extend_from_slice(extra);
+    subq(args)
+}
+
+/// Files left in `dir` (none expected after a failure; `index.html` only after success).
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn report_has_every_section_and_escapes_node_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = mobilenet_with_evil_name(dir.path());
+    let out = dir.path().join("report");
+    let o = report(
+        &model,
+        &calib_images(),
+        &out,
+        &["--calib-limit", "4", "--analysis-images", "2", "--images"].map(OsStr::new).into_iter().chain([eval_images().as_os_str()]).chain(["--limit", "4", "--latency-runs", "1"].map(OsStr::new)).collect::<Vec<_>>(),
+    );
+    assert_success(&o);
+    assert_eq!(files_in(&out), vec!["index.html".to_string()], "only the page is written");
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for section in ["id=\"schemes\"", "id=\"ranges\"", "id=\"sqnr\"", "id=\"splits\"", "id=\"sensitivity\""] {
+        assert!(html.contains(section), "missing section {section}");
+    }
+    // Inline SVG, balanced, and nothing loaded from outside the page.
+    let svgs = html.matches("<svg").count();
+    assert!(svgs > 2 * 53, "expected two strips per layer plus charts, found {svgs} <svg>");
+    assert_eq!(svgs, html.matches("</svg>").count());
+    for external in ["<script", "<link", "src=", "@import", "url("] {
+        assert!(!html.contains(external), "page refers to something outside itself: {external}");
+    }
+    // Known layers, the scheme table rows and the split table.
+    assert!(html.contains("block_2_depthwise"));
+    for row in ["per-channel", "per-tensor + CLE + bias corr.", "data-free subtensor", "Residual"] {
+        assert!(html.contains(row), "missing {row}");
+    }
+    // The model's node name is escaped everywhere it appears.
+    assert!(!html.contains(EVIL_NAME), "raw node name in the page");
+    assert!(!html.contains("<evil>"), "markup from the model in the page");
+    assert!(html.contains("expanded_conv_depthwise&lt;evil&gt;&amp;&quot;x&quot;"));
+}
+
+#[test]
+fn report_without_evaluation_images_leaves_the_scheme_table_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let o = report(&mobilenet(), &calib_images(), &out, &["--calib-limit", "2", "--analysis-images", "1"].map(OsStr::new));
+    assert_success(&o);
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("Not measured: pass <code>--images DIR</code>"));
+    for section in ["id=\"ranges\"", "id=\"sqnr\"", "id=\"splits\"", "id=\"sensitivity\""] {
+        assert!(html.contains(section), "missing section {section}");
+    }
+    assert!(html.contains("block_2_depthwise"));
+}
+
+#[test]
+fn sensitivity_json_ranks_every_layer_worst_first() {
+    let o = subq(["sensitivity".as_ref(), "--model".as_ref(), mobilenet().as_os_str(), "--calib".as_ref(), calib_images().as_os_str(), "--preset".as_ref(), "keras-mobilenet".as_ref(), "--calib-limit".as_ref(), "2".as_ref(), "--json".as_ref(), "-".as_ref()]);
+    assert_success(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is only JSON");
+    let layers = v.as_array().expect("an array of layers");
+    assert_eq!(layers.len(), 53);
+    let sqnr: Vec<f64> = layers.iter().map(|l| l["logits_sqnr_db"].as_f64().expect("logits_sqnr_db")).collect();
+    assert!(sqnr.windows(2).all(|w| w[0] <= w[1]), "not worst first: {sqnr:?}");
+    let ranks: Vec<u64> = layers.iter().map(|l| l["rank"].as_u64().unwrap()).collect();
+    assert_eq!(ranks, (1..=53).collect::<Vec<u64>>());
+    assert!(layers.iter().any(|l| l["node"] == "block_2_depthwise"));
+}
+
+#[test]
+fn report_with_a_missing_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let o = report(&dir.path().join("no_such_model.onnx"), &calib_images(), &out, &[]);
+    assert_clean_failure(&o, &["no_such_model.onnx"]);
+    assert!(!out.exists(), "the output folder was created for nothing");
+}
+
+#[test]
+fn report_with_an_empty_calibration_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib");
+    std::fs::create_dir(&calib).unwrap();
+    let out = dir.path().join("report");
+    let o = report(&mobilenet(), &calib, &out, &[]);
+    assert_clean_failure(&o, &["calibration folder", "no images"]);
+    assert!(!out.exists(), "the output folder was created for nothing");
+}
+
+#[test]
+fn report_into_an_unwritable_output_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    // A folder below a regular file cannot be created, whoever runs the test.
+    let blocker = dir.path().join("not_a_folder");
+    std::fs::write(&blocker, b"x").unwrap();
+    let out = blocker.join("report");
+    let o = report(&mobilenet(), &calib_images(), &out, &["--calib-limit".as_ref(), "2".as_ref()]);
+    assert_clean_failure(&o, &["output folder", "not_a_folder"]);
+    assert_eq!(files_in(dir.path()), vec!["not_a_folder".to_string()], "something was left behind");
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"x");
+}
+
+#[test]
+fn sensitivity_with_an_empty_calibration_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("s.json");
+    let o = subq(["sensitivity".as_ref(), "--model".as_ref(), mobilenet().as_os_str(), "--calib".as_ref(), dir.path().as_os_str(), "--preset".as_ref(), "keras-mobilenet".as_ref(), "--json".as_ref(), json.as_os_str()]);
+    assert_clean_failure(&o, &["calibration folder", "no images"]);
+    assert!(!json.exists());
+}

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde::Serialize;
 use subq_calib::{label_of, list_images, Synsets};
-use subq_eval::{engine_for, evaluate_tensors, image_input_shape, median_latency_ms};
+use subq_eval::image_input_shape;
+use subq_eval::schemes::{markdown, run_schemes, scheme_configs, EvalSet, SchemeRow};
 use subq_quant::calibrate::load_inputs;
-use subq_quant::{quantize, CalibOptions, QuantConfig, Scheme};
+use subq_quant::CalibOptions;
 
-use crate::common::{load_float_graph, pct, write_json, PreprocessArgs};
+use crate::common::{load_float_graph, write_json, PreprocessArgs};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -45,105 +45,53 @@ pub struct CompareArgs {
     pub preprocess: PreprocessArgs,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Row {
-    pub scheme: String,
-    pub top1: Option<f64>,
-    pub top5: Option<f64>,
-    pub agreement: f64,
-    pub sqnr_db: f64,
-    pub latency_ms: f64,
-    pub size_kb: f64,
-    pub quantize_s: f64,
-    pub split_layers: usize,
-    pub engine: String,
+/// Calibration and evaluation images decoded once, with labels: what `compare` and `report` share.
+pub struct LoadedImages {
+    pub calib: Vec<subq_tensor::Tensor>,
+    pub eval: Vec<subq_tensor::Tensor>,
+    pub labels: Vec<Option<usize>>,
 }
 
-pub fn rows() -> Vec<(&'static str, Option<QuantConfig>)> {
-    let mut cle_bc = QuantConfig::new(Scheme::PerTensor);
-    cle_bc.cle = true;
-    cle_bc.bias_correction = true;
-    let mut data_free = QuantConfig::new(Scheme::Subtensor);
-    data_free.data_free = true;
-    vec![
-        ("FP32", None),
-        ("per-channel", Some(QuantConfig::new(Scheme::PerChannel))),
-        ("per-tensor", Some(QuantConfig::new(Scheme::PerTensor))),
-        ("per-tensor + CLE + bias corr.", Some(cle_bc)),
-        ("subtensor", Some(QuantConfig::new(Scheme::Subtensor))),
-        ("data-free subtensor", Some(data_free)),
-    ]
-}
-
-pub fn markdown(rows: &[Row]) -> String {
-    let mut s = String::from("| scheme | top-1 | top-5 | agreement | logits SQNR | latency (ms) | size (kB) | quantize (s) | split layers |\n|---|---|---|---|---|---|---|---|---|\n");
-    for r in rows {
-        let sqnr = if r.sqnr_db.is_finite() { format!("{:.2} dB", r.sqnr_db) } else { "—".into() };
-        s += &format!("| {} | {} | {} | {:.2}% | {} | {:.2} | {:.1} | {:.1} | {} |\n", r.scheme, pct(r.top1), pct(r.top5), 100.0 * r.agreement, sqnr, r.latency_ms, r.size_kb, r.quantize_s, r.split_layers);
+/// List, truncate and decode the calibration folder and (when given) the evaluation folder,
+/// resolving labels up front so that an unknown label fails before any inference.
+pub fn load_images(g: &subq_ir::Graph, preprocess: &subq_calib::Preprocess, calib: &std::path::Path, calib_limit: Option<usize>, images: Option<&std::path::Path>, limit: Option<usize>, labels: Option<&std::path::Path>) -> Result<LoadedImages> {
+    let mut calib_items = list_images(calib).context("reading the calibration folder")?;
+    if let Some(l) = calib_limit {
+        calib_items.truncate(l.max(1));
     }
-    s
-}
-
-pub fn run(a: CompareArgs) -> Result<()> {
-    let g = load_float_graph(&a.model)?;
-    let (_, h, w) = image_input_shape(&g)?;
-    let preprocess = a.preprocess.resolve(&g)?;
-    let mut calib_items = list_images(&a.calib).context("reading the calibration folder")?;
-    if let Some(l) = a.calib_limit {
-        calib_items.truncate(l);
+    let mut eval_items = match images {
+        Some(dir) => list_images(dir).context("reading the evaluation folder")?,
+        None => Vec::new(),
+    };
+    if let Some(l) = limit {
+        eval_items.truncate(l.max(1));
     }
-    let mut eval_items = list_images(&a.images).context("reading the evaluation folder")?;
-    if let Some(l) = a.limit {
-        eval_items.truncate(l);
-    }
-    let synsets = a.labels.as_ref().map(|p| Synsets::load(p)).transpose()?;
+    let synsets = labels.map(Synsets::load).transpose()?;
     let labels: Vec<Option<usize>> = match &synsets {
         Some(s) => eval_items.iter().map(|it| label_of(it, s).map(Some)).collect::<Result<_, _>>()?,
         None => vec![None; eval_items.len()],
     };
     // Both folders are decoded once and reused by every row (the observer is not used to load).
     let opts = CalibOptions { observer: subq_calib::observer::ObserverKind::MinMax, preprocess: preprocess.clone(), skip_unreadable: false, progress: true };
-    let (calib_inputs, _) = load_inputs(&g, &calib_items, &opts)?;
-    let (eval_inputs, _) = load_inputs(&g, &eval_items, &opts)?;
-    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let mut reference: Option<Vec<Vec<f32>>> = None;
-    let mut table = Vec::new();
-    for (label, cfg) in rows() {
-        eprintln!("== {label}");
-        let (graph, summary) = match &cfg {
-            None => (g.clone(), None),
-            Some(c) => {
-                let mut c = c.clone();
-                c.input_range = Some(crate::commands::quantize::input_range(&preprocess));
-                let c = &c;
-                let inputs: &[subq_tensor::Tensor] = if c.data_free { &[] } else { &calib_inputs };
-                let (q, s) = quantize(&g, inputs, c, true).with_context(|| format!("quantizing {label}"))?;
-                (q, Some(s))
-            }
-        };
-        let engine = engine_for(&graph)?;
-        let (report, logits) = evaluate_tensors(engine.as_ref(), &eval_inputs, &labels, reference.as_deref(), true)?;
-        let latency = one_thread.install(|| median_latency_ms(engine.as_ref(), &eval_inputs[0], 3, a.latency_runs))?;
-        let size = subq_onnx::export_model(&graph).len();
-        table.push(Row {
-            scheme: label.into(),
-            top1: report.top1,
-            top5: report.top5,
-            agreement: report.agreement.unwrap_or(1.0),
-            sqnr_db: report.sqnr_db.unwrap_or(f64::INFINITY),
-            latency_ms: latency,
-            size_kb: size as f64 / 1e3,
-            quantize_s: summary.as_ref().map_or(0.0, |s| s.seconds),
-            split_layers: summary.as_ref().map_or(0, |s| s.split_layers),
-            engine: engine.describe(),
-        });
-        if reference.is_none() {
-            reference = Some(logits);
+    let (calib, _) = load_inputs(g, &calib_items, &opts).context("loading calibration images")?;
+    let eval = if eval_items.is_empty() { Vec::new() } else { load_inputs(g, &eval_items, &opts).context("loading evaluation images")?.0 };
+    Ok(LoadedImages { calib, eval, labels })
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let g = load_float_graph(&a.model)?;
+    let (_, h, w) = image_input_shape(&g)?;
+    let preprocess = a.preprocess.resolve(&g)?;
+    let imgs = load_images(&g, &preprocess, &a.calib, a.calib_limit, Some(&a.images), a.limit, a.labels.as_deref())?;
+    let eval = EvalSet { inputs: &imgs.eval, labels: &imgs.labels, latency_runs: a.latency_runs };
+    let results = run_schemes(&g, &imgs.calib, Some(&eval), scheme_configs(), crate::commands::quantize::input_range(&preprocess), true, |r| {
+        if let Some(row) = &r.row {
+            eprintln!("{}", markdown(std::slice::from_ref(row)).lines().last().unwrap_or_default());
         }
-        eprintln!("{}", markdown(&table[table.len() - 1..]).lines().last().unwrap_or_default());
-    }
+    })?;
+    let table: Vec<SchemeRow> = results.into_iter().filter_map(|r| r.row).collect();
     let md = markdown(&table);
-    println!("{} — {} eval images, {} calibration images, {}×{}\n", a.model.display(), eval_inputs.len(), calib_inputs.len(), h, w);
+    println!("{} — {} eval images, {} calibration images, {}×{}\n", a.model.display(), imgs.eval.len(), imgs.calib.len(), h, w);
     print!("{md}");
     if let Some(p) = &a.markdown {
         subq_onnx::write_atomically(p, md.as_bytes())?;

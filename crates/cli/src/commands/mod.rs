@@ -4,3 +4,5 @@ pub mod eval;
 pub mod inspect;
 pub mod quantize;
 pub mod compare;
+pub mod report;
+pub mod sensitivity;

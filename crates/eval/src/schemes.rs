@@ -1,0 +1,137 @@
+//! The scheme table: one FP32 model quantized every way subq offers (FP32, per-channel,
+//! per-tensor, per-tensor + CLE + bias correction, subtensor, data-free subtensor), each scored
+//! on the same decoded evaluation images. `subq compare` prints it; `subq report` shows it and
+//! also reads the quantized graphs and the subtensor decisions.
+
+use serde::Serialize;
+use subq_ir::Graph;
+use subq_quant::{quantize, QuantConfig, QuantSummary, Scheme};
+use subq_tensor::Tensor;
+
+use crate::{engine_for, evaluate_tensors, median_latency_ms, EvalError};
+
+/// One row of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct SchemeRow {
+    pub scheme: String,
+    pub top1: Option<f64>,
+    pub top5: Option<f64>,
+    pub agreement: f64,
+    pub sqnr_db: f64,
+    pub latency_ms: f64,
+    pub size_kb: f64,
+    pub quantize_s: f64,
+    pub split_layers: usize,
+    pub engine: String,
+}
+
+/// One scheme's result: the graph it produced (the FP32 model itself for the first row), its
+/// quantization summary, and its scores when evaluation images were given.
+pub struct SchemeResult {
+    pub label: String,
+    pub config: Option<QuantConfig>,
+    pub graph: Graph,
+    pub summary: Option<QuantSummary>,
+    pub row: Option<SchemeRow>,
+}
+
+/// Decoded evaluation images, their labels (when known) and how latency is measured.
+pub struct EvalSet<'a> {
+    pub inputs: &'a [Tensor],
+    pub labels: &'a [Option<usize>],
+    /// Timed single-image runs per row (1 thread, median).
+    pub latency_runs: usize,
+}
+
+/// The rows of the table: label and configuration (`None` = the FP32 model itself).
+pub fn scheme_configs() -> Vec<(&'static str, Option<QuantConfig>)> {
+    let mut cle_bc = QuantConfig::new(Scheme::PerTensor);
+    cle_bc.cle = true;
+    cle_bc.bias_correction = true;
+    let mut data_free = QuantConfig::new(Scheme::Subtensor);
+    data_free.data_free = true;
+    vec![
+        ("FP32", None),
+        ("per-channel", Some(QuantConfig::new(Scheme::PerChannel))),
+        ("per-tensor", Some(QuantConfig::new(Scheme::PerTensor))),
+        ("per-tensor + CLE + bias corr.", Some(cle_bc)),
+        ("subtensor", Some(QuantConfig::new(Scheme::Subtensor))),
+        ("data-free subtensor", Some(data_free)),
+    ]
+}
+
+/// A fraction as a percentage with two decimals, "—" when absent.
+pub fn pct(x: Option<f64>) -> String {
+    x.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "—".into())
+}
+
+/// The table as Markdown.
+pub fn markdown(rows: &[SchemeRow]) -> String {
+    let mut s = String::from("| scheme | top-1 | top-5 | agreement | logits SQNR | latency (ms) | size (kB) | quantize (s) | split layers |\n|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let sqnr = if r.sqnr_db.is_finite() { format!("{:.2} dB", r.sqnr_db) } else { "—".into() };
+        s += &format!("| {} | {} | {} | {:.2}% | {} | {:.2} | {:.1} | {:.1} | {} |\n", r.scheme, pct(r.top1), pct(r.top5), 100.0 * r.agreement, sqnr, r.latency_ms, r.size_kb, r.quantize_s, r.split_layers);
+    }
+    s
+}
+
+/// Quantize `g` under every configuration of `configs` (calibrating on `calib`; data-free rows
+/// use none) and, with `eval`, score each against labels and the FP32 row's logits. `on_row` is
+/// called after each row (for progress output). `input_range` is the real range of the model
+/// input that the preprocessing produces (data-free quantization needs it).
+pub fn run_schemes(
+    g: &Graph,
+    calib: &[Tensor],
+    eval: Option<&EvalSet>,
+    configs: Vec<(&'static str, Option<QuantConfig>)>,
+    input_range: (f32, f32),
+    progress: bool,
+    mut on_row: impl FnMut(&SchemeResult),
+) -> Result<Vec<SchemeResult>, EvalError> {
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| EvalError::Model(e.to_string()))?;
+    let mut reference: Option<Vec<Vec<f32>>> = None;
+    let mut out = Vec::new();
+    for (label, cfg) in configs {
+        if progress {
+            eprintln!("== {label}");
+        }
+        let (graph, summary) = match &cfg {
+            None => (g.clone(), None),
+            Some(c) => {
+                let mut c = c.clone();
+                c.input_range = Some(input_range);
+                let inputs: &[Tensor] = if c.data_free { &[] } else { calib };
+                let (q, s) = quantize(g, inputs, &c, progress).map_err(|e| EvalError::Model(format!("quantizing {label}: {e}")))?;
+                (q, Some(s))
+            }
+        };
+        let row = match eval {
+            None => None,
+            Some(ev) => {
+                let engine = engine_for(&graph)?;
+                let (report, logits) = evaluate_tensors(engine.as_ref(), ev.inputs, ev.labels, reference.as_deref(), progress)?;
+                let first = ev.inputs.first().ok_or_else(|| EvalError::Model("no evaluation images".into()))?;
+                let latency = one_thread.install(|| median_latency_ms(engine.as_ref(), first, 3, ev.latency_runs))?;
+                if reference.is_none() {
+                    reference = Some(logits);
+                }
+                Some(SchemeRow {
+                    scheme: label.into(),
+                    top1: report.top1,
+                    top5: report.top5,
+                    agreement: report.agreement.unwrap_or(1.0),
+                    sqnr_db: report.sqnr_db.unwrap_or(f64::INFINITY),
+                    latency_ms: latency,
+                    size_kb: subq_onnx::export_model(&graph).len() as f64 / 1e3,
+                    quantize_s: summary.as_ref().map_or(0.0, |s| s.seconds),
+                    split_layers: summary.as_ref().map_or(0, |s| s.split_layers),
+                    engine: engine.describe(),
+                })
+            }
+        };
+        let result = SchemeResult { label: label.into(), config: cfg, graph, summary, row };
+        on_row(&result);
+        out.push(result);
+    }
+    Ok(out)
+}
