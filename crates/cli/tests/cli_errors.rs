@@ -312,7 +312,7 @@ fn quantize_requantizes_an_already_quantized_model_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q.onnx");
     let qdq = assets().join("models/mobilenetv2_1.0_160_dogs.ort_qdq_per_tensor.onnx");
-    let o = quantize(&qdq, &eval_images(), &out, &["--calib-limit", "2"]);
+    let o = quantize(&qdq, &eval_images(), &out, &["--calib-limit", "2", "--scheme", "subtensor", "--cle", "--bias-correction-images", "2"]);
     assert_success(&o);
     assert!(text(&o.stderr).contains("already quantized (QDQ)"), "no note about the QDQ input: {}", text(&o.stderr));
     assert!(out.exists());

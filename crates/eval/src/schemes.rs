@@ -91,7 +91,14 @@ pub fn run_schemes(
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| EvalError::Model(e.to_string()))?;
     let mut reference: Option<Vec<Vec<f32>>> = None;
     let mut out = Vec::new();
+    let has_bn_statistics = g.nodes.iter().any(|n| matches!(n.op, subq_ir::Op::BatchNorm { .. }));
     for (label, cfg) in configs {
+        // Data-free quantization reads BatchNormalization statistics; a model without them (e.g.
+        // one already folded, or a QDQ file turned back into float) gets no such row.
+        if cfg.as_ref().is_some_and(|c| c.data_free) && !has_bn_statistics {
+            eprintln!("note: no '{label}' row: the model has no BatchNormalization statistics");
+            continue;
+        }
         if progress {
             eprintln!("== {label}");
         }

@@ -92,3 +92,17 @@ fn mobilenet_outlier_layers_rank_worse_than_well_behaved_ones() {
     // The first depthwise layer (281× spread after BN folding) is the classic MobileNetV2 failure.
     assert!(r[..3].iter().any(|l| l.node == "expanded_conv_depthwise"), "{:?}", &r[..3]);
 }
+
+/// The scheme table of a model without BatchNormalization (nothing for data-free quantization to
+/// read) leaves out the data-free row instead of failing the whole table.
+#[test]
+fn scheme_table_skips_data_free_without_batch_norm_statistics() {
+    use subq_eval::schemes::{run_schemes, scheme_configs};
+    let g = synthetic();
+    let inputs: Vec<Tensor> = (0..4).map(|i| Tensor::f32(vec![1, 8, 6, 6], rnd(8 * 36, 20 + i)).unwrap()).collect();
+    let configs: Vec<_> = scheme_configs().into_iter().filter(|(label, _)| ["per-tensor", "data-free subtensor"].contains(label)).collect();
+    assert_eq!(configs.len(), 2);
+    let rows = run_schemes(&g, &inputs, None, configs, (-1.0, 1.0), false, |_| {}).unwrap();
+    let labels: Vec<&str> = rows.iter().map(|r| r.label.as_str()).collect();
+    assert_eq!(labels, vec!["per-tensor"]);
+}

@@ -64,7 +64,7 @@ pub fn dequantize_qdq(g: &mut Graph) -> Result<usize, TransformError> {
                 if q.is_per_tensor() && q.zero_point[0] == 0 && !already_clamped {
                     nodes.push(Node { name: format!("{}_relu_bound", n.name), op: Op::Clip { min: 0.0, max: 255.0 * q.scale[0] }, inputs: vec![source], outputs: n.outputs.clone() });
                 } else {
-                    nodes.push(Node { name: n.name.clone(), op: Op::Identity, inputs: vec![source], outputs: n.outputs.clone() });
+                    nodes.push(Node { name: format!("{}_dq_identity", n.name), op: Op::Identity, inputs: vec![source], outputs: n.outputs.clone() });
                 }
             }
             Op::QuantizeLinear { .. } => {}
@@ -77,10 +77,26 @@ pub fn dequantize_qdq(g: &mut Graph) -> Result<usize, TransformError> {
         g.dtypes.insert(name.clone(), DType::F32);
         g.initializers.insert(name, t);
     }
-    // Identity stand-ins: readers take the source directly (graph outputs keep their names).
-    let identities: Vec<(String, String)> = g.nodes.iter().filter(|n| matches!(n.op, Op::Identity) && !g.outputs.contains(&n.outputs[0])).map(|n| (n.outputs[0].clone(), n.inputs[0].clone())).collect();
+    // Identity stand-ins: readers take the source directly. For a graph output the source's
+    // producer takes the output's name instead, so the graph ends in a real op (the quantizer
+    // gives the output its own grid).
+    let identities: Vec<(String, String)> = g.nodes.iter().filter(|n| matches!(n.op, Op::Identity) && n.name.ends_with("_dq_identity")).map(|n| (n.outputs[0].clone(), n.inputs[0].clone())).collect();
     for (out, src) in &identities {
-        g.replace_uses(out, src);
+        let produced = g.nodes.iter().any(|n| n.outputs.contains(src));
+        if !g.outputs.contains(out) {
+            g.replace_uses(out, src);
+        } else if produced && !g.outputs.contains(src) {
+            g.nodes.retain(|n| !(n.outputs[0] == *out && matches!(n.op, Op::Identity)));
+            for n in &mut g.nodes {
+                for o in n.outputs.iter_mut().chain(n.inputs.iter_mut()) {
+                    if o == src {
+                        *o = out.clone();
+                    }
+                }
+            }
+            g.shapes.remove(src);
+            g.dtypes.remove(src);
+        }
     }
     g.remove_dead();
     for o in g.nodes.iter().flat_map(|n| n.outputs.iter()) {

@@ -172,6 +172,11 @@ fn dequantized_qdq_models_match_their_files() {
         let removed = subq_transforms::dequantize_qdq(&mut g).unwrap();
         assert!(!g.is_quantized(), "{qdq}: Q/DQ nodes left");
         assert!(removed > 100, "{qdq}: only {removed} nodes removed");
+        // The graph ends in a real op, not a stand-in for the removed DequantizeLinear.
+        for o in &g.outputs {
+            let p = g.nodes.iter().find(|n| n.outputs.contains(o)).unwrap_or_else(|| panic!("{qdq}: output {o} not produced"));
+            assert!(!matches!(p.op, Op::Identity), "{qdq}: output {o} comes from an Identity");
+        }
         // Every weight is float now.
         for n in g.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_) | Op::Gemm { .. })) {
             assert_eq!(g.initializers[&n.inputs[1]].dtype(), subq_tensor::DType::F32, "{qdq}: {} weight", n.name);
