@@ -302,10 +302,10 @@ mod avx2 {
             let n = g.out_c * g.out_h * g.out_w;
             let mut want = vec![0i32; n];
             q8::depthwise_acc_reference(&d.input, c.zp_in, &d.parts[0].weight, g, &mut want);
-            let q8::PackedWeights::Depthwise { pairs, kh2, .. } = &d.parts[0].packed else { panic!("depthwise packing") };
+            let q8::PackedWeights::Depthwise { pairs, .. } = &d.parts[0].packed else { panic!("depthwise packing") };
             let mut got = vec![7i32; n];
             let mut plane = vec![-1i16; 3];
-            unsafe { q8::avx2::depthwise(&d.input, c.zp_in, pairs, *kh2, g, &mut plane, &mut Sink::Acc(&mut got)) };
+            unsafe { q8::avx2::depthwise(&d.input, c.zp_in, pairs, g, &mut plane, &mut Sink::Acc(&mut got)) };
             prop_assert_eq!(got, want);
         }
     }
@@ -324,6 +324,31 @@ mod avx2 {
                     let mut got = vec![0u8; accs.len()];
                     unsafe { q8::avx2::requant_row(&accs, mult, bias, shift, zp, lo, hi, &mut got) };
                     assert_eq!(got, want, "mult {mult} shift {shift} bias {bias} zp {zp}");
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise layers at the sizes the engine meets (7…112, both the "flat" small-plane order and
+/// the row-by-row one, stride 1 and 2, 3×3 and 5×5, 1–3 parts) equal the reference.
+#[test]
+fn conv_depthwise_engine_shapes_match_reference() {
+    let mut seed = 0xd1ce_u64;
+    for parts in 1usize..=3 {
+        for k in [3usize, 5] {
+            for s in [1usize, 2] {
+                for hw in [7usize, 8, 14, 15, 28, 56, 112] {
+                    if hw == 112 && parts > 1 {
+                        continue;
+                    }
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let (pt, pb) = if s == 2 && seed & 1 == 1 { ((k - 1) / 2, k / 2) } else { (k / 2, k / 2) };
+                    let o = (hw + pt + pb - k) / s + 1;
+                    let ch = 1 + (seed >> 40) as usize % 4;
+                    let g = ConvGeometry { in_c: ch, in_h: hw, in_w: hw, out_c: ch, out_h: o, out_w: o, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pt, pad_left: pt, group: ch };
+                    let c = ConvCase { g, parts, per_channel: seed & 2 == 2, zp_in: (seed >> 8) as i32 & 255, out_zp: (seed >> 16) as i32 & 255, qmin: 0, qmax: 255, extreme: seed & 4 == 4, seed };
+                    check_conv(&c).unwrap_or_else(|e| panic!("{e}: {c:?}"));
                 }
             }
         }

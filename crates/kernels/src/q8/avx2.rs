@@ -274,13 +274,245 @@ pub fn depthwise_supported(g: &ConvGeometry) -> bool {
 
 /// Depthwise conv, any kernel size, horizontal stride 1 or 2, any vertical stride, dilation 1.
 ///
-/// Per channel the input is laid out once as a zero-padded i16 plane of `x − zp` (for stride 2
-/// each row split into its even and odd columns), so every tap is a contiguous 16-wide load; two
-/// kernel rows are interleaved into i16 pairs and multiplied by `(w[ky][kx], w[ky+1][kx])`
-/// with one `vpmaddwd`.
+/// Per channel the input is laid out as a zero-padded i16 plane of `x − zp` (row stride = the
+/// padded width the outputs use), so every tap is a contiguous 16-wide load. Two horizontally
+/// adjacent taps form one i16 pair `(w[ky][2j], w[ky][2j+1])` (the last one `(w, 0)` for odd
+/// widths) and one `vpmaddwd` applies both: a load at column `x` holds the pairs
+/// `(p[x+2t], p[x+2t+1])`, i.e. the taps of the outputs `x, x+2, …` (stride 1: a second load at
+/// `x + 1` gives the odd outputs) or of the 8 consecutive outputs `x/2 + t` (stride 2).
+/// Small stride-1 planes (7×7, 14×14, …) run "flat": the output positions are enumerated over
+/// the padded row stride so that a 16-lane block spans several output rows; the lanes that fall
+/// on padding columns are computed and dropped.
 #[target_feature(enable = "avx2")]
-pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
-    depthwise_parts::<1>(input, zp, [pairs], kh2, g, plane, sink)
+pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
+    depthwise_parts::<1>(input, zp, [pairs], g, plane, sink)
+}
+
+/// Padded-plane layout and block order of one depthwise geometry.
+#[derive(Clone, Copy)]
+struct DwPlan {
+    /// Plane row stride: the padded input width the outputs read.
+    rs: usize,
+    /// Plane rows (padded input rows the outputs read).
+    hp: usize,
+    /// Plane length in i16 (with slack for whole-vector reads past the last row).
+    len: usize,
+    /// Stride 1 in both directions and fewer 16-lane blocks over `oh × rs` than row by row.
+    flat: bool,
+    kh: usize,
+    kw2: usize,
+}
+
+fn dw_plan(g: &ConvGeometry, allow_flat: bool) -> DwPlan {
+    let [kh, kw] = g.kernel;
+    let (sy, sx) = (g.strides[0], g.strides[1]);
+    let rs = (g.out_w - 1) * sx + kw;
+    let hp = (g.out_h - 1) * sy + kh;
+    let flat = allow_flat && sx == 1 && sy == 1 && (g.out_h * rs).div_ceil(16) < g.out_h * g.out_w.div_ceil(16);
+    DwPlan { rs, hp, len: hp * rs + kw + 64, flat, kh, kw2: kw.div_ceil(2) }
+}
+
+/// Write channel `c`'s interior (`x − zp`) into the plane; everything else stays 0. Rows go in
+/// increasing order and a partial 16-lane chunk stores zeros past the row end (padding, or the
+/// next row's interior, rewritten right after), so only whole vectors are stored.
+#[inline(always)]
+unsafe fn dw_fill(input: &[u8], c: usize, zp: i32, g: &ConvGeometry, pl: &DwPlan, plane: *mut i16) {
+    let (ih, iw) = (g.in_h, g.in_w);
+    let rows = ih.min(pl.hp.saturating_sub(g.pad_top));
+    let w = iw.min(pl.rs.saturating_sub(g.pad_left));
+    if w == 0 {
+        return;
+    }
+    let zpv = _mm256_set1_epi16(zp as i16);
+    let iota = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let base = c * ih * iw;
+    for iy in 0..rows {
+        let so = base + iy * iw;
+        let s = input.as_ptr().add(so);
+        let d = plane.add((iy + g.pad_top) * pl.rs + g.pad_left);
+        let mut x = 0;
+        while x + 16 <= w {
+            let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)), zpv);
+            _mm256_storeu_si256(d.add(x) as *mut __m256i, v);
+            x += 16;
+        }
+        if x < w {
+            let rem = w - x;
+            if so + x + 16 <= input.len() {
+                let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)), zpv);
+                let keep = _mm256_cmpgt_epi16(_mm256_set1_epi16(rem as i16), iota);
+                _mm256_storeu_si256(d.add(x) as *mut __m256i, _mm256_and_si256(v, keep));
+            } else {
+                for t in 0..rem {
+                    *d.add(x + t) = (*s.add(x + t) as i32 - zp) as i16;
+                }
+            }
+        }
+    }
+}
+
+/// Accumulators of one output block whose first tap reads `r0`: `a` from loads at `r0 + …`,
+/// `b` from loads at `r0 + d + …` (`TWO = false`: `b` is not computed).
+#[inline(always)]
+unsafe fn dw_block<const P: usize, const TWO: bool>(r0: *const i16, rs: usize, d: usize, kh: usize, kw2: usize, wp: &[*const i32; P]) -> ([__m256i; P], [__m256i; P]) {
+    let mut a = [_mm256_setzero_si256(); P];
+    let mut b = [_mm256_setzero_si256(); P];
+    for ky in 0..kh {
+        let r = r0.add(ky * rs);
+        for j in 0..kw2 {
+            let x0 = _mm256_loadu_si256(r.add(2 * j) as *const __m256i);
+            let x1 = if TWO { _mm256_loadu_si256(r.add(2 * j + d) as *const __m256i) } else { x0 };
+            for p in 0..P {
+                let w = _mm256_set1_epi32(*wp[p].add(ky * kw2 + j));
+                a[p] = _mm256_add_epi32(a[p], _mm256_madd_epi16(x0, w));
+                if TWO {
+                    b[p] = _mm256_add_epi32(b[p], _mm256_madd_epi16(x1, w));
+                }
+            }
+        }
+    }
+    (a, b)
+}
+
+/// Even-output and odd-output accumulators (stride 1) → outputs 0..8 and 8..16 in order.
+#[inline(always)]
+unsafe fn interleave_eo(e: __m256i, o: __m256i) -> (__m256i, __m256i) {
+    let lo = _mm256_unpacklo_epi32(e, o);
+    let hi = _mm256_unpackhi_epi32(e, o);
+    (_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31))
+}
+
+/// Where [`dw_channels`] writes: requantized bytes or raw accumulators (`P = 1` only), rows
+/// relative to the first channel of the range.
+enum DwOut<'a> {
+    Requant { mult: &'a [i64], bias: &'a [i64], out_c: usize, f: Fin, out: &'a mut [u8] },
+    Acc(&'a mut [i32]),
+}
+
+/// 16 outputs (`v0` = 0..8, `v1` = 8..16 of each part) of channel `c` → 16 bytes.
+#[inline(always)]
+unsafe fn dw_bytes<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, c: usize, v0: &[__m256i; P], v1: &[__m256i; P]) -> __m128i {
+    let b = _mm256_set1_epi64x(*bias.get_unchecked(c));
+    if P == 1 {
+        let m = _mm256_set1_epi64x(*mult.get_unchecked(c));
+        return pack16(requant8(v0[0], m, b, f), requant8(v1[0], m, b, f));
+    }
+    let (mut e0, mut o0, mut e1, mut o1) = (b, b, b, b);
+    for p in 0..P {
+        let m = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + c));
+        e0 = _mm256_add_epi64(e0, _mm256_mul_epi32(v0[p], m));
+        o0 = _mm256_add_epi64(o0, _mm256_mul_epi32(_mm256_srli_epi64(v0[p], 32), m));
+        e1 = _mm256_add_epi64(e1, _mm256_mul_epi32(v1[p], m));
+        o1 = _mm256_add_epi64(o1, _mm256_mul_epi32(_mm256_srli_epi64(v1[p], 32), m));
+    }
+    pack16(finish(e0, o0, f), finish(e1, o1, f))
+}
+
+/// Store the first `cols` ≤ 16 of `bytes` at `dst`; a whole 16-byte store when `room` ≥ 16
+/// bytes may be written (the extra bytes are rewritten later by the caller).
+#[inline(always)]
+unsafe fn store_bytes(dst: *mut u8, bytes: __m128i, cols: usize, room: usize) {
+    if cols == 16 || room >= 16 {
+        _mm_storeu_si128(dst as *mut __m128i, bytes);
+    } else {
+        let mut tmp = [0u8; 16];
+        _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+    }
+}
+
+/// Channels `c0..c1` of a depthwise conv over `P` weight parts (see [`depthwise_parts`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
+    let (kh, kw2) = if KH > 0 { (KH, KW2) } else { (pl.kh, pl.kw2) };
+    let (oh, ow) = (g.out_h, g.out_w);
+    let (sy, sx) = (g.strides[0], g.strides[1]);
+    let spatial = oh * ow;
+    let rs = pl.rs;
+    plane.clear();
+    plane.resize(pl.len, 0);
+    let nflat = (oh * rs).div_ceil(16);
+    if pl.flat {
+        line.clear();
+        line.resize(nflat * 16 + 16, 0);
+    }
+    for c in c0..c1 {
+        dw_fill(input, c, zp, g, pl, plane.as_mut_ptr());
+        let mut wp = [std::ptr::null::<i32>(); P];
+        for p in 0..P {
+            wp[p] = pairs[p].as_ptr().add(c * kh * kw2);
+        }
+        let base = plane.as_ptr();
+        let row = c - c0;
+        if pl.flat {
+            let DwOut::Requant { mult, bias, out_c, f, out } = out else { unreachable!("flat needs a requant sink") };
+            let lp = line.as_mut_ptr();
+            for blk in 0..nflat {
+                let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &wp);
+                let mut v0 = [_mm256_setzero_si256(); P];
+                let mut v1 = [_mm256_setzero_si256(); P];
+                for p in 0..P {
+                    (v0[p], v1[p]) = interleave_eo(e[p], o[p]);
+                }
+                _mm_storeu_si128(lp.add(blk * 16) as *mut __m128i, dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1));
+            }
+            let dst = out.as_mut_ptr().add(row * spatial);
+            for oy in 0..oh {
+                let (mut x, s, d) = (0, lp.add(oy * rs), dst.add(oy * ow));
+                while x < ow {
+                    let cols = 16.min(ow - x);
+                    store_bytes(d.add(x), _mm_loadu_si128(s.add(x) as *const __m128i), cols, spatial - (oy * ow + x));
+                    x += 16;
+                }
+            }
+            continue;
+        }
+        for oy in 0..oh {
+            let rb = base.add(oy * sy * rs);
+            let mut ox0 = 0;
+            while ox0 < ow {
+                let cols = 16.min(ow - ox0);
+                let (mut v0, mut v1) = ([_mm256_setzero_si256(); P], [_mm256_setzero_si256(); P]);
+                if sx == 1 {
+                    let (e, o) = dw_block::<P, true>(rb.add(ox0), rs, 1, kh, kw2, &wp);
+                    for p in 0..P {
+                        (v0[p], v1[p]) = interleave_eo(e[p], o[p]);
+                    }
+                } else if cols > 8 {
+                    (v0, v1) = dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &wp);
+                } else {
+                    (v0, _) = dw_block::<P, false>(rb.add(2 * ox0), rs, 16, kh, kw2, &wp);
+                }
+                let pos = oy * ow + ox0;
+                match out {
+                    DwOut::Requant { mult, bias, out_c, f, out } => {
+                        let bytes = dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1);
+                        store_bytes(out.as_mut_ptr().add(row * spatial + pos), bytes, cols, spatial - pos);
+                    }
+                    DwOut::Acc(acc) => {
+                        let dst = acc.as_mut_ptr().add(row * spatial + pos);
+                        let mut tmp = [0i32; 16];
+                        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, v0[0]);
+                        _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, v1[0]);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                    }
+                }
+                ox0 += 16;
+            }
+        }
+    }
+}
+
+/// [`dw_channels`] with the kernel size fixed at compile time where it is a common one.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_dispatch<const P: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
+    match (pl.kh, pl.kw2) {
+        (3, 2) => dw_channels::<P, 3, 2>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (5, 3) => dw_channels::<P, 5, 3>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        _ => dw_channels::<P, 0, 0>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+    }
 }
 
 /// [`depthwise`] over `P` weight parts at once (a subtensor-split layer): the padded plane is
@@ -290,164 +522,42 @@ pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &Co
 /// range) and `bias[c]` in the common fixed-point domain: the output is
 /// `clamp(zp + round_shift(bias[c] + Σ_p acc_p·mult_p[c], shift))`, exactly the reference's sum.
 #[target_feature(enable = "avx2")]
-pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], kh2: usize, g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
-    let [kh, kw] = g.kernel;
-    let (oh, ow) = (g.out_h, g.out_w);
-    let (sy, sx) = (g.strides[0], g.strides[1]);
+pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
+    depthwise_range::<P>(input, zp, pairs, g, 0..g.out_c, plane, sink)
+}
+
+/// [`depthwise_parts`] on channels `range` only: the sink's rows (output / accumulator rows)
+/// are relative to `range.start`, its `mult`/`bias` indexed by absolute channel.
+#[target_feature(enable = "avx2")]
+pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink) {
     let (ih, iw) = (g.in_h, g.in_w);
-    assert!(P >= 1 && depthwise_supported(g) && input.len() >= g.in_c * ih * iw && kh2 * 2 >= kh);
+    let [kh, kw] = g.kernel;
+    let kw2 = kw.div_ceil(2);
+    assert!(P >= 1 && depthwise_supported(g) && input.len() >= g.in_c * ih * iw && range.end <= g.out_c && range.start <= range.end);
     for pr in pairs.iter() {
-        assert!(pr.len() >= g.out_c * kh2 * kw);
+        assert!(pr.len() >= g.out_c * kh * kw2);
     }
-    let spatial = oh * ow;
-    if P > 1 {
-        match sink {
-            Sink::Requant { mult, bias, out, .. } => {
-                assert!(mult.len() >= P * g.out_c && bias.len() >= g.out_c && out.len() >= g.out_c * spatial);
+    let spatial = g.out_h * g.out_w;
+    let rows = range.end - range.start;
+    let mut line = Vec::new();
+    match sink {
+        Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out } => {
+            assert!(mult.len() >= P * g.out_c && bias.len() >= g.out_c && out.len() >= rows * spatial);
+            if P > 1 {
                 assert!(mult[..P * g.out_c].iter().all(|&m| m == m as i32 as i64), "multipliers must fit in i32");
             }
-            Sink::Acc(_) => panic!("depthwise_parts: several parts need a Requant sink"),
+            let pl = dw_plan(g, true);
+            let f = fin(*shift, *ozp, *qmin, *qmax);
+            let mut o = DwOut::Requant { mult, bias, out_c: g.out_c, f, out };
+            dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
-    }
-    let owp = ow.div_ceil(16) * 16;
-    // Phase length (per row: `sx` phases) and row stride.
-    let phase = if sx == 1 { owp + kw - 1 } else { owp + (kw - 1) / 2 };
-    let rs = phase * sx;
-    let hp = (oh - 1) * sy + 2 * kh2;
-    plane.clear();
-    plane.resize(hp * rs, 0);
-    // Stride 2: one padded row before the even/odd split (+16 for whole-vector reads).
-    let mut tmp = vec![0i16; if sx == 2 { 2 * phase + 16 } else { 0 }];
-    let f = sink_fin(sink);
-    let zpv = _mm256_set1_epi16(zp as i16);
-    for c in 0..g.out_c {
-        let src = &input[c * ih * iw..(c + 1) * ih * iw];
-        // Build the padded plane (every entry is rewritten: rows outside the input are zeroed).
-        for py in 0..hp {
-            let row = plane.as_mut_ptr().add(py * rs);
-            let iy = py as isize - g.pad_top as isize;
-            if iy < 0 || iy >= ih as isize {
-                std::ptr::write_bytes(row, 0, rs);
-                continue;
-            }
-            let s = src.as_ptr().add(iy as usize * iw);
-            if sx == 1 {
-                fill_row(row, phase, s, iw, g.pad_left, zpv, zp);
-            } else {
-                // Padded row into `tmp`, then split into even / odd columns.
-                let t = tmp.as_mut_ptr();
-                fill_row(t, 2 * phase, s, iw, g.pad_left, zpv, zp);
-                deinterleave(t, row, row.add(phase), phase);
-            }
+        Sink::Acc(acc) => {
+            assert!(P == 1, "depthwise_parts: several parts need a Requant sink");
+            assert!(acc.len() >= rows * spatial);
+            let pl = dw_plan(g, false);
+            let mut o = DwOut::Acc(acc);
+            dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
-        let mut wp = [std::ptr::null::<i32>(); P];
-        for p in 0..P {
-            wp[p] = pairs[p].as_ptr().add(c * kh2 * kw);
-        }
-        let base = plane.as_ptr();
-        for oy in 0..oh {
-            let mut ox0 = 0;
-            while ox0 < ow {
-                let mut lo = [_mm256_setzero_si256(); P];
-                let mut hi = [_mm256_setzero_si256(); P];
-                for r in 0..kh2 {
-                    let r0 = base.add((oy * sy + 2 * r) * rs);
-                    let r1 = r0.add(rs);
-                    for kx in 0..kw {
-                        let off = if sx == 1 { ox0 + kx } else { (kx & 1) * phase + ox0 + (kx >> 1) };
-                        let a = _mm256_loadu_si256(r0.add(off) as *const __m256i);
-                        let b = _mm256_loadu_si256(r1.add(off) as *const __m256i);
-                        let ul = _mm256_unpacklo_epi16(a, b);
-                        let uh = _mm256_unpackhi_epi16(a, b);
-                        for p in 0..P {
-                            let w = _mm256_set1_epi32(*wp[p].add(r * kw + kx));
-                            lo[p] = _mm256_add_epi32(lo[p], _mm256_madd_epi16(ul, w));
-                            hi[p] = _mm256_add_epi32(hi[p], _mm256_madd_epi16(uh, w));
-                        }
-                    }
-                }
-                let cols = 16.min(ow - ox0);
-                if P == 1 {
-                    let v0 = _mm256_permute2x128_si256(lo[0], hi[0], 0x20);
-                    let v1 = _mm256_permute2x128_si256(lo[0], hi[0], 0x31);
-                    sink16(sink, &f, c, oy * ow + ox0, spatial, cols, v0, v1);
-                } else {
-                    sink16_parts::<P>(sink, &f, c, g.out_c, spatial, oy * ow + ox0, cols, &lo, &hi);
-                }
-                ox0 += 16;
-            }
-        }
-    }
-}
-
-/// Multi-part epilogue of [`depthwise_parts`]: `lo`/`hi` are each part's accumulators in
-/// unpack order (columns 0..4,8..12 / 4..8,12..16); `cols` ≤ 16 outputs of channel `row` (of
-/// `rows`, row stride `n`) at `pos` are written.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn sink16_parts<const P: usize>(sink: &mut Sink, f: &Fin, row: usize, rows: usize, n: usize, pos: usize, cols: usize, lo: &[__m256i; P], hi: &[__m256i; P]) {
-    let Sink::Requant { mult, bias, out, .. } = sink else { unreachable!("checked on entry") };
-    let b = _mm256_set1_epi64x(*bias.get_unchecked(row));
-    let (mut e0, mut o0, mut e1, mut o1) = (b, b, b, b);
-    for p in 0..P {
-        let m = _mm256_set1_epi64x(*mult.get_unchecked(p * rows + row));
-        let v0 = _mm256_permute2x128_si256(lo[p], hi[p], 0x20);
-        let v1 = _mm256_permute2x128_si256(lo[p], hi[p], 0x31);
-        e0 = _mm256_add_epi64(e0, _mm256_mul_epi32(v0, m));
-        o0 = _mm256_add_epi64(o0, _mm256_mul_epi32(_mm256_srli_epi64(v0, 32), m));
-        e1 = _mm256_add_epi64(e1, _mm256_mul_epi32(v1, m));
-        o1 = _mm256_add_epi64(o1, _mm256_mul_epi32(_mm256_srli_epi64(v1, 32), m));
-    }
-    let bytes = pack16(finish(e0, o0, f), finish(e1, o1, f));
-    let dst = out.as_mut_ptr().add(row * n + pos);
-    if cols == 16 {
-        _mm_storeu_si128(dst as *mut __m128i, bytes);
-    } else {
-        let mut tmp = [0u8; 16];
-        _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
-    }
-}
-
-/// `row[px] = x[px − pad] − zp` for `px ∈ [pad, pad + iw)`, 0 elsewhere, `px < len`.
-#[inline(always)]
-unsafe fn fill_row(row: *mut i16, len: usize, s: *const u8, iw: usize, pad: usize, zpv: __m256i, zp: i32) {
-    let x0 = pad.min(len);
-    std::ptr::write_bytes(row, 0, x0);
-    let x1 = (pad + iw).min(len);
-    let mut px = x0;
-    while px + 16 <= x1 {
-        let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(px - pad) as *const __m128i)), zpv);
-        _mm256_storeu_si256(row.add(px) as *mut __m256i, v);
-        px += 16;
-    }
-    while px < x1 {
-        *row.add(px) = (*s.add(px - pad) as i32 - zp) as i16;
-        px += 1;
-    }
-    if x1 < len {
-        std::ptr::write_bytes(row.add(x1), 0, len - x1);
-    }
-}
-
-/// `even[j] = src[2j]`, `odd[j] = src[2j+1]` for `j < len` (`src` readable up to `2·len + 16`,
-/// rounded up to 16).
-#[inline(always)]
-unsafe fn deinterleave(src: *const i16, even: *mut i16, odd: *mut i16, len: usize) {
-    // Within each 128-bit lane: even words to the low 8 bytes, odd words to the high 8 bytes.
-    let shuf = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-    let mut j = 0;
-    while j + 16 <= len {
-        let a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256(src.add(2 * j) as *const __m256i), shuf), 0xD8);
-        let b = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256(src.add(2 * j + 16) as *const __m256i), shuf), 0xD8);
-        _mm256_storeu_si256(even.add(j) as *mut __m256i, _mm256_permute2x128_si256(a, b, 0x20));
-        _mm256_storeu_si256(odd.add(j) as *mut __m256i, _mm256_permute2x128_si256(a, b, 0x31));
-        j += 16;
-    }
-    while j < len {
-        *even.add(j) = *src.add(2 * j);
-        *odd.add(j) = *src.add(2 * j + 1);
-        j += 1;
     }
 }
 
@@ -492,7 +602,7 @@ pub fn conv_supported(parts: &[ConvPart], g: &ConvGeometry) -> bool {
     !parts.is_empty()
         && parts.iter().all(|p| match &p.packed {
             PackedWeights::Gemm { m, k, groups, .. } => *groups == g.group && *m == g.out_c / g.group && *k == g.weights_per_output(),
-            PackedWeights::Depthwise { kw, kh2, .. } => depthwise_supported(g) && *kw == g.kernel[1] && *kh2 == g.kernel[0].div_ceil(2),
+            PackedWeights::Depthwise { kh, kw2, .. } => depthwise_supported(g) && *kh == g.kernel[0] && *kw2 == g.kernel[1].div_ceil(2),
             PackedWeights::None => false,
         })
 }
@@ -514,11 +624,9 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
     // Split depthwise (2–3 parts): one pass, shared padded planes and input loads.
     if (2..=3).contains(&parts.len()) && g.is_depthwise() {
         let mut dw: [&[i32]; 3] = [&[], &[], &[]];
-        let mut kh2s = [0usize; 3];
         for (i, part) in parts.iter().enumerate() {
-            if let PackedWeights::Depthwise { pairs, kh2, .. } = &part.packed {
+            if let PackedWeights::Depthwise { pairs, .. } = &part.packed {
                 dw[i] = pairs;
-                kh2s[i] = *kh2;
             }
         }
         let Scratch { bpack, mult, .. } = &mut *scratch;
@@ -527,12 +635,12 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
             mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
         }
         let fits = mult.iter().all(|&m| m == m as i32 as i64);
-        if fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) && kh2s[..parts.len()].iter().all(|&k| k == kh2s[0]) {
+        if fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) {
             let mut sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
             if parts.len() == 2 {
-                depthwise_parts::<2>(input, zp_in, [dw[0], dw[1]], kh2s[0], g, bpack, &mut sink);
+                depthwise_parts::<2>(input, zp_in, [dw[0], dw[1]], g, bpack, &mut sink);
             } else {
-                depthwise_parts::<3>(input, zp_in, [dw[0], dw[1], dw[2]], kh2s[0], g, bpack, &mut sink);
+                depthwise_parts::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, bpack, &mut sink);
             }
             return;
         }
@@ -551,9 +659,9 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
             acc.resize(g.out_c * spatial, 0);
         }
         match &part.packed {
-            PackedWeights::Depthwise { pairs, kh2, .. } => {
+            PackedWeights::Depthwise { pairs, .. } => {
                 let mut sink = if single { Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out } } else { Sink::Acc(&mut acc[..]) };
-                depthwise(input, zp_in, pairs, *kh2, g, bpack, &mut sink);
+                depthwise(input, zp_in, pairs, g, bpack, &mut sink);
             }
             PackedWeights::Gemm { data, .. } => {
                 let blk = cout_g.div_ceil(MR) * k.div_ceil(2) * MR * 2;
