@@ -354,3 +354,30 @@ fn conv_depthwise_engine_shapes_match_reference() {
         }
     }
 }
+
+/// Convs big enough to be split over threads give the same bytes on 1, 2 and 3 threads, equal
+/// to the reference (pointwise, dense 3×3, depthwise, split depthwise).
+#[test]
+fn conv_threads_do_not_change_results() {
+    let shapes = [
+        (ConvGeometry { in_c: 24, in_h: 28, in_w: 28, out_c: 88, out_h: 28, out_w: 28, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 40, in_h: 7, in_w: 7, out_c: 700, out_h: 7, out_w: 7, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 3, in_h: 40, in_w: 40, out_c: 32, out_h: 20, out_w: 20, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 37, in_h: 30, in_w: 30, out_c: 37, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 37 }, 1),
+        (ConvGeometry { in_c: 45, in_h: 14, in_w: 14, out_c: 45, out_h: 7, out_w: 7, kernel: [5, 5], strides: [2, 2], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 45 }, 2),
+        (ConvGeometry { in_c: 50, in_h: 14, in_w: 14, out_c: 50, out_h: 14, out_w: 14, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 50 }, 3),
+    ];
+    for (i, (g, parts)) in shapes.into_iter().enumerate() {
+        let c = ConvCase { g, parts, per_channel: i % 2 == 0, zp_in: 100 + i as i32, out_zp: 20 * i as i32, qmin: 0, qmax: 255, extreme: false, seed: 77 + i as u64 };
+        let d = conv_data(&c);
+        let n = g.out_c * g.out_h * g.out_w;
+        let mut want = vec![0u8; n];
+        q8::conv_q8_reference(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &g, &mut want, &mut Scratch::default());
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut got = vec![0x5Au8; n];
+            pool.install(|| q8::conv_q8(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &g, &mut got, &mut Scratch::default()));
+            assert_eq!(got, want, "{threads} threads, {g:?}");
+        }
+    }
+}

@@ -15,6 +15,8 @@
 
 use std::arch::x86_64::*;
 
+use rayon::prelude::*;
+
 use super::pack::{PackedWeights, MR, NR};
 use super::{im2col_q_reference, round_shift, ConvPart, Scratch};
 use crate::ConvGeometry;
@@ -607,6 +609,60 @@ pub fn conv_supported(parts: &[ConvPart], g: &ConvGeometry) -> bool {
         })
 }
 
+/// Convs smaller than this many multiply-adds run on the calling thread.
+const PAR_MIN_MACS: usize = 150_000;
+
+/// Tasks to split a conv of `macs` multiply-adds into on the current rayon pool (1: inline).
+/// Every output is computed the same way whatever the split, so results never depend on it.
+fn tasks_for(macs: usize) -> usize {
+    let t = rayon::current_num_threads();
+    if t <= 1 || macs < PAR_MIN_MACS {
+        1
+    } else {
+        2 * t
+    }
+}
+
+/// Depthwise over channel chunks in parallel (`tasks` > 1), each with its own plane; `sink`
+/// must be `Sink::Requant` over all `out_c` channels.
+#[target_feature(enable = "avx2")]
+unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize) {
+    let spatial = g.out_h * g.out_w;
+    let chunk = g.out_c.div_ceil(tasks.max(1));
+    match sink {
+        Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out } if tasks > 1 && chunk < g.out_c && spatial > 0 => {
+            out[..g.out_c * spatial].par_chunks_mut(chunk * spatial).enumerate().for_each(|(i, o)| {
+                let c0 = i * chunk;
+                let c1 = (c0 + chunk).min(g.out_c);
+                let mut plane = Vec::new();
+                let mut sink = Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out: o };
+                // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+                unsafe { depthwise_range::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink) };
+            });
+        }
+        _ => depthwise_range::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink),
+    }
+}
+
+/// [`gemm_packed`] with a requantizing sink, its output-channel blocks split over `tasks`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize) {
+    let mb = m.div_ceil(MR);
+    let tasks = tasks.min(mb);
+    if tasks <= 1 || n == 0 {
+        return gemm_packed(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out });
+    }
+    let per = mb.div_ceil(tasks) * MR;
+    let ablk = k.div_ceil(2) * MR * 2;
+    out[..m * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(m));
+        let mut sink = Sink::Requant { mult: &mult[r0..r1], bias: &bias[r0..r1], shift, zp, qmin, qmax, out: o };
+        // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+        unsafe { gemm_packed(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink) };
+    });
+}
+
 /// Below this many output positions a conv runs as matrix–vector products.
 const GEMV_MAX_N: usize = 4;
 
@@ -636,11 +692,12 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
         }
         let fits = mult.iter().all(|&m| m == m as i32 as i64);
         if fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) {
-            let mut sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
+            let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
+            let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
-                depthwise_parts::<2>(input, zp_in, [dw[0], dw[1]], g, bpack, &mut sink);
+                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks);
             } else {
-                depthwise_parts::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, bpack, &mut sink);
+                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks);
             }
             return;
         }
@@ -660,8 +717,12 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
         }
         match &part.packed {
             PackedWeights::Depthwise { pairs, .. } => {
-                let mut sink = if single { Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out } } else { Sink::Acc(&mut acc[..]) };
-                depthwise(input, zp_in, pairs, g, bpack, &mut sink);
+                if single {
+                    let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
+                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()));
+                } else {
+                    depthwise(input, zp_in, pairs, g, bpack, &mut Sink::Acc(&mut acc[..]));
+                }
             }
             PackedWeights::Gemm { data, .. } => {
                 let blk = cout_g.div_ceil(MR) * k.div_ceil(2) * MR * 2;
@@ -688,7 +749,11 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
                         im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, cols);
                         pack_b_i16(cols, k, spatial, bpack);
                     }
-                    gemm_packed(&data[grp * blk..(grp + 1) * blk], cout_g, k, bpack, spatial, &mut sink);
+                    let a = &data[grp * blk..(grp + 1) * blk];
+                    match sink {
+                        Sink::Requant { mult, bias, out, .. } if g.group == 1 => gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs())),
+                        _ => gemm_packed(a, cout_g, k, bpack, spatial, &mut sink),
+                    }
                 }
             }
             PackedWeights::None => unreachable!("checked by conv_supported"),
