@@ -310,6 +310,29 @@ mod avx2 {
         }
     }
 
+    proptest! {
+        #![proptest_config(cfg(500))]
+
+        /// The epilogue (both of its exact rounding paths) against `round_shift`: random
+        /// accumulators, some exactly on ties, any shift and bias.
+        #[test]
+        fn requant_row_matches_round_shift(n in 1usize..40, mult in (1i64 << 29)..(1i64 << 30), shift in 0u32..=62, bias_exp in 0u32..50, neg_bias in any::<bool>(), zp in 0i32..=255, lo in 0i32..=60, hi in 190i32..=255, big in any::<bool>(), seed in any::<u64>()) {
+            if !have() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let lim = if big { i32::MAX as i64 / 2 } else { 70_000 };
+            let bias = { let b = rng.range(0, 1 << bias_exp.min(40)) << (bias_exp.saturating_sub(40)); if neg_bias { -b } else { b } };
+            let accs: Vec<i32> = (0..n).map(|_| {
+                let a = rng.range(-lim, lim) as i32;
+                // Every third value: an exact tie of bias + a·mult when one exists nearby.
+                if rng.next() % 3 == 0 && shift > 0 && mult % 2 == 0 { a & !1 } else { a }
+            }).collect();
+            let want: Vec<u8> = accs.iter().map(|&a| (zp as i64 + q8::round_shift(bias + a as i64 * mult, shift)).clamp(lo as i64, hi as i64) as u8).collect();
+            let mut got = vec![0u8; n];
+            unsafe { q8::avx2::requant_row(&accs, mult, bias, shift, zp, lo, hi, &mut got) };
+            prop_assert_eq!(got, want);
+        }
+    }
+
     /// Requantization corner cases: accumulators at the edges of i32 products, ties, shift 0.
     #[test]
     fn requant_epilogue_corners() {

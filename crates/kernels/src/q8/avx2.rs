@@ -30,8 +30,20 @@ pub enum Sink<'a> {
 }
 
 /// Requantization constants in vector form.
+///
+/// Two exact ways to compute `round_shift` on i64 lanes: the general one (sign split, 9
+/// operations per 4 lanes) and, when the caller's bound shows `|x| < 2^61` and
+/// `|round_shift(x)| < 2^30`, a short one: with `x' = x + half + 2^62 > 0` (the offset folded
+/// into the bias), ties away from zero is `(x' − [x < 0]) >> shift`, whose low 32 bits are the
+/// result plus `2^(62 − shift)` (mod 2^32, removed with the zero-point); `x < 0 ⇔ x' < half +
+/// 2^62`.
 #[derive(Clone, Copy)]
 struct Fin {
+    fast: bool,
+    /// Fast path: `half + 2^62`, added to the bias (wrapping).
+    off: i64,
+    /// Fast path: `x < 0 ⇔ x' < neg_below` (signed).
+    neg_below: __m256i,
     half: __m256i,
     shift: __m128i,
     cap: __m256i,
@@ -40,19 +52,42 @@ struct Fin {
     hi: __m256i,
 }
 
+/// Largest `|bias + Σ acc·mult|` when every `|acc| ≤ acc_max` (sum over parts' multipliers).
+fn requant_bound(bias: &[i64], mult_max_sum: u128, acc_max: u128) -> u128 {
+    bias.iter().map(|b| b.unsigned_abs() as u128).max().unwrap_or(0) + mult_max_sum * acc_max
+}
+
+/// Largest `|mult|` of a slice.
+fn max_abs(m: &[i64]) -> u128 {
+    m.iter().map(|v| v.unsigned_abs() as u128).max().unwrap_or(0)
+}
+
 #[inline(always)]
-unsafe fn fin(shift: u32, zp: i32, qmin: i32, qmax: i32) -> Fin {
+unsafe fn fin(shift: u32, zp: i32, qmin: i32, qmax: i32, bound: u128) -> Fin {
     let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
+    let fast = (1..=62).contains(&shift) && bound < 1u128 << 61 && (bound >> shift) + 1 < 1u128 << 30;
+    let off = half + (1i64 << 62);
+    // 2^(62 − shift) mod 2^32.
+    let c32 = if 62 - shift.min(62) >= 32 { 0u32 } else { 1u32 << (62 - shift) };
     Fin {
+        fast,
+        off,
+        neg_below: _mm256_set1_epi64x(off),
         half: _mm256_set1_epi64x(half),
         shift: _mm_cvtsi64_si128(shift as i64),
         // |round_shift| is clamped to 2^24 before narrowing to i32: far outside [0, 255] − zp,
         // so the final clamp is unchanged.
         cap: _mm256_set1_epi64x(1 << 24),
-        zp: _mm256_set1_epi32(zp),
+        zp: _mm256_set1_epi32(if fast { zp.wrapping_sub(c32 as i32) } else { zp }),
         lo: _mm256_set1_epi32(qmin),
         hi: _mm256_set1_epi32(qmax),
     }
+}
+
+/// A channel's bias (fixed-point domain) as the vector the kernels add to `acc·mult`.
+#[inline(always)]
+unsafe fn fin_bias(f: &Fin, bias: i64) -> __m256i {
+    _mm256_set1_epi64x(if f.fast { bias.wrapping_add(f.off) } else { bias })
 }
 
 /// `round_shift` on 4×i64 (|x| < 2^62), result clamped to ±2^24.
@@ -65,11 +100,17 @@ unsafe fn round64(x: __m256i, f: &Fin) -> __m256i {
     _mm256_sub_epi64(_mm256_xor_si256(r, sign), sign)
 }
 
-/// Fixed-point values of elements 0,2,4,6 (`even`) and 1,3,5,7 (`odd`) → 8 clamped i32.
+/// Fast path: `x'` (offset already added) → `round_shift(x) + 2^(62 − shift)` in the low 32 bits.
+#[inline(always)]
+unsafe fn round64_fast(x: __m256i, f: &Fin) -> __m256i {
+    _mm256_srl_epi64(_mm256_add_epi64(x, _mm256_cmpgt_epi64(f.neg_below, x)), f.shift)
+}
+
+/// Fixed-point values of elements 0,2,4,6 (`even`) and 1,3,5,7 (`odd`) → 8 clamped i32
+/// (`even`/`odd` include the bias from [`fin_bias`]).
 #[inline(always)]
 unsafe fn finish(even: __m256i, odd: __m256i, f: &Fin) -> __m256i {
-    let e = round64(even, f);
-    let o = round64(odd, f);
+    let (e, o) = if f.fast { (round64_fast(even, f), round64_fast(odd, f)) } else { (round64(even, f), round64(odd, f)) };
     let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
     _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
 }
@@ -97,7 +138,7 @@ unsafe fn sink16(sink: &mut Sink, f: &Fin, row: usize, col: usize, n: usize, col
     match sink {
         Sink::Requant { mult, bias, out, .. } => {
             let m = _mm256_set1_epi64x(*mult.get_unchecked(row));
-            let b = _mm256_set1_epi64x(*bias.get_unchecked(row));
+            let b = fin_bias(f, *bias.get_unchecked(row));
             let bytes = pack16(requant8(v0, m, b, f), requant8(v1, m, b, f));
             let dst = out.as_mut_ptr().add(row * n + col);
             if cols == 16 {
@@ -124,10 +165,10 @@ unsafe fn sink16(sink: &mut Sink, f: &Fin, row: usize, col: usize, n: usize, col
 }
 
 #[inline(always)]
-unsafe fn sink_fin(sink: &Sink) -> Fin {
+unsafe fn sink_fin(sink: &Sink, acc_max: u128) -> Fin {
     match sink {
-        Sink::Requant { shift, zp, qmin, qmax, .. } => fin(*shift, *zp, *qmin, *qmax),
-        Sink::Acc(_) => fin(0, 0, 0, 255),
+        Sink::Requant { mult, bias, shift, zp, qmin, qmax, .. } => fin(*shift, *zp, *qmin, *qmax, requant_bound(bias, max_abs(mult), acc_max)),
+        Sink::Acc(_) => fin(0, 0, 0, 255, u128::MAX),
     }
 }
 
@@ -137,7 +178,8 @@ unsafe fn sink_fin(sink: &Sink) -> Fin {
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn requant_row(acc: &[i32], mult: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     let n = acc.len().min(out.len());
-    let f = fin(shift, zp, qmin, qmax);
+    let acc_max = acc[..n].iter().map(|a| a.unsigned_abs() as u128).max().unwrap_or(0);
+    let f = fin(shift, zp, qmin, qmax, requant_bound(&[bias], mult.unsigned_abs() as u128, acc_max));
     let mut sink = Sink::Requant { mult: &[mult], bias: &[bias], shift, zp, qmin, qmax, out };
     let mut j = 0;
     while j < n {
@@ -194,7 +236,7 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
 pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink) {
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
-    let f = sink_fin(sink);
+    let f = sink_fin(sink, k as u128 * 255 * 255);
     for jp in 0..np {
         let bp = b.as_ptr().add(jp * kp * NR * 2);
         let cols = NR.min(n - jp * NR);
@@ -394,7 +436,7 @@ enum DwOut<'a> {
 /// 16 outputs (`v0` = 0..8, `v1` = 8..16 of each part) of channel `c` → 16 bytes.
 #[inline(always)]
 unsafe fn dw_bytes<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, c: usize, v0: &[__m256i; P], v1: &[__m256i; P]) -> __m128i {
-    let b = _mm256_set1_epi64x(*bias.get_unchecked(c));
+    let b = fin_bias(f, *bias.get_unchecked(c));
     if P == 1 {
         let m = _mm256_set1_epi64x(*mult.get_unchecked(c));
         return pack16(requant8(v0[0], m, b, f), requant8(v1[0], m, b, f));
@@ -549,7 +591,8 @@ pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i
                 assert!(mult[..P * g.out_c].iter().all(|&m| m == m as i32 as i64), "multipliers must fit in i32");
             }
             let pl = dw_plan(g, true);
-            let f = fin(*shift, *ozp, *qmin, *qmax);
+            let msum: u128 = (0..P).map(|p| max_abs(&mult[p * g.out_c..(p + 1) * g.out_c])).sum();
+            let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, (kh * kw) as u128 * 255 * 255));
             let mut o = DwOut::Requant { mult, bias, out_c: g.out_c, f, out };
             dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
@@ -775,11 +818,12 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
 }
 
 #[inline(always)]
-unsafe fn add8(pa: *const u8, pb: *const u8, zav: __m256i, zbv: __m256i, mav: __m256i, mbv: __m256i, f: &Fin) -> __m256i {
+#[allow(clippy::too_many_arguments)]
+unsafe fn add8(pa: *const u8, pb: *const u8, zav: __m256i, zbv: __m256i, mav: __m256i, mbv: __m256i, off: __m256i, f: &Fin) -> __m256i {
     let xa = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pa as *const __m128i)), zav);
     let xb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pb as *const __m128i)), zbv);
-    let even = _mm256_add_epi64(_mm256_mul_epi32(xa, mav), _mm256_mul_epi32(xb, mbv));
-    let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xa, 32), mav), _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mbv));
+    let even = _mm256_add_epi64(_mm256_add_epi64(_mm256_mul_epi32(xa, mav), _mm256_mul_epi32(xb, mbv)), off);
+    let odd = _mm256_add_epi64(_mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xa, 32), mav), _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mbv)), off);
     finish(even, odd, f)
 }
 
@@ -788,13 +832,14 @@ unsafe fn add8(pa: *const u8, pb: *const u8, zav: __m256i, zbv: __m256i, mav: __
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     let n = out.len().min(a.len()).min(b.len());
-    let f = fin(shift, zo, qmin, qmax);
+    let f = fin(shift, zo, qmin, qmax, 255 * (ma.unsigned_abs() as u128 + mb.unsigned_abs() as u128));
+    let off = fin_bias(&f, 0);
     let (zav, zbv) = (_mm256_set1_epi32(za), _mm256_set1_epi32(zb));
     let (mav, mbv) = (_mm256_set1_epi64x(ma), _mm256_set1_epi64x(mb));
     let mut i = 0;
     while i + 16 <= n {
-        let v0 = add8(a.as_ptr().add(i), b.as_ptr().add(i), zav, zbv, mav, mbv, &f);
-        let v1 = add8(a.as_ptr().add(i + 8), b.as_ptr().add(i + 8), zav, zbv, mav, mbv, &f);
+        let v0 = add8(a.as_ptr().add(i), b.as_ptr().add(i), zav, zbv, mav, mbv, off, &f);
+        let v1 = add8(a.as_ptr().add(i + 8), b.as_ptr().add(i + 8), zav, zbv, mav, mbv, off, &f);
         _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, pack16(v0, v1));
         i += 16;
     }
