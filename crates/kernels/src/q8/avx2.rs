@@ -237,26 +237,123 @@ pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, si
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
     let f = sink_fin(sink, k as u128 * 255 * 255);
-    for jp in 0..np {
-        let bp = b.as_ptr().add(jp * kp * NR * 2);
-        let cols = NR.min(n - jp * NR);
-        for ib in 0..mb {
-            let ap = a.as_ptr().add(ib * kp * MR * 2) as *const i32;
-            let mut c = [[_mm256_setzero_si256(); 2]; MR];
-            for p in 0..kp {
-                let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
-                let b1 = _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i);
-                let aw = ap.add(p * MR);
-                for (r, cr) in c.iter_mut().enumerate() {
-                    let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
-                    cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w));
-                    cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w));
+    let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
+    match sink {
+        Sink::Requant { mult, bias, out, .. } => {
+            assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
+            let dst = GemmOut::Bytes { mult, bias, out: out.as_mut_ptr() };
+            if f.fast {
+                gemm_loop::<true>(a, m, kp, b, n, &f, &dst)
+            } else {
+                gemm_loop::<false>(a, m, kp, b, n, &f, &dst)
+            }
+        }
+        Sink::Acc(acc) => {
+            assert!(acc.len() >= m * n);
+            gemm_loop::<false>(a, m, kp, b, n, &f, &GemmOut::Acc(acc.as_mut_ptr()))
+        }
+    }
+}
+
+/// Output of [`gemm_loop`]: row-major `[m × n]`.
+enum GemmOut<'a> {
+    Bytes { mult: &'a [i64], bias: &'a [i64], out: *mut u8 },
+    Acc(*mut i32),
+}
+
+/// The `MR × 8·H` micro-kernel over `kp` k-pairs (`H = 1`: only the panel's first 8 columns),
+/// two k-pairs per iteration.
+#[inline(always)]
+unsafe fn gemm_tile<const H: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 2]; MR] {
+    let mut c = [[_mm256_setzero_si256(); 2]; MR];
+    let mut p = 0;
+    while p + 2 <= kp {
+        gemm_step::<H>(&mut c, ap, bp, p);
+        gemm_step::<H>(&mut c, ap, bp, p + 1);
+        p += 2;
+    }
+    if p < kp {
+        gemm_step::<H>(&mut c, ap, bp, p);
+    }
+    c
+}
+
+/// One k-pair of [`gemm_tile`].
+#[inline(always)]
+unsafe fn gemm_step<const H: usize>(c: &mut [[__m256i; 2]; MR], ap: *const i32, bp: *const i16, p: usize) {
+    let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
+    let b1 = if H == 2 { _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i) } else { b0 };
+    let aw = ap.add(p * MR);
+    for (r, cr) in c.iter_mut().enumerate() {
+        let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
+        cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w));
+        if H == 2 {
+            cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w));
+        }
+    }
+}
+
+/// One channel's 16 (or `cols`) outputs → bytes, with the short rounding path when `FAST`.
+#[inline(always)]
+unsafe fn row_bytes<const FAST: bool>(f: &Fin, m: i64, bias: i64, v0: __m256i, v1: __m256i) -> __m128i {
+    let mv = _mm256_set1_epi64x(m);
+    let bv = _mm256_set1_epi64x(if FAST { bias.wrapping_add(f.off) } else { bias });
+    pack16(fin8::<FAST>(f, v0, mv, bv), fin8::<FAST>(f, v1, mv, bv))
+}
+
+/// [`requant8`] with the rounding path fixed at compile time.
+#[inline(always)]
+unsafe fn fin8<const FAST: bool>(f: &Fin, acc: __m256i, mv: __m256i, bv: __m256i) -> __m256i {
+    let even = _mm256_add_epi64(_mm256_mul_epi32(acc, mv), bv);
+    let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mv), bv);
+    let (e, o) = if FAST { (round64_fast(even, f), round64_fast(odd, f)) } else { (round64(even, f), round64(odd, f)) };
+    let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
+    _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
+}
+
+#[inline(always)]
+unsafe fn gemm_store<const FAST: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+    for (r, cr) in c.iter().enumerate() {
+        if r >= rows {
+            break;
+        }
+        let row = row0 + r;
+        match dst {
+            GemmOut::Bytes { mult, bias, out } => {
+                let bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
+                let d = out.add(row * n + col);
+                if cols == 16 {
+                    _mm_storeu_si128(d as *mut __m128i, bytes);
+                } else if cols == 8 {
+                    _mm_storel_epi64(d as *mut __m128i, bytes);
+                } else {
+                    let mut tmp = [0u8; 16];
+                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
                 }
             }
-            let rows = MR.min(m - ib * MR);
-            for (r, cr) in c.iter().enumerate().take(rows) {
-                sink16(sink, &f, ib * MR + r, jp * NR, n, cols, cr[0], cr[1]);
+            GemmOut::Acc(acc) => {
+                let d = acc.add(row * n + col);
+                let mut tmp = [0i32; 16];
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, cr[0]);
+                _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, cr[1]);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
             }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_loop<const FAST: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
+    let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    for jp in 0..np {
+        let bp = b.add(jp * kp * NR * 2);
+        let cols = NR.min(n - jp * NR);
+        for ib in 0..mb {
+            let ap = a.add(ib * kp * MR);
+            let rows = MR.min(m - ib * MR);
+            let c = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+            gemm_store::<FAST>(&c, ib * MR, rows, jp * NR, cols, n, f, dst);
         }
     }
 }
