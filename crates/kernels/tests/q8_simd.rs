@@ -193,6 +193,21 @@ proptest! {
     }
 
     #[test]
+    fn quantize_matches_reference(n in 0usize..200, scale_exp in -12i32..6, zp in 0i32..=255, seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let scale = (scale_exp as f32).exp2() * (1.0 + (rng.next() % 1000) as f32 / 1000.0);
+        let x: Vec<f32> = (0..n).map(|_| match rng.next() % 8 {
+            0 => (rng.range(-300, 300) as f32 + 0.5) * scale, // ties (when exact)
+            1 => [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30, f32::MIN_POSITIVE][rng.next() as usize % 8],
+            _ => (rng.range(-1 << 20, 1 << 20) as f32 / 1024.0) * scale * 3.0,
+        }).collect();
+        let (mut want, mut got) = (vec![0u8; n], vec![7u8; n]);
+        q8::quantize_f32_reference(&x, scale, zp, &mut want);
+        q8::quantize_f32(&x, scale, zp, &mut got);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
     fn requantize_matches_reference(n in 0usize..2000, zp in 0i32..=255, zo in 0i32..=255, lo in 0i32..=100, hi in 150i32..=255, seed in any::<u64>()) {
         let mut rng = Rng(seed | 1);
         let x = rng.bytes(n, false);

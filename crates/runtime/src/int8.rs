@@ -109,17 +109,6 @@ impl Step {
     }
 }
 
-/// `QuantizeLinear` of one value: round half to even, add the zero-point, clamp to uint8.
-/// `round_ties_even` through the 1.5·2^23 trick (exact for |x| < 2^22; beyond that the value
-/// clamps to 0 or 255 either way, and NaN stays NaN, i.e. 0 + zp as with `round_ties_even`).
-#[inline]
-fn quantize_value(v: f32, grid: Grid) -> u8 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    let x = (v / grid.scale).clamp(-4_194_304.0, 4_194_304.0);
-    let r = if x.abs() < 4_194_304.0 { (x + MAGIC) - MAGIC } else { x };
-    (r as i64 + grid.zp as i64).clamp(0, 255) as u8
-}
-
 fn err(n: &Node, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::Node { node: n.name.clone(), op: n.op.name().into(), reason: reason.into() }
 }
@@ -547,9 +536,7 @@ impl Int8Engine {
                     let Some(Value::F(t)) = &st.vals[*input] else { unreachable!() };
                     let x = t.as_f32().map_err(|e| RuntimeError::Other(e.to_string()))?;
                     // Same rounding as QuantizeLinear; int8 grids arrive already shifted into uint8.
-                    for (d, &v) in data.iter_mut().zip(x) {
-                        *d = quantize_value(v, *grid);
-                    }
+                    q8::quantize_f32(x, grid.scale, grid.zp, &mut data);
                     st.vals[*output] = Some(Value::Q { shape, data });
                 }
                 Step::Dequantize { input, output, grid } => {

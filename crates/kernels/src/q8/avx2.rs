@@ -967,3 +967,29 @@ pub unsafe fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: s
         *o = super::clamp_u8(zo as i64 + r.apply(sum), 0, 255);
     }
 }
+
+/// 8 floats → `round_ties_even(v / scale)` clamped to ±2^22 (NaN → 0), as i32, plus `zp`,
+/// clamped to [0, 255].
+#[inline(always)]
+unsafe fn quantize8(p: *const f32, sv: __m256, lim: __m256, zpv: __m256i) -> __m256i {
+    let y = _mm256_div_ps(_mm256_loadu_ps(p), sv);
+    let y = _mm256_and_ps(y, _mm256_cmp_ps(y, y, _CMP_ORD_Q));
+    let y = _mm256_min_ps(_mm256_max_ps(y, _mm256_sub_ps(_mm256_setzero_ps(), lim)), lim);
+    let r = _mm256_cvtps_epi32(_mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, zpv), _mm256_setzero_si256()), _mm256_set1_epi32(255))
+}
+
+/// AVX2 [`super::quantize_f32_reference`]: the same IEEE division, round half to even.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_f32(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
+    let n = x.len().min(out.len());
+    let (sv, lim, zpv) = (_mm256_set1_ps(scale), _mm256_set1_ps(4_194_304.0), _mm256_set1_epi32(zp));
+    let mut i = 0;
+    while i + 16 <= n {
+        let a = quantize8(x.as_ptr().add(i), sv, lim, zpv);
+        let b = quantize8(x.as_ptr().add(i + 8), sv, lim, zpv);
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, pack16(a, b));
+        i += 16;
+    }
+    super::quantize_f32_reference(&x[i..n], scale, zp, &mut out[i..n]);
+}

@@ -86,3 +86,14 @@ pub fn requantize_u8(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, q
         *o = lut[x as usize];
     }
 }
+
+/// Float → uint8 grid (see [`super::quantize_f32_reference`]).
+pub fn quantize_f32(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { super::avx2::quantize_f32(x, scale, zp, out) };
+        return;
+    }
+    super::quantize_f32_reference(x, scale, zp, out)
+}
