@@ -308,6 +308,20 @@ mod avx2 {
             prop_assert_eq!(got, want);
         }
 
+        /// im2col columns (x − zp, padding 0) equal the reference's, whatever was in the buffer.
+        #[test]
+        fn im2col_matches_reference(c in conv_case(0)) {
+            if !have() { return Ok(()); }
+            let g = &c.g;
+            let d = conv_data(&c);
+            let n = g.weights_per_output() * g.out_h * g.out_w;
+            let mut want = vec![0i16; n];
+            q8::im2col_q_reference(&d.input, c.zp_in, g, 0, g.in_c, &mut want);
+            let mut got = vec![-7i16; n];
+            unsafe { q8::avx2::im2col_q(&d.input, c.zp_in, g, 0, g.in_c, &mut got) };
+            prop_assert_eq!(got, want);
+        }
+
         /// Raw depthwise accumulators equal the reference's.
         #[test]
         fn depthwise_acc_matches_reference(c in conv_case(1)) {

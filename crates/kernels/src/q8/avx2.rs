@@ -886,7 +886,7 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
                         pack_b_u8(input, zp_in, k, spatial, bpack);
                     } else {
                         cols.resize(k * spatial, 0);
-                        im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, cols);
+                        im2col_q(input, zp_in, g, grp * cin_g, cin_g, cols);
                         pack_b_i16(cols, k, spatial, bpack);
                     }
                     let a = &data[grp * blk..(grp + 1) * blk];
@@ -992,4 +992,66 @@ pub unsafe fn quantize_f32(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
         i += 16;
     }
     super::quantize_f32_reference(&x[i..n], scale, zp, &mut out[i..n]);
+}
+
+/// AVX2 [`super::im2col_q_reference`] (same `[(c·kh·kw) × (oh·ow)]` i16 layout): each row
+/// segment inside the input is converted 16 values at a time (stride 2: the even bytes of 32),
+/// padding is 0. Any stride/dilation; strides other than 1 and 2 go element by element.
+#[target_feature(enable = "avx2")]
+pub unsafe fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
+    let (oh, ow) = (g.out_h, g.out_w);
+    let [kh, kw] = g.kernel;
+    let sx = g.strides[1];
+    let n = oh * ow;
+    assert!(cols.len() >= c_count * kh * kw * n && input.len() >= (c_begin + c_count) * g.in_h * g.in_w);
+    let zpv = _mm256_set1_epi16(zp as i16);
+    // Per 128-bit lane: bytes 0,2,…,14 to the low half.
+    let even = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1, 0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
+    let d0 = cols.as_mut_ptr();
+    let end = d0.add(cols.len());
+    let mut row = 0;
+    for c in c_begin..c_begin + c_count {
+        let plane = input.as_ptr().add(c * g.in_h * g.in_w);
+        let plane_end = input.as_ptr().add(input.len());
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
+                let dst = d0.add(row * n);
+                for oy in 0..oh {
+                    let d = dst.add(oy * ow);
+                    if oy < y0 || oy >= y1 || x0 >= x1 {
+                        std::ptr::write_bytes(d, 0, ow);
+                        continue;
+                    }
+                    let iy = oy * g.strides[0] + ky * g.dilations[0] - g.pad_top;
+                    let src = plane.add(iy * g.in_w + x0 * sx + kx * g.dilations[1] - g.pad_left);
+                    let mut ox = x0;
+                    let mut s = src;
+                    while ox < x1 {
+                        let reads = if sx == 2 { 32 } else { 16 };
+                        if (sx == 1 || sx == 2) && d.add(ox + 16) <= end && s.add(reads) <= plane_end {
+                            let v = if sx == 1 {
+                                _mm256_cvtepu8_epi16(_mm_loadu_si128(s as *const __m128i))
+                            } else {
+                                let t = _mm256_shuffle_epi8(_mm256_loadu_si256(s as *const __m256i), even);
+                                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(_mm256_permute4x64_epi64(t, 0b1000)))
+                            };
+                            // Lanes past x1 are overwritten below (zeros) or by the next segment.
+                            _mm256_storeu_si256(d.add(ox) as *mut __m256i, _mm256_sub_epi16(v, zpv));
+                            ox += 16;
+                            s = s.add(16 * sx);
+                        } else {
+                            *d.add(ox) = (*s as i32 - zp) as i16;
+                            ox += 1;
+                            s = s.add(sx);
+                        }
+                    }
+                    std::ptr::write_bytes(d, 0, x0);
+                    std::ptr::write_bytes(d.add(x1), 0, ow - x1);
+                }
+                row += 1;
+            }
+        }
+    }
 }
