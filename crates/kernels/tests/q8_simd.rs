@@ -137,6 +137,13 @@ fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
     prop_assert_eq!(&got, &want, "dispatched conv, {:?}", g);
     let got = run(&|o, s| q8::conv_q8_portable(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s));
     prop_assert_eq!(&got, &want, "portable conv, {:?}", g);
+    // With a per-channel cap (fused into the AVX2 epilogues): the reference output, capped.
+    let mut rng = Rng(c.seed ^ 0x9e37_79b9_7f4a_7c15 | 1);
+    let cmax: Vec<u8> = (0..g.out_c).map(|_| if rng.next() % 4 == 0 { 255 } else { rng.next() as u8 }).collect();
+    let mut capped = want.clone();
+    q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
+    let got = run(&|o, s| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, g, o, s));
+    prop_assert_eq!(&got, &capped, "capped conv, {:?}", g);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && q8::avx2::conv_supported(&d.parts, g) {
         // A reused scratch (dirty from a previous call) must not change anything either.
@@ -204,6 +211,17 @@ proptest! {
         let (mut want, mut got) = (vec![0u8; n], vec![7u8; n]);
         q8::quantize_f32_reference(&x, scale, zp, &mut want);
         q8::quantize_f32(&x, scale, zp, &mut got);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn clamp_channels_matches_reference(images in 1usize..3, ch in 1usize..9, inner in 1usize..120, seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let x = rng.bytes(images * ch * inner, false);
+        let qmax = rng.bytes(ch, false);
+        let (mut want, mut got) = (x.clone(), x);
+        q8::clamp_channels_u8_reference(&mut want, inner, &qmax);
+        q8::clamp_channels_u8(&mut got, inner, &qmax);
         prop_assert_eq!(got, want);
     }
 
@@ -430,6 +448,11 @@ fn conv_threads_do_not_change_results() {
             let mut got = vec![0x5Au8; n];
             pool.install(|| q8::conv_q8(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &g, &mut got, &mut Scratch::default()));
             assert_eq!(got, want, "{threads} threads, {g:?}");
+            let cmax: Vec<u8> = (0..g.out_c).map(|i| (97 * i % 256) as u8).collect();
+            let mut capped = want.clone();
+            q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
+            pool.install(|| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, &g, &mut got, &mut Scratch::default()));
+            assert_eq!(got, capped, "{threads} threads, capped, {g:?}");
         }
     }
 }

@@ -37,7 +37,8 @@ enum Arg {
 enum Step {
     Quantize { input: usize, output: usize, grid: Grid },
     Dequantize { input: usize, output: usize, grid: Grid },
-    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
+    /// `cmax`: per-channel upper clamp fused into the conv (an equalized ReLU6 bound).
+    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, cmax: Option<Vec<u8>>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
     Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid },
     GlobalAvgPool { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid },
     /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
@@ -290,7 +291,7 @@ impl<'g> Lowering<'g> {
             }
             conv_parts.push(ConvPart::new(weight, requant, geom));
         }
-        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, geom: *geom, out_shape_per_image: out_shape.clone() };
+        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, cmax: None, geom: *geom, out_shape_per_image: out_shape.clone() };
         Some((src, step))
     }
 }
@@ -433,10 +434,17 @@ impl Int8Engine {
                     }
                     _ => unreachable!("only integer steps are planned in pass 1"),
                 }
-                steps.push(step);
-                if let Some(qmax) = channel_bounds.remove(&i) {
-                    steps.push(Step::ClampChannels { slot: output, qmax });
+                if let Some(bound) = channel_bounds.remove(&i) {
+                    match &mut step {
+                        Step::Conv { cmax, .. } => *cmax = Some(bound),
+                        _ => {
+                            steps.push(step);
+                            steps.push(Step::ClampChannels { slot: output, qmax: bound });
+                            continue;
+                        }
+                    }
                 }
+                steps.push(step);
                 continue;
             }
             if absorbed.contains(&i) || lw.const_dqs.contains_key(&n.outputs[0]) {
@@ -544,7 +552,7 @@ impl Int8Engine {
                     let f = data.iter().map(|&q| (q as i32 - grid.zp) as f32 * grid.scale).collect();
                     st.vals[*output] = Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
                 }
-                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, geom, out_shape_per_image } => {
+                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, geom, out_shape_per_image } => {
                     let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
                     let images = shape[0];
                     let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
@@ -552,7 +560,11 @@ impl Int8Engine {
                     let RunState { vals, scratch, .. } = &mut *st;
                     let Some(Value::Q { data, .. }) = &vals[*input] else { unreachable!() };
                     for b in 0..images {
-                        q8::conv_q8(&data[b * isz..(b + 1) * isz], *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, &mut o[b * osz..(b + 1) * osz], scratch);
+                        let (x, y) = (&data[b * isz..(b + 1) * isz], &mut o[b * osz..(b + 1) * osz]);
+                        match cmax {
+                            Some(cm) => q8::conv_q8_clamped(x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, cm, geom, y, scratch),
+                            None => q8::conv_q8(x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, y, scratch),
+                        }
                     }
                     let mut s = vec![images];
                     s.extend_from_slice(out_shape_per_image);
@@ -591,10 +603,7 @@ impl Int8Engine {
                 Step::ClampChannels { slot, qmax } => {
                     let Some(Value::Q { shape, data }) = &mut st.vals[*slot] else { return Err(RuntimeError::Other("clamp of a non-quantized value".into())) };
                     let inner: usize = shape[2..].iter().product();
-                    for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
-                        let m = qmax[i % qmax.len()];
-                        chunk.iter_mut().for_each(|v| *v = (*v).min(m));
-                    }
+                    q8::clamp_channels_u8(data, inner, qmax);
                 }
                 Step::Float { node, args, output } => {
                     let RunState { vals, fscratch, .. } = &mut *st;

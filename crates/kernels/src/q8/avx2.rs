@@ -234,6 +234,12 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
 /// results to `sink` (rows relative to this group).
 #[target_feature(enable = "avx2")]
 pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink) {
+    gemm_packed_cmax(a, m, k, b, n, sink, None)
+}
+
+/// [`gemm_packed`], each output row `r` also capped at `cmax[r]` (requantizing sinks only).
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>) {
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
     let f = sink_fin(sink, k as u128 * 255 * 255);
@@ -241,23 +247,25 @@ pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, si
     match sink {
         Sink::Requant { mult, bias, out, .. } => {
             assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
-            let dst = GemmOut::Bytes { mult, bias, out: out.as_mut_ptr() };
-            if f.fast {
-                gemm_loop::<true>(a, m, kp, b, n, &f, &dst)
-            } else {
-                gemm_loop::<false>(a, m, kp, b, n, &f, &dst)
+            assert!(cmax.is_none_or(|c| c.len() >= m));
+            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr() };
+            match (f.fast, cmax.is_some()) {
+                (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
+                (true, true) => gemm_loop::<true, true>(a, m, kp, b, n, &f, &dst),
+                (false, false) => gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst),
+                (false, true) => gemm_loop::<false, true>(a, m, kp, b, n, &f, &dst),
             }
         }
         Sink::Acc(acc) => {
             assert!(acc.len() >= m * n);
-            gemm_loop::<false>(a, m, kp, b, n, &f, &GemmOut::Acc(acc.as_mut_ptr()))
+            gemm_loop::<false, false>(a, m, kp, b, n, &f, &GemmOut::Acc(acc.as_mut_ptr()))
         }
     }
 }
 
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
-    Bytes { mult: &'a [i64], bias: &'a [i64], out: *mut u8 },
+    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8 },
     Acc(*mut i32),
 }
 
@@ -312,15 +320,19 @@ unsafe fn fin8<const FAST: bool>(f: &Fin, acc: __m256i, mv: __m256i, bv: __m256i
 }
 
 #[inline(always)]
-unsafe fn gemm_store<const FAST: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     for (r, cr) in c.iter().enumerate() {
         if r >= rows {
             break;
         }
         let row = row0 + r;
         match dst {
-            GemmOut::Bytes { mult, bias, out } => {
-                let bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
+            GemmOut::Bytes { mult, bias, cmax, out } => {
+                let mut bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
+                if CAP {
+                    let cm = cmax.unwrap_unchecked();
+                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
+                }
                 let d = out.add(row * n + col);
                 if cols == 16 {
                     _mm_storeu_si128(d as *mut __m128i, bytes);
@@ -344,7 +356,7 @@ unsafe fn gemm_store<const FAST: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows
 }
 
 #[inline(always)]
-unsafe fn gemm_loop<const FAST: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
+unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
     let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
     for jp in 0..np {
         let bp = b.add(jp * kp * NR * 2);
@@ -353,7 +365,7 @@ unsafe fn gemm_loop<const FAST: bool>(a: *const i32, m: usize, kp: usize, b: *co
             let ap = a.add(ib * kp * MR);
             let rows = MR.min(m - ib * MR);
             let c = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
-            gemm_store::<FAST>(&c, ib * MR, rows, jp * NR, cols, n, f, dst);
+            gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols, n, f, dst);
         }
     }
 }
@@ -526,7 +538,7 @@ unsafe fn interleave_eo(e: __m256i, o: __m256i) -> (__m256i, __m256i) {
 /// Where [`dw_channels`] writes: requantized bytes or raw accumulators (`P = 1` only), rows
 /// relative to the first channel of the range.
 enum DwOut<'a> {
-    Requant { mult: &'a [i64], bias: &'a [i64], out_c: usize, f: Fin, out: &'a mut [u8] },
+    Requant { mult: &'a [i64], bias: &'a [i64], out_c: usize, f: Fin, cmax: Option<&'a [u8]>, out: &'a mut [u8] },
     Acc(&'a mut [i32]),
 }
 
@@ -565,7 +577,7 @@ unsafe fn store_bytes(dst: *mut u8, bytes: __m128i, cols: usize, room: usize) {
 /// Channels `c0..c1` of a depthwise conv over `P` weight parts (see [`depthwise_parts`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
+unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const CAP: bool>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
     let (kh, kw2) = if KH > 0 { (KH, KW2) } else { (pl.kh, pl.kw2) };
     let (oh, ow) = (g.out_h, g.out_w);
     let (sy, sx) = (g.strides[0], g.strides[1]);
@@ -586,8 +598,13 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
         }
         let base = plane.as_ptr();
         let row = c - c0;
+        let cap = match out {
+            DwOut::Requant { cmax: Some(m), .. } => _mm_set1_epi8(m[c] as i8),
+            _ => _mm_set1_epi8(-1),
+        };
         if pl.flat {
-            let DwOut::Requant { mult, bias, out_c, f, out } = out else { unreachable!("flat needs a requant sink") };
+            let DwOut::Requant { mult, bias, out_c, f, cmax, out } = out else { unreachable!("flat needs a requant sink") };
+            let cm = _mm_set1_epi8(cmax.map_or(255, |m| m[c]) as i8);
             let lp = line.as_mut_ptr();
             for blk in 0..nflat {
                 let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &wp);
@@ -596,7 +613,11 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
                 for p in 0..P {
                     (v0[p], v1[p]) = interleave_eo(e[p], o[p]);
                 }
-                _mm_storeu_si128(lp.add(blk * 16) as *mut __m128i, dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1));
+                let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1);
+                if CAP {
+                    bytes = _mm_min_epu8(bytes, cm);
+                }
+                _mm_storeu_si128(lp.add(blk * 16) as *mut __m128i, bytes);
             }
             let dst = out.as_mut_ptr().add(row * spatial);
             for oy in 0..oh {
@@ -627,8 +648,11 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
                 }
                 let pos = oy * ow + ox0;
                 match out {
-                    DwOut::Requant { mult, bias, out_c, f, out } => {
-                        let bytes = dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1);
+                    DwOut::Requant { mult, bias, out_c, f, out, .. } => {
+                        let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1);
+                        if CAP {
+                            bytes = _mm_min_epu8(bytes, cap);
+                        }
                         store_bytes(out.as_mut_ptr().add(row * spatial + pos), bytes, cols, spatial - pos);
                     }
                     DwOut::Acc(acc) => {
@@ -649,10 +673,14 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_dispatch<const P: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
-    match (pl.kh, pl.kw2) {
-        (3, 2) => dw_channels::<P, 3, 2>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        (5, 3) => dw_channels::<P, 5, 3>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        _ => dw_channels::<P, 0, 0>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+    let cap = matches!(out, DwOut::Requant { cmax: Some(_), .. });
+    match (pl.kh, pl.kw2, cap) {
+        (3, 2, false) => dw_channels::<P, 3, 2, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (5, 3, false) => dw_channels::<P, 5, 3, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (_, _, false) => dw_channels::<P, 0, 0, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (3, 2, true) => dw_channels::<P, 3, 2, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (5, 3, true) => dw_channels::<P, 5, 3, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (_, _, true) => dw_channels::<P, 0, 0, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
     }
 }
 
@@ -671,6 +699,14 @@ pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i
 /// are relative to `range.start`, its `mult`/`bias` indexed by absolute channel.
 #[target_feature(enable = "avx2")]
 pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink) {
+    depthwise_range_cmax::<P>(input, zp, pairs, g, range, plane, sink, None)
+}
+
+/// [`depthwise_range`], channel `c` also capped at `cmax[c]` (absolute index; requantizing
+/// sinks only).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink, cmax: Option<&[u8]>) {
     let (ih, iw) = (g.in_h, g.in_w);
     let [kh, kw] = g.kernel;
     let kw2 = kw.div_ceil(2);
@@ -690,11 +726,12 @@ pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i
             let pl = dw_plan(g, true);
             let msum: u128 = (0..P).map(|p| max_abs(&mult[p * g.out_c..(p + 1) * g.out_c])).sum();
             let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, (kh * kw) as u128 * 255 * 255));
-            let mut o = DwOut::Requant { mult, bias, out_c: g.out_c, f, out };
+            assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
+            let mut o = DwOut::Requant { mult, bias, out_c: g.out_c, f, cmax, out };
             dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
         Sink::Acc(acc) => {
-            assert!(P == 1, "depthwise_parts: several parts need a Requant sink");
+            assert!(P == 1 && cmax.is_none(), "depthwise_parts: several parts (or a cap) need a Requant sink");
             assert!(acc.len() >= rows * spatial);
             let pl = dw_plan(g, false);
             let mut o = DwOut::Acc(acc);
@@ -766,7 +803,8 @@ fn tasks_for(macs: usize) -> usize {
 /// Depthwise over channel chunks in parallel (`tasks` > 1), each with its own plane; `sink`
 /// must be `Sink::Requant` over all `out_c` channels.
 #[target_feature(enable = "avx2")]
-unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize, cmax: Option<&[u8]>) {
     let spatial = g.out_h * g.out_w;
     let chunk = g.out_c.div_ceil(tasks.max(1));
     match sink {
@@ -777,21 +815,21 @@ unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P
                 let mut plane = Vec::new();
                 let mut sink = Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out: o };
                 // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-                unsafe { depthwise_range::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink) };
+                unsafe { depthwise_range_cmax::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink, cmax) };
             });
         }
-        _ => depthwise_range::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink),
+        _ => depthwise_range_cmax::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink, cmax),
     }
 }
 
 /// [`gemm_packed`] with a requantizing sink, its output-channel blocks split over `tasks`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize) {
+unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>) {
     let mb = m.div_ceil(MR);
     let tasks = tasks.min(mb);
     if tasks <= 1 || n == 0 {
-        return gemm_packed(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out });
+        return gemm_packed_cmax(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out }, cmax);
     }
     let per = mb.div_ceil(tasks) * MR;
     let ablk = k.div_ceil(2) * MR * 2;
@@ -799,7 +837,7 @@ unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i
         let (r0, r1) = (i * per, ((i + 1) * per).min(m));
         let mut sink = Sink::Requant { mult: &mult[r0..r1], bias: &bias[r0..r1], shift, zp, qmin, qmax, out: o };
         // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-        unsafe { gemm_packed(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink) };
+        unsafe { gemm_packed_cmax(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink, cmax.map(|c| &c[r0..r1])) };
     });
 }
 
@@ -811,7 +849,18 @@ const GEMV_MAX_N: usize = 4;
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    conv_q8_clamped(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, None, g, out, scratch)
+}
+
+/// [`conv_q8`] with output channel `c` also capped at `cmax[c]` (see
+/// [`super::conv_q8_clamped`]): fused into the epilogue of the single-part and depthwise paths.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     assert!(conv_supported(parts, g));
+    assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
+    // Paths without a fused cap apply it afterwards.
+    let mut post_cap = cmax;
     let spatial = g.out_h * g.out_w;
     let cin_g = g.in_c / g.group;
     let cout_g = g.out_c / g.group;
@@ -835,9 +884,9 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
             let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
             let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
-                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks);
+                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks, cmax);
             } else {
-                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks);
+                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks, cmax);
             }
             return;
         }
@@ -859,7 +908,8 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
             PackedWeights::Depthwise { pairs, .. } => {
                 if single {
                     let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
-                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()));
+                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()), cmax);
+                    post_cap = None;
                 } else {
                     depthwise(input, zp_in, pairs, g, bpack, &mut Sink::Acc(&mut acc[..]));
                 }
@@ -891,7 +941,10 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
                     }
                     let a = &data[grp * blk..(grp + 1) * blk];
                     match sink {
-                        Sink::Requant { mult, bias, out, .. } if g.group == 1 => gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs())),
+                        Sink::Requant { mult, bias, out, .. } if g.group == 1 => {
+                            gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), cmax);
+                            post_cap = None;
+                        }
                         _ => gemm_packed(a, cout_g, k, bpack, spatial, &mut sink),
                     }
                 }
@@ -911,6 +964,9 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
         for (o, &f) in out.iter_mut().zip(fixed.iter()) {
             *o = (out_zp as i64 + round_shift(f, shift)).clamp(qmin as i64, qmax as i64) as u8;
         }
+    }
+    if let Some(cm) = post_cap {
+        clamp_channels_u8(&mut out[..g.out_c * spatial], spatial, &cm[..g.out_c]);
     }
 }
 
@@ -1052,6 +1108,31 @@ pub unsafe fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, 
                 }
                 row += 1;
             }
+        }
+    }
+}
+
+/// AVX2 [`super::clamp_channels_u8_reference`]: 32 bytes per `vpminub`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn clamp_channels_u8(data: &mut [u8], inner: usize, qmax: &[u8]) {
+    for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
+        let m = qmax[i % qmax.len()];
+        let (p, len) = (chunk.as_mut_ptr(), chunk.len());
+        let mv = _mm256_set1_epi8(m as i8);
+        let mut j = 0;
+        while j + 32 <= len {
+            let v = _mm256_loadu_si256(p.add(j) as *const __m256i);
+            _mm256_storeu_si256(p.add(j) as *mut __m256i, _mm256_min_epu8(v, mv));
+            j += 32;
+        }
+        if j + 16 <= len {
+            let v = _mm_loadu_si128(p.add(j) as *const __m128i);
+            _mm_storeu_si128(p.add(j) as *mut __m128i, _mm_min_epu8(v, _mm256_castsi256_si128(mv)));
+            j += 16;
+        }
+        while j < len {
+            *p.add(j) = (*p.add(j)).min(m);
+            j += 1;
         }
     }
 }

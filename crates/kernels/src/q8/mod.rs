@@ -14,7 +14,7 @@ pub use pack::{pack_b_i16, pack_b_u8, PackedWeights, MR, NR};
 pub mod avx2;
 
 mod dispatch;
-pub use dispatch::{add_q8, conv_q8, conv_q8_portable, global_avg_pool_q8, quantize_f32, requantize_u8, simd_level, SimdLevel};
+pub use dispatch::{add_q8, clamp_channels_u8, conv_q8, conv_q8_clamped, conv_q8_portable, global_avg_pool_q8, quantize_f32, requantize_u8, simd_level, SimdLevel};
 
 /// Fixed-point multiplier: `apply(acc) = round(acc · multiplier / 2^shift)`, ties rounded away
 /// from zero (as gemmlowp's RoundingDivideByPOT does). Multipliers are kept in [2^29, 2^30) so
@@ -237,6 +237,15 @@ pub fn quantize_one(v: f32, scale: f32, zp: i32) -> u8 {
 pub fn quantize_f32_reference(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = quantize_one(v, scale, zp);
+    }
+}
+
+/// Per-channel upper clamp in place: `data` is `[…][channel][inner]`, channel `i` of each image
+/// capped at `qmax[i % qmax.len()]`.
+pub fn clamp_channels_u8_reference(data: &mut [u8], inner: usize, qmax: &[u8]) {
+    for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
+        let m = qmax[i % qmax.len()];
+        chunk.iter_mut().for_each(|v| *v = (*v).min(m));
     }
 }
 
