@@ -433,6 +433,8 @@ fn conv_threads_do_not_change_results() {
         (ConvGeometry { in_c: 24, in_h: 28, in_w: 28, out_c: 88, out_h: 28, out_w: 28, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
         (ConvGeometry { in_c: 40, in_h: 7, in_w: 7, out_c: 700, out_h: 7, out_w: 7, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
         (ConvGeometry { in_c: 3, in_h: 40, in_w: 40, out_c: 32, out_h: 20, out_w: 20, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 40, in_h: 14, in_w: 14, out_c: 98, out_h: 14, out_w: 14, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 2),
+        (ConvGeometry { in_c: 5, in_h: 30, in_w: 30, out_c: 20, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 1 }, 3),
         (ConvGeometry { in_c: 37, in_h: 30, in_w: 30, out_c: 37, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 37 }, 1),
         (ConvGeometry { in_c: 45, in_h: 14, in_w: 14, out_c: 45, out_h: 7, out_w: 7, kernel: [5, 5], strides: [2, 2], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 45 }, 2),
         (ConvGeometry { in_c: 50, in_h: 14, in_w: 14, out_c: 50, out_h: 14, out_w: 14, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 50 }, 3),

@@ -314,9 +314,100 @@ unsafe fn row_bytes<const FAST: bool>(f: &Fin, m: i64, bias: i64, v0: __m256i, v
 unsafe fn fin8<const FAST: bool>(f: &Fin, acc: __m256i, mv: __m256i, bv: __m256i) -> __m256i {
     let even = _mm256_add_epi64(_mm256_mul_epi32(acc, mv), bv);
     let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mv), bv);
+    fin_eo::<FAST>(f, even, odd)
+}
+
+/// [`finish`] with the rounding path fixed at compile time.
+#[inline(always)]
+unsafe fn fin_eo<const FAST: bool>(f: &Fin, even: __m256i, odd: __m256i) -> __m256i {
     let (e, o) = if FAST { (round64_fast(even, f), round64_fast(odd, f)) } else { (round64(even, f), round64(odd, f)) };
     let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
     _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
+}
+
+/// A split (multi-part) GEMM conv, output rows `r0..r1` (`r0` a multiple of [`MR`]; `out`
+/// holds just those rows): each part's tile is computed over the same B panel and the parts are
+/// summed in the epilogue, `clamp(zp + round_shift(bias[r] + Σ_p acc_p·mult[p·out_c + r]))`
+/// (multipliers in i32 range), then capped at `cmax[r]`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_parts<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
+    let (kp, np) = (k.div_ceil(2), n.div_ceil(NR));
+    let mb = out_c.div_ceil(MR);
+    assert!(r0 % MR == 0 && r1 <= out_c && out.len() >= (r1 - r0) * n && b.len() >= np * kp * NR * 2 && mult.len() >= P * out_c && bias.len() >= out_c);
+    assert!(cmax.is_none_or(|c| c.len() >= out_c));
+    for ap in a.iter() {
+        assert!(ap.len() >= mb * kp * MR * 2);
+    }
+    let msum: u128 = (0..P).map(|p| max_abs(&mult[p * out_c + r0..p * out_c + r1])).sum();
+    let f = fin(shift, zp, qmin, qmax, requant_bound(&bias[r0..r1], msum, k as u128 * 255 * 255));
+    if f.fast {
+        gemm_parts_loop::<P, true>(a, kp, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
+    } else {
+        gemm_parts_loop::<P, false>(a, kp, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], f: &Fin, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
+    let np = n.div_ceil(NR);
+    for jp in 0..np {
+        let bp = b.as_ptr().add(jp * kp * NR * 2);
+        let cols = NR.min(n - jp * NR);
+        for ib in r0 / MR..r1.div_ceil(MR) {
+            let rows = MR.min(r1 - ib * MR);
+            let mut c = [[[_mm256_setzero_si256(); 2]; MR]; P];
+            for p in 0..P {
+                let ap = (a[p].as_ptr() as *const i32).add(ib * kp * MR);
+                c[p] = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+            }
+            for r in 0..rows {
+                let row = ib * MR + r;
+                let bias_r = *bias.get_unchecked(row);
+                let bv = _mm256_set1_epi64x(if FAST { bias_r.wrapping_add(f.off) } else { bias_r });
+                let mut v = [_mm256_setzero_si256(); 2];
+                for (h, vh) in v.iter_mut().enumerate() {
+                    let (mut e, mut o) = (bv, bv);
+                    for (p, cp) in c.iter().enumerate() {
+                        let mv = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + row));
+                        e = _mm256_add_epi64(e, _mm256_mul_epi32(cp[r][h], mv));
+                        o = _mm256_add_epi64(o, _mm256_mul_epi32(_mm256_srli_epi64(cp[r][h], 32), mv));
+                    }
+                    *vh = fin_eo::<FAST>(f, e, o);
+                }
+                let mut bytes = pack16(v[0], v[1]);
+                if let Some(cm) = cmax {
+                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
+                }
+                let d = out.as_mut_ptr().add((row - r0) * n + jp * NR);
+                if cols == 16 {
+                    _mm_storeu_si128(d as *mut __m128i, bytes);
+                } else {
+                    let mut tmp = [0u8; 16];
+                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
+                }
+            }
+        }
+    }
+}
+
+/// [`gemm_parts`] over all `out_c` rows, split over `tasks` row blocks.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, out: &mut [u8], tasks: usize) {
+    let mb = out_c.div_ceil(MR);
+    let tasks = tasks.min(mb).max(1);
+    let per = mb.div_ceil(tasks) * MR;
+    if tasks == 1 || n == 0 {
+        return gemm_parts::<P>(a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, 0, out_c, out);
+    }
+    out[..out_c * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(out_c));
+        // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+        unsafe { gemm_parts::<P>(a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, r0, r1, o) };
+    });
 }
 
 #[inline(always)]
@@ -887,6 +978,36 @@ pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias
                 depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks, cmax);
             } else {
                 depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks, cmax);
+            }
+            return;
+        }
+    }
+    // Split pointwise/dense (2–3 parts, one group): B packed once, parts summed in the epilogue.
+    if (2..=3).contains(&parts.len()) && g.group == 1 && spatial > GEMV_MAX_N {
+        let mut ga: [&[i16]; 3] = [&[], &[], &[]];
+        for (i, part) in parts.iter().enumerate() {
+            if let PackedWeights::Gemm { data, .. } = &part.packed {
+                ga[i] = data;
+            }
+        }
+        let Scratch { cols, bpack, mult, .. } = &mut *scratch;
+        mult.clear();
+        for part in parts {
+            mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
+        }
+        if mult.iter().all(|&m| m == m as i32 as i64) && ga[..parts.len()].iter().all(|p| !p.is_empty()) {
+            if g.is_pointwise() {
+                pack_b_u8(input, zp_in, k, spatial, bpack);
+            } else {
+                cols.resize(k * spatial, 0);
+                im2col_q(input, zp_in, g, 0, g.in_c, cols);
+                pack_b_i16(cols, k, spatial, bpack);
+            }
+            let tasks = tasks_for(g.macs() * parts.len());
+            if parts.len() == 2 {
+                gemm_parts_par::<2>([ga[0], ga[1]], k, bpack, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
+            } else {
+                gemm_parts_par::<3>([ga[0], ga[1], ga[2]], k, bpack, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
             }
             return;
         }
