@@ -72,8 +72,11 @@ pub struct Int8Engine {
 #[derive(Default)]
 struct RunState {
     vals: Vec<Option<Value>>,
-    /// Recycled uint8 buffers (their length is kept so that a reuse writes no zeros).
+    /// Recycled uint8 buffers, each at its high-water length (so that a reuse writes no zeros).
     free: Vec<Vec<u8>>,
+    /// High-water length of every buffer handed out by [`RunState::buffer`], by address: the
+    /// bytes below it were all written by an earlier use of that allocation.
+    written: HashMap<usize, usize>,
     scratch: Scratch,
     fscratch: Vec<f32>,
 }
@@ -87,12 +90,28 @@ impl RunState {
             Some(i) => self.free.swap_remove(i),
             None => Vec::new(),
         };
-        b.resize(len, 0);
+        let before = b.as_ptr() as usize;
+        if b.len() >= len {
+            b.truncate(len);
+        } else {
+            b.resize(len, 0);
+        }
+        let key = b.as_ptr() as usize;
+        if key != before || !self.written.contains_key(&key) {
+            // A new allocation (possibly at an address a dropped buffer had): written up to `len`.
+            self.written.insert(key, len);
+        }
         b
     }
 
     fn recycle(&mut self, slot: usize) {
-        if let Some(Value::Q { data, .. }) = self.vals[slot].take() {
+        if let Some(Value::Q { mut data, .. }) = self.vals[slot].take() {
+            let key = data.as_ptr() as usize;
+            let hw = self.written.get(&key).copied().unwrap_or(0).max(data.len()).min(data.capacity());
+            // SAFETY: u8 has no drop and every byte below `hw` of this allocation was written
+            // by an earlier use (shortening a Vec<u8> leaves its bytes as they were).
+            unsafe { data.set_len(hw) };
+            self.written.insert(key, hw);
             self.free.push(data);
         }
     }
