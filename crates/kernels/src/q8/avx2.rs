@@ -334,7 +334,7 @@ unsafe fn fin_eo<const FAST: bool>(f: &Fin, even: __m256i, odd: __m256i) -> __m2
 unsafe fn gemm_parts<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
     let (kp, np) = (k.div_ceil(2), n.div_ceil(NR));
     let mb = out_c.div_ceil(MR);
-    assert!(r0 % MR == 0 && r1 <= out_c && out.len() >= (r1 - r0) * n && b.len() >= np * kp * NR * 2 && mult.len() >= P * out_c && bias.len() >= out_c);
+    assert!(r0.is_multiple_of(MR) && r1 <= out_c && out.len() >= (r1 - r0) * n && b.len() >= np * kp * NR * 2 && mult.len() >= P * out_c && bias.len() >= out_c);
     assert!(cmax.is_none_or(|c| c.len() >= out_c));
     for ap in a.iter() {
         assert!(ap.len() >= mb * kp * MR * 2);
@@ -411,6 +411,7 @@ unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n:
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     for (r, cr) in c.iter().enumerate() {
         if r >= rows {
@@ -628,6 +629,7 @@ unsafe fn interleave_eo(e: __m256i, o: __m256i) -> (__m256i, __m256i) {
 
 /// Where [`dw_channels`] writes: requantized bytes or raw accumulators (`P = 1` only), rows
 /// relative to the first channel of the range.
+#[allow(clippy::large_enum_variant)]
 enum DwOut<'a> {
     Requant { mult: &'a [i64], bias: &'a [i64], out_c: usize, f: Fin, cmax: Option<&'a [u8]>, out: &'a mut [u8] },
     Acc(&'a mut [i32]),
