@@ -137,6 +137,13 @@ fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
     prop_assert_eq!(&got, &want, "dispatched conv, {:?}", g);
     let got = run(&|o, s| q8::conv_q8_portable(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s));
     prop_assert_eq!(&got, &want, "portable conv, {:?}", g);
+    // With a per-channel cap (fused into the AVX2 epilogues): the reference output, capped.
+    let mut rng = Rng(c.seed ^ 0x9e37_79b9_7f4a_7c15 | 1);
+    let cmax: Vec<u8> = (0..g.out_c).map(|_| if rng.next().is_multiple_of(4) { 255 } else { rng.next() as u8 }).collect();
+    let mut capped = want.clone();
+    q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
+    let got = run(&|o, s| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, g, o, s));
+    prop_assert_eq!(&got, &capped, "capped conv, {:?}", g);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && q8::avx2::conv_supported(&d.parts, g) {
         // A reused scratch (dirty from a previous call) must not change anything either.
@@ -189,6 +196,32 @@ proptest! {
         let (mut want, mut got) = (vec![0u8; c], vec![0u8; c]);
         q8::global_avg_pool_q8_reference(&x, c, zp, r, zo, &mut want);
         q8::global_avg_pool_q8(&x, c, zp, r, zo, &mut got);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn quantize_matches_reference(n in 0usize..200, scale_exp in -12i32..6, zp in 0i32..=255, seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let scale = (scale_exp as f32).exp2() * (1.0 + (rng.next() % 1000) as f32 / 1000.0);
+        let x: Vec<f32> = (0..n).map(|_| match rng.next() % 8 {
+            0 => (rng.range(-300, 300) as f32 + 0.5) * scale, // ties (when exact)
+            1 => [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30, f32::MIN_POSITIVE][rng.next() as usize % 8],
+            _ => (rng.range(-1 << 20, 1 << 20) as f32 / 1024.0) * scale * 3.0,
+        }).collect();
+        let (mut want, mut got) = (vec![0u8; n], vec![7u8; n]);
+        q8::quantize_f32_reference(&x, scale, zp, &mut want);
+        q8::quantize_f32(&x, scale, zp, &mut got);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn clamp_channels_matches_reference(images in 1usize..3, ch in 1usize..9, inner in 1usize..120, seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let x = rng.bytes(images * ch * inner, false);
+        let qmax = rng.bytes(ch, false);
+        let (mut want, mut got) = (x.clone(), x);
+        q8::clamp_channels_u8_reference(&mut want, inner, &qmax);
+        q8::clamp_channels_u8(&mut got, inner, &qmax);
         prop_assert_eq!(got, want);
     }
 
@@ -293,6 +326,20 @@ mod avx2 {
             prop_assert_eq!(got, want);
         }
 
+        /// im2col columns (x − zp, padding 0) equal the reference's, whatever was in the buffer.
+        #[test]
+        fn im2col_matches_reference(c in conv_case(0)) {
+            if !have() { return Ok(()); }
+            let g = &c.g;
+            let d = conv_data(&c);
+            let n = g.weights_per_output() * g.out_h * g.out_w;
+            let mut want = vec![0i16; n];
+            q8::im2col_q_reference(&d.input, c.zp_in, g, 0, g.in_c, &mut want);
+            let mut got = vec![-7i16; n];
+            unsafe { q8::avx2::im2col_q(&d.input, c.zp_in, g, 0, g.in_c, &mut got) };
+            prop_assert_eq!(got, want);
+        }
+
         /// Raw depthwise accumulators equal the reference's.
         #[test]
         fn depthwise_acc_matches_reference(c in conv_case(1)) {
@@ -302,10 +349,33 @@ mod avx2 {
             let n = g.out_c * g.out_h * g.out_w;
             let mut want = vec![0i32; n];
             q8::depthwise_acc_reference(&d.input, c.zp_in, &d.parts[0].weight, g, &mut want);
-            let q8::PackedWeights::Depthwise { pairs, kh2, .. } = &d.parts[0].packed else { panic!("depthwise packing") };
+            let q8::PackedWeights::Depthwise { pairs, .. } = &d.parts[0].packed else { panic!("depthwise packing") };
             let mut got = vec![7i32; n];
             let mut plane = vec![-1i16; 3];
-            unsafe { q8::avx2::depthwise(&d.input, c.zp_in, pairs, *kh2, g, &mut plane, &mut Sink::Acc(&mut got)) };
+            unsafe { q8::avx2::depthwise(&d.input, c.zp_in, pairs, g, &mut plane, &mut Sink::Acc(&mut got)) };
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(cfg(500))]
+
+        /// The epilogue (both of its exact rounding paths) against `round_shift`: random
+        /// accumulators, some exactly on ties, any shift and bias.
+        #[test]
+        fn requant_row_matches_round_shift(n in 1usize..40, mult in (1i64 << 29)..(1i64 << 30), shift in 0u32..=62, bias_exp in 0u32..50, neg_bias in any::<bool>(), zp in 0i32..=255, lo in 0i32..=60, hi in 190i32..=255, big in any::<bool>(), seed in any::<u64>()) {
+            if !have() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let lim = if big { i32::MAX as i64 / 2 } else { 70_000 };
+            let bias = { let b = rng.range(0, 1 << bias_exp.min(40)) << (bias_exp.saturating_sub(40)); if neg_bias { -b } else { b } };
+            let accs: Vec<i32> = (0..n).map(|_| {
+                let a = rng.range(-lim, lim) as i32;
+                // Every third value: an exact tie of bias + a·mult when one exists nearby.
+                if rng.next() % 3 == 0 && shift > 0 && mult % 2 == 0 { a & !1 } else { a }
+            }).collect();
+            let want: Vec<u8> = accs.iter().map(|&a| (zp as i64 + q8::round_shift(bias + a as i64 * mult, shift)).clamp(lo as i64, hi as i64) as u8).collect();
+            let mut got = vec![0u8; n];
+            unsafe { q8::avx2::requant_row(&accs, mult, bias, shift, zp, lo, hi, &mut got) };
             prop_assert_eq!(got, want);
         }
     }
@@ -326,6 +396,65 @@ mod avx2 {
                     assert_eq!(got, want, "mult {mult} shift {shift} bias {bias} zp {zp}");
                 }
             }
+        }
+    }
+}
+
+/// Depthwise layers at the sizes the engine meets (7…112, both the "flat" small-plane order and
+/// the row-by-row one, stride 1 and 2, 3×3 and 5×5, 1–3 parts) equal the reference.
+#[test]
+fn conv_depthwise_engine_shapes_match_reference() {
+    let mut seed = 0xd1ce_u64;
+    for parts in 1usize..=3 {
+        for k in [3usize, 5] {
+            for s in [1usize, 2] {
+                for hw in [7usize, 8, 14, 15, 28, 56, 112] {
+                    if hw == 112 && parts > 1 {
+                        continue;
+                    }
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let (pt, pb) = if s == 2 && seed & 1 == 1 { ((k - 1) / 2, k / 2) } else { (k / 2, k / 2) };
+                    let o = (hw + pt + pb - k) / s + 1;
+                    let ch = 1 + (seed >> 40) as usize % 4;
+                    let g = ConvGeometry { in_c: ch, in_h: hw, in_w: hw, out_c: ch, out_h: o, out_w: o, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pt, pad_left: pt, group: ch };
+                    let c = ConvCase { g, parts, per_channel: seed & 2 == 2, zp_in: (seed >> 8) as i32 & 255, out_zp: (seed >> 16) as i32 & 255, qmin: 0, qmax: 255, extreme: seed & 4 == 4, seed };
+                    check_conv(&c).unwrap_or_else(|e| panic!("{e}: {c:?}"));
+                }
+            }
+        }
+    }
+}
+
+/// Convs big enough to be split over threads give the same bytes on 1, 2 and 3 threads, equal
+/// to the reference (pointwise, dense 3×3, depthwise, split depthwise).
+#[test]
+fn conv_threads_do_not_change_results() {
+    let shapes = [
+        (ConvGeometry { in_c: 24, in_h: 28, in_w: 28, out_c: 88, out_h: 28, out_w: 28, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 40, in_h: 7, in_w: 7, out_c: 700, out_h: 7, out_w: 7, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 3, in_h: 40, in_w: 40, out_c: 32, out_h: 20, out_w: 20, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 40, in_h: 14, in_w: 14, out_c: 98, out_h: 14, out_w: 14, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 2),
+        (ConvGeometry { in_c: 5, in_h: 30, in_w: 30, out_c: 20, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 1 }, 3),
+        (ConvGeometry { in_c: 37, in_h: 30, in_w: 30, out_c: 37, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 37 }, 1),
+        (ConvGeometry { in_c: 45, in_h: 14, in_w: 14, out_c: 45, out_h: 7, out_w: 7, kernel: [5, 5], strides: [2, 2], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 45 }, 2),
+        (ConvGeometry { in_c: 50, in_h: 14, in_w: 14, out_c: 50, out_h: 14, out_w: 14, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 50 }, 3),
+    ];
+    for (i, (g, parts)) in shapes.into_iter().enumerate() {
+        let c = ConvCase { g, parts, per_channel: i % 2 == 0, zp_in: 100 + i as i32, out_zp: 20 * i as i32, qmin: 0, qmax: 255, extreme: false, seed: 77 + i as u64 };
+        let d = conv_data(&c);
+        let n = g.out_c * g.out_h * g.out_w;
+        let mut want = vec![0u8; n];
+        q8::conv_q8_reference(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &g, &mut want, &mut Scratch::default());
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut got = vec![0x5Au8; n];
+            pool.install(|| q8::conv_q8(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &g, &mut got, &mut Scratch::default()));
+            assert_eq!(got, want, "{threads} threads, {g:?}");
+            let cmax: Vec<u8> = (0..g.out_c).map(|i| (97 * i % 256) as u8).collect();
+            let mut capped = want.clone();
+            q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
+            pool.install(|| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, &g, &mut got, &mut Scratch::default()));
+            assert_eq!(got, capped, "{threads} threads, capped, {g:?}");
         }
     }
 }

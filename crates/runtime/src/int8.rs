@@ -37,7 +37,8 @@ enum Arg {
 enum Step {
     Quantize { input: usize, output: usize, grid: Grid },
     Dequantize { input: usize, output: usize, grid: Grid },
-    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
+    /// `cmax`: per-channel upper clamp fused into the conv (an equalized ReLU6 bound).
+    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, cmax: Option<Vec<u8>>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
     Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid },
     GlobalAvgPool { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid },
     /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
@@ -71,8 +72,11 @@ pub struct Int8Engine {
 #[derive(Default)]
 struct RunState {
     vals: Vec<Option<Value>>,
-    /// Recycled uint8 buffers (their length is kept so that a reuse writes no zeros).
+    /// Recycled uint8 buffers, each at its high-water length (so that a reuse writes no zeros).
     free: Vec<Vec<u8>>,
+    /// High-water length of every buffer handed out by [`RunState::buffer`], by address: the
+    /// bytes below it were all written by an earlier use of that allocation.
+    written: HashMap<usize, usize>,
     scratch: Scratch,
     fscratch: Vec<f32>,
 }
@@ -86,12 +90,28 @@ impl RunState {
             Some(i) => self.free.swap_remove(i),
             None => Vec::new(),
         };
-        b.resize(len, 0);
+        let before = b.as_ptr() as usize;
+        if b.len() >= len {
+            b.truncate(len);
+        } else {
+            b.resize(len, 0);
+        }
+        let key = b.as_ptr() as usize;
+        if key != before || !self.written.contains_key(&key) {
+            // A new allocation (possibly at an address a dropped buffer had): written up to `len`.
+            self.written.insert(key, len);
+        }
         b
     }
 
     fn recycle(&mut self, slot: usize) {
-        if let Some(Value::Q { data, .. }) = self.vals[slot].take() {
+        if let Some(Value::Q { mut data, .. }) = self.vals[slot].take() {
+            let key = data.as_ptr() as usize;
+            let hw = self.written.get(&key).copied().unwrap_or(0).max(data.len()).min(data.capacity());
+            // SAFETY: u8 has no drop and every byte below `hw` of this allocation was written
+            // by an earlier use (shortening a Vec<u8> leaves its bytes as they were).
+            unsafe { data.set_len(hw) };
+            self.written.insert(key, hw);
             self.free.push(data);
         }
     }
@@ -107,17 +127,6 @@ impl Step {
             Step::Float { args, .. } => args.iter().filter_map(|a| if let Arg::Slot(s) = a { Some(*s) } else { None }).collect(),
         }
     }
-}
-
-/// `QuantizeLinear` of one value: round half to even, add the zero-point, clamp to uint8.
-/// `round_ties_even` through the 1.5·2^23 trick (exact for |x| < 2^22; beyond that the value
-/// clamps to 0 or 255 either way, and NaN stays NaN, i.e. 0 + zp as with `round_ties_even`).
-#[inline]
-fn quantize_value(v: f32, grid: Grid) -> u8 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    let x = (v / grid.scale).clamp(-4_194_304.0, 4_194_304.0);
-    let r = if x.abs() < 4_194_304.0 { (x + MAGIC) - MAGIC } else { x };
-    (r as i64 + grid.zp as i64).clamp(0, 255) as u8
 }
 
 fn err(n: &Node, reason: impl Into<String>) -> RuntimeError {
@@ -310,7 +319,7 @@ impl<'g> Lowering<'g> {
             }
             conv_parts.push(ConvPart::new(weight, requant, geom));
         }
-        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, geom: *geom, out_shape_per_image: out_shape.clone() };
+        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, cmax: None, geom: *geom, out_shape_per_image: out_shape.clone() };
         Some((src, step))
     }
 }
@@ -453,10 +462,17 @@ impl Int8Engine {
                     }
                     _ => unreachable!("only integer steps are planned in pass 1"),
                 }
-                steps.push(step);
-                if let Some(qmax) = channel_bounds.remove(&i) {
-                    steps.push(Step::ClampChannels { slot: output, qmax });
+                if let Some(bound) = channel_bounds.remove(&i) {
+                    match &mut step {
+                        Step::Conv { cmax, .. } => *cmax = Some(bound),
+                        _ => {
+                            steps.push(step);
+                            steps.push(Step::ClampChannels { slot: output, qmax: bound });
+                            continue;
+                        }
+                    }
                 }
+                steps.push(step);
                 continue;
             }
             if absorbed.contains(&i) || lw.const_dqs.contains_key(&n.outputs[0]) {
@@ -556,9 +572,7 @@ impl Int8Engine {
                     let Some(Value::F(t)) = &st.vals[*input] else { unreachable!() };
                     let x = t.as_f32().map_err(|e| RuntimeError::Other(e.to_string()))?;
                     // Same rounding as QuantizeLinear; int8 grids arrive already shifted into uint8.
-                    for (d, &v) in data.iter_mut().zip(x) {
-                        *d = quantize_value(v, *grid);
-                    }
+                    q8::quantize_f32(x, grid.scale, grid.zp, &mut data);
                     st.vals[*output] = Some(Value::Q { shape, data });
                 }
                 Step::Dequantize { input, output, grid } => {
@@ -566,7 +580,7 @@ impl Int8Engine {
                     let f = data.iter().map(|&q| (q as i32 - grid.zp) as f32 * grid.scale).collect();
                     st.vals[*output] = Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
                 }
-                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, geom, out_shape_per_image } => {
+                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, geom, out_shape_per_image } => {
                     let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
                     let images = shape[0];
                     let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
@@ -574,7 +588,11 @@ impl Int8Engine {
                     let RunState { vals, scratch, .. } = &mut *st;
                     let Some(Value::Q { data, .. }) = &vals[*input] else { unreachable!() };
                     for b in 0..images {
-                        q8::conv_q8(&data[b * isz..(b + 1) * isz], *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, &mut o[b * osz..(b + 1) * osz], scratch);
+                        let (x, y) = (&data[b * isz..(b + 1) * isz], &mut o[b * osz..(b + 1) * osz]);
+                        match cmax {
+                            Some(cm) => q8::conv_q8_clamped(x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, cm, geom, y, scratch),
+                            None => q8::conv_q8(x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, y, scratch),
+                        }
                     }
                     let mut s = vec![images];
                     s.extend_from_slice(out_shape_per_image);
@@ -613,10 +631,7 @@ impl Int8Engine {
                 Step::ClampChannels { slot, qmax } => {
                     let Some(Value::Q { shape, data }) = &mut st.vals[*slot] else { return Err(RuntimeError::Other("clamp of a non-quantized value".into())) };
                     let inner: usize = shape[2..].iter().product();
-                    for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
-                        let m = qmax[i % qmax.len()];
-                        chunk.iter_mut().for_each(|v| *v = (*v).min(m));
-                    }
+                    q8::clamp_channels_u8(data, inner, qmax);
                 }
                 Step::Float { node, args, output } => {
                     let RunState { vals, fscratch, .. } = &mut *st;

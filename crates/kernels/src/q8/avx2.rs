@@ -15,6 +15,8 @@
 
 use std::arch::x86_64::*;
 
+use rayon::prelude::*;
+
 use super::pack::{PackedWeights, MR, NR};
 use super::{im2col_q_reference, round_shift, ConvPart, Scratch};
 use crate::ConvGeometry;
@@ -28,8 +30,20 @@ pub enum Sink<'a> {
 }
 
 /// Requantization constants in vector form.
+///
+/// Two exact ways to compute `round_shift` on i64 lanes: the general one (sign split, 9
+/// operations per 4 lanes) and, when the caller's bound shows `|x| < 2^61` and
+/// `|round_shift(x)| < 2^30`, a short one: with `x' = x + half + 2^62 > 0` (the offset folded
+/// into the bias), ties away from zero is `(x' − [x < 0]) >> shift`, whose low 32 bits are the
+/// result plus `2^(62 − shift)` (mod 2^32, removed with the zero-point); `x < 0 ⇔ x' < half +
+/// 2^62`.
 #[derive(Clone, Copy)]
 struct Fin {
+    fast: bool,
+    /// Fast path: `half + 2^62`, added to the bias (wrapping).
+    off: i64,
+    /// Fast path: `x < 0 ⇔ x' < neg_below` (signed).
+    neg_below: __m256i,
     half: __m256i,
     shift: __m128i,
     cap: __m256i,
@@ -38,19 +52,42 @@ struct Fin {
     hi: __m256i,
 }
 
+/// Largest `|bias + Σ acc·mult|` when every `|acc| ≤ acc_max` (sum over parts' multipliers).
+fn requant_bound(bias: &[i64], mult_max_sum: u128, acc_max: u128) -> u128 {
+    bias.iter().map(|b| b.unsigned_abs() as u128).max().unwrap_or(0) + mult_max_sum * acc_max
+}
+
+/// Largest `|mult|` of a slice.
+fn max_abs(m: &[i64]) -> u128 {
+    m.iter().map(|v| v.unsigned_abs() as u128).max().unwrap_or(0)
+}
+
 #[inline(always)]
-unsafe fn fin(shift: u32, zp: i32, qmin: i32, qmax: i32) -> Fin {
+unsafe fn fin(shift: u32, zp: i32, qmin: i32, qmax: i32, bound: u128) -> Fin {
     let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
+    let fast = (1..=62).contains(&shift) && bound < 1u128 << 61 && (bound >> shift) + 1 < 1u128 << 30;
+    let off = half + (1i64 << 62);
+    // 2^(62 − shift) mod 2^32.
+    let c32 = if 62 - shift.min(62) >= 32 { 0u32 } else { 1u32 << (62 - shift) };
     Fin {
+        fast,
+        off,
+        neg_below: _mm256_set1_epi64x(off),
         half: _mm256_set1_epi64x(half),
         shift: _mm_cvtsi64_si128(shift as i64),
         // |round_shift| is clamped to 2^24 before narrowing to i32: far outside [0, 255] − zp,
         // so the final clamp is unchanged.
         cap: _mm256_set1_epi64x(1 << 24),
-        zp: _mm256_set1_epi32(zp),
+        zp: _mm256_set1_epi32(if fast { zp.wrapping_sub(c32 as i32) } else { zp }),
         lo: _mm256_set1_epi32(qmin),
         hi: _mm256_set1_epi32(qmax),
     }
+}
+
+/// A channel's bias (fixed-point domain) as the vector the kernels add to `acc·mult`.
+#[inline(always)]
+unsafe fn fin_bias(f: &Fin, bias: i64) -> __m256i {
+    _mm256_set1_epi64x(if f.fast { bias.wrapping_add(f.off) } else { bias })
 }
 
 /// `round_shift` on 4×i64 (|x| < 2^62), result clamped to ±2^24.
@@ -63,11 +100,17 @@ unsafe fn round64(x: __m256i, f: &Fin) -> __m256i {
     _mm256_sub_epi64(_mm256_xor_si256(r, sign), sign)
 }
 
-/// Fixed-point values of elements 0,2,4,6 (`even`) and 1,3,5,7 (`odd`) → 8 clamped i32.
+/// Fast path: `x'` (offset already added) → `round_shift(x) + 2^(62 − shift)` in the low 32 bits.
+#[inline(always)]
+unsafe fn round64_fast(x: __m256i, f: &Fin) -> __m256i {
+    _mm256_srl_epi64(_mm256_add_epi64(x, _mm256_cmpgt_epi64(f.neg_below, x)), f.shift)
+}
+
+/// Fixed-point values of elements 0,2,4,6 (`even`) and 1,3,5,7 (`odd`) → 8 clamped i32
+/// (`even`/`odd` include the bias from [`fin_bias`]).
 #[inline(always)]
 unsafe fn finish(even: __m256i, odd: __m256i, f: &Fin) -> __m256i {
-    let e = round64(even, f);
-    let o = round64(odd, f);
+    let (e, o) = if f.fast { (round64_fast(even, f), round64_fast(odd, f)) } else { (round64(even, f), round64(odd, f)) };
     let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
     _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
 }
@@ -95,7 +138,7 @@ unsafe fn sink16(sink: &mut Sink, f: &Fin, row: usize, col: usize, n: usize, col
     match sink {
         Sink::Requant { mult, bias, out, .. } => {
             let m = _mm256_set1_epi64x(*mult.get_unchecked(row));
-            let b = _mm256_set1_epi64x(*bias.get_unchecked(row));
+            let b = fin_bias(f, *bias.get_unchecked(row));
             let bytes = pack16(requant8(v0, m, b, f), requant8(v1, m, b, f));
             let dst = out.as_mut_ptr().add(row * n + col);
             if cols == 16 {
@@ -122,10 +165,10 @@ unsafe fn sink16(sink: &mut Sink, f: &Fin, row: usize, col: usize, n: usize, col
 }
 
 #[inline(always)]
-unsafe fn sink_fin(sink: &Sink) -> Fin {
+unsafe fn sink_fin(sink: &Sink, acc_max: u128) -> Fin {
     match sink {
-        Sink::Requant { shift, zp, qmin, qmax, .. } => fin(*shift, *zp, *qmin, *qmax),
-        Sink::Acc(_) => fin(0, 0, 0, 255),
+        Sink::Requant { mult, bias, shift, zp, qmin, qmax, .. } => fin(*shift, *zp, *qmin, *qmax, requant_bound(bias, max_abs(mult), acc_max)),
+        Sink::Acc(_) => fin(0, 0, 0, 255, u128::MAX),
     }
 }
 
@@ -135,7 +178,8 @@ unsafe fn sink_fin(sink: &Sink) -> Fin {
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn requant_row(acc: &[i32], mult: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     let n = acc.len().min(out.len());
-    let f = fin(shift, zp, qmin, qmax);
+    let acc_max = acc[..n].iter().map(|a| a.unsigned_abs() as u128).max().unwrap_or(0);
+    let f = fin(shift, zp, qmin, qmax, requant_bound(&[bias], mult.unsigned_abs() as u128, acc_max));
     let mut sink = Sink::Requant { mult: &[mult], bias: &[bias], shift, zp, qmin, qmax, out };
     let mut j = 0;
     while j < n {
@@ -190,29 +234,230 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
 /// results to `sink` (rows relative to this group).
 #[target_feature(enable = "avx2")]
 pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink) {
+    gemm_packed_cmax(a, m, k, b, n, sink, None)
+}
+
+/// [`gemm_packed`], each output row `r` also capped at `cmax[r]` (requantizing sinks only).
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>) {
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
-    let f = sink_fin(sink);
+    let f = sink_fin(sink, k as u128 * 255 * 255);
+    let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
+    match sink {
+        Sink::Requant { mult, bias, out, .. } => {
+            assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
+            assert!(cmax.is_none_or(|c| c.len() >= m));
+            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr() };
+            match (f.fast, cmax.is_some()) {
+                (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
+                (true, true) => gemm_loop::<true, true>(a, m, kp, b, n, &f, &dst),
+                (false, false) => gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst),
+                (false, true) => gemm_loop::<false, true>(a, m, kp, b, n, &f, &dst),
+            }
+        }
+        Sink::Acc(acc) => {
+            assert!(acc.len() >= m * n);
+            gemm_loop::<false, false>(a, m, kp, b, n, &f, &GemmOut::Acc(acc.as_mut_ptr()))
+        }
+    }
+}
+
+/// Output of [`gemm_loop`]: row-major `[m × n]`.
+enum GemmOut<'a> {
+    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8 },
+    Acc(*mut i32),
+}
+
+/// The `MR × 8·H` micro-kernel over `kp` k-pairs (`H = 1`: only the panel's first 8 columns),
+/// two k-pairs per iteration.
+#[inline(always)]
+unsafe fn gemm_tile<const H: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 2]; MR] {
+    let mut c = [[_mm256_setzero_si256(); 2]; MR];
+    let mut p = 0;
+    while p + 2 <= kp {
+        gemm_step::<H>(&mut c, ap, bp, p);
+        gemm_step::<H>(&mut c, ap, bp, p + 1);
+        p += 2;
+    }
+    if p < kp {
+        gemm_step::<H>(&mut c, ap, bp, p);
+    }
+    c
+}
+
+/// One k-pair of [`gemm_tile`].
+#[inline(always)]
+unsafe fn gemm_step<const H: usize>(c: &mut [[__m256i; 2]; MR], ap: *const i32, bp: *const i16, p: usize) {
+    let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
+    let b1 = if H == 2 { _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i) } else { b0 };
+    let aw = ap.add(p * MR);
+    for (r, cr) in c.iter_mut().enumerate() {
+        let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
+        cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w));
+        if H == 2 {
+            cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w));
+        }
+    }
+}
+
+/// One channel's 16 (or `cols`) outputs → bytes, with the short rounding path when `FAST`.
+#[inline(always)]
+unsafe fn row_bytes<const FAST: bool>(f: &Fin, m: i64, bias: i64, v0: __m256i, v1: __m256i) -> __m128i {
+    let mv = _mm256_set1_epi64x(m);
+    let bv = _mm256_set1_epi64x(if FAST { bias.wrapping_add(f.off) } else { bias });
+    pack16(fin8::<FAST>(f, v0, mv, bv), fin8::<FAST>(f, v1, mv, bv))
+}
+
+/// [`requant8`] with the rounding path fixed at compile time.
+#[inline(always)]
+unsafe fn fin8<const FAST: bool>(f: &Fin, acc: __m256i, mv: __m256i, bv: __m256i) -> __m256i {
+    let even = _mm256_add_epi64(_mm256_mul_epi32(acc, mv), bv);
+    let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(acc, 32), mv), bv);
+    fin_eo::<FAST>(f, even, odd)
+}
+
+/// [`finish`] with the rounding path fixed at compile time.
+#[inline(always)]
+unsafe fn fin_eo<const FAST: bool>(f: &Fin, even: __m256i, odd: __m256i) -> __m256i {
+    let (e, o) = if FAST { (round64_fast(even, f), round64_fast(odd, f)) } else { (round64(even, f), round64(odd, f)) };
+    let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
+    _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
+}
+
+/// A split (multi-part) GEMM conv, output rows `r0..r1` (`r0` a multiple of [`MR`]; `out`
+/// holds just those rows): each part's tile is computed over the same B panel and the parts are
+/// summed in the epilogue, `clamp(zp + round_shift(bias[r] + Σ_p acc_p·mult[p·out_c + r]))`
+/// (multipliers in i32 range), then capped at `cmax[r]`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_parts<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
+    let (kp, np) = (k.div_ceil(2), n.div_ceil(NR));
+    let mb = out_c.div_ceil(MR);
+    assert!(r0.is_multiple_of(MR) && r1 <= out_c && out.len() >= (r1 - r0) * n && b.len() >= np * kp * NR * 2 && mult.len() >= P * out_c && bias.len() >= out_c);
+    assert!(cmax.is_none_or(|c| c.len() >= out_c));
+    for ap in a.iter() {
+        assert!(ap.len() >= mb * kp * MR * 2);
+    }
+    let msum: u128 = (0..P).map(|p| max_abs(&mult[p * out_c + r0..p * out_c + r1])).sum();
+    let f = fin(shift, zp, qmin, qmax, requant_bound(&bias[r0..r1], msum, k as u128 * 255 * 255));
+    if f.fast {
+        gemm_parts_loop::<P, true>(a, kp, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
+    } else {
+        gemm_parts_loop::<P, false>(a, kp, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], f: &Fin, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
+    let np = n.div_ceil(NR);
     for jp in 0..np {
         let bp = b.as_ptr().add(jp * kp * NR * 2);
         let cols = NR.min(n - jp * NR);
-        for ib in 0..mb {
-            let ap = a.as_ptr().add(ib * kp * MR * 2) as *const i32;
-            let mut c = [[_mm256_setzero_si256(); 2]; MR];
-            for p in 0..kp {
-                let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
-                let b1 = _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i);
-                let aw = ap.add(p * MR);
-                for (r, cr) in c.iter_mut().enumerate() {
-                    let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
-                    cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w));
-                    cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w));
+        for ib in r0 / MR..r1.div_ceil(MR) {
+            let rows = MR.min(r1 - ib * MR);
+            let mut c = [[[_mm256_setzero_si256(); 2]; MR]; P];
+            for p in 0..P {
+                let ap = (a[p].as_ptr() as *const i32).add(ib * kp * MR);
+                c[p] = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+            }
+            for r in 0..rows {
+                let row = ib * MR + r;
+                let bias_r = *bias.get_unchecked(row);
+                let bv = _mm256_set1_epi64x(if FAST { bias_r.wrapping_add(f.off) } else { bias_r });
+                let mut v = [_mm256_setzero_si256(); 2];
+                for (h, vh) in v.iter_mut().enumerate() {
+                    let (mut e, mut o) = (bv, bv);
+                    for (p, cp) in c.iter().enumerate() {
+                        let mv = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + row));
+                        e = _mm256_add_epi64(e, _mm256_mul_epi32(cp[r][h], mv));
+                        o = _mm256_add_epi64(o, _mm256_mul_epi32(_mm256_srli_epi64(cp[r][h], 32), mv));
+                    }
+                    *vh = fin_eo::<FAST>(f, e, o);
+                }
+                let mut bytes = pack16(v[0], v[1]);
+                if let Some(cm) = cmax {
+                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
+                }
+                let d = out.as_mut_ptr().add((row - r0) * n + jp * NR);
+                if cols == 16 {
+                    _mm_storeu_si128(d as *mut __m128i, bytes);
+                } else {
+                    let mut tmp = [0u8; 16];
+                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
                 }
             }
-            let rows = MR.min(m - ib * MR);
-            for (r, cr) in c.iter().enumerate().take(rows) {
-                sink16(sink, &f, ib * MR + r, jp * NR, n, cols, cr[0], cr[1]);
+        }
+    }
+}
+
+/// [`gemm_parts`] over all `out_c` rows, split over `tasks` row blocks.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, out: &mut [u8], tasks: usize) {
+    let mb = out_c.div_ceil(MR);
+    let tasks = tasks.min(mb).max(1);
+    let per = mb.div_ceil(tasks) * MR;
+    if tasks == 1 || n == 0 {
+        return gemm_parts::<P>(a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, 0, out_c, out);
+    }
+    out[..out_c * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(out_c));
+        // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+        unsafe { gemm_parts::<P>(a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, r0, r1, o) };
+    });
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+    for (r, cr) in c.iter().enumerate() {
+        if r >= rows {
+            break;
+        }
+        let row = row0 + r;
+        match dst {
+            GemmOut::Bytes { mult, bias, cmax, out } => {
+                let mut bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
+                if CAP {
+                    let cm = cmax.unwrap_unchecked();
+                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
+                }
+                let d = out.add(row * n + col);
+                if cols == 16 {
+                    _mm_storeu_si128(d as *mut __m128i, bytes);
+                } else if cols == 8 {
+                    _mm_storel_epi64(d as *mut __m128i, bytes);
+                } else {
+                    let mut tmp = [0u8; 16];
+                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
+                }
             }
+            GemmOut::Acc(acc) => {
+                let d = acc.add(row * n + col);
+                let mut tmp = [0i32; 16];
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, cr[0]);
+                _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, cr[1]);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
+    let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    for jp in 0..np {
+        let bp = b.add(jp * kp * NR * 2);
+        let cols = NR.min(n - jp * NR);
+        for ib in 0..mb {
+            let ap = a.add(ib * kp * MR);
+            let rows = MR.min(m - ib * MR);
+            let c = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+            gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols, n, f, dst);
         }
     }
 }
@@ -274,13 +519,262 @@ pub fn depthwise_supported(g: &ConvGeometry) -> bool {
 
 /// Depthwise conv, any kernel size, horizontal stride 1 or 2, any vertical stride, dilation 1.
 ///
-/// Per channel the input is laid out once as a zero-padded i16 plane of `x − zp` (for stride 2
-/// each row split into its even and odd columns), so every tap is a contiguous 16-wide load; two
-/// kernel rows are interleaved into i16 pairs and multiplied by `(w[ky][kx], w[ky+1][kx])`
-/// with one `vpmaddwd`.
+/// Per channel the input is laid out as a zero-padded i16 plane of `x − zp` (row stride = the
+/// padded width the outputs use), so every tap is a contiguous 16-wide load. Two horizontally
+/// adjacent taps form one i16 pair `(w[ky][2j], w[ky][2j+1])` (the last one `(w, 0)` for odd
+/// widths) and one `vpmaddwd` applies both: a load at column `x` holds the pairs
+/// `(p[x+2t], p[x+2t+1])`, i.e. the taps of the outputs `x, x+2, …` (stride 1: a second load at
+/// `x + 1` gives the odd outputs) or of the 8 consecutive outputs `x/2 + t` (stride 2).
+/// Small stride-1 planes (7×7, 14×14, …) run "flat": the output positions are enumerated over
+/// the padded row stride so that a 16-lane block spans several output rows; the lanes that fall
+/// on padding columns are computed and dropped.
 #[target_feature(enable = "avx2")]
-pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
-    depthwise_parts::<1>(input, zp, [pairs], kh2, g, plane, sink)
+pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
+    depthwise_parts::<1>(input, zp, [pairs], g, plane, sink)
+}
+
+/// Padded-plane layout and block order of one depthwise geometry.
+#[derive(Clone, Copy)]
+struct DwPlan {
+    /// Plane row stride: the padded input width the outputs read.
+    rs: usize,
+    /// Plane rows (padded input rows the outputs read).
+    hp: usize,
+    /// Plane length in i16 (with slack for whole-vector reads past the last row).
+    len: usize,
+    /// Stride 1 in both directions and fewer 16-lane blocks over `oh × rs` than row by row.
+    flat: bool,
+    kh: usize,
+    kw2: usize,
+}
+
+fn dw_plan(g: &ConvGeometry, allow_flat: bool) -> DwPlan {
+    let [kh, kw] = g.kernel;
+    let (sy, sx) = (g.strides[0], g.strides[1]);
+    let rs = (g.out_w - 1) * sx + kw;
+    let hp = (g.out_h - 1) * sy + kh;
+    let flat = allow_flat && sx == 1 && sy == 1 && (g.out_h * rs).div_ceil(16) < g.out_h * g.out_w.div_ceil(16);
+    DwPlan { rs, hp, len: hp * rs + kw + 64, flat, kh, kw2: kw.div_ceil(2) }
+}
+
+/// Write channel `c`'s interior (`x − zp`) into the plane; everything else stays 0. Rows go in
+/// increasing order and a partial 16-lane chunk stores zeros past the row end (padding, or the
+/// next row's interior, rewritten right after), so only whole vectors are stored.
+#[inline(always)]
+unsafe fn dw_fill(input: &[u8], c: usize, zp: i32, g: &ConvGeometry, pl: &DwPlan, plane: *mut i16) {
+    let (ih, iw) = (g.in_h, g.in_w);
+    let rows = ih.min(pl.hp.saturating_sub(g.pad_top));
+    let w = iw.min(pl.rs.saturating_sub(g.pad_left));
+    if w == 0 {
+        return;
+    }
+    let zpv = _mm256_set1_epi16(zp as i16);
+    let iota = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let base = c * ih * iw;
+    for iy in 0..rows {
+        let so = base + iy * iw;
+        let s = input.as_ptr().add(so);
+        let d = plane.add((iy + g.pad_top) * pl.rs + g.pad_left);
+        let mut x = 0;
+        while x + 16 <= w {
+            let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)), zpv);
+            _mm256_storeu_si256(d.add(x) as *mut __m256i, v);
+            x += 16;
+        }
+        if x < w {
+            let rem = w - x;
+            if so + x + 16 <= input.len() {
+                let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)), zpv);
+                let keep = _mm256_cmpgt_epi16(_mm256_set1_epi16(rem as i16), iota);
+                _mm256_storeu_si256(d.add(x) as *mut __m256i, _mm256_and_si256(v, keep));
+            } else {
+                for t in 0..rem {
+                    *d.add(x + t) = (*s.add(x + t) as i32 - zp) as i16;
+                }
+            }
+        }
+    }
+}
+
+/// Accumulators of one output block whose first tap reads `r0`: `a` from loads at `r0 + …`,
+/// `b` from loads at `r0 + d + …` (`TWO = false`: `b` is not computed).
+#[inline(always)]
+unsafe fn dw_block<const P: usize, const TWO: bool>(r0: *const i16, rs: usize, d: usize, kh: usize, kw2: usize, wp: &[*const i32; P]) -> ([__m256i; P], [__m256i; P]) {
+    let mut a = [_mm256_setzero_si256(); P];
+    let mut b = [_mm256_setzero_si256(); P];
+    for ky in 0..kh {
+        let r = r0.add(ky * rs);
+        for j in 0..kw2 {
+            let x0 = _mm256_loadu_si256(r.add(2 * j) as *const __m256i);
+            let x1 = if TWO { _mm256_loadu_si256(r.add(2 * j + d) as *const __m256i) } else { x0 };
+            for p in 0..P {
+                let w = _mm256_set1_epi32(*wp[p].add(ky * kw2 + j));
+                a[p] = _mm256_add_epi32(a[p], _mm256_madd_epi16(x0, w));
+                if TWO {
+                    b[p] = _mm256_add_epi32(b[p], _mm256_madd_epi16(x1, w));
+                }
+            }
+        }
+    }
+    (a, b)
+}
+
+/// Even-output and odd-output accumulators (stride 1) → outputs 0..8 and 8..16 in order.
+#[inline(always)]
+unsafe fn interleave_eo(e: __m256i, o: __m256i) -> (__m256i, __m256i) {
+    let lo = _mm256_unpacklo_epi32(e, o);
+    let hi = _mm256_unpackhi_epi32(e, o);
+    (_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31))
+}
+
+/// Where [`dw_channels`] writes: requantized bytes or raw accumulators (`P = 1` only), rows
+/// relative to the first channel of the range.
+#[allow(clippy::large_enum_variant)]
+enum DwOut<'a> {
+    Requant { mult: &'a [i64], bias: &'a [i64], out_c: usize, f: Fin, cmax: Option<&'a [u8]>, out: &'a mut [u8] },
+    Acc(&'a mut [i32]),
+}
+
+/// 16 outputs (`v0` = 0..8, `v1` = 8..16 of each part) of channel `c` → 16 bytes.
+#[inline(always)]
+unsafe fn dw_bytes<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, c: usize, v0: &[__m256i; P], v1: &[__m256i; P]) -> __m128i {
+    let b = fin_bias(f, *bias.get_unchecked(c));
+    if P == 1 {
+        let m = _mm256_set1_epi64x(*mult.get_unchecked(c));
+        return pack16(requant8(v0[0], m, b, f), requant8(v1[0], m, b, f));
+    }
+    let (mut e0, mut o0, mut e1, mut o1) = (b, b, b, b);
+    for p in 0..P {
+        let m = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + c));
+        e0 = _mm256_add_epi64(e0, _mm256_mul_epi32(v0[p], m));
+        o0 = _mm256_add_epi64(o0, _mm256_mul_epi32(_mm256_srli_epi64(v0[p], 32), m));
+        e1 = _mm256_add_epi64(e1, _mm256_mul_epi32(v1[p], m));
+        o1 = _mm256_add_epi64(o1, _mm256_mul_epi32(_mm256_srli_epi64(v1[p], 32), m));
+    }
+    pack16(finish(e0, o0, f), finish(e1, o1, f))
+}
+
+/// Store the first `cols` ≤ 16 of `bytes` at `dst`; a whole 16-byte store when `room` ≥ 16
+/// bytes may be written (the extra bytes are rewritten later by the caller).
+#[inline(always)]
+unsafe fn store_bytes(dst: *mut u8, bytes: __m128i, cols: usize, room: usize) {
+    if cols == 16 || room >= 16 {
+        _mm_storeu_si128(dst as *mut __m128i, bytes);
+    } else {
+        let mut tmp = [0u8; 16];
+        _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+    }
+}
+
+/// Channels `c0..c1` of a depthwise conv over `P` weight parts (see [`depthwise_parts`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const CAP: bool>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
+    let (kh, kw2) = if KH > 0 { (KH, KW2) } else { (pl.kh, pl.kw2) };
+    let (oh, ow) = (g.out_h, g.out_w);
+    let (sy, sx) = (g.strides[0], g.strides[1]);
+    let spatial = oh * ow;
+    let rs = pl.rs;
+    plane.clear();
+    plane.resize(pl.len, 0);
+    let nflat = (oh * rs).div_ceil(16);
+    if pl.flat {
+        line.clear();
+        line.resize(nflat * 16 + 16, 0);
+    }
+    for c in c0..c1 {
+        dw_fill(input, c, zp, g, pl, plane.as_mut_ptr());
+        let mut wp = [std::ptr::null::<i32>(); P];
+        for p in 0..P {
+            wp[p] = pairs[p].as_ptr().add(c * kh * kw2);
+        }
+        let base = plane.as_ptr();
+        let row = c - c0;
+        let cap = match out {
+            DwOut::Requant { cmax: Some(m), .. } => _mm_set1_epi8(m[c] as i8),
+            _ => _mm_set1_epi8(-1),
+        };
+        if pl.flat {
+            let DwOut::Requant { mult, bias, out_c, f, cmax, out } = out else { unreachable!("flat needs a requant sink") };
+            let cm = _mm_set1_epi8(cmax.map_or(255, |m| m[c]) as i8);
+            let lp = line.as_mut_ptr();
+            for blk in 0..nflat {
+                let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &wp);
+                let mut v0 = [_mm256_setzero_si256(); P];
+                let mut v1 = [_mm256_setzero_si256(); P];
+                for p in 0..P {
+                    (v0[p], v1[p]) = interleave_eo(e[p], o[p]);
+                }
+                let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1);
+                if CAP {
+                    bytes = _mm_min_epu8(bytes, cm);
+                }
+                _mm_storeu_si128(lp.add(blk * 16) as *mut __m128i, bytes);
+            }
+            let dst = out.as_mut_ptr().add(row * spatial);
+            for oy in 0..oh {
+                let (mut x, s, d) = (0, lp.add(oy * rs), dst.add(oy * ow));
+                while x < ow {
+                    let cols = 16.min(ow - x);
+                    store_bytes(d.add(x), _mm_loadu_si128(s.add(x) as *const __m128i), cols, spatial - (oy * ow + x));
+                    x += 16;
+                }
+            }
+            continue;
+        }
+        for oy in 0..oh {
+            let rb = base.add(oy * sy * rs);
+            let mut ox0 = 0;
+            while ox0 < ow {
+                let cols = 16.min(ow - ox0);
+                let (mut v0, mut v1) = ([_mm256_setzero_si256(); P], [_mm256_setzero_si256(); P]);
+                if sx == 1 {
+                    let (e, o) = dw_block::<P, true>(rb.add(ox0), rs, 1, kh, kw2, &wp);
+                    for p in 0..P {
+                        (v0[p], v1[p]) = interleave_eo(e[p], o[p]);
+                    }
+                } else if cols > 8 {
+                    (v0, v1) = dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &wp);
+                } else {
+                    (v0, _) = dw_block::<P, false>(rb.add(2 * ox0), rs, 16, kh, kw2, &wp);
+                }
+                let pos = oy * ow + ox0;
+                match out {
+                    DwOut::Requant { mult, bias, out_c, f, out, .. } => {
+                        let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1);
+                        if CAP {
+                            bytes = _mm_min_epu8(bytes, cap);
+                        }
+                        store_bytes(out.as_mut_ptr().add(row * spatial + pos), bytes, cols, spatial - pos);
+                    }
+                    DwOut::Acc(acc) => {
+                        let dst = acc.as_mut_ptr().add(row * spatial + pos);
+                        let mut tmp = [0i32; 16];
+                        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, v0[0]);
+                        _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, v1[0]);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                    }
+                }
+                ox0 += 16;
+            }
+        }
+    }
+}
+
+/// [`dw_channels`] with the kernel size fixed at compile time where it is a common one.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_dispatch<const P: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
+    let cap = matches!(out, DwOut::Requant { cmax: Some(_), .. });
+    match (pl.kh, pl.kw2, cap) {
+        (3, 2, false) => dw_channels::<P, 3, 2, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (5, 3, false) => dw_channels::<P, 5, 3, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (_, _, false) => dw_channels::<P, 0, 0, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (3, 2, true) => dw_channels::<P, 3, 2, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (5, 3, true) => dw_channels::<P, 5, 3, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (_, _, true) => dw_channels::<P, 0, 0, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+    }
 }
 
 /// [`depthwise`] over `P` weight parts at once (a subtensor-split layer): the padded plane is
@@ -290,164 +784,52 @@ pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], kh2: usize, g: &Co
 /// range) and `bias[c]` in the common fixed-point domain: the output is
 /// `clamp(zp + round_shift(bias[c] + Σ_p acc_p·mult_p[c], shift))`, exactly the reference's sum.
 #[target_feature(enable = "avx2")]
-pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], kh2: usize, g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
-    let [kh, kw] = g.kernel;
-    let (oh, ow) = (g.out_h, g.out_w);
-    let (sy, sx) = (g.strides[0], g.strides[1]);
+pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
+    depthwise_range::<P>(input, zp, pairs, g, 0..g.out_c, plane, sink)
+}
+
+/// [`depthwise_parts`] on channels `range` only: the sink's rows (output / accumulator rows)
+/// are relative to `range.start`, its `mult`/`bias` indexed by absolute channel.
+#[target_feature(enable = "avx2")]
+pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink) {
+    depthwise_range_cmax::<P>(input, zp, pairs, g, range, plane, sink, None)
+}
+
+/// [`depthwise_range`], channel `c` also capped at `cmax[c]` (absolute index; requantizing
+/// sinks only).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink, cmax: Option<&[u8]>) {
     let (ih, iw) = (g.in_h, g.in_w);
-    assert!(P >= 1 && depthwise_supported(g) && input.len() >= g.in_c * ih * iw && kh2 * 2 >= kh);
+    let [kh, kw] = g.kernel;
+    let kw2 = kw.div_ceil(2);
+    assert!(P >= 1 && depthwise_supported(g) && input.len() >= g.in_c * ih * iw && range.end <= g.out_c && range.start <= range.end);
     for pr in pairs.iter() {
-        assert!(pr.len() >= g.out_c * kh2 * kw);
+        assert!(pr.len() >= g.out_c * kh * kw2);
     }
-    let spatial = oh * ow;
-    if P > 1 {
-        match sink {
-            Sink::Requant { mult, bias, out, .. } => {
-                assert!(mult.len() >= P * g.out_c && bias.len() >= g.out_c && out.len() >= g.out_c * spatial);
+    let spatial = g.out_h * g.out_w;
+    let rows = range.end - range.start;
+    let mut line = Vec::new();
+    match sink {
+        Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out } => {
+            assert!(mult.len() >= P * g.out_c && bias.len() >= g.out_c && out.len() >= rows * spatial);
+            if P > 1 {
                 assert!(mult[..P * g.out_c].iter().all(|&m| m == m as i32 as i64), "multipliers must fit in i32");
             }
-            Sink::Acc(_) => panic!("depthwise_parts: several parts need a Requant sink"),
+            let pl = dw_plan(g, true);
+            let msum: u128 = (0..P).map(|p| max_abs(&mult[p * g.out_c..(p + 1) * g.out_c])).sum();
+            let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, (kh * kw) as u128 * 255 * 255));
+            assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
+            let mut o = DwOut::Requant { mult, bias, out_c: g.out_c, f, cmax, out };
+            dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
-    }
-    let owp = ow.div_ceil(16) * 16;
-    // Phase length (per row: `sx` phases) and row stride.
-    let phase = if sx == 1 { owp + kw - 1 } else { owp + (kw - 1) / 2 };
-    let rs = phase * sx;
-    let hp = (oh - 1) * sy + 2 * kh2;
-    plane.clear();
-    plane.resize(hp * rs, 0);
-    // Stride 2: one padded row before the even/odd split (+16 for whole-vector reads).
-    let mut tmp = vec![0i16; if sx == 2 { 2 * phase + 16 } else { 0 }];
-    let f = sink_fin(sink);
-    let zpv = _mm256_set1_epi16(zp as i16);
-    for c in 0..g.out_c {
-        let src = &input[c * ih * iw..(c + 1) * ih * iw];
-        // Build the padded plane (every entry is rewritten: rows outside the input are zeroed).
-        for py in 0..hp {
-            let row = plane.as_mut_ptr().add(py * rs);
-            let iy = py as isize - g.pad_top as isize;
-            if iy < 0 || iy >= ih as isize {
-                std::ptr::write_bytes(row, 0, rs);
-                continue;
-            }
-            let s = src.as_ptr().add(iy as usize * iw);
-            if sx == 1 {
-                fill_row(row, phase, s, iw, g.pad_left, zpv, zp);
-            } else {
-                // Padded row into `tmp`, then split into even / odd columns.
-                let t = tmp.as_mut_ptr();
-                fill_row(t, 2 * phase, s, iw, g.pad_left, zpv, zp);
-                deinterleave(t, row, row.add(phase), phase);
-            }
+        Sink::Acc(acc) => {
+            assert!(P == 1 && cmax.is_none(), "depthwise_parts: several parts (or a cap) need a Requant sink");
+            assert!(acc.len() >= rows * spatial);
+            let pl = dw_plan(g, false);
+            let mut o = DwOut::Acc(acc);
+            dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
-        let mut wp = [std::ptr::null::<i32>(); P];
-        for p in 0..P {
-            wp[p] = pairs[p].as_ptr().add(c * kh2 * kw);
-        }
-        let base = plane.as_ptr();
-        for oy in 0..oh {
-            let mut ox0 = 0;
-            while ox0 < ow {
-                let mut lo = [_mm256_setzero_si256(); P];
-                let mut hi = [_mm256_setzero_si256(); P];
-                for r in 0..kh2 {
-                    let r0 = base.add((oy * sy + 2 * r) * rs);
-                    let r1 = r0.add(rs);
-                    for kx in 0..kw {
-                        let off = if sx == 1 { ox0 + kx } else { (kx & 1) * phase + ox0 + (kx >> 1) };
-                        let a = _mm256_loadu_si256(r0.add(off) as *const __m256i);
-                        let b = _mm256_loadu_si256(r1.add(off) as *const __m256i);
-                        let ul = _mm256_unpacklo_epi16(a, b);
-                        let uh = _mm256_unpackhi_epi16(a, b);
-                        for p in 0..P {
-                            let w = _mm256_set1_epi32(*wp[p].add(r * kw + kx));
-                            lo[p] = _mm256_add_epi32(lo[p], _mm256_madd_epi16(ul, w));
-                            hi[p] = _mm256_add_epi32(hi[p], _mm256_madd_epi16(uh, w));
-                        }
-                    }
-                }
-                let cols = 16.min(ow - ox0);
-                if P == 1 {
-                    let v0 = _mm256_permute2x128_si256(lo[0], hi[0], 0x20);
-                    let v1 = _mm256_permute2x128_si256(lo[0], hi[0], 0x31);
-                    sink16(sink, &f, c, oy * ow + ox0, spatial, cols, v0, v1);
-                } else {
-                    sink16_parts::<P>(sink, &f, c, g.out_c, spatial, oy * ow + ox0, cols, &lo, &hi);
-                }
-                ox0 += 16;
-            }
-        }
-    }
-}
-
-/// Multi-part epilogue of [`depthwise_parts`]: `lo`/`hi` are each part's accumulators in
-/// unpack order (columns 0..4,8..12 / 4..8,12..16); `cols` ≤ 16 outputs of channel `row` (of
-/// `rows`, row stride `n`) at `pos` are written.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn sink16_parts<const P: usize>(sink: &mut Sink, f: &Fin, row: usize, rows: usize, n: usize, pos: usize, cols: usize, lo: &[__m256i; P], hi: &[__m256i; P]) {
-    let Sink::Requant { mult, bias, out, .. } = sink else { unreachable!("checked on entry") };
-    let b = _mm256_set1_epi64x(*bias.get_unchecked(row));
-    let (mut e0, mut o0, mut e1, mut o1) = (b, b, b, b);
-    for p in 0..P {
-        let m = _mm256_set1_epi64x(*mult.get_unchecked(p * rows + row));
-        let v0 = _mm256_permute2x128_si256(lo[p], hi[p], 0x20);
-        let v1 = _mm256_permute2x128_si256(lo[p], hi[p], 0x31);
-        e0 = _mm256_add_epi64(e0, _mm256_mul_epi32(v0, m));
-        o0 = _mm256_add_epi64(o0, _mm256_mul_epi32(_mm256_srli_epi64(v0, 32), m));
-        e1 = _mm256_add_epi64(e1, _mm256_mul_epi32(v1, m));
-        o1 = _mm256_add_epi64(o1, _mm256_mul_epi32(_mm256_srli_epi64(v1, 32), m));
-    }
-    let bytes = pack16(finish(e0, o0, f), finish(e1, o1, f));
-    let dst = out.as_mut_ptr().add(row * n + pos);
-    if cols == 16 {
-        _mm_storeu_si128(dst as *mut __m128i, bytes);
-    } else {
-        let mut tmp = [0u8; 16];
-        _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
-    }
-}
-
-/// `row[px] = x[px − pad] − zp` for `px ∈ [pad, pad + iw)`, 0 elsewhere, `px < len`.
-#[inline(always)]
-unsafe fn fill_row(row: *mut i16, len: usize, s: *const u8, iw: usize, pad: usize, zpv: __m256i, zp: i32) {
-    let x0 = pad.min(len);
-    std::ptr::write_bytes(row, 0, x0);
-    let x1 = (pad + iw).min(len);
-    let mut px = x0;
-    while px + 16 <= x1 {
-        let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(px - pad) as *const __m128i)), zpv);
-        _mm256_storeu_si256(row.add(px) as *mut __m256i, v);
-        px += 16;
-    }
-    while px < x1 {
-        *row.add(px) = (*s.add(px - pad) as i32 - zp) as i16;
-        px += 1;
-    }
-    if x1 < len {
-        std::ptr::write_bytes(row.add(x1), 0, len - x1);
-    }
-}
-
-/// `even[j] = src[2j]`, `odd[j] = src[2j+1]` for `j < len` (`src` readable up to `2·len + 16`,
-/// rounded up to 16).
-#[inline(always)]
-unsafe fn deinterleave(src: *const i16, even: *mut i16, odd: *mut i16, len: usize) {
-    // Within each 128-bit lane: even words to the low 8 bytes, odd words to the high 8 bytes.
-    let shuf = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-    let mut j = 0;
-    while j + 16 <= len {
-        let a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256(src.add(2 * j) as *const __m256i), shuf), 0xD8);
-        let b = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256(src.add(2 * j + 16) as *const __m256i), shuf), 0xD8);
-        _mm256_storeu_si256(even.add(j) as *mut __m256i, _mm256_permute2x128_si256(a, b, 0x20));
-        _mm256_storeu_si256(odd.add(j) as *mut __m256i, _mm256_permute2x128_si256(a, b, 0x31));
-        j += 16;
-    }
-    while j < len {
-        *even.add(j) = *src.add(2 * j);
-        *odd.add(j) = *src.add(2 * j + 1);
-        j += 1;
     }
 }
 
@@ -492,9 +874,64 @@ pub fn conv_supported(parts: &[ConvPart], g: &ConvGeometry) -> bool {
     !parts.is_empty()
         && parts.iter().all(|p| match &p.packed {
             PackedWeights::Gemm { m, k, groups, .. } => *groups == g.group && *m == g.out_c / g.group && *k == g.weights_per_output(),
-            PackedWeights::Depthwise { kw, kh2, .. } => depthwise_supported(g) && *kw == g.kernel[1] && *kh2 == g.kernel[0].div_ceil(2),
+            PackedWeights::Depthwise { kh, kw2, .. } => depthwise_supported(g) && *kh == g.kernel[0] && *kw2 == g.kernel[1].div_ceil(2),
             PackedWeights::None => false,
         })
+}
+
+/// Convs smaller than this many multiply-adds run on the calling thread.
+const PAR_MIN_MACS: usize = 150_000;
+
+/// Tasks to split a conv of `macs` multiply-adds into on the current rayon pool (1: inline).
+/// Every output is computed the same way whatever the split, so results never depend on it.
+fn tasks_for(macs: usize) -> usize {
+    let t = rayon::current_num_threads();
+    if t <= 1 || macs < PAR_MIN_MACS {
+        1
+    } else {
+        2 * t
+    }
+}
+
+/// Depthwise over channel chunks in parallel (`tasks` > 1), each with its own plane; `sink`
+/// must be `Sink::Requant` over all `out_c` channels.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize, cmax: Option<&[u8]>) {
+    let spatial = g.out_h * g.out_w;
+    let chunk = g.out_c.div_ceil(tasks.max(1));
+    match sink {
+        Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out } if tasks > 1 && chunk < g.out_c && spatial > 0 => {
+            out[..g.out_c * spatial].par_chunks_mut(chunk * spatial).enumerate().for_each(|(i, o)| {
+                let c0 = i * chunk;
+                let c1 = (c0 + chunk).min(g.out_c);
+                let mut plane = Vec::new();
+                let mut sink = Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out: o };
+                // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+                unsafe { depthwise_range_cmax::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink, cmax) };
+            });
+        }
+        _ => depthwise_range_cmax::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink, cmax),
+    }
+}
+
+/// [`gemm_packed`] with a requantizing sink, its output-channel blocks split over `tasks`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>) {
+    let mb = m.div_ceil(MR);
+    let tasks = tasks.min(mb);
+    if tasks <= 1 || n == 0 {
+        return gemm_packed_cmax(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out }, cmax);
+    }
+    let per = mb.div_ceil(tasks) * MR;
+    let ablk = k.div_ceil(2) * MR * 2;
+    out[..m * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(m));
+        let mut sink = Sink::Requant { mult: &mult[r0..r1], bias: &bias[r0..r1], shift, zp, qmin, qmax, out: o };
+        // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+        unsafe { gemm_packed_cmax(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink, cmax.map(|c| &c[r0..r1])) };
+    });
 }
 
 /// Below this many output positions a conv runs as matrix–vector products.
@@ -505,7 +942,18 @@ const GEMV_MAX_N: usize = 4;
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    conv_q8_clamped(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, None, g, out, scratch)
+}
+
+/// [`conv_q8`] with output channel `c` also capped at `cmax[c]` (see
+/// [`super::conv_q8_clamped`]): fused into the epilogue of the single-part and depthwise paths.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     assert!(conv_supported(parts, g));
+    assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
+    // Paths without a fused cap apply it afterwards.
+    let mut post_cap = cmax;
     let spatial = g.out_h * g.out_w;
     let cin_g = g.in_c / g.group;
     let cout_g = g.out_c / g.group;
@@ -514,11 +962,9 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
     // Split depthwise (2–3 parts): one pass, shared padded planes and input loads.
     if (2..=3).contains(&parts.len()) && g.is_depthwise() {
         let mut dw: [&[i32]; 3] = [&[], &[], &[]];
-        let mut kh2s = [0usize; 3];
         for (i, part) in parts.iter().enumerate() {
-            if let PackedWeights::Depthwise { pairs, kh2, .. } = &part.packed {
+            if let PackedWeights::Depthwise { pairs, .. } = &part.packed {
                 dw[i] = pairs;
-                kh2s[i] = *kh2;
             }
         }
         let Scratch { bpack, mult, .. } = &mut *scratch;
@@ -527,12 +973,43 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
             mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
         }
         let fits = mult.iter().all(|&m| m == m as i32 as i64);
-        if fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) && kh2s[..parts.len()].iter().all(|&k| k == kh2s[0]) {
-            let mut sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
+        if fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) {
+            let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
+            let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
-                depthwise_parts::<2>(input, zp_in, [dw[0], dw[1]], kh2s[0], g, bpack, &mut sink);
+                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks, cmax);
             } else {
-                depthwise_parts::<3>(input, zp_in, [dw[0], dw[1], dw[2]], kh2s[0], g, bpack, &mut sink);
+                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks, cmax);
+            }
+            return;
+        }
+    }
+    // Split pointwise/dense (2–3 parts, one group): B packed once, parts summed in the epilogue.
+    if (2..=3).contains(&parts.len()) && g.group == 1 && spatial > GEMV_MAX_N {
+        let mut ga: [&[i16]; 3] = [&[], &[], &[]];
+        for (i, part) in parts.iter().enumerate() {
+            if let PackedWeights::Gemm { data, .. } = &part.packed {
+                ga[i] = data;
+            }
+        }
+        let Scratch { cols, bpack, mult, .. } = &mut *scratch;
+        mult.clear();
+        for part in parts {
+            mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
+        }
+        if mult.iter().all(|&m| m == m as i32 as i64) && ga[..parts.len()].iter().all(|p| !p.is_empty()) {
+            if g.is_pointwise() {
+                pack_b_u8(input, zp_in, k, spatial, bpack);
+            } else {
+                cols.resize(k * spatial, 0);
+                im2col_q(input, zp_in, g, 0, g.in_c, cols);
+                pack_b_i16(cols, k, spatial, bpack);
+            }
+            let tasks = tasks_for(g.macs() * parts.len());
+            if parts.len() == 2 {
+                gemm_parts_par::<2>([ga[0], ga[1]], k, bpack, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
+            } else {
+                gemm_parts_par::<3>([ga[0], ga[1], ga[2]], k, bpack, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
             }
             return;
         }
@@ -551,9 +1028,14 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
             acc.resize(g.out_c * spatial, 0);
         }
         match &part.packed {
-            PackedWeights::Depthwise { pairs, kh2, .. } => {
-                let mut sink = if single { Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out } } else { Sink::Acc(&mut acc[..]) };
-                depthwise(input, zp_in, pairs, *kh2, g, bpack, &mut sink);
+            PackedWeights::Depthwise { pairs, .. } => {
+                if single {
+                    let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
+                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()), cmax);
+                    post_cap = None;
+                } else {
+                    depthwise(input, zp_in, pairs, g, bpack, &mut Sink::Acc(&mut acc[..]));
+                }
             }
             PackedWeights::Gemm { data, .. } => {
                 let blk = cout_g.div_ceil(MR) * k.div_ceil(2) * MR * 2;
@@ -577,10 +1059,17 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
                         pack_b_u8(input, zp_in, k, spatial, bpack);
                     } else {
                         cols.resize(k * spatial, 0);
-                        im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, cols);
+                        im2col_q(input, zp_in, g, grp * cin_g, cin_g, cols);
                         pack_b_i16(cols, k, spatial, bpack);
                     }
-                    gemm_packed(&data[grp * blk..(grp + 1) * blk], cout_g, k, bpack, spatial, &mut sink);
+                    let a = &data[grp * blk..(grp + 1) * blk];
+                    match sink {
+                        Sink::Requant { mult, bias, out, .. } if g.group == 1 => {
+                            gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), cmax);
+                            post_cap = None;
+                        }
+                        _ => gemm_packed(a, cout_g, k, bpack, spatial, &mut sink),
+                    }
                 }
             }
             PackedWeights::None => unreachable!("checked by conv_supported"),
@@ -599,14 +1088,18 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
             *o = (out_zp as i64 + round_shift(f, shift)).clamp(qmin as i64, qmax as i64) as u8;
         }
     }
+    if let Some(cm) = post_cap {
+        clamp_channels_u8(&mut out[..g.out_c * spatial], spatial, &cm[..g.out_c]);
+    }
 }
 
 #[inline(always)]
-unsafe fn add8(pa: *const u8, pb: *const u8, zav: __m256i, zbv: __m256i, mav: __m256i, mbv: __m256i, f: &Fin) -> __m256i {
+#[allow(clippy::too_many_arguments)]
+unsafe fn add8(pa: *const u8, pb: *const u8, zav: __m256i, zbv: __m256i, mav: __m256i, mbv: __m256i, off: __m256i, f: &Fin) -> __m256i {
     let xa = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pa as *const __m128i)), zav);
     let xb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pb as *const __m128i)), zbv);
-    let even = _mm256_add_epi64(_mm256_mul_epi32(xa, mav), _mm256_mul_epi32(xb, mbv));
-    let odd = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xa, 32), mav), _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mbv));
+    let even = _mm256_add_epi64(_mm256_add_epi64(_mm256_mul_epi32(xa, mav), _mm256_mul_epi32(xb, mbv)), off);
+    let odd = _mm256_add_epi64(_mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xa, 32), mav), _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mbv)), off);
     finish(even, odd, f)
 }
 
@@ -615,13 +1108,14 @@ unsafe fn add8(pa: *const u8, pb: *const u8, zav: __m256i, zbv: __m256i, mav: __
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     let n = out.len().min(a.len()).min(b.len());
-    let f = fin(shift, zo, qmin, qmax);
+    let f = fin(shift, zo, qmin, qmax, 255 * (ma.unsigned_abs() as u128 + mb.unsigned_abs() as u128));
+    let off = fin_bias(&f, 0);
     let (zav, zbv) = (_mm256_set1_epi32(za), _mm256_set1_epi32(zb));
     let (mav, mbv) = (_mm256_set1_epi64x(ma), _mm256_set1_epi64x(mb));
     let mut i = 0;
     while i + 16 <= n {
-        let v0 = add8(a.as_ptr().add(i), b.as_ptr().add(i), zav, zbv, mav, mbv, &f);
-        let v1 = add8(a.as_ptr().add(i + 8), b.as_ptr().add(i + 8), zav, zbv, mav, mbv, &f);
+        let v0 = add8(a.as_ptr().add(i), b.as_ptr().add(i), zav, zbv, mav, mbv, off, &f);
+        let v1 = add8(a.as_ptr().add(i + 8), b.as_ptr().add(i + 8), zav, zbv, mav, mbv, off, &f);
         _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, pack16(v0, v1));
         i += 16;
     }
@@ -650,5 +1144,118 @@ pub unsafe fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: s
     for (c, o) in out.iter_mut().enumerate().take(channels) {
         let sum = sum_u8(&input[c * hw..(c + 1) * hw]) as i64 - zp_in as i64 * hw as i64;
         *o = super::clamp_u8(zo as i64 + r.apply(sum), 0, 255);
+    }
+}
+
+/// 8 floats → `round_ties_even(v / scale)` clamped to ±2^22 (NaN → 0), as i32, plus `zp`,
+/// clamped to [0, 255].
+#[inline(always)]
+unsafe fn quantize8(p: *const f32, sv: __m256, lim: __m256, zpv: __m256i) -> __m256i {
+    let y = _mm256_div_ps(_mm256_loadu_ps(p), sv);
+    let y = _mm256_and_ps(y, _mm256_cmp_ps(y, y, _CMP_ORD_Q));
+    let y = _mm256_min_ps(_mm256_max_ps(y, _mm256_sub_ps(_mm256_setzero_ps(), lim)), lim);
+    let r = _mm256_cvtps_epi32(_mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, zpv), _mm256_setzero_si256()), _mm256_set1_epi32(255))
+}
+
+/// AVX2 [`super::quantize_f32_reference`]: the same IEEE division, round half to even.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_f32(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
+    let n = x.len().min(out.len());
+    let (sv, lim, zpv) = (_mm256_set1_ps(scale), _mm256_set1_ps(4_194_304.0), _mm256_set1_epi32(zp));
+    let mut i = 0;
+    while i + 16 <= n {
+        let a = quantize8(x.as_ptr().add(i), sv, lim, zpv);
+        let b = quantize8(x.as_ptr().add(i + 8), sv, lim, zpv);
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, pack16(a, b));
+        i += 16;
+    }
+    super::quantize_f32_reference(&x[i..n], scale, zp, &mut out[i..n]);
+}
+
+/// AVX2 [`super::im2col_q_reference`] (same `[(c·kh·kw) × (oh·ow)]` i16 layout): each row
+/// segment inside the input is converted 16 values at a time (stride 2: the even bytes of 32),
+/// padding is 0. Any stride/dilation; strides other than 1 and 2 go element by element.
+#[target_feature(enable = "avx2")]
+pub unsafe fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
+    let (oh, ow) = (g.out_h, g.out_w);
+    let [kh, kw] = g.kernel;
+    let sx = g.strides[1];
+    let n = oh * ow;
+    assert!(cols.len() >= c_count * kh * kw * n && input.len() >= (c_begin + c_count) * g.in_h * g.in_w);
+    let zpv = _mm256_set1_epi16(zp as i16);
+    // Per 128-bit lane: bytes 0,2,…,14 to the low half.
+    let even = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1, 0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
+    let d0 = cols.as_mut_ptr();
+    let end = d0.add(cols.len());
+    let mut row = 0;
+    for c in c_begin..c_begin + c_count {
+        let plane = input.as_ptr().add(c * g.in_h * g.in_w);
+        let plane_end = input.as_ptr().add(input.len());
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
+                let dst = d0.add(row * n);
+                for oy in 0..oh {
+                    let d = dst.add(oy * ow);
+                    if oy < y0 || oy >= y1 || x0 >= x1 {
+                        std::ptr::write_bytes(d, 0, ow);
+                        continue;
+                    }
+                    let iy = oy * g.strides[0] + ky * g.dilations[0] - g.pad_top;
+                    let src = plane.add(iy * g.in_w + x0 * sx + kx * g.dilations[1] - g.pad_left);
+                    let mut ox = x0;
+                    let mut s = src;
+                    while ox < x1 {
+                        let reads = if sx == 2 { 32 } else { 16 };
+                        if (sx == 1 || sx == 2) && d.add(ox + 16) <= end && s.add(reads) <= plane_end {
+                            let v = if sx == 1 {
+                                _mm256_cvtepu8_epi16(_mm_loadu_si128(s as *const __m128i))
+                            } else {
+                                let t = _mm256_shuffle_epi8(_mm256_loadu_si256(s as *const __m256i), even);
+                                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(_mm256_permute4x64_epi64(t, 0b1000)))
+                            };
+                            // Lanes past x1 are overwritten below (zeros) or by the next segment.
+                            _mm256_storeu_si256(d.add(ox) as *mut __m256i, _mm256_sub_epi16(v, zpv));
+                            ox += 16;
+                            s = s.add(16 * sx);
+                        } else {
+                            *d.add(ox) = (*s as i32 - zp) as i16;
+                            ox += 1;
+                            s = s.add(sx);
+                        }
+                    }
+                    std::ptr::write_bytes(d, 0, x0);
+                    std::ptr::write_bytes(d.add(x1), 0, ow - x1);
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// AVX2 [`super::clamp_channels_u8_reference`]: 32 bytes per `vpminub`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn clamp_channels_u8(data: &mut [u8], inner: usize, qmax: &[u8]) {
+    for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
+        let m = qmax[i % qmax.len()];
+        let (p, len) = (chunk.as_mut_ptr(), chunk.len());
+        let mv = _mm256_set1_epi8(m as i8);
+        let mut j = 0;
+        while j + 32 <= len {
+            let v = _mm256_loadu_si256(p.add(j) as *const __m256i);
+            _mm256_storeu_si256(p.add(j) as *mut __m256i, _mm256_min_epu8(v, mv));
+            j += 32;
+        }
+        if j + 16 <= len {
+            let v = _mm_loadu_si128(p.add(j) as *const __m128i);
+            _mm_storeu_si128(p.add(j) as *mut __m128i, _mm_min_epu8(v, _mm256_castsi256_si128(mv)));
+            j += 16;
+        }
+        while j < len {
+            *p.add(j) = (*p.add(j)).min(m);
+            j += 1;
+        }
     }
 }

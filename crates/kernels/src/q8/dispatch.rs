@@ -44,6 +44,23 @@ pub fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64],
     conv_q8_portable(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch)
 }
 
+/// [`conv_q8`], then output channel `c` capped at `cmax[c]` (an equalized per-channel ReLU6
+/// bound): the AVX2 paths fuse the cap into their epilogue; the reference is
+/// [`super::conv_q8_reference`] followed by [`super::clamp_channels_u8_reference`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: &[u8], g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    assert!(cmax.len() >= g.out_c);
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 && super::avx2::conv_supported(parts, g) {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { super::avx2::conv_q8_clamped(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, Some(cmax), g, out, scratch) };
+        return;
+    }
+    conv_q8_portable(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch);
+    let spatial = g.out_h * g.out_w;
+    super::clamp_channels_u8_reference(&mut out[..g.out_c * spatial], spatial, &cmax[..g.out_c]);
+}
+
 /// The portable conv path (the scalar reference).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_q8_portable(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
@@ -85,4 +102,26 @@ pub fn requantize_u8(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, q
     for (o, &x) in out.iter_mut().zip(input) {
         *o = lut[x as usize];
     }
+}
+
+/// Float → uint8 grid (see [`super::quantize_f32_reference`]).
+pub fn quantize_f32(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { super::avx2::quantize_f32(x, scale, zp, out) };
+        return;
+    }
+    super::quantize_f32_reference(x, scale, zp, out)
+}
+
+/// Per-channel upper clamp in place (see [`super::clamp_channels_u8_reference`]).
+pub fn clamp_channels_u8(data: &mut [u8], inner: usize, qmax: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { super::avx2::clamp_channels_u8(data, inner, qmax) };
+        return;
+    }
+    super::clamp_channels_u8_reference(data, inner, qmax)
 }

@@ -14,7 +14,7 @@ pub use pack::{pack_b_i16, pack_b_u8, PackedWeights, MR, NR};
 pub mod avx2;
 
 mod dispatch;
-pub use dispatch::{add_q8, conv_q8, conv_q8_portable, global_avg_pool_q8, requantize_u8, simd_level, SimdLevel};
+pub use dispatch::{add_q8, clamp_channels_u8, conv_q8, conv_q8_clamped, conv_q8_portable, global_avg_pool_q8, quantize_f32, requantize_u8, simd_level, SimdLevel};
 
 /// Fixed-point multiplier: `apply(acc) = round(acc · multiplier / 2^shift)`, ties rounded away
 /// from zero (as gemmlowp's RoundingDivideByPOT does). Multipliers are kept in [2^29, 2^30) so
@@ -218,6 +218,34 @@ pub fn global_avg_pool_q8_reference(input: &[u8], channels: usize, zp_in: i32, r
     for (c, o) in out.iter_mut().enumerate().take(channels) {
         let sum: i64 = input[c * hw..(c + 1) * hw].iter().map(|&x| x as i64 - zp_in as i64).sum();
         *o = clamp_u8(zo as i64 + r.apply(sum), 0, 255);
+    }
+}
+
+/// `QuantizeLinear` of one value onto a uint8 grid: round half to even of `v / scale`, add the
+/// zero-point, clamp to [0, 255]. `round_ties_even` through the 1.5·2^23 trick (exact for
+/// |x| < 2^22; beyond that the value clamps to 0 or 255 either way, and NaN stays NaN, i.e.
+/// 0 + zp as with `round_ties_even`).
+#[inline]
+pub fn quantize_one(v: f32, scale: f32, zp: i32) -> u8 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    let x = (v / scale).clamp(-4_194_304.0, 4_194_304.0);
+    let r = if x.abs() < 4_194_304.0 { (x + MAGIC) - MAGIC } else { x };
+    (r as i64 + zp as i64).clamp(0, 255) as u8
+}
+
+/// [`quantize_one`] over a slice (the engine's float → uint8 steps).
+pub fn quantize_f32_reference(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = quantize_one(v, scale, zp);
+    }
+}
+
+/// Per-channel upper clamp in place: `data` is `[…][channel][inner]`, channel `i` of each image
+/// capped at `qmax[i % qmax.len()]`.
+pub fn clamp_channels_u8_reference(data: &mut [u8], inner: usize, qmax: &[u8]) {
+    for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
+        let m = qmax[i % qmax.len()];
+        chunk.iter_mut().for_each(|v| *v = (*v).min(m));
     }
 }
 

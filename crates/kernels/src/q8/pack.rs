@@ -28,9 +28,9 @@ pub enum PackedWeights {
     /// Per group: `ceil(m/MR)` blocks of `[ceil(k/2)][MR][2]` i16, zero padded. `m` output
     /// channels per group, `k` weights per output channel.
     Gemm { data: Vec<i16>, m: usize, k: usize, groups: usize },
-    /// Depthwise, per channel: `[ceil(kh/2)][kw]` i32 holding the i16 pair
-    /// `(w[2r][kx], w[2r+1][kx])` (second half 0 past the last kernel row).
-    Depthwise { pairs: Vec<i32>, kh2: usize, kw: usize },
+    /// Depthwise, per channel: `[kh][ceil(kw/2)]` i32 holding the i16 pair
+    /// `(w[ky][2j], w[ky][2j+1])` (second half 0 past the last kernel column).
+    Depthwise { pairs: Vec<i32>, kh: usize, kw2: usize },
 }
 
 impl PackedWeights {
@@ -38,19 +38,19 @@ impl PackedWeights {
     pub fn new(weight: &[i16], g: &ConvGeometry) -> PackedWeights {
         if g.is_depthwise() {
             let [kh, kw] = g.kernel;
-            let kh2 = kh.div_ceil(2);
-            let mut pairs = Vec::with_capacity(g.out_c * kh2 * kw);
+            let kw2 = kw.div_ceil(2);
+            let mut pairs = Vec::with_capacity(g.out_c * kh * kw2);
             for c in 0..g.out_c {
                 let w = &weight[c * kh * kw..(c + 1) * kh * kw];
-                for r in 0..kh2 {
-                    for kx in 0..kw {
-                        let lo = w[2 * r * kw + kx] as u16 as u32;
-                        let hi = if 2 * r + 1 < kh { w[(2 * r + 1) * kw + kx] as u16 as u32 } else { 0 };
+                for ky in 0..kh {
+                    for j in 0..kw2 {
+                        let lo = w[ky * kw + 2 * j] as u16 as u32;
+                        let hi = if 2 * j + 1 < kw { w[ky * kw + 2 * j + 1] as u16 as u32 } else { 0 };
                         pairs.push((lo | hi << 16) as i32);
                     }
                 }
             }
-            return PackedWeights::Depthwise { pairs, kh2, kw };
+            return PackedWeights::Depthwise { pairs, kh, kw2 };
         }
         let m = g.out_c / g.group;
         let k = g.weights_per_output();
