@@ -87,7 +87,6 @@ pub struct QuantSummary {
     pub split_layers: usize,
     pub extra_weight_bytes: usize,
     pub weight_bytes: usize,
-    /// Extra latency of the splits in MAC-equivalents (depthwise parts count a quarter).
     pub extra_macs: usize,
     pub total_macs: usize,
     pub bias_corrected_layers: usize,

@@ -83,8 +83,7 @@ pub struct QuantOptions {
     /// Subtensor: extra weight bytes allowed for splits, in % of the weight bytes.
     #[arg(long, default_value_t = 1.0)]
     pub size_budget: f64,
-    /// Subtensor: extra latency allowed for splits, in % of the model's MACs (a depthwise split
-    /// counts a quarter of its MACs: the engine feeds all parts from one pass).
+    /// Subtensor: extra MACs allowed for splits, in % of the model's MACs (latency proxy).
     #[arg(long, default_value_t = 5.0)]
     pub latency_budget: f64,
     /// Cross-layer equalization before calibration (ReLU6 bounds kept exact per channel).
@@ -194,7 +193,7 @@ pub fn print_summary(s: &QuantSummary) {
     }
     if !s.layers.is_empty() {
         println!(
-            "subtensor: {} layers split (+{:.2}% weight bytes, +{:.2}% estimated latency); bias corrected on {} layers",
+            "subtensor: {} layers split (+{:.2}% weight bytes, +{:.2}% MACs); bias corrected on {} layers",
             s.split_layers,
             100.0 * s.extra_weight_bytes as f64 / s.weight_bytes.max(1) as f64,
             100.0 * s.extra_macs as f64 / s.total_macs.max(1) as f64,
