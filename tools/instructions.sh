@@ -18,5 +18,5 @@ echo "| model | instructions per image (M) |"
 echo "|---|---:|"
 for m in "$@"; do
     one=$(total "$m" 1); three=$(total "$m" 3)
-    echo "| $(basename "$m") | $(( (three - one) / 2 / 1000000 )) |"
+    echo "| $(basename "$m") | $(awk -v a="$one" -v b="$three" 'BEGIN { printf "%.2f", (b - a) / 2 / 1e6 }') |"
 done
