@@ -28,22 +28,23 @@ fn json(path: &Path) -> serde_json::Value {
 fn quantize(scheme: &str, out: &Path, calib_limit: &str) {
     let mut args = vec!["quantize", "--model", "assets/models/efficientnet_lite0.onnx", "--calib", "assets/images/calib", "--calib-limit", calib_limit, "--scheme", scheme, "--preset", "efficientnet-lite", "-o", out.to_str().unwrap()];
     if scheme == "subtensor" {
-        // CLE fixed on (not tried both ways) and a short bias correction keep the test quick;
-        // the file still has split convs summed by Adds and uint8 ReLU6 bounds.
-        args.extend(["--cle", "--bias-correction-images", "8"]);
+        // CLE fixed on (not tried both ways, which would double the time); otherwise the file
+        // users ship: split convs summed by Adds, uint8 ReLU6 bounds, bias correction.
+        args.push("--cle");
     }
     subq(&args);
 }
 
 /// ONNX Runtime (graph optimizations off: the file's written semantics) and our int8 engine give
 /// the same top-1 within 0.3 points on the 400 eval images, for a per-tensor, a per-channel and a
-/// subtensor file.
+/// subtensor file. Each side decodes the JPEGs itself (Pillow vs zune-jpeg), which alone moves
+/// FP32 top-1 by one image (0.25 points), so the margin covers decoding as well as arithmetic.
 #[test]
 fn onnxruntime_scores_our_qdq_files_like_our_engine() {
     let dir = tempfile::tempdir().unwrap();
     for scheme in ["per-channel", "per-tensor", "subtensor"] {
         let model = dir.path().join(format!("{scheme}.onnx"));
-        quantize(scheme, &model, if scheme == "subtensor" { "16" } else { "100" });
+        quantize(scheme, &model, "100");
         let ours = dir.path().join(format!("{scheme}.subq.json"));
         subq(&["eval", "--model", model.to_str().unwrap(), "--images", "assets/images/eval", "--labels", "assets/imagenet_synsets.txt", "--json", ours.to_str().unwrap()]);
         let theirs = dir.path().join(format!("{scheme}.ort.json"));
