@@ -4,7 +4,7 @@
 mod fp32;
 mod int8;
 
-pub use fp32::{eval_node, Fp32Executor};
+pub use fp32::{eval_node, qdq_params, Fp32Executor};
 pub use int8::Int8Engine;
 
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use subq_ir::{Graph, Node, Op};
-use subq_tensor::{DType, QParams, QuantRange, Tensor};
+use subq_tensor::{DType, QuantRange, Tensor};
 
 use crate::TransformError;
 
@@ -24,20 +24,9 @@ fn err(node: &Node, reason: impl Into<String>) -> TransformError {
     TransformError::Node { pass: "dequantize", node: node.name.clone(), reason: reason.into() }
 }
 
-fn params(g: &Graph, n: &Node, values: Option<&Tensor>) -> Result<QParams, TransformError> {
-    let scale = g.initializer(&n.inputs[1]).ok_or_else(|| err(n, "scale is not a constant"))?.to_f32_vec();
-    let zero_point = match n.inputs.get(2).filter(|z| !z.is_empty()) {
-        Some(z) => g.initializer(z).ok_or_else(|| err(n, "zero-point is not a constant"))?.to_i32_vec(),
-        None => vec![0; scale.len()],
-    };
-    let (Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis }) = n.op else { unreachable!("Q/DQ only") };
-    let rank = values.map_or(4, |v| v.shape.len()) as i64;
-    let axis = (scale.len() > 1).then_some(if axis < 0 { axis + rank } else { axis } as usize);
-    let range = match values.map(|v| v.dtype()) {
-        Some(DType::I8) => QuantRange::I8,
-        _ => QuantRange::U8,
-    };
-    Ok(QParams { scale, zero_point, axis, range })
+/// The operands of `n` that are constants (None for the others), as the FP32 executor takes them.
+fn constant_args<'g>(g: &'g Graph, n: &Node) -> Vec<Option<&'g Tensor>> {
+    n.inputs.iter().map(|i| g.initializer(i)).collect()
 }
 
 /// Rewrite `g` (a QDQ graph) as an FP32 graph. Returns how many Q/DQ nodes were removed.
@@ -49,19 +38,20 @@ pub fn dequantize_qdq(g: &mut Graph) -> Result<usize, TransformError> {
     for n in &g.nodes {
         match n.op {
             Op::DequantizeLinear { .. } => {
-                if let Some(values) = g.initializer(&n.inputs[0]) {
-                    let q = params(g, n, Some(values))?;
-                    let v = values.to_i32_vec();
-                    let floats = v.iter().enumerate().map(|(i, &x)| q.dequantize_value(x, q.channel_of(&values.shape, i))).collect();
-                    constants.push((n.outputs[0].clone(), Tensor::f32(values.shape.clone(), floats).map_err(|e| err(n, e.to_string()))?));
+                // A constant: evaluated exactly as the FP32 executor runs the file.
+                let args = constant_args(g, n);
+                if args.iter().all(Option::is_some) {
+                    let floats = subq_runtime::eval_node(n, &args, &mut Vec::new()).map_err(|e| err(n, e.to_string()))?;
+                    constants.push((n.outputs[0].clone(), floats));
                     continue;
                 }
                 let quant = producers.get(&n.inputs[0]).map(|&p| &g.nodes[p]).filter(|p| matches!(p.op, Op::QuantizeLinear { .. }));
                 let Some(quant) = quant else { return Err(err(n, "dequantizes a value that no QuantizeLinear produced")) };
-                let q = params(g, quant, None)?;
+                let Op::QuantizeLinear { axis } = quant.op else { unreachable!("filtered above") };
+                let (q, _) = subq_runtime::qdq_params(quant, &constant_args(g, quant), axis, 4, None).map_err(|e| err(quant, e.to_string()))?;
                 let source = quant.inputs[0].clone();
                 let already_clamped = producers.get(&source).is_some_and(|&p| matches!(g.nodes[p].op, Op::Relu | Op::Clip { .. }));
-                if q.is_per_tensor() && q.zero_point[0] == 0 && !already_clamped {
+                if q.range == QuantRange::U8 && q.is_per_tensor() && q.zero_point[0] == 0 && !already_clamped {
                     nodes.push(Node { name: format!("{}_relu_bound", n.name), op: Op::Clip { min: 0.0, max: 255.0 * q.scale[0] }, inputs: vec![source], outputs: n.outputs.clone() });
                 } else {
                     nodes.push(Node { name: format!("{}_dq_identity", n.name), op: Op::Identity, inputs: vec![source], outputs: n.outputs.clone() });
