@@ -155,24 +155,8 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
             }
             // Probe splits on the model output with a few calibration images (not with data-free).
             let probe_inputs = &inputs[..inputs.len().min(8)];
-            let fp32_logits: Vec<Tensor> = if probe_inputs.is_empty() {
-                Vec::new()
-            } else {
-                let exec = subq_runtime::Fp32Executor::new(&g);
-                probe_inputs.iter().map(|x| exec.run(vec![x.clone()]).map(|mut o| o.remove(0))).collect::<Result<_, _>>()?
-            };
-            let measure = |p: &crate::QuantPlan| -> Result<f64, QuantError> {
-                let q = build_qdq_graph(&g, p)?;
-                let e = subq_runtime::Int8Engine::new(&q)?;
-                let mut noise = 0f64;
-                for (x, r) in probe_inputs.iter().zip(&fp32_logits) {
-                    let y = e.run(x.clone())?.remove(0);
-                    for (a, b) in r.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?.iter().zip(y.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?) {
-                        noise += ((a - b) as f64).powi(2);
-                    }
-                }
-                Ok(noise)
-            };
+            let fp32_logits = reference_logits(&g, probe_inputs)?;
+            let measure = |p: &crate::QuantPlan| -> Result<f64, QuantError> { Ok(logits_error(&build_qdq_graph(&g, p)?, probe_inputs, &fp32_logits)?.1) };
             let probe: Option<crate::subtensor::Probe> = if probe_inputs.is_empty() || !cfg.probe_splits { None } else { Some(&measure) };
             let sp = make_subtensor_plan(&g, &calib, &opts, probe)?;
             summary.split_layers = sp.layers.iter().filter(|l| l.split.is_some()).count();
@@ -203,17 +187,28 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
     Ok((q, summary))
 }
 
-/// Logits SQNR of the int8 engine running `q` against the FP32 graph on `inputs`.
-fn calib_sqnr(fp32: &Graph, q: &Graph, inputs: &[Tensor]) -> Result<f64, QuantError> {
-    let (f, e) = (subq_runtime::Fp32Executor::new(fp32), subq_runtime::Int8Engine::new(q)?);
+/// The FP32 graph's logits on `inputs`.
+fn reference_logits(fp32: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, QuantError> {
+    let exec = subq_runtime::Fp32Executor::new(fp32);
+    inputs.iter().map(|x| exec.run(vec![x.clone()]).map(|mut o| o.remove(0)).map_err(Into::into)).collect()
+}
+
+/// Signal and noise power of the int8 engine running `q` on `inputs` against `reference` logits.
+fn logits_error(q: &Graph, inputs: &[Tensor], reference: &[Tensor]) -> Result<(f64, f64), QuantError> {
+    let e = subq_runtime::Int8Engine::new(q)?;
     let (mut signal, mut noise) = (0f64, 0f64);
-    for x in inputs {
-        let a = f.run(vec![x.clone()])?.remove(0);
-        let b = e.run(x.clone())?.remove(0);
-        for (p, r) in a.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?.iter().zip(b.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?) {
+    for (x, r) in inputs.iter().zip(reference) {
+        let y = e.run(x.clone())?.remove(0);
+        for (p, q) in r.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?.iter().zip(y.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?) {
             signal += (*p as f64).powi(2);
-            noise += ((p - r) as f64).powi(2);
+            noise += ((p - q) as f64).powi(2);
         }
     }
+    Ok((signal, noise))
+}
+
+/// Logits SQNR of the int8 engine running `q` against the FP32 graph on `inputs`.
+fn calib_sqnr(fp32: &Graph, q: &Graph, inputs: &[Tensor]) -> Result<f64, QuantError> {
+    let (signal, noise) = logits_error(q, inputs, &reference_logits(fp32, inputs)?)?;
     Ok(10.0 * (signal / noise.max(1e-30)).log10())
 }
