@@ -4,6 +4,7 @@
     python tools/ort_eval.py --model Q.onnx --images DIR \
         --preset efficientnet-lite|keras-mobilenet|torchvision \
         [--labels SYNSETS] [--reference FP32.onnx] [--limit N] [--opt disable|default] [--json FILE]
+        [--inputs X.npy (tensors from `subq eval --save-inputs`)] [--save-logits L.npy]
 
 Preprocessing is Pillow's and matches subq's (crates/calib/src/preprocess.rs):
   * crop: the shorter side is resized to round(size / crop_ratio) (never below size), the
@@ -180,6 +181,8 @@ def main():
     ap.add_argument("--mean", type=lambda s: [float(v) for v in s.split(",")], help="override the preset: r,g,b in 0..255 units")
     ap.add_argument("--std", type=lambda s: [float(v) for v in s.split(",")], help="override the preset: r,g,b in 0..255 units")
     ap.add_argument("--channel-order", choices=["rgb", "bgr"], help="override the preset")
+    ap.add_argument("--inputs", type=Path, help="float32 .npy [N,3,H,W] written by `subq eval --save-inputs`: feed these tensors instead of decoding the images (which then only give the labels), so both engines see identical inputs")
+    ap.add_argument("--save-logits", type=Path, help="write the logits as float32 .npy [N, classes], in image order")
     a = ap.parse_args()
 
     p = dict(PRESETS[a.preset])
@@ -212,11 +215,19 @@ def main():
                 raise SystemExit(f"{path}: no label (WordNet id {wnid!r} not in {a.labels})")
             labels[i] = syn[wnid]
 
+    given = None
+    if a.inputs:
+        given = np.load(a.inputs)
+        if given.dtype != np.float32 or given.shape[1:] != (3, h, w) or given.shape[0] != len(items):
+            raise SystemExit(f"{a.inputs}: {given.dtype} {given.shape}, expected float32 [{len(items)}, 3, {h}, {w}] (one per image)")
+
     n = top1 = top5 = agree = ref_top1 = 0
     signal = noise = 0.0
+    all_logits = []
     for idx, ((path, _), label) in enumerate(zip(items, labels)):
-        x = preprocess(path, p, h, w)[None]
+        x = given[idx : idx + 1] if given is not None else preprocess(path, p, h, w)[None]
         out = np.asarray(sess.run(None, {in_name: x})[0], dtype=np.float32).reshape(-1)
+        all_logits.append(out)
         top = top_k(out, 5)
         n += 1
         if label is not None:
@@ -235,6 +246,9 @@ def main():
             print(f"\r{idx + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
     if sys.stderr.isatty():
         print("\r", end="", file=sys.stderr)
+
+    if a.save_logits:
+        np.save(a.save_logits, np.stack(all_logits).astype(np.float32))
 
     frac = lambda c: c / n if n else 0.0
     has_labels, has_ref = a.labels is not None, ref is not None

@@ -21,6 +21,15 @@ pub struct EvalOptions<'a> {
     /// Skip images that cannot be decoded (counted in the report) instead of failing.
     pub skip_unreadable: bool,
     pub progress: bool,
+    /// Keep every image's model input and logits (in image order) for saving.
+    pub keep_tensors: bool,
+}
+
+/// Model inputs and logits of an evaluation, in image order (skipped images left out).
+#[derive(Clone, Debug, Default)]
+pub struct KeptTensors {
+    pub inputs: Vec<Vec<f32>>,
+    pub logits: Vec<Vec<f32>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -103,7 +112,7 @@ fn progress_bar(len: usize, message: String, show: bool) -> ProgressBar {
     bar
 }
 
-pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -> Result<EvalReport, EvalError> {
+pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -> Result<(EvalReport, Option<KeptTensors>), EvalError> {
     // Labels are resolved up front so that an unknown label fails before any inference.
     let labels: Vec<Option<usize>> = match opts.synsets {
         Some(s) => items.iter().map(|it| subq_calib::dataset::label_of(it, s).map(Some)).collect::<Result<_, _>>()?,
@@ -111,9 +120,10 @@ pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -
     };
     let bar = progress_bar(items.len(), model.describe(), opts.progress);
     let tally = Mutex::new(Tally::default());
+    let kept: Vec<Mutex<Option<(Vec<f32>, Vec<f32>)>>> = if opts.keep_tensors { items.iter().map(|_| Mutex::new(None)).collect() } else { Vec::new() };
     // Each worker decodes its image and runs it, so decoding of one image overlaps inference of
     // another; the pool size is set by the caller (`--threads`).
-    items.par_iter().zip(labels.par_iter()).try_for_each(|(item, label)| -> Result<(), EvalError> {
+    items.par_iter().zip(labels.par_iter()).enumerate().try_for_each(|(index, (item, label))| -> Result<(), EvalError> {
         let pixels = match opts.preprocess.load(&item.path, opts.height, opts.width) {
             Ok(p) => p,
             Err(e) if opts.skip_unreadable => {
@@ -124,6 +134,7 @@ pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -
             }
             Err(e) => return Err(e.into()),
         };
+        let kept_input = opts.keep_tensors.then(|| pixels.clone());
         let input = Tensor::f32(vec![1, 3, opts.height, opts.width], pixels).map_err(|e| EvalError::Model(e.to_string()))?;
         let reference = match opts.reference {
             Some(r) => Some(r.run(input.clone())?),
@@ -136,11 +147,34 @@ pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -
             None => None,
         };
         tally.lock().unwrap().add(logits, *label, reference);
+        if let Some(pixels) = kept_input {
+            *kept[index].lock().unwrap() = Some((pixels, logits.to_vec()));
+        }
         bar.inc(1);
         Ok(())
     })?;
     bar.finish_and_clear();
-    Ok(tally.into_inner().unwrap().report(model.describe(), opts.synsets.is_some(), opts.reference.is_some()))
+    let report = tally.into_inner().unwrap().report(model.describe(), opts.synsets.is_some(), opts.reference.is_some());
+    let kept = opts.keep_tensors.then(|| {
+        let (inputs, logits) = kept.into_iter().filter_map(|k| k.into_inner().unwrap()).unzip();
+        KeptTensors { inputs, logits }
+    });
+    Ok((report, kept))
+}
+
+/// `rows` (all of length `row_shape`'s product) as a float32 `.npy` file of shape
+/// `[rows.len(), row_shape…]`, in memory, for the caller to write atomically.
+pub fn npy_bytes(rows: &[Vec<f32>], row_shape: &[usize]) -> std::io::Result<Vec<u8>> {
+    use npyz::WriterBuilder;
+    let mut shape = vec![rows.len() as u64];
+    shape.extend(row_shape.iter().map(|&d| d as u64));
+    let mut bytes = Vec::new();
+    let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(std::io::Cursor::new(&mut bytes)).begin_nd()?;
+    for r in rows {
+        w.extend(r.iter().copied())?;
+    }
+    w.finish()?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -36,6 +36,13 @@ pub struct EvalArgs {
     /// Skip images that cannot be decoded (listed in the report) instead of stopping.
     #[arg(long)]
     pub skip_unreadable: bool,
+    /// Save the preprocessed model inputs as float32 .npy [N, 3, H, W], in image order, so
+    /// another runtime can be fed exactly the same tensors (`tools/ort_eval.py --inputs`).
+    #[arg(long)]
+    pub save_inputs: Option<PathBuf>,
+    /// Save the model's logits as float32 .npy [N, classes], in image order.
+    #[arg(long)]
+    pub save_logits: Option<PathBuf>,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
@@ -77,9 +84,19 @@ pub fn run(a: EvalArgs) -> Result<()> {
         reference: reference_exec.as_ref().map(|r| r as &dyn RunModel),
         skip_unreadable: a.skip_unreadable,
         progress: true,
+        keep_tensors: a.save_inputs.is_some() || a.save_logits.is_some(),
     };
-    let report = evaluate(model, &items, &opts).with_context(|| format!("evaluating {}", a.model.display()))?;
+    let (report, kept) = evaluate(model, &items, &opts).with_context(|| format!("evaluating {}", a.model.display()))?;
     print_report(&report);
+    if let Some(kept) = kept {
+        let classes = kept.logits.first().map_or(0, Vec::len);
+        for (path, rows, shape) in [(&a.save_inputs, &kept.inputs, vec![3, h, w]), (&a.save_logits, &kept.logits, vec![classes])] {
+            if let Some(path) = path {
+                let bytes = subq_eval::npy_bytes(rows, &shape).with_context(|| format!("encoding {}", path.display()))?;
+                subq_onnx::write_atomically(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
     if let Some(path) = &a.json {
         write_json(path, &report)?;
     }
