@@ -120,7 +120,9 @@ pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -
     };
     let bar = progress_bar(items.len(), model.describe(), opts.progress);
     let tally = Mutex::new(Tally::default());
-    let kept: Vec<Mutex<Option<(Vec<f32>, Vec<f32>)>>> = if opts.keep_tensors { items.iter().map(|_| Mutex::new(None)).collect() } else { Vec::new() };
+    // One slot per image (its input and logits), filled by whichever worker runs it.
+    type Slot = Mutex<Option<(Vec<f32>, Vec<f32>)>>;
+    let kept: Vec<Slot> = if opts.keep_tensors { items.iter().map(|_| Mutex::new(None)).collect() } else { Vec::new() };
     // Each worker decodes its image and runs it, so decoding of one image overlaps inference of
     // another; the pool size is set by the caller (`--threads`).
     items.par_iter().zip(labels.par_iter()).enumerate().try_for_each(|(index, (item, label))| -> Result<(), EvalError> {
