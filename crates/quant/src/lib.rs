@@ -5,6 +5,7 @@
 pub mod bias_correction;
 pub mod calibrate;
 pub mod data_free;
+pub mod gptq;
 pub mod pipeline;
 pub mod plan;
 pub mod qdq;

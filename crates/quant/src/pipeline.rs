@@ -67,12 +67,15 @@ pub struct QuantConfig {
     pub probe_splits: bool,
     /// Real value range of the model input (from the preprocessing); data-free needs it.
     pub input_range: Option<(f32, f32)>,
+    /// Error-feedback (GPTQ) rounding of weights onto their grids, from the second moments of
+    /// each layer's input on the calibration images (see [`crate::gptq`]).
+    pub gptq: bool,
 }
 
 impl QuantConfig {
     pub fn new(scheme: Scheme) -> QuantConfig {
         let sub = scheme == Scheme::Subtensor;
-        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 100, cle: false, cle_auto: sub, absorb_biases: false, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None }
+        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 100, cle: false, cle_auto: sub, absorb_biases: false, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None, gptq: false }
     }
 }
 
@@ -93,6 +96,10 @@ pub struct QuantSummary {
     pub cle: bool,
     /// Conv pairs whose constant offsets were absorbed into the next bias.
     pub biases_absorbed: usize,
+    /// Layers whose weights were rounded with error feedback (GPTQ).
+    pub gptq_layers: usize,
+    /// Per such layer: the drop of its output error against round-to-nearest (dB, calibration data).
+    pub gptq_gain_db: Vec<(String, f64)>,
     /// With automatic CLE: calibration-set logits SQNR without and with CLE.
     pub cle_choice_sqnr_db: Option<(f64, f64)>,
     pub seconds: f64,
@@ -147,7 +154,7 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
     };
     let observer = if cfg.data_free { "BN statistics (data-free)".to_string() } else { format!("{:?}", cfg.observer) };
     let mut summary = QuantSummary { scheme: cfg.scheme.name().into(), observer, calibration_images: if cfg.data_free { 0 } else { inputs.len() }, batch_norms_folded: prep.batch_norms_folded, pads_folded: prep.pads_folded, ..Default::default() };
-    let plan = match cfg.scheme {
+    let mut plan = match cfg.scheme {
         Scheme::Subtensor => {
             let mut opts = cfg.subtensor.clone();
             if !cfg.split {
@@ -171,6 +178,11 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         Scheme::PerTensorSymmetric => make_plan(&g, &calib, WeightScheme::PerTensorSymmetric)?,
         Scheme::PerChannel => make_plan(&g, &calib, WeightScheme::PerChannel)?,
     };
+    if cfg.gptq && !cfg.data_free {
+        // Before bias correction, which then removes the mean shift of the final rounding.
+        summary.gptq_gain_db = crate::gptq::apply(&g, &mut plan, inputs)?;
+        summary.gptq_layers = summary.gptq_gain_db.len();
+    }
     summary.fused_activations = plan.fused_activations.len();
     summary.cle = cle_applied;
     summary.biases_absorbed = biases_absorbed;

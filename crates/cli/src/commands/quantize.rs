@@ -107,6 +107,14 @@ pub struct QuantOptions {
     /// Subtensor: rank candidate splits by their measured effect on the model output (slower).
     #[arg(long)]
     pub probe_splits: bool,
+    /// Error-feedback (GPTQ) weight rounding: each weight's rounding error is compensated by the
+    /// not yet rounded weights of its channel, weighted by the calibration inputs' second
+    /// moments; the grids stay per-tensor.
+    #[arg(long, conflicts_with = "no_gptq")]
+    pub gptq: bool,
+    /// No error-feedback rounding (plain round-to-nearest).
+    #[arg(long)]
+    pub no_gptq: bool,
 }
 
 impl QuantOptions {
@@ -148,6 +156,9 @@ impl QuantOptions {
         c.cle_strength = self.cle_strength;
         c.data_free = self.data_free;
         c.probe_splits = self.probe_splits;
+        if self.gptq || self.no_gptq {
+            c.gptq = self.gptq;
+        }
         c.subtensor.size_budget = self.size_budget / 100.0;
         c.subtensor.latency_budget = self.latency_budget / 100.0;
         c
@@ -190,6 +201,10 @@ pub fn print_summary(s: &QuantSummary) {
     println!("scheme {} · activations {} from {} images · {} BN and {} Pad folded · {} activations fused · CLE {} · {} high biases absorbed", s.scheme, s.observer, s.calibration_images, s.batch_norms_folded, s.pads_folded, s.fused_activations, if s.cle { "on" } else { "off" }, s.biases_absorbed);
     if let Some((off, on)) = s.cle_choice_sqnr_db {
         println!("CLE chosen automatically: calibration logits SQNR {off:.2} dB without, {on:.2} dB with");
+    }
+    if s.gptq_layers > 0 {
+        let mean = s.gptq_gain_db.iter().map(|(_, d)| d).sum::<f64>() / s.gptq_layers as f64;
+        println!("error-feedback (GPTQ) rounding on {} layers: layer-output error {mean:.2} dB below round-to-nearest on average (calibration data)", s.gptq_layers);
     }
     if !s.layers.is_empty() {
         println!(
