@@ -327,7 +327,16 @@ unsafe fn gemm_tile<const H: usize>(ap: *const i32, bp: *const i16, kp: usize) -
     // One k-pair per iteration: 12 accumulators + 2 B rows + 1 broadcast + 1 product is exactly
     // the 16 ymm registers; a 2× unrolled body made the compiler rotate and spill accumulators
     // (82 instructions per two k-pairs instead of 64).
-    for p in 0..kp {
+    let mut p = 0;
+    while p + 2 <= kp {
+        gemm_step::<H>(&mut c, ap, bp, p);
+        // Keeps the compiler from hoisting the next k-pair's loads above this one's products
+        // (which needs more than 16 registers and spills accumulators).
+        std::arch::asm!("", options(nomem, nostack, preserves_flags));
+        gemm_step::<H>(&mut c, ap, bp, p + 1);
+        p += 2;
+    }
+    if p < kp {
         gemm_step::<H>(&mut c, ap, bp, p);
     }
     c
