@@ -188,7 +188,8 @@ pub struct FloatEpilogue {
 }
 
 impl FloatEpilogue {
-    /// Output byte of channel `c` for accumulator `acc` (the AVX2 kernels compute exactly this).
+    /// Output byte of channel `c` for accumulator `acc` (the AVX2 kernels compute exactly this);
+    /// equal to the reference stage when `ok[c]`.
     #[inline]
     pub fn apply(&self, c: usize, acc: i32) -> u8 {
         let y = (acc as f32) * self.scale[c] + self.offset[c];
