@@ -249,6 +249,7 @@ proptest! {
 }
 
 /// The reference output stage of one channel (the single-part conv's epilogue, then the cap).
+#[allow(clippy::too_many_arguments)]
 fn stage_reference(acc: i32, m: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, cap: u8) -> u8 {
     (q8::clamp_u8(zp as i64 + q8::round_shift(bias + acc as i64 * m, shift), qmin, qmax)).min(cap)
 }

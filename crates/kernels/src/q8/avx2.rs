@@ -280,6 +280,7 @@ pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, si
 
 /// [`gemm_packed`], each output row `r` also capped at `cmax[r]` (requantizing sinks only).
 #[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
@@ -711,6 +712,7 @@ enum DwOut<'a> {
 
 /// 16 outputs (`v0` = 0..8, `v1` = 8..16 of each part) of channel `c` → 16 bytes.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dw_bytes<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, c: usize, v0: &[__m256i; P], v1: &[__m256i; P]) -> __m128i {
     if let (1, Some(e)) = (P, epi) {
         if *e.ok.get_unchecked(c) {
