@@ -105,5 +105,29 @@ fn depthwise_parts(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, conv, elementwise, depthwise_parts);
+/// The i64 output stage vs the float one ([`q8::FloatEpilogue`], used where proven exact) on
+/// MobileNetV2-160-like layers whose per-output epilogue weighs most (small `k`, depthwise).
+/// Filter with `-- output_stage`.
+fn output_stage(c: &mut Criterion) {
+    let level = format!("{:?}", q8::simd_level());
+    let mut grp = c.benchmark_group("output_stage");
+    grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let cases = [("pw_16to96_80", geom(16, 80, 96, 1, 1, 1)), ("pw_96to576_10", geom(96, 10, 576, 1, 1, 1)), ("dw3x3s1_144_40", geom(144, 40, 144, 3, 1, 144)), ("dw3x3s1_384_10", geom(384, 10, 384, 3, 1, 384))];
+    for (name, g) in cases {
+        let input = data(g.in_c * g.in_h * g.in_w, 1);
+        let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2).iter().map(|&x| x as i16 - 128).collect();
+        let (rq, shift) = Requant::common(&(0..g.out_c).map(|i| 0.01 + i as f64 * 1e-5).collect::<Vec<_>>());
+        let mult: Vec<i64> = rq.iter().map(|r| r.multiplier).collect();
+        let parts = vec![ConvPart::new(w, rq, &g)];
+        let bias = vec![12345i64 << 10; g.out_c];
+        let epi = q8::FloatEpilogue::new(&mult, &bias, shift, 7, 0, 255, None);
+        let mut out = vec![0u8; g.out_c * g.out_h * g.out_w];
+        let mut s = Scratch::default();
+        grp.bench_function(BenchmarkId::new(format!("i64/{level}"), name), |b| b.iter(|| q8::conv_q8_epi(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, None, None, &g, &mut out, &mut s)));
+        grp.bench_function(BenchmarkId::new(format!("float/{level}"), name), |b| b.iter(|| q8::conv_q8_epi(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, None, epi.as_ref(), &g, &mut out, &mut s)));
+    }
+    grp.finish();
+}
+
+criterion_group!(benches, conv, elementwise, depthwise_parts, output_stage);
 criterion_main!(benches);

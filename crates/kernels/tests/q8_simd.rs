@@ -144,6 +144,17 @@ fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
     q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
     let got = run(&|o, s| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, g, o, s));
     prop_assert_eq!(&got, &capped, "capped conv, {:?}", g);
+    // The float output stage, wherever it is provably exact: same bytes, capped or not.
+    if d.parts.len() == 1 {
+        let r = &d.parts[0].requant;
+        let mult: Vec<i64> = (0..g.out_c).map(|i| if r.len() == 1 { r[0].multiplier } else { r[i].multiplier }).collect();
+        for (cap, expect) in [(None, &want), (Some(&cmax[..]), &capped)] {
+            if let Some(e) = q8::FloatEpilogue::new(&mult, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap) {
+                let got = run(&|o, s| q8::conv_q8_epi(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap, Some(&e), g, o, s));
+                prop_assert_eq!(&got, expect, "float output stage (cap {}), {:?}", cap.is_some(), g);
+            }
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && q8::avx2::conv_supported(&d.parts, g) {
         // A reused scratch (dirty from a previous call) must not change anything either.
@@ -235,6 +246,61 @@ proptest! {
         q8::requantize_u8(&x, zp, r, zo, lo, hi, &mut got);
         prop_assert_eq!(got, want);
     }
+}
+
+/// The reference output stage of one channel (the single-part conv's epilogue, then the cap).
+#[allow(clippy::too_many_arguments)]
+fn stage_reference(acc: i32, m: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, cap: u8) -> u8 {
+    (q8::clamp_u8(zp as i64 + q8::round_shift(bias + acc as i64 * m, shift), qmin, qmax)).min(cap)
+}
+
+proptest! {
+    #![proptest_config(cfg(300))]
+
+    /// A float output stage, when `FloatEpilogue::new` gives one, equals the i64 stage on the
+    /// i32 extremes, on random accumulators, and around every point where the output changes.
+    #[test]
+    fn float_stage_matches_reference(real in 1e-7f64..40.0, bias_real in -300.0f64..300.0, zp in 0i32..=255, qmin in 0i32..=120, qmax in 130i32..=255, cap in any::<u8>(), capped in any::<bool>(), seed in any::<u64>()) {
+        let r = Requant::new(real);
+        let scale = (r.shift as f64).exp2();
+        let bias = (bias_real * scale).round() as i64;
+        let cap = if capped { cap } else { 255 };
+        let cm = [cap];
+        let Some(e) = q8::FloatEpilogue::new(&[r.multiplier], &[bias], r.shift, zp, qmin, qmax, capped.then_some(&cm[..])) else { return Ok(()) };
+        prop_assert!(e.ok[0]);
+        let want = |acc: i32| stage_reference(acc, r.multiplier, bias, r.shift, zp, qmin, qmax, cap);
+        let mut rng = Rng(seed | 1);
+        let mut accs = vec![i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+        accs.extend((0..200).map(|_| rng.next() as i32));
+        accs.extend((0..200).map(|_| rng.range(-2_000_000, 2_000_000) as i32));
+        // Around the real-valued change points (j − zp − 0.5 − bias_real) / real.
+        for j in qmin..=qmax + 1 {
+            let t = ((j - zp) as f64 - 0.5 - bias as f64 / scale) / (r.multiplier as f64 / scale);
+            if t.abs() < 2.0e9 {
+                accs.extend((-3..=3).map(|d| (t.round() as i64 + d).clamp(i32::MIN as i64, i32::MAX as i64) as i32));
+            }
+        }
+        for acc in accs {
+            prop_assert_eq!(e.apply(0, acc), want(acc), "acc {}", acc);
+        }
+    }
+}
+
+/// Typical engine parameters get a float output stage (else the fast path would never run).
+#[test]
+fn float_stage_exists_for_typical_layers() {
+    let mut rng = Rng(0x1234_5678);
+    let mut built = 0;
+    for _ in 0..200 {
+        // Real multipliers 0.005 … 0.1, biases within ±300 output steps.
+        let real = 0.005 * (1.0 + (rng.next() % 1000) as f64 / 50.0);
+        let r = Requant::new(real);
+        let bias = (rng.range(-300_000, 300_000) as f64 / 1000.0 * (r.shift as f64).exp2()) as i64;
+        if q8::FloatEpilogue::new(&[r.multiplier], &[bias], r.shift, rng.range(0, 255) as i32, 0, 255, None).is_some() {
+            built += 1;
+        }
+    }
+    assert!(built >= 150, "float stage built for only {built} of 200 channels");
 }
 
 /// Subtensor-split depthwise (2 parts, also 3): stride 1 and 2, 3×3 and 5×5, "same" and

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use subq_ir::{Graph, Node, Op};
-use subq_kernels::q8::{self, ConvPart, Requant, Scratch};
+use subq_kernels::q8::{self, ConvPart, FloatEpilogue, Requant, Scratch};
 use subq_kernels::ConvGeometry;
 use subq_tensor::{DType, QParams, Tensor, TensorData};
 
@@ -37,8 +37,9 @@ enum Arg {
 enum Step {
     Quantize { input: usize, output: usize, grid: Grid },
     Dequantize { input: usize, output: usize, grid: Grid },
-    /// `cmax`: per-channel upper clamp fused into the conv (an equalized ReLU6 bound).
-    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, cmax: Option<Vec<u8>>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
+    /// `cmax`: per-channel upper clamp fused into the conv (an equalized ReLU6 bound). `epi`:
+    /// the same output stage in f32 when it is proven exact (single-part convs; set last).
+    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, cmax: Option<Vec<u8>>, epi: Option<FloatEpilogue>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
     Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid },
     GlobalAvgPool { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid },
     /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
@@ -319,7 +320,7 @@ impl<'g> Lowering<'g> {
             }
             conv_parts.push(ConvPart::new(weight, requant, geom));
         }
-        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, cmax: None, geom: *geom, out_shape_per_image: out_shape.clone() };
+        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, cmax: None, epi: None, geom: *geom, out_shape_per_image: out_shape.clone() };
         Some((src, step))
     }
 }
@@ -513,6 +514,16 @@ impl Int8Engine {
                 }
             }
         }
+        // Float output stages, now that every conv's cap is known (`None` where not provably exact).
+        for st in &mut steps {
+            if let Step::Conv { parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = st {
+                if parts.len() == 1 {
+                    let r = &parts[0].requant;
+                    let mult: Vec<i64> = (0..geom.out_c).map(|c| if r.len() == 1 { r[0].multiplier } else { r[c].multiplier }).collect();
+                    *epi = FloatEpilogue::new(&mult, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref());
+                }
+            }
+        }
         let output_slots: Vec<usize> = g.outputs.iter().map(|o| lw.slot(o)).collect();
         let int_count = steps.iter().filter(|s| matches!(s, Step::Conv { .. } | Step::Add { .. } | Step::GlobalAvgPool { .. } | Step::Requantize { .. })).count();
         let slots = lw.slot_of.len();
@@ -580,7 +591,7 @@ impl Int8Engine {
                     let f = data.iter().map(|&q| (q as i32 - grid.zp) as f32 * grid.scale).collect();
                     st.vals[*output] = Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
                 }
-                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, geom, out_shape_per_image } => {
+                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, out_shape_per_image } => {
                     let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
                     let images = shape[0];
                     let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
@@ -589,10 +600,7 @@ impl Int8Engine {
                     let Some(Value::Q { data, .. }) = &vals[*input] else { unreachable!() };
                     for b in 0..images {
                         let (x, y) = (&data[b * isz..(b + 1) * isz], &mut o[b * osz..(b + 1) * osz]);
-                        match cmax {
-                            Some(cm) => q8::conv_q8_clamped(x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, cm, geom, y, scratch),
-                            None => q8::conv_q8(x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, y, scratch),
-                        }
+                        q8::conv_q8_epi(x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref(), epi.as_ref(), geom, y, scratch);
                     }
                     let mut s = vec![images];
                     s.extend_from_slice(out_shape_per_image);

@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::pack::{PackedWeights, MR, NR};
-use super::{im2col_q_reference, round_shift, ConvPart, Scratch};
+use super::{im2col_q_reference, round_shift, ConvPart, FloatEpilogue, Scratch};
 use crate::ConvGeometry;
 
 /// Where a kernel's i32 accumulators go. Rows are output channels, `n` the row stride.
@@ -130,6 +130,47 @@ unsafe fn pack16(a: __m256i, b: __m256i) -> __m128i {
     _mm_packus_epi16(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1))
 }
 
+/// Rows of a [`FloatEpilogue`], indexed like the kernel's multipliers.
+#[derive(Clone, Copy)]
+struct EpiRows<'a> {
+    scale: &'a [f32],
+    offset: &'a [f32],
+    hi: &'a [f32],
+    lo: f32,
+    ok: &'a [bool],
+    cap: &'a [u8],
+}
+
+impl<'a> EpiRows<'a> {
+    fn of(e: &'a FloatEpilogue) -> EpiRows<'a> {
+        EpiRows { scale: &e.scale, offset: &e.offset, hi: &e.hi, lo: e.lo, ok: &e.ok, cap: &e.cap }
+    }
+
+    fn rows(self, r: std::ops::Range<usize>) -> EpiRows<'a> {
+        EpiRows { scale: &self.scale[r.clone()], offset: &self.offset[r.clone()], hi: &self.hi[r.clone()], lo: self.lo, ok: &self.ok[r.clone()], cap: &self.cap[r] }
+    }
+
+    fn fits(&self, n: usize) -> bool {
+        self.scale.len() >= n && self.offset.len() >= n && self.hi.len() >= n && self.ok.len() >= n && self.cap.len() >= n
+    }
+}
+
+/// [`FloatEpilogue::apply`] on 8 accumulators (results in [0, 255] as i32).
+#[inline(always)]
+unsafe fn float8(acc: __m256i, s: __m256, o: __m256, lo: __m256, hi: __m256) -> __m256i {
+    _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o), lo), hi))
+}
+
+/// Row `row`'s 16 accumulators → 16 bytes through the float stage.
+#[inline(always)]
+unsafe fn float_bytes(e: &EpiRows, row: usize, v0: __m256i, v1: __m256i) -> __m128i {
+    let s = _mm256_set1_ps(*e.scale.get_unchecked(row));
+    let o = _mm256_set1_ps(*e.offset.get_unchecked(row));
+    let hi = _mm256_set1_ps(*e.hi.get_unchecked(row));
+    let lo = _mm256_set1_ps(e.lo);
+    pack16(float8(v0, s, o, lo, hi), float8(v1, s, o, lo, hi))
+}
+
 /// Write 16 accumulators (`v0` = columns 0..8, `v1` = 8..16) of row `row` at column `col`,
 /// `cols` ≤ 16 of them valid.
 #[inline(always)]
@@ -234,12 +275,13 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
 /// results to `sink` (rows relative to this group).
 #[target_feature(enable = "avx2")]
 pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink) {
-    gemm_packed_cmax(a, m, k, b, n, sink, None)
+    gemm_packed_cmax(a, m, k, b, n, sink, None, None)
 }
 
 /// [`gemm_packed`], each output row `r` also capped at `cmax[r]` (requantizing sinks only).
 #[target_feature(enable = "avx2")]
-unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
     let f = sink_fin(sink, k as u128 * 255 * 255);
@@ -248,6 +290,12 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
         Sink::Requant { mult, bias, out, .. } => {
             assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
             assert!(cmax.is_none_or(|c| c.len() >= m));
+            if let Some(e) = epi {
+                // The float stage already holds the cap.
+                assert!(e.fits(m));
+                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr() };
+                return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
+            }
             let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr() };
             match (f.fast, cmax.is_some()) {
                 (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
@@ -266,6 +314,9 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
     Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8 },
+    /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
+    /// form take the i64 stage and the cap.
+    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8 },
     Acc(*mut i32),
 }
 
@@ -274,9 +325,15 @@ enum GemmOut<'a> {
 #[inline(always)]
 unsafe fn gemm_tile<const H: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 2]; MR] {
     let mut c = [[_mm256_setzero_si256(); 2]; MR];
+    // One k-pair per iteration: 12 accumulators + 2 B rows + 1 broadcast + 1 product is exactly
+    // the 16 ymm registers; a 2× unrolled body made the compiler rotate and spill accumulators
+    // (82 instructions per two k-pairs instead of 64).
     let mut p = 0;
     while p + 2 <= kp {
         gemm_step::<H>(&mut c, ap, bp, p);
+        // Keeps the compiler from hoisting the next k-pair's loads above this one's products
+        // (which needs more than 16 registers and spills accumulators).
+        std::arch::asm!("", options(nomem, nostack, preserves_flags));
         gemm_step::<H>(&mut c, ap, bp, p + 1);
         p += 2;
     }
@@ -425,6 +482,23 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                     let cm = cmax.unwrap_unchecked();
                     bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
                 }
+                let d = out.add(row * n + col);
+                if cols == 16 {
+                    _mm_storeu_si128(d as *mut __m128i, bytes);
+                } else if cols == 8 {
+                    _mm_storel_epi64(d as *mut __m128i, bytes);
+                } else {
+                    let mut tmp = [0u8; 16];
+                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
+                }
+            }
+            GemmOut::Float { e, mult, bias, out } => {
+                let bytes = if *e.ok.get_unchecked(row) {
+                    float_bytes(e, row, cr[0], cr[1])
+                } else {
+                    _mm_min_epu8(row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]), _mm_set1_epi8(*e.cap.get_unchecked(row) as i8))
+                };
                 let d = out.add(row * n + col);
                 if cols == 16 {
                     _mm_storeu_si128(d as *mut __m128i, bytes);
@@ -631,13 +705,22 @@ unsafe fn interleave_eo(e: __m256i, o: __m256i) -> (__m256i, __m256i) {
 /// relative to the first channel of the range.
 #[allow(clippy::large_enum_variant)]
 enum DwOut<'a> {
-    Requant { mult: &'a [i64], bias: &'a [i64], out_c: usize, f: Fin, cmax: Option<&'a [u8]>, out: &'a mut [u8] },
+    /// `epi`: a float stage (absolute channel index, cap included), `P = 1` only.
+    Requant { mult: &'a [i64], bias: &'a [i64], out_c: usize, f: Fin, cmax: Option<&'a [u8]>, epi: Option<EpiRows<'a>>, out: &'a mut [u8] },
     Acc(&'a mut [i32]),
 }
 
 /// 16 outputs (`v0` = 0..8, `v1` = 8..16 of each part) of channel `c` → 16 bytes.
 #[inline(always)]
-unsafe fn dw_bytes<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, c: usize, v0: &[__m256i; P], v1: &[__m256i; P]) -> __m128i {
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_bytes<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, c: usize, v0: &[__m256i; P], v1: &[__m256i; P]) -> __m128i {
+    if let (1, Some(e)) = (P, epi) {
+        if *e.ok.get_unchecked(c) {
+            return float_bytes(e, c, v0[0], v1[0]);
+        }
+        let (m, b) = (_mm256_set1_epi64x(*mult.get_unchecked(c)), fin_bias(f, *bias.get_unchecked(c)));
+        return _mm_min_epu8(pack16(requant8(v0[0], m, b, f), requant8(v1[0], m, b, f)), _mm_set1_epi8(*e.cap.get_unchecked(c) as i8));
+    }
     let b = fin_bias(f, *bias.get_unchecked(c));
     if P == 1 {
         let m = _mm256_set1_epi64x(*mult.get_unchecked(c));
@@ -696,7 +779,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const C
             _ => _mm_set1_epi8(-1),
         };
         if pl.flat {
-            let DwOut::Requant { mult, bias, out_c, f, cmax, out } = out else { unreachable!("flat needs a requant sink") };
+            let DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } = out else { unreachable!("flat needs a requant sink") };
             let cm = _mm_set1_epi8(cmax.map_or(255, |m| m[c]) as i8);
             let lp = line.as_mut_ptr();
             for blk in 0..nflat {
@@ -706,7 +789,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const C
                 for p in 0..P {
                     (v0[p], v1[p]) = interleave_eo(e[p], o[p]);
                 }
-                let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1);
+                let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, epi, c, &v0, &v1);
                 if CAP {
                     bytes = _mm_min_epu8(bytes, cm);
                 }
@@ -741,8 +824,8 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const C
                 }
                 let pos = oy * ow + ox0;
                 match out {
-                    DwOut::Requant { mult, bias, out_c, f, out, .. } => {
-                        let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, c, &v0, &v1);
+                    DwOut::Requant { mult, bias, out_c, f, epi, out, .. } => {
+                        let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, epi, c, &v0, &v1);
                         if CAP {
                             bytes = _mm_min_epu8(bytes, cap);
                         }
@@ -792,14 +875,14 @@ pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i
 /// are relative to `range.start`, its `mult`/`bias` indexed by absolute channel.
 #[target_feature(enable = "avx2")]
 pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink) {
-    depthwise_range_cmax::<P>(input, zp, pairs, g, range, plane, sink, None)
+    depthwise_range_cmax::<P>(input, zp, pairs, g, range, plane, sink, None, None)
 }
 
 /// [`depthwise_range`], channel `c` also capped at `cmax[c]` (absolute index; requantizing
 /// sinks only).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink, cmax: Option<&[u8]>) {
+unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let (ih, iw) = (g.in_h, g.in_w);
     let [kh, kw] = g.kernel;
     let kw2 = kw.div_ceil(2);
@@ -820,11 +903,13 @@ unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[
             let msum: u128 = (0..P).map(|p| max_abs(&mult[p * g.out_c..(p + 1) * g.out_c])).sum();
             let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, (kh * kw) as u128 * 255 * 255));
             assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
-            let mut o = DwOut::Requant { mult, bias, out_c: g.out_c, f, cmax, out };
+            assert!(epi.is_none() || (P == 1 && cmax.is_none()));
+            assert!(epi.is_none_or(|e| e.fits(g.out_c)));
+            let mut o = DwOut::Requant { mult, bias, out_c: g.out_c, f, cmax, epi, out };
             dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
         Sink::Acc(acc) => {
-            assert!(P == 1 && cmax.is_none(), "depthwise_parts: several parts (or a cap) need a Requant sink");
+            assert!(P == 1 && cmax.is_none() && epi.is_none(), "depthwise_parts: several parts (or a cap) need a Requant sink");
             assert!(acc.len() >= rows * spatial);
             let pl = dw_plan(g, false);
             let mut o = DwOut::Acc(acc);
@@ -897,7 +982,7 @@ fn tasks_for(macs: usize) -> usize {
 /// must be `Sink::Requant` over all `out_c` channels.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize, cmax: Option<&[u8]>) {
+unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let spatial = g.out_h * g.out_w;
     let chunk = g.out_c.div_ceil(tasks.max(1));
     match sink {
@@ -908,21 +993,21 @@ unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P
                 let mut plane = Vec::new();
                 let mut sink = Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out: o };
                 // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-                unsafe { depthwise_range_cmax::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink, cmax) };
+                unsafe { depthwise_range_cmax::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink, cmax, epi) };
             });
         }
-        _ => depthwise_range_cmax::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink, cmax),
+        _ => depthwise_range_cmax::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink, cmax, epi),
     }
 }
 
 /// [`gemm_packed`] with a requantizing sink, its output-channel blocks split over `tasks`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>) {
+unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let mb = m.div_ceil(MR);
     let tasks = tasks.min(mb);
     if tasks <= 1 || n == 0 {
-        return gemm_packed_cmax(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out }, cmax);
+        return gemm_packed_cmax(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out }, cmax, epi);
     }
     let per = mb.div_ceil(tasks) * MR;
     let ablk = k.div_ceil(2) * MR * 2;
@@ -930,7 +1015,7 @@ unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i
         let (r0, r1) = (i * per, ((i + 1) * per).min(m));
         let mut sink = Sink::Requant { mult: &mult[r0..r1], bias: &bias[r0..r1], shift, zp, qmin, qmax, out: o };
         // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-        unsafe { gemm_packed_cmax(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink, cmax.map(|c| &c[r0..r1])) };
+        unsafe { gemm_packed_cmax(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink, cmax.map(|c| &c[r0..r1]), epi.map(|e| e.rows(r0..r1))) };
     });
 }
 
@@ -950,7 +1035,18 @@ pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: 
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    conv_q8_epi(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, cmax, None, g, out, scratch)
+}
+
+/// [`conv_q8_clamped`] with an optional float output stage (see [`super::conv_q8_epi`]: it
+/// must come from [`FloatEpilogue::new`] on these same parameters): used by the single-part
+/// depthwise and one-group GEMM paths.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, epi: Option<&FloatEpilogue>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     assert!(conv_supported(parts, g));
+    let epi = epi.filter(|_| parts.len() == 1).map(EpiRows::of);
+    assert!(epi.is_none_or(|e| e.fits(g.out_c)));
     assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
     // Paths without a fused cap apply it afterwards.
     let mut post_cap = cmax;
@@ -977,9 +1073,9 @@ pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias
             let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
             let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
-                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks, cmax);
+                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks, cmax, None);
             } else {
-                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks, cmax);
+                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks, cmax, None);
             }
             return;
         }
@@ -1031,7 +1127,7 @@ pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias
             PackedWeights::Depthwise { pairs, .. } => {
                 if single {
                     let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
-                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()), cmax);
+                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi);
                     post_cap = None;
                 } else {
                     depthwise(input, zp_in, pairs, g, bpack, &mut Sink::Acc(&mut acc[..]));
@@ -1065,7 +1161,7 @@ pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias
                     let a = &data[grp * blk..(grp + 1) * blk];
                     match sink {
                         Sink::Requant { mult, bias, out, .. } if g.group == 1 => {
-                            gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), cmax);
+                            gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi);
                             post_cap = None;
                         }
                         _ => gemm_packed(a, cout_g, k, bpack, spatial, &mut sink),

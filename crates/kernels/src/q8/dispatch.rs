@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use super::{ConvPart, Requant, Scratch};
+use super::{ConvPart, FloatEpilogue, Requant, Scratch};
 use crate::ConvGeometry;
 
 /// Instruction-set level the dispatched kernels use.
@@ -59,6 +59,27 @@ pub fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed:
     conv_q8_portable(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch);
     let spatial = g.out_h * g.out_w;
     super::clamp_channels_u8_reference(&mut out[..g.out_c * spatial], spatial, &cmax[..g.out_c]);
+}
+
+/// [`conv_q8`] with an optional per-channel cap (as [`conv_q8_clamped`]) and an optional float
+/// output stage `epi`, built by [`FloatEpilogue::new`] from these same `parts[0]` multipliers,
+/// `bias_fixed`, `shift`, `out_zp`, `qmin`, `qmax` and `cmax` (so proven equal to the i64 stage);
+/// the AVX2 single-part paths then use it. The bytes are those of [`super::conv_q8_reference`]
+/// (capped) either way.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, epi: Option<&FloatEpilogue>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    assert!(cmax.is_none_or(|c| c.len() >= g.out_c) && epi.is_none_or(|e| [e.scale.len(), e.offset.len(), e.hi.len(), e.ok.len(), e.cap.len()].iter().all(|&l| l >= g.out_c)));
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() == SimdLevel::Avx2 && super::avx2::conv_supported(parts, g) {
+        // SAFETY: AVX2 was detected at run time.
+        unsafe { super::avx2::conv_q8_epi(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, cmax, epi, g, out, scratch) };
+        return;
+    }
+    conv_q8_portable(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch);
+    if let Some(cm) = cmax {
+        let spatial = g.out_h * g.out_w;
+        super::clamp_channels_u8_reference(&mut out[..g.out_c * spatial], spatial, &cm[..g.out_c]);
+    }
 }
 
 /// The portable conv path (the scalar reference).
