@@ -79,9 +79,11 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
     let total_panels = n.div_ceil(NR);
     let posts: Vec<Post> = (0..m).map(|i| Post::of(ep, c0 + i)).collect();
     let chunk_len = panels_per_chunk.min(total_panels) * k * NR;
-    // 16 spare floats to start the packed panels on a 64-byte boundary.
-    scratch.clear();
-    scratch.resize(chunk_len + 16, 0.0);
+    // 16 spare floats to start the packed panels on a 64-byte boundary. Not cleared: packing
+    // writes every float of a panel it uses, padding included.
+    if scratch.len() < chunk_len + 16 {
+        scratch.resize(chunk_len + 16, 0.0);
+    }
     let align = (64 - scratch.as_ptr() as usize % 64) % 64 / 4;
     let packed = &mut scratch[align..align + chunk_len];
     let mut p0 = 0;
