@@ -63,6 +63,8 @@ fn bench_conv(c: &mut Criterion) {
         ("dw5x5_s1_1152x7", geom(1152, 7, 5, 1, true, 1152)),
         ("pw_16to96_112", geom(16, 112, 1, 1, false, 96)),
         ("pw_480to80_14", geom(480, 14, 1, 1, false, 80)),
+        // 7×7 planes: 49 columns, three full 16-column panels and a one-column tail.
+        ("pw_192to1152_7", geom(192, 7, 1, 1, false, 1152)),
     ];
     for (name, g) in cases {
         let input = data(g.in_c * g.in_h * g.in_w, 3);

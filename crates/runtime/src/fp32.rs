@@ -59,7 +59,11 @@ impl ConvFusion {
 
 #[derive(Default)]
 struct BufferPool {
-    free: Vec<Vec<f32>>,
+    /// (buffer, how many leading elements have ever been written).
+    free: Vec<(Vec<f32>, usize)>,
+    /// Buffers handed out by `take`: (data pointer, elements written before), so that `give`
+    /// knows how much of a returned buffer is initialized beyond its current length.
+    lent: Vec<(usize, usize)>,
     scratch: Vec<f32>,
 }
 
@@ -68,27 +72,42 @@ impl BufferPool {
     const KEEP: usize = 16;
 
     /// A buffer of `n` elements with unspecified contents (the caller overwrites all of them).
+    /// Reused buffers are not zeroed: that pass cost as much as a cheap layer.
     fn take(&mut self, n: usize) -> Vec<f32> {
-        let best = self.free.iter().enumerate().filter(|(_, v)| v.capacity() >= n).min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i);
-        let mut v = match best {
+        let best = self.free.iter().enumerate().filter(|(_, (v, _))| v.capacity() >= n).min_by_key(|(_, (v, _))| v.capacity()).map(|(i, _)| i);
+        let (mut v, mut init) = match best {
             Some(i) => self.free.swap_remove(i),
-            None => Vec::with_capacity(n),
+            None => (Vec::with_capacity(n), 0),
         };
-        if v.len() >= n {
-            v.truncate(n);
+        if init >= n {
+            // SAFETY: n ≤ init ≤ capacity, and the first `init` elements were written before
+            // (f32 has no invalid bit patterns).
+            unsafe { v.set_len(n) };
         } else {
+            // SAFETY: as above for the first `init` elements; `resize` writes the rest.
+            unsafe { v.set_len(init) };
             v.resize(n, 0.0);
+            init = n;
         }
+        if self.lent.len() >= 4 * Self::KEEP {
+            // Buffers that never come back (graph outputs) must not pile up.
+            self.lent.remove(0);
+        }
+        self.lent.push((v.as_ptr() as usize, init));
         v
     }
 
     fn give(&mut self, t: Tensor) {
         if let TensorData::F32(v) = t.data {
             if v.capacity() >= 1024 {
-                self.free.push(v);
+                let init = match self.lent.iter().position(|&(p, _)| p == v.as_ptr() as usize) {
+                    Some(i) => self.lent.swap_remove(i).1.max(v.len()),
+                    None => v.len(),
+                };
+                self.free.push((v, init));
                 if self.free.len() > Self::KEEP {
                     // Drop the smallest.
-                    let i = self.free.iter().enumerate().min_by_key(|(_, v)| v.capacity()).map(|(i, _)| i).unwrap();
+                    let i = self.free.iter().enumerate().min_by_key(|(_, (v, _))| v.capacity()).map(|(i, _)| i).unwrap();
                     self.free.swap_remove(i);
                 }
             }

@@ -57,53 +57,70 @@ impl Plane {
 
     /// Copy one channel's interior into the (already zero-bordered) buffer.
     #[inline(always)]
-    fn fill(&self, src: &[f32], g: &ConvGeometry, dst: &mut [f32], deint: Deinterleave) {
-        let sx = g.strides[1];
-        let w = self.width;
-        for py in self.py.0..self.py.1 {
-            let iy = py - g.pad_top;
-            let row = &src[iy * g.in_w..(iy + 1) * g.in_w];
-            let d = &mut dst[py * sx * w..(py + 1) * sx * w];
-            match sx {
-                1 => {
-                    let (q0, q1, first) = self.cols[0];
-                    copy(&mut d[q0..q1], &row[first..first + (q1 - q0)]);
-                }
-                2 => {
-                    // Phase p holds input columns of parity (p + pad_left) mod 2, starting at
-                    // input column 0 or 1 (the left edge is padded, never cropped).
-                    let ((a0, a1, _), (b0, b1, _)) = (self.cols[0], self.cols[1]);
-                    let (p0, p1) = d.split_at_mut(w);
-                    let (even, odd) = if g.pad_left.is_multiple_of(2) { (&mut p0[a0..a1], &mut p1[b0..b1]) } else { (&mut p1[b0..b1], &mut p0[a0..a1]) };
-                    let r = row;
-                    // SAFETY: both ranges come from valid_range over in_w, so every read index
-                    // is below in_w (asserted inside).
-                    unsafe { deint(r, even, odd) };
-                }
-                _ => {
-                    for p in 0..sx {
-                        let (q0, q1, first) = self.cols[p];
-                        for (j, v) in d[p * w + q0..p * w + q1].iter_mut().enumerate() {
-                            *v = row[first + j * sx];
-                        }
+    fn fill(&self, src: &[f32], g: &ConvGeometry, dst: &mut [f32], fill_rows: FillRows) {
+        let (sx, w) = (g.strides[1], self.width);
+        let (py0, py1) = self.py;
+        if py0 >= py1 {
+            return;
+        }
+        // Bounds of everything the row filler touches, checked once per channel.
+        assert!(src.len() >= (py1 - g.pad_top) * g.in_w && dst.len() >= py1 * sx * w);
+        for (p, &(q0, q1, first)) in self.cols.iter().enumerate() {
+            assert!(q0 >= q1 || (p * w + q1 <= sx * w && first + (q1 - q0 - 1) * sx < g.in_w));
+        }
+        let mut segs: [(usize, usize, usize); 2] = match sx {
+            1 => [(self.cols[0].0, self.cols[0].1 - self.cols[0].0, self.cols[0].2), (0, 0, 0)],
+            _ => std::array::from_fn(|p| {
+                let (q0, q1, first) = self.cols.get(p).copied().unwrap_or((0, 0, 0));
+                (p * w + q0, q1 - q0, first)
+            }),
+        };
+        if sx == 2 {
+            // Phase p holds input columns of parity (p + pad_left) mod 2, starting at input
+            // column 0 or 1 (the left edge is padded, never cropped): even phase first.
+            if !g.pad_left.is_multiple_of(2) {
+                segs.swap(0, 1);
+            }
+            segs[0].2 = 0;
+            segs[1].2 = 1;
+        }
+        if sx > 2 {
+            // Rare (no mobile CNN uses it): plain strided gathers.
+            for py in py0..py1 {
+                let row = &src[(py - g.pad_top) * g.in_w..][..g.in_w];
+                let d = &mut dst[py * sx * w..(py + 1) * sx * w];
+                for (p, &(q0, q1, first)) in self.cols.iter().enumerate() {
+                    for (j, v) in d[p * w + q0..p * w + q1].iter_mut().enumerate() {
+                        *v = row[first + j * sx];
                     }
                 }
             }
+            return;
         }
+        // SAFETY: row py reads src[(py − pad_top)·in_w + first + j·sx] < (py − pad_top + 1)·in_w
+        // and writes dst[py·sx·w + off + j] < (py + 1)·sx·w, both asserted above.
+        unsafe { fill_rows(src[(py0 - g.pad_top) * g.in_w..].as_ptr(), g.in_w, dst[py0 * sx * w..].as_mut_ptr(), sx * w, py1 - py0, sx, segs) };
     }
 }
 
-/// Short copies without a library call per row.
-#[inline(always)]
-fn copy(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len().min(src.len());
-    let (mut dc, mut sc) = (dst[..n].chunks_exact_mut(8), src[..n].chunks_exact(8));
-    for (d, s) in (&mut dc).zip(&mut sc) {
-        let v: [f32; 8] = s.try_into().unwrap();
-        d.copy_from_slice(&v);
-    }
-    for (d, s) in dc.into_remainder().iter_mut().zip(sc.remainder()) {
-        *d = *s;
+/// Copies `rows` input rows (`src_stride` apart) into padded rows (`dst_stride` apart). For
+/// column stride 1, segs[0] = (offset, len, first): `d[offset + j] = s[first + j]`. For stride
+/// 2, segs = [even, odd] phase rows (offset, len, first = 0 resp. 1): `d[offset + j] =
+/// s[first + 2j]`.
+type FillRows = unsafe fn(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize, rows: usize, sx: usize, segs: [(usize, usize, usize); 2]);
+
+/// Portable [`FillRows`].
+///
+/// # Safety
+/// Every index described at [`FillRows`] is in bounds.
+unsafe fn fill_rows_scalar(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize, rows: usize, sx: usize, segs: [(usize, usize, usize); 2]) {
+    for r in 0..rows {
+        let (s, d) = (src.add(r * src_stride), dst.add(r * dst_stride));
+        for &(off, len, first) in &segs[..sx] {
+            for j in 0..len {
+                *d.add(off + j) = *s.add(first + j * sx);
+            }
+        }
     }
 }
 
@@ -131,10 +148,6 @@ fn blocks(g: &ConvGeometry, plane: &Plane) -> Vec<Block> {
 /// One channel: for every block, `out[ox] = post(bias + Σ_t w[t] · plane[src + off[t] + ox])`.
 type ChannelKernel = unsafe fn(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, post: Post, out: &mut [f32]);
 
-/// Fills phase rows from one input row when the column stride is 2: `even[j] = row[2j]`,
-/// `odd[j] = row[2j + 1]`, for j below each destination's length.
-type Deinterleave = unsafe fn(row: &[f32], even: &mut [f32], odd: &mut [f32]);
-
 /// Portable channel kernel.
 ///
 /// # Safety
@@ -151,15 +164,6 @@ unsafe fn channel_scalar(plane: *const f32, blocks: &[Block], offs: &[usize], w:
         for (o, &a) in out[b.dst..b.dst + b.len].iter_mut().zip(&acc) {
             *o = post.apply(a);
         }
-    }
-}
-
-unsafe fn deinterleave_scalar(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-    for (j, e) in even.iter_mut().enumerate() {
-        *e = row[2 * j];
-    }
-    for (j, o) in odd.iter_mut().enumerate() {
-        *o = row[2 * j + 1];
     }
 }
 
@@ -182,17 +186,34 @@ mod avx2 {
     }
 
     /// `N` blocks at once: N independent accumulator chains share each broadcast weight.
+    ///
+    /// `KW` > 0 divides the tap count: taps then go KW at a time, unrolled (one kernel row of a
+    /// 3×3 or 5×5 kernel; these spent a third of their instructions on the per-tap loop).
+    /// `KW` = 0 loops over the taps one by one.
     #[inline(always)]
-    unsafe fn group<const N: usize>(plane: *const f32, bs: &[Block], offs: &[usize], w: &[f32], bias: f32, p: &Post, out: *mut f32) {
+    unsafe fn group<const N: usize, const KW: usize>(plane: *const f32, bs: &[Block], offs: &[usize], w: &[f32], bias: f32, p: &Post, out: *mut f32) {
         let mut acc = [_mm256_set1_ps(bias); N];
         let mut src = [plane; N];
         for i in 0..N {
             src[i] = plane.add(bs[i].src);
         }
-        for (&off, wt) in offs.iter().zip(w) {
-            let wv = _mm256_broadcast_ss(wt);
-            for i in 0..N {
-                acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src[i].add(off)), acc[i]);
+        macro_rules! tap {
+            ($off:expr, $wt:expr) => {{
+                let (off, wv) = ($off, _mm256_broadcast_ss($wt));
+                for i in 0..N {
+                    acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src[i].add(off)), acc[i]);
+                }
+            }};
+        }
+        if KW > 0 {
+            for (o, wr) in offs.chunks_exact(KW).zip(w.chunks_exact(KW)) {
+                for kx in 0..KW {
+                    tap!(*o.get_unchecked(kx), wr.get_unchecked(kx));
+                }
+            }
+        } else {
+            for (&off, wt) in offs.iter().zip(w) {
+                tap!(off, wt);
             }
         }
         for i in 0..N {
@@ -206,51 +227,101 @@ mod avx2 {
     /// The CPU supports AVX2 and FMA; same bounds as [`super::channel_scalar`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn channel(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, p: Post, out: &mut [f32]) {
-        assert!(blocks.iter().all(|b| b.dst + b.len <= out.len()));
-        let o = out.as_mut_ptr();
-        let mut rest = blocks;
-        while rest.len() >= 8 {
-            group::<8>(plane, &rest[..8], offs, w, bias, &p, o);
-            rest = &rest[8..];
-        }
-        if rest.len() >= 4 {
-            group::<4>(plane, &rest[..4], offs, w, bias, &p, o);
-            rest = &rest[4..];
-        }
-        if rest.len() >= 2 {
-            group::<2>(plane, &rest[..2], offs, w, bias, &p, o);
-            rest = &rest[2..];
-        }
-        if !rest.is_empty() {
-            group::<1>(plane, rest, offs, w, bias, &p, o);
+        // Unrolled by 3 or 5 taps for the 3×3 and 5×5 kernels of mobile CNNs (any kernel with
+        // 9 or 25 taps is fine: only the tap count must be a multiple).
+        match offs.len() {
+            9 => channel_kw::<3>(plane, blocks, offs, w, bias, p, out),
+            25 => channel_kw::<5>(plane, blocks, offs, w, bias, p, out),
+            _ => channel_kw::<0>(plane, blocks, offs, w, bias, p, out),
         }
     }
 
     /// # Safety
-    /// The CPU supports AVX2.
+    /// As [`channel`]; `KW` = 0 or a divisor of the tap count.
+    #[inline(always)]
+    unsafe fn channel_kw<const KW: usize>(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, p: Post, out: &mut [f32]) {
+        let o = out.as_mut_ptr();
+        let mut rest = blocks;
+        while rest.len() >= 8 {
+            group::<8, KW>(plane, &rest[..8], offs, w, bias, &p, o);
+            rest = &rest[8..];
+        }
+        if rest.len() >= 4 {
+            group::<4, KW>(plane, &rest[..4], offs, w, bias, &p, o);
+            rest = &rest[4..];
+        }
+        if rest.len() >= 2 {
+            group::<2, KW>(plane, &rest[..2], offs, w, bias, &p, o);
+            rest = &rest[2..];
+        }
+        if !rest.is_empty() {
+            group::<1, KW>(plane, rest, offs, w, bias, &p, o);
+        }
+    }
+
+    /// The first `n` (≤ 8) lanes.
+    #[inline(always)]
+    unsafe fn mask(n: usize) -> __m256i {
+        _mm256_loadu_si256(MASK.as_ptr().add(LANES - n.min(LANES)) as *const __m256i)
+    }
+
+    /// AVX2 [`super::FillRows`]: whole vectors, then one masked step per segment tail (no
+    /// scalar loops or library calls: rows are only 7–112 values long).
+    ///
+    /// # Safety
+    /// The CPU supports AVX2; indices as for [`super::fill_rows_scalar`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
-        assert!(row.len() + 1 >= 2 * even.len() && row.len() >= 2 * odd.len());
-        let n = even.len().min(odd.len());
-        let mut j = 0;
-        // Each step reads row[2j .. 2j + 16].
-        while j + LANES <= n && 2 * j + 2 * LANES <= row.len() {
-            let a = _mm256_loadu_ps(row.as_ptr().add(2 * j));
-            let b = _mm256_loadu_ps(row.as_ptr().add(2 * j + LANES));
-            // Per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6], then fix the 64-bit pair order.
-            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
-            let od = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
-            let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
-            let od = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(od)));
-            _mm256_storeu_ps(even.as_mut_ptr().add(j), e);
-            _mm256_storeu_ps(odd.as_mut_ptr().add(j), od);
-            j += LANES;
+    pub(super) unsafe fn fill_rows(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize, rows: usize, sx: usize, segs: [(usize, usize, usize); 2]) {
+        if sx == 1 {
+            let (off, len, first) = segs[0];
+            let tail = mask(len % LANES);
+            let full = len - len % LANES;
+            for r in 0..rows {
+                let (s, d) = (src.add(r * src_stride + first), dst.add(r * dst_stride + off));
+                let mut j = 0;
+                while j < full {
+                    _mm256_storeu_ps(d.add(j), _mm256_loadu_ps(s.add(j)));
+                    j += LANES;
+                }
+                if j < len {
+                    _mm256_maskstore_ps(d.add(j), tail, _mm256_maskload_ps(s.add(j), tail));
+                }
+            }
+            return;
         }
-        for (k, e) in even[j..].iter_mut().enumerate() {
-            *e = row[2 * (j + k)];
-        }
-        for (k, o) in odd[j..].iter_mut().enumerate() {
-            *o = row[2 * (j + k) + 1];
+        let (even, odd) = (segs[0], segs[1]);
+        debug_assert!(even.2 == 0 && odd.2 == 1);
+        let n = even.1.max(odd.1);
+        // Input values a row reads: even lanes up to 2·len − 1, odd ones up to 2·len.
+        let used = (2 * even.1).saturating_sub(1).max(2 * odd.1);
+        for r in 0..rows {
+            let (s, d) = (src.add(r * src_stride), dst.add(r * dst_stride));
+            let mut j = 0;
+            while j < n {
+                let (a, b) = if 2 * j + 2 * LANES <= used {
+                    (_mm256_loadu_ps(s.add(2 * j)), _mm256_loadu_ps(s.add(2 * j + LANES)))
+                } else {
+                    let left = used - 2 * j;
+                    // `wrapping_add`: the second half may start past the row (all lanes masked off).
+                    (_mm256_maskload_ps(s.add(2 * j), mask(left)), _mm256_maskload_ps(s.wrapping_add(2 * j + LANES), mask(left.saturating_sub(LANES))))
+                };
+                // Per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6], then fix the 64-bit pair order.
+                let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                let od = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+                let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
+                let od = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(od)));
+                if j + LANES <= even.1 {
+                    _mm256_storeu_ps(d.add(even.0 + j), e);
+                } else if j < even.1 {
+                    _mm256_maskstore_ps(d.add(even.0 + j), mask(even.1 - j), e);
+                }
+                if j + LANES <= odd.1 {
+                    _mm256_storeu_ps(d.add(odd.0 + j), od);
+                } else if j < odd.1 {
+                    _mm256_maskstore_ps(d.add(odd.0 + j), mask(odd.1 - j), od);
+                }
+                j += LANES;
+            }
         }
     }
 }
@@ -263,7 +334,7 @@ pub fn supports(g: &ConvGeometry) -> bool {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn run(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>, kernel: ChannelKernel, deint: Deinterleave) {
+fn run(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>, kernel: ChannelKernel, fill_rows: FillRows) {
     let [kh, kw] = g.kernel;
     let (oh, ow) = (g.out_h, g.out_w);
     let plane = Plane::new(g);
@@ -272,8 +343,10 @@ fn run(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep
     scratch.resize(plane.len(g.strides[1]), 0.0);
     let in_plane = g.in_h * g.in_w;
     assert!(input.len() >= g.in_c * in_plane && out.len() >= g.out_c * oh * ow && weight.len() >= g.out_c * kh * kw);
+    // The channel kernels store block b at dst..dst + len of the channel's output plane.
+    assert!(blocks.iter().all(|b| b.dst + b.len <= oh * ow));
     for c in 0..g.out_c {
-        plane.fill(&input[c * in_plane..(c + 1) * in_plane], g, scratch, deint);
+        plane.fill(&input[c * in_plane..(c + 1) * in_plane], g, scratch, fill_rows);
         let w = &weight[c * kh * kw..(c + 1) * kh * kw];
         let b = bias.map_or(0.0, |b| b[c]);
         // SAFETY: the plane holds `rows` padded rows of `width ≥ ceil(ow / 8)·8 + max tap
@@ -285,7 +358,7 @@ fn run(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>) {
-    run(input, weight, bias, g, ep, out, scratch, avx2::channel, avx2::deinterleave)
+    run(input, weight, bias, g, ep, out, scratch, avx2::channel, avx2::fill_rows)
 }
 
 /// Which row kernel to use.
@@ -316,7 +389,7 @@ pub fn depthwise_with(isa: Isa, input: &[f32], weight: &[f32], bias: Option<&[f3
             // SAFETY: AVX2 and FMA were detected.
             unsafe { run_avx2(input, weight, bias, g, ep, out, scratch) }
         }
-        _ => run(input, weight, bias, g, ep, out, scratch, channel_scalar, deinterleave_scalar),
+        _ => run(input, weight, bias, g, ep, out, scratch, channel_scalar, fill_rows_scalar),
     }
 }
 

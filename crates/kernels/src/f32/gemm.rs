@@ -7,6 +7,9 @@
 //! stay in L2; for each chunk, every [`MR`]-row panel of A (MR row streams, in L1 across the
 //! chunk) runs the MR×NR micro-kernel over the chunk's micro-panels. K is not blocked: the
 //! convolutions of mobile CNNs have K ≤ ~1200, so an A panel (K·MR floats) stays in L1.
+//! Packing costs one copy of B but makes every micro-panel one contiguous, cache-line-aligned
+//! stream (B read in place was a strided gather of 64-byte pieces, most split across two
+//! lines) and lets the micro-kernel address B with constant offsets.
 
 use super::{Epilogue, Post};
 
@@ -32,9 +35,9 @@ pub fn best_isa() -> Isa {
     }
 }
 
-/// Micro-kernel: rows `a[i]` (i < MR, each K long), B micro-panel `bp` (K rows of NR values,
-/// `ldb` apart), output tile at `c` (rows `ldc` apart), `rows`×`cols` of it valid.
-type MicroKernel = unsafe fn(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]);
+/// Micro-kernel: rows `a[i]` (i < MR, each K long), packed B micro-panel `bp` (K rows of NR
+/// values, contiguous), output tile at `c` (rows `ldc` apart), `rows`×`cols` of it valid.
+type MicroKernel = unsafe fn(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]);
 
 /// C[m×n] = epilogue(A[m×k]·B[k×n] + bias) with `ep` channel indices offset by `c0` (the first
 /// row's output channel).
@@ -72,34 +75,36 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         }
         _ => (kernel_scalar, kernel_scalar),
     };
-    // Full NR-column micro-panels are read from B in place (rows n apart); only a partial
-    // last one is packed, zero-padded, into `scratch`.
     let panels_per_chunk = (CHUNK_FLOATS / (k * NR)).max(1);
     let total_panels = n.div_ceil(NR);
-    let full_panels = n / NR;
-    if full_panels < total_panels {
-        scratch.clear();
-        scratch.resize(k * NR, 0.0);
-        pack_b(b, k, n, full_panels * NR, scratch);
-    }
     let posts: Vec<Post> = (0..m).map(|i| Post::of(ep, c0 + i)).collect();
+    let chunk_len = panels_per_chunk.min(total_panels) * k * NR;
+    // 16 spare floats to start the packed panels on a 64-byte boundary. Not cleared: packing
+    // writes every float of a panel it uses, padding included.
+    if scratch.len() < chunk_len + 16 {
+        scratch.resize(chunk_len + 16, 0.0);
+    }
+    let align = (64 - scratch.as_ptr() as usize % 64) % 64 / 4;
+    let packed = &mut scratch[align..align + chunk_len];
     let mut p0 = 0;
     while p0 < total_panels {
         let np = panels_per_chunk.min(total_panels - p0);
+        for (i, dst) in packed.chunks_exact_mut(k * NR).take(np).enumerate() {
+            pack_b(b, k, n, (p0 + i) * NR, dst);
+        }
         for i0 in (0..m).step_by(MR) {
             let rows = MR.min(m - i0);
             // Missing rows of a partial panel repeat the first row; they are never stored.
             let arows: [*const f32; MR] = std::array::from_fn(|r| a[(i0 + if r < rows { r } else { 0 }) * k..].as_ptr());
             let bias6: [f32; MR] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[i0 + r]) } else { 0.0 });
             let post6: [Post; MR] = std::array::from_fn(|r| posts[i0 + if r < rows { r } else { 0 }]);
-            for p in p0..p0 + np {
-                let j0 = p * NR;
+            for (i, bp) in packed.chunks_exact(k * NR).take(np).enumerate() {
+                let j0 = (p0 + i) * NR;
                 let cols = NR.min(n - j0);
-                let (bp, ldb) = if p < full_panels { (b[j0..].as_ptr(), n) } else { (scratch.as_ptr(), NR) };
                 // SAFETY: rows·cols of the tile lie inside C (asserted above); A rows hold k
-                // values; B rows j0..j0 + NR exist for full panels, the packed panel holds k·NR.
+                // values; the packed panel holds k·NR.
                 let kern = if cols <= 8 { kernel8 } else { kernel };
-                unsafe { kern(k, arows, bp, ldb, c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, bias6, &post6) };
+                unsafe { kern(k, arows, bp.as_ptr(), c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, bias6, &post6) };
             }
         }
         p0 += np;
@@ -128,10 +133,10 @@ fn pack_b(b: &[f32], k: usize, n: usize, j0: usize, dst: &mut [f32]) {
 /// # Safety
 /// See [`MicroKernel`]: `a[r]` readable for k values, `bp` for k·NR, the valid tile writable.
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_scalar(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+unsafe fn kernel_scalar(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
     let mut acc = [[0f32; NR]; MR];
     for kk in 0..k {
-        let b = std::slice::from_raw_parts(bp.add(kk * ldb), NR);
+        let b = std::slice::from_raw_parts(bp.add(kk * NR), NR);
         for r in 0..MR {
             let av = *a[r].add(kk);
             for (x, &bv) in acc[r].iter_mut().zip(b) {
@@ -148,7 +153,7 @@ unsafe fn kernel_scalar(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usiz
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::MR;
+    use super::{MR, NR};
     use crate::f32::{post_avx2, Post, MASK};
     use std::arch::x86_64::*;
 
@@ -156,40 +161,62 @@ mod avx2 {
     /// (15 of the 16 vector registers).
     ///
     /// # Safety
-    /// The CPU supports AVX2 and FMA; bounds as for [`super::kernel_scalar`].
+    /// The CPU supports AVX2 and FMA; bounds as for [`super::kernel_scalar`]; `bp` 32-byte aligned.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
-        tile::<2>(k, a, bp, ldb, c, ldc, rows, cols, bias, post)
+    pub(super) unsafe fn kernel(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+        tile::<2>(k, a, bp, c, ldc, rows, cols, bias, post)
     }
 
-    /// 6×8 variant for a last micro-panel of at most 8 columns (reads 8 of each B row).
+    /// 6×8 variant for a last micro-panel of at most 8 columns (reads the first 8 of each
+    /// packed B row).
     ///
     /// # Safety
     /// As [`kernel`], with `cols ≤ 8`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel8(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    pub(super) unsafe fn kernel8(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
         debug_assert!(cols <= 8);
-        tile::<1>(k, a, bp, ldb, c, ldc, rows, cols, bias, post)
+        tile::<1>(k, a, bp, c, ldc, rows, cols, bias, post)
     }
 
     /// MR × 8·V tile.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const V: usize>(k: usize, a: [*const f32; MR], bp: *const f32, ldb: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    unsafe fn tile<const V: usize>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
         let z = _mm256_setzero_ps();
         let mut acc = [[z; V]; MR];
-        let mut b = bp;
-        for kk in 0..k {
-            let bv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
-            for r in 0..MR {
-                let x = _mm256_broadcast_ss(&*a[r].add(kk));
+        // One step: row kk of the packed panel (NR apart) against column kk of the A rows. A
+        // macro, not a closure: closures do not inherit `target_feature`, and the intrinsics
+        // would become calls.
+        macro_rules! step {
+            ($acc:expr, $kk:expr) => {{
+                let kk = $kk;
+                let mut bv = [z; V];
                 for v in 0..V {
-                    acc[r][v] = _mm256_fmadd_ps(x, bv[v], acc[r][v]);
+                    bv[v] = _mm256_load_ps(bp.add(kk * NR + 8 * v));
                 }
-            }
-            b = b.add(ldb);
+                for r in 0..MR {
+                    let x = _mm256_broadcast_ss(&*a[r].add(kk));
+                    for v in 0..V {
+                        $acc[r][v] = _mm256_fmadd_ps(x, bv[v], $acc[r][v]);
+                    }
+                }
+            }};
+        }
+        // Unrolled by 4 so loop control is a small share of the instruction stream: at 12
+        // FMAs per step the core issues ~4 instructions per cycle, its front-end limit.
+        let mut kk = 0;
+        while kk + 4 <= k {
+            step!(acc, kk);
+            step!(acc, kk + 1);
+            step!(acc, kk + 2);
+            step!(acc, kk + 3);
+            kk += 4;
+        }
+        while kk < k {
+            step!(acc, kk);
+            kk += 1;
         }
         for r in 0..rows {
             let bv = _mm256_set1_ps(bias[r]);
