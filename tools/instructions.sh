@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per image of the int8 engine (valgrind callgrind), which, unlike wall time, do not
 # depend on what else the machine is doing: (instructions of `subq bench --runs 3`
-# − instructions of `--runs 1`) / 2 removes model loading and engine construction.
+# − instructions of `--runs 1`) / 2 removes model loading and engine construction. RUNS=N
+# (default 3) averages over N − 1 images instead: the count moves by ±1–2 M between identical
+# runs (thread-pool waits), so ratios of a few percent need RUNS=11 or more.
 #
 #   bash tools/instructions.sh MODEL.onnx [MODEL2.onnx ...]
 set -euo pipefail
@@ -14,9 +16,10 @@ total() {
     grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
     rm -f "$out"
 }
+RUNS="${RUNS:-3}"
 echo "| model | instructions per image (M) |"
 echo "|---|---:|"
 for m in "$@"; do
-    one=$(total "$m" 1); three=$(total "$m" 3)
-    echo "| $(basename "$m") | $(awk -v a="$one" -v b="$three" 'BEGIN { printf "%.2f", (b - a) / 2 / 1e6 }') |"
+    one=$(total "$m" 1); many=$(total "$m" "$RUNS")
+    echo "| $(basename "$m") | $(awk -v a="$one" -v b="$many" -v n="$RUNS" 'BEGIN { printf "%.2f", (b - a) / (n - 1) / 1e6 }') |"
 done

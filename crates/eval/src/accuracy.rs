@@ -179,17 +179,6 @@ pub fn npy_bytes(rows: &[Vec<f32>], row_shape: &[usize]) -> std::io::Result<Vec<
     Ok(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_k_orders_by_logit() {
-        assert_eq!(top_k(&[0.1, 3.0, -1.0, 2.0], 2), vec![1, 3]);
-        assert_eq!(top_k(&[1.0, 1.0], 1), vec![0]);
-    }
-}
-
 /// Scores of a model on already-decoded inputs, against labels and optionally reference logits
 /// (both indexed like `inputs`). Returns the report and the model's logits per input.
 pub fn evaluate_tensors(model: &dyn RunModel, inputs: &[Tensor], labels: &[Option<usize>], reference: Option<&[Vec<f32>]>, progress: bool) -> Result<(EvalReport, Vec<Vec<f32>>), EvalError> {
@@ -226,4 +215,15 @@ pub fn median_latency_ms(model: &dyn RunModel, input: &Tensor, warmup: usize, ru
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Ok(times[times.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_by_logit() {
+        assert_eq!(top_k(&[0.1, 3.0, -1.0, 2.0], 2), vec![1, 3]);
+        assert_eq!(top_k(&[1.0, 1.0], 1), vec![0]);
+    }
 }

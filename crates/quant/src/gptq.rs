@@ -326,13 +326,13 @@ pub fn apply(g: &Graph, plan: &mut QuantPlan, inputs: &[Tensor]) -> Result<Vec<(
         return Ok(Vec::new());
     }
     let moments = second_moments(g, &targets, inputs)?;
-    let done: Vec<Option<(String, usize, Tensor, (f64, f64))>> = targets
+    let done: Vec<Option<RoundedLayer>> = targets
         .par_iter()
         .zip(moments.par_iter())
         .map(|(t, m)| round_layer(g, plan, t, m))
         .collect();
     let mut gains = Vec::new();
-    for (node, part, values, (before, after)) in done.into_iter().flatten() {
+    for RoundedLayer { node, part, values, errors: (before, after) } in done.into_iter().flatten() {
         plan.weights.get_mut(&node).expect("planned layer")[part].values = values;
         let gain = if after > 0.0 && before > 0.0 { 10.0 * (before / after).log10() } else { 0.0 };
         gains.push((node, gain));
@@ -340,9 +340,17 @@ pub fn apply(g: &Graph, plan: &mut QuantPlan, inputs: &[Tensor]) -> Result<Vec<(
     Ok(gains)
 }
 
-/// The new values of one layer's finest part and its output error before and after, or None
-/// when H is not usable.
-fn round_layer(g: &Graph, plan: &QuantPlan, t: &Target, m: &Moments) -> Option<(String, usize, Tensor, (f64, f64))> {
+/// One layer's rounded part: its new values and the layer's output error with round-to-nearest
+/// and with the result.
+struct RoundedLayer {
+    node: String,
+    part: usize,
+    values: Tensor,
+    errors: (f64, f64),
+}
+
+/// The new values of one layer's finest part, or None when H is not usable.
+fn round_layer(g: &Graph, plan: &QuantPlan, t: &Target, m: &Moments) -> Option<RoundedLayer> {
     let n = g.nodes.iter().find(|n| n.name == t.node)?;
     let parts = plan.weights.get(&t.node)?;
     let finest = (0..parts.len()).min_by(|&a, &b| parts[a].params.scale[0].total_cmp(&parts[b].params.scale[0]))?;
@@ -397,7 +405,7 @@ fn round_layer(g: &Graph, plan: &QuantPlan, t: &Target, m: &Moments) -> Option<(
             }
         }
     }
-    Some((t.node.clone(), finest, Tensor::f32(shape, target).ok()?, errors))
+    Some(RoundedLayer { node: t.node.clone(), part: finest, values: Tensor::f32(shape, target).ok()?, errors })
 }
 
 #[cfg(test)]
