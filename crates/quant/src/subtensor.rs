@@ -73,6 +73,17 @@ fn layout_of(g: &Graph, n: &subq_ir::Node, w: &subq_tensor::Tensor) -> Option<(W
 /// FP32 on a few calibration images (lower is better).
 pub type Probe<'a> = &'a dyn Fn(&QuantPlan) -> Result<f64, QuantError>;
 
+/// Extra engine work per output value of a split layer, in MAC equivalents (at the model's
+/// average instructions per MAC). A split layer keeps the int8 engine's exact i64 multi-part
+/// output stage while single-part layers use the cheaper float stage, so a split costs more than
+/// its MACs; for a depthwise split that stage, not the second part's multiply-adds (one input
+/// pass feeds all parts), is most of the cost. Calibrated with callgrind on two MobileNetV2-160
+/// plans: 3 depthwise + 2 pointwise splits cost +3.41 M instructions where MACs alone predicted
+/// +2.65 M, and 4 depthwise + 1 pointwise +2.79 M where MACs predicted +1.84 M; the fit is about
+/// 6.6 instructions (≈ 19 MACs) per depthwise output value, about 2 (≈ 7 MACs) per pointwise one.
+const SPLIT_OUTPUT_STAGE_MACS: usize = 7;
+const SPLIT_OUTPUT_STAGE_MACS_DEPTHWISE: usize = 19;
+
 pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptions, probe: Option<Probe>) -> Result<SubtensorPlan, QuantError> {
     let mut plan = make_plan(g, calib, WeightScheme::PerTensor)?;
     struct Option_ {
@@ -81,6 +92,9 @@ pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptio
         best: Option<Candidate>,
         cost_bytes: usize,
         cost_macs: usize,
+        /// `cost_macs` plus the engine's extra output-stage work, in MAC equivalents: what the
+        /// latency budget is charged.
+        cost_latency: usize,
         shape: Vec<usize>,
     }
     let mut layers = Vec::new();
@@ -124,7 +138,9 @@ pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptio
         // Latency cost of one more part: the layer's MACs again. (Counting a depthwise split at a
         // quarter of its MACs, since one input pass feeds all parts, chose 10 / 8 splits that
         // measured +8.7% / +8.6% instructions per image: over the 5% budget.)
-        options.push(Option_ { node: n.name.clone(), base, best, cost_bytes: w.len(), cost_macs: macs, shape: w.shape.clone() });
+        let outputs = macs / (w.len() / w.shape[0].max(1)).max(1);
+        let per_output = if kind == "depthwise" { SPLIT_OUTPUT_STAGE_MACS_DEPTHWISE } else { SPLIT_OUTPUT_STAGE_MACS };
+        options.push(Option_ { node: n.name.clone(), base, best, cost_bytes: w.len(), cost_macs: macs, cost_latency: macs + per_output * outputs, shape: w.shape.clone() });
     }
     // With a probe, each candidate split is measured on the model's output (the others left
     // unsplit): the per-layer estimate ranks layers within one layer type well but does not say
@@ -161,15 +177,16 @@ pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptio
         Some(m) => m[index_of[o.node.as_str()]],
         None => (o.base.error - o.best.as_ref().map_or(o.base.error, |b| b.error)) / o.base.signal.max(1e-30),
     };
-    let cost = |o: &Option_| (o.cost_bytes as f64 / byte_budget.max(1) as f64).max(o.cost_macs as f64 / mac_budget.max(1) as f64);
+    let cost = |o: &Option_| (o.cost_bytes as f64 / byte_budget.max(1) as f64).max(o.cost_latency as f64 / mac_budget.max(1) as f64);
     order.sort_by(|&a, &b| (gain(&options[b]) / cost(&options[b])).partial_cmp(&(gain(&options[a]) / cost(&options[a]))).unwrap().then(a.cmp(&b)));
-    let (mut used_bytes, mut used_macs) = (0usize, 0usize);
+    let (mut used_bytes, mut used_macs, mut used_latency) = (0usize, 0usize, 0usize);
     let mut chosen = vec![false; options.len()];
     for i in order {
         let o = &options[i];
-        if used_bytes + o.cost_bytes <= byte_budget && used_macs + o.cost_macs <= mac_budget {
+        if used_bytes + o.cost_bytes <= byte_budget && used_latency + o.cost_latency <= mac_budget {
             used_bytes += o.cost_bytes;
             used_macs += o.cost_macs;
+            used_latency += o.cost_latency;
             chosen[i] = true;
         }
     }

@@ -83,7 +83,9 @@ pub struct QuantOptions {
     /// Subtensor: extra weight bytes allowed for splits, in % of the weight bytes.
     #[arg(long, default_value_t = 1.0)]
     pub size_budget: f64,
-    /// Subtensor: extra MACs allowed for splits, in % of the model's MACs (latency proxy).
+    /// Subtensor: extra latency allowed for splits, in % of the model's MACs (a split is charged
+    /// its MACs plus 19 (depthwise) or 7 MAC equivalents per output value for the engine's
+    /// multi-part output stage).
     #[arg(long, default_value_t = 5.0)]
     pub latency_budget: f64,
     /// Cross-layer equalization before calibration (ReLU6 bounds kept exact per channel).
