@@ -393,7 +393,7 @@ fn round_layer(g: &Graph, plan: &QuantPlan, t: &Target, m: &Moments) -> Option<R
         }
         Shape::Depthwise { channels, taps } => {
             for c in 0..channels {
-                // A channel whose H is unusable keeps its round-to-nearest values (set below).
+                // A channel whose H is unusable is rounded to nearest.
                 let (hc, wc) = (m.covariance(c, taps), &mut target[c * taps..(c + 1) * taps]);
                 match round_rows(wc, 1, taps, &hc, q, |_| if q.is_per_tensor() { 0 } else { c }) {
                     Some((b, a)) => {
