@@ -482,16 +482,7 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                     let cm = cmax.unwrap_unchecked();
                     bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
                 }
-                let d = out.add(row * n + col);
-                if cols == 16 {
-                    _mm_storeu_si128(d as *mut __m128i, bytes);
-                } else if cols == 8 {
-                    _mm_storel_epi64(d as *mut __m128i, bytes);
-                } else {
-                    let mut tmp = [0u8; 16];
-                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
-                }
+                store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
             GemmOut::Float { e, mult, bias, out } => {
                 let bytes = if *e.ok.get_unchecked(row) {
@@ -499,16 +490,7 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                 } else {
                     _mm_min_epu8(row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]), _mm_set1_epi8(*e.cap.get_unchecked(row) as i8))
                 };
-                let d = out.add(row * n + col);
-                if cols == 16 {
-                    _mm_storeu_si128(d as *mut __m128i, bytes);
-                } else if cols == 8 {
-                    _mm_storel_epi64(d as *mut __m128i, bytes);
-                } else {
-                    let mut tmp = [0u8; 16];
-                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
-                }
+                store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
             GemmOut::Acc(acc) => {
                 let d = acc.add(row * n + col);
@@ -743,6 +725,8 @@ unsafe fn dw_bytes<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: 
 unsafe fn store_bytes(dst: *mut u8, bytes: __m128i, cols: usize, room: usize) {
     if cols == 16 || room >= 16 {
         _mm_storeu_si128(dst as *mut __m128i, bytes);
+    } else if cols == 8 {
+        _mm_storel_epi64(dst as *mut __m128i, bytes);
     } else {
         let mut tmp = [0u8; 16];
         _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
