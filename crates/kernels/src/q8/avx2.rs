@@ -181,14 +181,7 @@ unsafe fn sink16(sink: &mut Sink, f: &Fin, row: usize, col: usize, n: usize, col
             let m = _mm256_set1_epi64x(*mult.get_unchecked(row));
             let b = fin_bias(f, *bias.get_unchecked(row));
             let bytes = pack16(requant8(v0, m, b, f), requant8(v1, m, b, f));
-            let dst = out.as_mut_ptr().add(row * n + col);
-            if cols == 16 {
-                _mm_storeu_si128(dst as *mut __m128i, bytes);
-            } else {
-                let mut tmp = [0u8; 16];
-                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
-            }
+            store_bytes(out.as_mut_ptr().add(row * n + col), bytes, cols, 0);
         }
         Sink::Acc(acc) => {
             let dst = acc.as_mut_ptr().add(row * n + col);
@@ -437,14 +430,7 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: 
                 if let Some(cm) = cmax {
                     bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
                 }
-                let d = out.as_mut_ptr().add((row - r0) * n + jp * NR);
-                if cols == 16 {
-                    _mm_storeu_si128(d as *mut __m128i, bytes);
-                } else {
-                    let mut tmp = [0u8; 16];
-                    _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
-                }
+                store_bytes(out.as_mut_ptr().add((row - r0) * n + jp * NR), bytes, cols, 0);
             }
         }
     }
