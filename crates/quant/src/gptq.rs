@@ -3,9 +3,9 @@
 //!
 //! Round-to-nearest rounds every weight on its own. Here the weights of one output channel are
 //! rounded one input feature at a time, and each rounding error is pushed onto the not yet
-//! rounded weights of that channel through the inverse of H = Σ x xᵀ, the second moment of the
-//! layer's input over the calibration data; this minimizes the error of the layer *output*, not
-//! of the weights. The grid (scale, zero-point) is not touched, so the model stays per-tensor:
+//! rounded weights of that channel through the inverse of H, the covariance of the layer's input
+//! over the calibration data; this minimizes the error of the layer *output*, not of the
+//! weights. The grid (scale, zero-point) is not touched, so the model stays per-tensor:
 //! only which grid point each weight lands on changes.
 //!
 //! Dense convs (1×1 and k×k) and Gemm use one H per layer over their input patches; a depthwise
@@ -33,8 +33,12 @@ enum Shape {
 
 struct Target {
     node: String,
+    /// The value the layer reads (its input 0).
+    input: String,
     shape: Shape,
     geometry: Option<ConvGeometry>,
+    /// A Gemm weight stored [K, N] (no transB): its rows are input features, not outputs.
+    features_by_outputs: bool,
 }
 
 impl Target {
@@ -73,17 +77,16 @@ fn target_of(g: &Graph, n: &Node) -> Option<Target> {
             } else {
                 return None;
             };
-            Some(Target { node: n.name.clone(), shape, geometry: Some(geometry) })
+            Some(Target { node: n.name.clone(), input: n.inputs[0].clone(), shape, geometry: Some(geometry), features_by_outputs: false })
         }
-        Op::Gemm { trans_a: false, .. } if w.shape.len() == 2 => {
+        Op::Gemm { trans_a: false, trans_b, .. } if w.shape.len() == 2 => {
             let features = g.shapes.get(&n.inputs[0])?.iter().skip(1).product();
-            Some(Target { node: n.name.clone(), shape: Shape::Dense { features }, geometry: None })
+            Some(Target { node: n.name.clone(), input: n.inputs[0].clone(), shape: Shape::Dense { features }, geometry: None, features_by_outputs: !trans_b })
         }
         _ => None,
     }
 }
 
-/// Σ x xᵀ of every target's input over `inputs` (f64, row-major; per channel for depthwise).
 /// Σ x xᵀ, Σ x and the sample count of one layer's inputs (per channel, concatenated, for
 /// depthwise).
 #[derive(Clone)]
@@ -111,10 +114,10 @@ impl Moments {
     }
 }
 
+/// [`Moments`] of every target's input over `inputs`, from one FP32 pass per image.
 fn second_moments(g: &Graph, targets: &[Target], inputs: &[Tensor]) -> Result<Vec<Moments>, QuantError> {
     let by_input: BTreeMap<&str, Vec<usize>> = targets.iter().enumerate().fold(BTreeMap::new(), |mut m, (i, t)| {
-        let n = g.nodes.iter().find(|n| n.name == t.node).expect("target node");
-        m.entry(n.inputs[0].as_str()).or_insert_with(Vec::new).push(i);
+        m.entry(t.input.as_str()).or_insert_with(Vec::new).push(i);
         m
     });
     let zeros = || -> Vec<Moments> {
@@ -329,7 +332,7 @@ pub fn apply(g: &Graph, plan: &mut QuantPlan, inputs: &[Tensor]) -> Result<Vec<(
     let done: Vec<Option<RoundedLayer>> = targets
         .par_iter()
         .zip(moments.par_iter())
-        .map(|(t, m)| round_layer(g, plan, t, m))
+        .map(|(t, m)| round_layer(plan, t, m))
         .collect();
     let mut gains = Vec::new();
     for RoundedLayer { node, part, values, errors: (before, after) } in done.into_iter().flatten() {
@@ -350,8 +353,7 @@ struct RoundedLayer {
 }
 
 /// The new values of one layer's finest part, or None when H is not usable.
-fn round_layer(g: &Graph, plan: &QuantPlan, t: &Target, m: &Moments) -> Option<RoundedLayer> {
-    let n = g.nodes.iter().find(|n| n.name == t.node)?;
+fn round_layer(plan: &QuantPlan, t: &Target, m: &Moments) -> Option<RoundedLayer> {
     let parts = plan.weights.get(&t.node)?;
     let finest = (0..parts.len()).min_by(|&a, &b| parts[a].params.scale[0].total_cmp(&parts[b].params.scale[0]))?;
     let part = &parts[finest];
@@ -371,9 +373,7 @@ fn round_layer(g: &Graph, plan: &QuantPlan, t: &Target, m: &Moments) -> Option<R
     match t.shape {
         Shape::Dense { features } => {
             let h = &m.covariance(0, features);
-            let gemm_trans_b = matches!(n.op, Op::Gemm { trans_b: true, .. });
-            let is_gemm = matches!(n.op, Op::Gemm { .. });
-            if is_gemm && !gemm_trans_b {
+            if t.features_by_outputs {
                 // [K, N]: round the transpose, one row per output.
                 let (k, cols) = (shape[0], shape[1]);
                 let mut tr: Vec<f32> = (0..cols * k).map(|idx| target[(idx % k) * cols + idx / k]).collect();
