@@ -44,6 +44,29 @@ pub struct EvalReport {
     /// 10·log10(Σ ref² / Σ (ref − model)²) over all logits of all images.
     pub sqnr_db: Option<f64>,
     pub reference_top1: Option<f64>,
+    /// 95% Wilson score intervals of top-1 and agreement: on a few hundred images a point or two
+    /// of difference is within sampling noise, and these say how much.
+    pub top1_ci95: Option<(f64, f64)>,
+    pub agreement_ci95: Option<(f64, f64)>,
+    /// With labels and a reference: images this model classifies right and the reference wrong
+    /// (gained), and the other way round (lost). Their difference is the top-1 change; their sum
+    /// shows how many images actually moved.
+    pub images_gained: Option<usize>,
+    pub images_lost: Option<usize>,
+}
+
+/// 95% Wilson score interval of a proportion `successes / n` (better than ±1.96·σ near 0 or 1,
+/// where agreement lives).
+pub fn wilson95(successes: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (z, n) = (1.959_963_984_540_054_f64, n as f64);
+    let p = successes as f64 / n;
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
 pub fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
@@ -61,6 +84,8 @@ struct Tally {
     top5: usize,
     ref_top1: usize,
     agree: usize,
+    gained: usize,
+    lost: usize,
     signal: f64,
     noise: f64,
     skipped: Vec<String>,
@@ -80,6 +105,8 @@ impl Tally {
             self.agree += (rtop == top[0]) as usize;
             if let Some(l) = label {
                 self.ref_top1 += (rtop == l) as usize;
+                self.gained += (top[0] == l && rtop != l) as usize;
+                self.lost += (top[0] != l && rtop == l) as usize;
             }
             for (&a, &b) in r.iter().zip(logits) {
                 self.signal += (a as f64).powi(2);
@@ -101,6 +128,10 @@ impl Tally {
             agreement: has_ref.then(|| frac(self.agree)),
             sqnr_db: has_ref.then(|| if self.noise == 0.0 { f64::INFINITY } else { 10.0 * (self.signal / self.noise).log10() }),
             reference_top1: (has_ref && has_labels).then(|| frac(self.ref_top1)),
+            top1_ci95: has_labels.then(|| wilson95(self.top1, self.n)),
+            agreement_ci95: has_ref.then(|| wilson95(self.agree, self.n)),
+            images_gained: (has_ref && has_labels).then_some(self.gained),
+            images_lost: (has_ref && has_labels).then_some(self.lost),
         }
     }
 }
@@ -225,5 +256,32 @@ mod tests {
     fn top_k_orders_by_logit() {
         assert_eq!(top_k(&[0.1, 3.0, -1.0, 2.0], 2), vec![1, 3]);
         assert_eq!(top_k(&[1.0, 1.0], 1), vec![0]);
+    }
+
+    #[test]
+    fn wilson_interval_matches_textbook_values() {
+        // Reference values from the closed form (e.g. Newcombe 1998, table I: 0/10 and 5/10).
+        let (lo, hi) = wilson95(0, 10);
+        assert!(lo == 0.0 && (hi - 0.2775).abs() < 1e-4, "{lo} {hi}");
+        let (lo, hi) = wilson95(5, 10);
+        assert!((lo - 0.2366).abs() < 1e-4 && (hi - 0.7634).abs() < 1e-4, "{lo} {hi}");
+        let (lo, hi) = wilson95(391, 400);
+        assert!(lo < 391.0 / 400.0 && hi > 391.0 / 400.0 && hi < 1.0);
+    }
+
+    #[test]
+    fn tally_counts_images_gained_and_lost_against_the_reference() {
+        let mut t = Tally::default();
+        // (model logits, label, reference logits): right/wrong, wrong/right, right/right, wrong/wrong.
+        t.add(&[0.0, 1.0], Some(1), Some(&[1.0, 0.0]));
+        t.add(&[1.0, 0.0], Some(1), Some(&[0.0, 1.0]));
+        t.add(&[1.0, 0.0], Some(1), Some(&[0.0, 1.0]));
+        t.add(&[0.0, 1.0], Some(1), Some(&[0.0, 1.0]));
+        t.add(&[1.0, 0.0], Some(1), Some(&[1.0, 0.0]));
+        let r = t.report("m".into(), true, true);
+        assert_eq!((r.images_gained, r.images_lost), (Some(1), Some(2)));
+        assert_eq!(r.top1, Some(0.4));
+        assert_eq!(r.reference_top1, Some(0.6));
+        assert_eq!(r.agreement, Some(0.4));
     }
 }

@@ -23,6 +23,11 @@ pub struct SchemeRow {
     pub quantize_s: f64,
     pub split_layers: usize,
     pub engine: String,
+    /// Top-1 against labels: images right here and wrong in FP32, and the other way round.
+    pub images_gained: Option<usize>,
+    pub images_lost: Option<usize>,
+    pub top1_ci95: Option<(f64, f64)>,
+    pub agreement_ci95: Option<(f64, f64)>,
 }
 
 /// One scheme's result: the graph it produced (the FP32 model itself for the first row), its
@@ -65,14 +70,32 @@ pub fn pct(x: Option<f64>) -> String {
     x.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "—".into())
 }
 
-/// The table as Markdown.
+/// The table as Markdown. "vs FP32" counts images whose top-1 is right only in this row (+)
+/// and only in FP32 (−); a note under the table gives the sampling noise of the percentages.
 pub fn markdown(rows: &[SchemeRow]) -> String {
-    let mut s = String::from("| scheme | top-1 | top-5 | agreement | logits SQNR | latency (ms) | size (kB) | quantize (s) | split layers |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("| scheme | top-1 | vs FP32 | top-5 | agreement | logits SQNR | latency (ms) | size (kB) | quantize (s) | split layers |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
-        let sqnr = if r.sqnr_db.is_finite() { format!("{:.2} dB", r.sqnr_db) } else { "—".into() };
-        s += &format!("| {} | {} | {} | {:.2}% | {} | {:.2} | {:.1} | {:.1} | {} |\n", r.scheme, pct(r.top1), pct(r.top5), 100.0 * r.agreement, sqnr, r.latency_ms, r.size_kb, r.quantize_s, r.split_layers);
+        s += &markdown_row(r);
+        s.push('\n');
+    }
+    let half_width = |c: Option<(f64, f64)>| c.map(|(lo, hi)| 50.0 * (hi - lo));
+    let widest = |f: &dyn Fn(&SchemeRow) -> Option<f64>| rows.iter().filter(|r| r.sqnr_db.is_finite()).filter_map(f).fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
+    if let (Some(t), Some(a)) = (widest(&|r| half_width(r.top1_ci95)), widest(&|r| half_width(r.agreement_ci95))) {
+        s += &format!("\n95% intervals on these images: top-1 up to ±{t:.1} points, agreement up to ±{a:.1} points (Wilson); differences of a few images are sampling noise.\n");
+    } else if let Some(a) = widest(&|r| half_width(r.agreement_ci95)) {
+        s += &format!("\n95% intervals on these images: agreement up to ±{a:.1} points (Wilson); differences of a few images are sampling noise.\n");
     }
     s
+}
+
+/// One row of [`markdown`]'s table (no header, no newline), e.g. for progress output.
+pub fn markdown_row(r: &SchemeRow) -> String {
+    let sqnr = if r.sqnr_db.is_finite() { format!("{:.2} dB", r.sqnr_db) } else { "—".into() };
+    let moved = match (r.images_gained, r.images_lost) {
+        (Some(g), Some(l)) if r.sqnr_db.is_finite() => format!("+{g} / −{l}"),
+        _ => "—".into(),
+    };
+    format!("| {} | {} | {} | {} | {:.2}% | {} | {:.2} | {:.1} | {:.1} | {} |", r.scheme, pct(r.top1), moved, pct(r.top5), 100.0 * r.agreement, sqnr, r.latency_ms, r.size_kb, r.quantize_s, r.split_layers)
 }
 
 /// Quantize `g` under every configuration of `configs` (calibrating on `calib`; data-free rows
@@ -133,6 +156,10 @@ pub fn run_schemes(
                     quantize_s: summary.as_ref().map_or(0.0, |s| s.seconds),
                     split_layers: summary.as_ref().map_or(0, |s| s.split_layers),
                     engine: engine.describe(),
+                    images_gained: report.images_gained,
+                    images_lost: report.images_lost,
+                    top1_ci95: report.top1_ci95,
+                    agreement_ci95: report.agreement_ci95,
                 })
             }
         };

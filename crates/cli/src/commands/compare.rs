@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use subq_calib::{label_of, list_images, Synsets};
 use subq_eval::image_input_shape;
-use subq_eval::schemes::{markdown, run_schemes, scheme_configs, EvalSet, SchemeRow};
+use subq_eval::schemes::{markdown, markdown_row, run_schemes, scheme_configs, EvalSet, SchemeRow};
 use subq_quant::calibrate::load_inputs;
 use subq_quant::CalibOptions;
 
@@ -86,7 +86,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let eval = EvalSet { inputs: &imgs.eval, labels: &imgs.labels, latency_runs: a.latency_runs };
     let results = run_schemes(&g, &imgs.calib, Some(&eval), scheme_configs(), crate::commands::quantize::input_range(&preprocess), true, |r| {
         if let Some(row) = &r.row {
-            eprintln!("{}", markdown(std::slice::from_ref(row)).lines().last().unwrap_or_default());
+            eprintln!("{}", markdown_row(row));
         }
     })?;
     let table: Vec<SchemeRow> = results.into_iter().filter_map(|r| r.row).collect();

@@ -50,15 +50,20 @@ pub struct EvalArgs {
 pub fn print_report(r: &EvalReport) {
     println!("model:      {}", r.model);
     println!("images:     {}{}", r.n, if r.skipped.is_empty() { String::new() } else { format!(" ({} unreadable, skipped)", r.skipped.len()) });
+    let ci = |c: Option<(f64, f64)>| c.map(|(lo, hi)| format!(" (95% interval {:.1}–{:.1}%)", 100.0 * lo, 100.0 * hi)).unwrap_or_default();
     if r.top1.is_some() {
-        println!("top-1:      {}", pct(r.top1));
+        println!("top-1:      {}{}", pct(r.top1), ci(r.top1_ci95));
         println!("top-5:      {}", pct(r.top5));
     }
     if r.agreement.is_some() {
         if r.reference_top1.is_some() {
             println!("ref top-1:  {}", pct(r.reference_top1));
         }
-        println!("agreement:  {} (top-1 equal to the reference)", pct(r.agreement));
+        if let (Some(g), Some(l)) = (r.images_gained, r.images_lost) {
+            let images = |n: usize| if n == 1 { "1 image".to_string() } else { format!("{n} images") };
+            println!("vs ref:     {} right only here, {} right only in the reference", images(g), images(l));
+        }
+        println!("agreement:  {} (top-1 equal to the reference){}", pct(r.agreement), ci(r.agreement_ci95));
         println!("SQNR:       {} (logits vs reference)", db(r.sqnr_db));
     }
 }

@@ -73,7 +73,7 @@ pub fn generate(model: &str, fp32: &Graph, calib: &[Tensor], eval: Option<&EvalS
     let configs = scheme_configs().into_iter().filter(|(label, _)| eval.is_some() || SQNR_SCHEMES.contains(label)).collect();
     let results = run_schemes(fp32, calib, eval, configs, opts.input_range, opts.progress, |r| {
         if let (true, Some(row)) = (opts.progress, &r.row) {
-            eprintln!("{}", crate::schemes::markdown(std::slice::from_ref(row)).lines().last().unwrap_or_default());
+            eprintln!("{}", crate::schemes::markdown_row(row));
         }
     })?;
     let bar = progress_bar(SQNR_SCHEMES.len() * analysis.len(), "per-layer SQNR", opts.progress);
