@@ -80,7 +80,7 @@ impl PreprocessArgs {
             p.mean = [m[0], m[1], m[2]];
         }
         if let Some(s) = &self.std {
-            if s.iter().any(|&v| v == 0.0) {
+            if s.contains(&0.0) {
                 bail!("--std values must be non-zero");
             }
             p.std = [s[0], s[1], s[2]];

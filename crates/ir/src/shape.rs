@@ -181,7 +181,7 @@ pub fn infer_shapes(g: &mut Graph) -> Result<(), IrError> {
                 }
                 let known: usize = o.iter().product();
                 if let Some(i) = infer_at {
-                    if known == 0 || total % known != 0 {
+                    if known == 0 || !total.is_multiple_of(known) {
                         return Err(IrError::node(&node, "cannot infer -1 dimension"));
                     }
                     o[i] = total / known;

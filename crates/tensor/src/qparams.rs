@@ -57,7 +57,7 @@ impl QParams {
         let (qmin, qmax) = range.bounds();
         let (lo, hi) = (min.min(0.0), max.max(0.0));
         let span = hi - lo;
-        if !(span > 0.0) || !span.is_finite() {
+        if !span.is_finite() || span <= 0.0 {
             return QParams::per_tensor(1.0, 0, range);
         }
         let scale = span / (qmax - qmin) as f32;
