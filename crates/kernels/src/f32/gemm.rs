@@ -75,22 +75,29 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         }
         _ => (kernel_scalar, kernel_scalar),
     };
+    // With the SIMD kernels, the last n mod 8 columns (1 of a 7×7 plane's 49, 4 of a 14×14
+    // plane's 196) go to the column-tail kernel, which vectorizes over k: as a masked 6×8 tile
+    // they cost as much as eight columns.
+    let tail = if cfg!(target_arch = "x86_64") && isa == Isa::Avx2Fma { n % 8 } else { 0 };
+    let nv = n - tail;
     let panels_per_chunk = (CHUNK_FLOATS / (k * NR)).max(1);
-    let total_panels = n.div_ceil(NR);
+    let total_panels = nv.div_ceil(NR);
     let posts: Vec<Post> = (0..m).map(|i| Post::of(ep, c0 + i)).collect();
     let chunk_len = panels_per_chunk.min(total_panels) * k * NR;
+    let kp = k.div_ceil(8) * 8;
+    let tail_len = tail * kp;
     // 16 spare floats to start the packed panels on a 64-byte boundary. Not cleared: packing
     // writes every float of a panel it uses, padding included.
-    if scratch.len() < chunk_len + 16 {
-        scratch.resize(chunk_len + 16, 0.0);
+    if scratch.len() < chunk_len + tail_len + 16 {
+        scratch.resize(chunk_len + tail_len + 16, 0.0);
     }
     let align = (64 - scratch.as_ptr() as usize % 64) % 64 / 4;
-    let packed = &mut scratch[align..align + chunk_len];
+    let (packed, packed_tail) = scratch[align..align + chunk_len + tail_len].split_at_mut(chunk_len);
     let mut p0 = 0;
     while p0 < total_panels {
         let np = panels_per_chunk.min(total_panels - p0);
         for (i, dst) in packed.chunks_exact_mut(k * NR).take(np).enumerate() {
-            pack_b(b, k, n, (p0 + i) * NR, dst);
+            pack_b(b, k, n, nv, (p0 + i) * NR, dst);
         }
         for i0 in (0..m).step_by(MR) {
             let rows = MR.min(m - i0);
@@ -100,7 +107,7 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
             let post6: [Post; MR] = std::array::from_fn(|r| posts[i0 + if r < rows { r } else { 0 }]);
             for (i, bp) in packed.chunks_exact(k * NR).take(np).enumerate() {
                 let j0 = (p0 + i) * NR;
-                let cols = NR.min(n - j0);
+                let cols = NR.min(nv - j0);
                 // SAFETY: rows·cols of the tile lie inside C (asserted above); A rows hold k
                 // values; the packed panel holds k·NR.
                 let kern = if cols <= 8 { kernel8 } else { kernel };
@@ -109,12 +116,27 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         }
         p0 += np;
     }
+    if tail > 0 {
+        // Columns nv..n, each packed as one contiguous k-vector (zero padded to kp).
+        for (j, dst) in packed_tail.chunks_exact_mut(kp).enumerate() {
+            for (kk, d) in dst[..k].iter_mut().enumerate() {
+                *d = b[kk * n + nv + j];
+            }
+            dst[k..].fill(0.0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA asserted above (tail > 0 only off the scalar path); A holds m·k
+        // values, the packed tail tail·kp, C m·n with columns nv..n = nv + tail.
+        unsafe {
+            avx2::tail_cols(m, k, a.as_ptr(), packed_tail.as_ptr(), kp, c[nv..].as_mut_ptr(), n, tail, bias, &posts)
+        };
+    }
 }
 
-/// Pack columns j0..j0+NR of B (zero beyond n) as dst[kk·NR + j].
+/// Pack columns j0..j0+NR of B (n columns; zero beyond column `nv` ≤ n) as dst[kk·NR + j].
 #[inline]
-fn pack_b(b: &[f32], k: usize, n: usize, j0: usize, dst: &mut [f32]) {
-    let cols = NR.min(n - j0);
+fn pack_b(b: &[f32], k: usize, n: usize, nv: usize, j0: usize, dst: &mut [f32]) {
+    let cols = NR.min(nv - j0);
     if cols == NR {
         for (kk, d) in dst[..k * NR].chunks_exact_mut(NR).enumerate() {
             // Fixed-size copy: inlined vector moves, not a library call per row.
@@ -165,7 +187,12 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
-        tile::<2>(k, a, bp, c, ldc, rows, cols, bias, post)
+        // A last panel of 16 or 32 output channels (rows 4 or 2 of 6) runs a shorter tile.
+        match rows {
+            5.. => tile::<2, 6>(k, a, bp, c, ldc, rows, cols, bias, post),
+            3..=4 => tile::<2, 4>(k, a, bp, c, ldc, rows, cols, bias, post),
+            _ => tile::<2, 2>(k, a, bp, c, ldc, rows, cols, bias, post),
+        }
     }
 
     /// 6×8 variant for a last micro-panel of at most 8 columns (reads the first 8 of each
@@ -177,15 +204,20 @@ mod avx2 {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn kernel8(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
         debug_assert!(cols <= 8);
-        tile::<1>(k, a, bp, c, ldc, rows, cols, bias, post)
+        match rows {
+            5.. => tile::<1, 6>(k, a, bp, c, ldc, rows, cols, bias, post),
+            3..=4 => tile::<1, 4>(k, a, bp, c, ldc, rows, cols, bias, post),
+            _ => tile::<1, 2>(k, a, bp, c, ldc, rows, cols, bias, post),
+        }
     }
 
-    /// MR × 8·V tile.
+    /// R × 8·V tile (R ≤ MR; rows ≤ R of it are stored).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const V: usize>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    unsafe fn tile<const V: usize, const R: usize>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
         let z = _mm256_setzero_ps();
-        let mut acc = [[z; V]; MR];
+        debug_assert!(rows <= R && R <= MR);
+        let mut acc = [[z; V]; R];
         // One step: row kk of the packed panel (NR apart) against column kk of the A rows. A
         // macro, not a closure: closures do not inherit `target_feature`, and the intrinsics
         // would become calls.
@@ -196,7 +228,7 @@ mod avx2 {
                 for v in 0..V {
                     bv[v] = _mm256_load_ps(bp.add(kk * NR + 8 * v));
                 }
-                for r in 0..MR {
+                for r in 0..R {
                     let x = _mm256_broadcast_ss(&*a[r].add(kk));
                     for v in 0..V {
                         $acc[r][v] = _mm256_fmadd_ps(x, bv[v], $acc[r][v]);
@@ -230,6 +262,90 @@ mod avx2 {
                     let m = _mm256_loadu_si256(MASK.as_ptr().add(8 - (cols - j0)) as *const __m256i);
                     _mm256_maskstore_ps(row.add(j0), m, v);
                 }
+            }
+        }
+    }
+
+    /// Horizontal sum of eight lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+
+    /// The last `t` (< 8) columns of C: `C[i][j] = post_i(A[i]·Bt[j] + bias_i)` for all m
+    /// rows, with `bt` holding the columns as k-vectors `kp` apart (zero padded to kp, a
+    /// multiple of 8). Vectorized over k (eight partial sums per output, then one horizontal
+    /// sum), so one column costs k/8 FMAs per row instead of a 6×8 tile's k.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `a` holds m·k values, `bt` t·kp, `c` rows of `ldc` with
+    /// t columns each writable for m rows; `posts` m long, `bias` (if any) ≥ m.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tail_cols(m: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, t: usize, bias: Option<&[f32]>, posts: &[Post]) {
+        debug_assert!((1..8).contains(&t) && kp % 8 == 0 && kp >= k && posts.len() >= m);
+        macro_rules! go {
+            ($t:literal, $r:literal) => {{
+                let mut i = 0;
+                while i + $r <= m {
+                    tail_rows::<$t, $r>(i, k, a, bt, kp, c, ldc, bias, posts);
+                    i += $r;
+                }
+                while i < m {
+                    tail_rows::<$t, 1>(i, k, a, bt, kp, c, ldc, bias, posts);
+                    i += 1;
+                }
+            }};
+        }
+        match t {
+            1 => go!(1, 4),
+            2 => go!(2, 4),
+            3 => go!(3, 2),
+            4 => go!(4, 2),
+            5 => go!(5, 1),
+            6 => go!(6, 1),
+            _ => go!(7, 1),
+        }
+    }
+
+    /// Rows i0..i0 + R of [`tail_cols`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tail_rows<const T: usize, const R: usize>(i0: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, bias: Option<&[f32]>, posts: &[Post]) {
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let full = k - k % 8;
+        let mut kk = 0;
+        while kk < full {
+            let mut bv = [_mm256_setzero_ps(); T];
+            for j in 0..T {
+                bv[j] = _mm256_loadu_ps(bt.add(j * kp + kk));
+            }
+            for r in 0..R {
+                let av = _mm256_loadu_ps(a.add((i0 + r) * k + kk));
+                for j in 0..T {
+                    acc[r][j] = _mm256_fmadd_ps(av, bv[j], acc[r][j]);
+                }
+            }
+            kk += 8;
+        }
+        if kk < k {
+            // The last k mod 8 values of each A row (masked: the row ends there); Bt is zero
+            // padded.
+            let m = _mm256_loadu_si256(MASK.as_ptr().add(8 - (k - kk)) as *const __m256i);
+            for r in 0..R {
+                let av = _mm256_maskload_ps(a.add((i0 + r) * k + kk), m);
+                for j in 0..T {
+                    acc[r][j] = _mm256_fmadd_ps(av, _mm256_loadu_ps(bt.add(j * kp + kk)), acc[r][j]);
+                }
+            }
+        }
+        for r in 0..R {
+            let i = i0 + r;
+            let (b, p) = (bias.map_or(0.0, |b| b[i]), &posts[i]);
+            for j in 0..T {
+                *c.add(i * ldc + j) = p.apply(hsum(acc[r][j]) + b);
             }
         }
     }
