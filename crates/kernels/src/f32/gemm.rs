@@ -71,7 +71,13 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             assert!(super::has_avx2_fma());
-            (avx2::kernel, avx2::kernel8)
+            // The epilogue's parts are the same for every row: chosen once, not tested per row.
+            match (ep.affine.is_some(), ep.clamp.is_some()) {
+                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>),
+                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>),
+                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>),
+                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>),
+            }
         }
         _ => (kernel_scalar, kernel_scalar),
     };
@@ -176,7 +182,7 @@ unsafe fn kernel_scalar(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{MR, NR};
-    use crate::f32::{post_avx2, Post, MASK};
+    use crate::f32::{post_avx2_as, Post, MASK};
     use std::arch::x86_64::*;
 
     /// 6×16 AVX2+FMA micro-kernel: 12 accumulators, per k two B loads and six broadcasts
@@ -186,12 +192,12 @@ mod avx2 {
     /// The CPU supports AVX2 and FMA; bounds as for [`super::kernel_scalar`]; `bp` 32-byte aligned.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    pub(super) unsafe fn kernel<const AF: bool, const CL: bool>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
         // A last panel of 16 or 32 output channels (rows 4 or 2 of 6) runs a shorter tile.
         match rows {
-            5.. => tile::<2, 6>(k, a, bp, c, ldc, rows, cols, bias, post),
-            3..=4 => tile::<2, 4>(k, a, bp, c, ldc, rows, cols, bias, post),
-            _ => tile::<2, 2>(k, a, bp, c, ldc, rows, cols, bias, post),
+            5.. => tile::<2, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+            3..=4 => tile::<2, 4, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+            _ => tile::<2, 2, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
         }
     }
 
@@ -202,19 +208,19 @@ mod avx2 {
     /// As [`kernel`], with `cols ≤ 8`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel8(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    pub(super) unsafe fn kernel8<const AF: bool, const CL: bool>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
         debug_assert!(cols <= 8);
         match rows {
-            5.. => tile::<1, 6>(k, a, bp, c, ldc, rows, cols, bias, post),
-            3..=4 => tile::<1, 4>(k, a, bp, c, ldc, rows, cols, bias, post),
-            _ => tile::<1, 2>(k, a, bp, c, ldc, rows, cols, bias, post),
+            5.. => tile::<1, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+            3..=4 => tile::<1, 4, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+            _ => tile::<1, 2, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
         }
     }
 
     /// R × 8·V tile (R ≤ MR; rows ≤ R of it are stored).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const V: usize, const R: usize>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    unsafe fn tile<const V: usize, const R: usize, const AF: bool, const CL: bool>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
         let z = _mm256_setzero_ps();
         debug_assert!(rows <= R && R <= MR);
         let mut acc = [[z; V]; R];
@@ -254,7 +260,7 @@ mod avx2 {
             let bv = _mm256_set1_ps(bias[r]);
             let row = c.add(r * ldc);
             for (j, &v) in acc[r].iter().enumerate() {
-                let v = post_avx2(_mm256_add_ps(v, bv), &post[r]);
+                let v = post_avx2_as::<AF, CL>(_mm256_add_ps(v, bv), &post[r]);
                 let j0 = 8 * j;
                 if j0 + 8 <= cols {
                     _mm256_storeu_ps(row.add(j0), v);

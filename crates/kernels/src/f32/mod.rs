@@ -40,17 +40,20 @@ impl Post {
     }
 }
 
-/// [`Post::apply`] on eight lanes.
+/// [`Post::apply`] on eight lanes, for a layer whose posts all have `affine == AFFINE` and
+/// `clamp == CLAMP` (an [`Epilogue`] gives every channel the same parts): the kernels choose the
+/// variant once instead of testing the flags per row or block.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn post_avx2(v: std::arch::x86_64::__m256, p: &Post) -> std::arch::x86_64::__m256 {
+pub(crate) unsafe fn post_avx2_as<const AFFINE: bool, const CLAMP: bool>(v: std::arch::x86_64::__m256, p: &Post) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
+    debug_assert!(p.affine == AFFINE && p.clamp == CLAMP);
     let mut v = v;
-    if p.affine {
+    if AFFINE {
         // Multiply then add (no FMA) to match the unfused BatchNormalization bit for bit.
         v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(p.scale)), _mm256_set1_ps(p.shift));
     }
-    if p.clamp {
+    if CLAMP {
         v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(p.lo)), _mm256_set1_ps(p.hi));
     }
     v
