@@ -37,7 +37,9 @@ pub fn best_isa() -> Isa {
 
 /// Micro-kernel: rows `a[i]` (i < MR, each K long), packed B micro-panel `bp` (K rows of NR
 /// values, contiguous), output tile at `c` (rows `ldc` apart), `rows`×`cols` of it valid.
-type MicroKernel = unsafe fn(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]);
+/// The arrays go by reference: by value they were copied onto the stack for every tile (~50
+/// instructions per call).
+type MicroKernel = unsafe fn(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]);
 
 /// C[m×n] = epilogue(A[m×k]·B[k×n] + bias) with `ep` channel indices offset by `c0` (the first
 /// row's output channel).
@@ -117,7 +119,7 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
                 // SAFETY: rows·cols of the tile lie inside C (asserted above); A rows hold k
                 // values; the packed panel holds k·NR.
                 let kern = if cols <= 8 { kernel8 } else { kernel };
-                unsafe { kern(k, arows, bp.as_ptr(), c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, bias6, &post6) };
+                unsafe { kern(k, &arows, bp.as_ptr(), c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, &bias6, &post6) };
             }
         }
         p0 += np;
@@ -161,7 +163,7 @@ fn pack_b(b: &[f32], k: usize, n: usize, nv: usize, j0: usize, dst: &mut [f32]) 
 /// # Safety
 /// See [`MicroKernel`]: `a[r]` readable for k values, `bp` for k·NR, the valid tile writable.
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_scalar(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+unsafe fn kernel_scalar(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
     let mut acc = [[0f32; NR]; MR];
     for kk in 0..k {
         let b = std::slice::from_raw_parts(bp.add(kk * NR), NR);
@@ -192,7 +194,7 @@ mod avx2 {
     /// The CPU supports AVX2 and FMA; bounds as for [`super::kernel_scalar`]; `bp` 32-byte aligned.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel<const AF: bool, const CL: bool>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    pub(super) unsafe fn kernel<const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
         // A last panel of 16 or 32 output channels (rows 4 or 2 of 6) runs a shorter tile.
         match rows {
             5.. => tile::<2, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
@@ -208,7 +210,7 @@ mod avx2 {
     /// As [`kernel`], with `cols ≤ 8`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel8<const AF: bool, const CL: bool>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    pub(super) unsafe fn kernel8<const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
         debug_assert!(cols <= 8);
         match rows {
             5.. => tile::<1, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
@@ -220,7 +222,7 @@ mod avx2 {
     /// R × 8·V tile (R ≤ MR; rows ≤ R of it are stored).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const V: usize, const R: usize, const AF: bool, const CL: bool>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    unsafe fn tile<const V: usize, const R: usize, const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
         let z = _mm256_setzero_ps();
         debug_assert!(rows <= R && R <= MR);
         let mut acc = [[z; V]; R];
