@@ -7,6 +7,9 @@
 //! stay in L2; for each chunk, every [`MR`]-row panel of A (MR row streams, in L1 across the
 //! chunk) runs the MR×NR micro-kernel over the chunk's micro-panels. K is not blocked: the
 //! convolutions of mobile CNNs have K ≤ ~1200, so an A panel (K·MR floats) stays in L1.
+//! The last n mod 8 columns (a 7×7 plane's 49th, a 14×14 plane's last 4) are not a masked
+//! tile: a column-tail kernel computes them as dot products vectorized over k. A last row panel
+//! of 1–4 rows runs a 2- or 4-row tile.
 //! Packing costs one copy of B but makes every micro-panel one contiguous, cache-line-aligned
 //! stream (B read in place was a strided gather of 64-byte pieces, most split across two
 //! lines) and lets the micro-kernel address B with constant offsets.
@@ -293,34 +296,36 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tail_cols(m: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, t: usize, bias: Option<&[f32]>, posts: &[Post]) {
-        debug_assert!((1..8).contains(&t) && kp % 8 == 0 && kp >= k && posts.len() >= m);
-        macro_rules! go {
-            ($t:literal, $r:literal) => {{
-                let mut i = 0;
-                while i + $r <= m {
-                    tail_rows::<$t, $r>(i, k, a, bt, kp, c, ldc, bias, posts);
-                    i += $r;
-                }
-                while i < m {
-                    tail_rows::<$t, 1>(i, k, a, bt, kp, c, ldc, bias, posts);
-                    i += 1;
-                }
-            }};
-        }
+        debug_assert!((1..8).contains(&t) && kp.is_multiple_of(8) && kp >= k && posts.len() >= m);
         match t {
-            1 => go!(1, 4),
-            2 => go!(2, 4),
-            3 => go!(3, 2),
-            4 => go!(4, 2),
-            5 => go!(5, 1),
-            6 => go!(6, 1),
-            _ => go!(7, 1),
+            1 => tail_all::<1, 4>(m, k, a, bt, kp, c, ldc, bias, posts),
+            2 => tail_all::<2, 4>(m, k, a, bt, kp, c, ldc, bias, posts),
+            3 => tail_all::<3, 2>(m, k, a, bt, kp, c, ldc, bias, posts),
+            4 => tail_all::<4, 2>(m, k, a, bt, kp, c, ldc, bias, posts),
+            5 => tail_all::<5, 1>(m, k, a, bt, kp, c, ldc, bias, posts),
+            6 => tail_all::<6, 1>(m, k, a, bt, kp, c, ldc, bias, posts),
+            _ => tail_all::<7, 1>(m, k, a, bt, kp, c, ldc, bias, posts),
+        }
+    }
+
+    /// All m rows of [`tail_cols`] for T columns, R rows at a time.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tail_all<const T: usize, const R: usize>(m: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, bias: Option<&[f32]>, posts: &[Post]) {
+        let mut i = 0;
+        while m - i >= R {
+            tail_rows::<T, R>(i, k, a, bt, kp, c, ldc, bias, posts);
+            i += R;
+        }
+        while i < m {
+            tail_rows::<T, 1>(i, k, a, bt, kp, c, ldc, bias, posts);
+            i += 1;
         }
     }
 
     /// Rows i0..i0 + R of [`tail_cols`].
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     unsafe fn tail_rows<const T: usize, const R: usize>(i0: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, bias: Option<&[f32]>, posts: &[Post]) {
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         let full = k - k % 8;
