@@ -170,7 +170,7 @@ unsafe fn channel_scalar(plane: *const f32, blocks: &[Block], offs: &[usize], w:
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Block, Post, LANES};
-    use crate::f32::post_avx2 as post;
+    use crate::f32::post_avx2_as as post;
     use std::arch::x86_64::*;
 
     use crate::f32::MASK;
@@ -191,7 +191,7 @@ mod avx2 {
     /// 3×3 or 5×5 kernel; these spent a third of their instructions on the per-tap loop).
     /// `KW` = 0 loops over the taps one by one.
     #[inline(always)]
-    unsafe fn group<const N: usize, const KW: usize>(plane: *const f32, bs: &[Block], offs: &[usize], w: &[f32], bias: f32, p: &Post, out: *mut f32) {
+    unsafe fn group<const N: usize, const KW: usize, const AF: bool, const CL: bool>(plane: *const f32, bs: &[Block], offs: &[usize], w: &[f32], bias: f32, p: &Post, out: *mut f32) {
         let mut acc = [_mm256_set1_ps(bias); N];
         let mut src = [plane; N];
         for i in 0..N {
@@ -217,7 +217,7 @@ mod avx2 {
             }
         }
         for i in 0..N {
-            store(out, &bs[i], post(acc[i], p));
+            store(out, &bs[i], post::<AF, CL>(acc[i], p));
         }
     }
 
@@ -229,33 +229,45 @@ mod avx2 {
     pub(super) unsafe fn channel(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, p: Post, out: &mut [f32]) {
         // Unrolled by 3 or 5 taps for the 3×3 and 5×5 kernels of mobile CNNs (any kernel with
         // 9 or 25 taps is fine: only the tap count must be a multiple).
+        // The post's parts are the same for every channel of a layer (tested once per channel
+        // here instead of once per output block).
+        macro_rules! by_post {
+            ($kw:literal) => {
+                match (p.affine, p.clamp) {
+                    (false, false) => channel_kw::<$kw, false, false>(plane, blocks, offs, w, bias, p, out),
+                    (true, false) => channel_kw::<$kw, true, false>(plane, blocks, offs, w, bias, p, out),
+                    (false, true) => channel_kw::<$kw, false, true>(plane, blocks, offs, w, bias, p, out),
+                    (true, true) => channel_kw::<$kw, true, true>(plane, blocks, offs, w, bias, p, out),
+                }
+            };
+        }
         match offs.len() {
-            9 => channel_kw::<3>(plane, blocks, offs, w, bias, p, out),
-            25 => channel_kw::<5>(plane, blocks, offs, w, bias, p, out),
-            _ => channel_kw::<0>(plane, blocks, offs, w, bias, p, out),
+            9 => by_post!(3),
+            25 => by_post!(5),
+            _ => by_post!(0),
         }
     }
 
     /// # Safety
     /// As [`channel`]; `KW` = 0 or a divisor of the tap count.
     #[inline(always)]
-    unsafe fn channel_kw<const KW: usize>(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, p: Post, out: &mut [f32]) {
+    unsafe fn channel_kw<const KW: usize, const AF: bool, const CL: bool>(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, p: Post, out: &mut [f32]) {
         let o = out.as_mut_ptr();
         let mut rest = blocks;
         while rest.len() >= 8 {
-            group::<8, KW>(plane, &rest[..8], offs, w, bias, &p, o);
+            group::<8, KW, AF, CL>(plane, &rest[..8], offs, w, bias, &p, o);
             rest = &rest[8..];
         }
         if rest.len() >= 4 {
-            group::<4, KW>(plane, &rest[..4], offs, w, bias, &p, o);
+            group::<4, KW, AF, CL>(plane, &rest[..4], offs, w, bias, &p, o);
             rest = &rest[4..];
         }
         if rest.len() >= 2 {
-            group::<2, KW>(plane, &rest[..2], offs, w, bias, &p, o);
+            group::<2, KW, AF, CL>(plane, &rest[..2], offs, w, bias, &p, o);
             rest = &rest[2..];
         }
         if !rest.is_empty() {
-            group::<1, KW>(plane, rest, offs, w, bias, &p, o);
+            group::<1, KW, AF, CL>(plane, rest, offs, w, bias, &p, o);
         }
     }
 

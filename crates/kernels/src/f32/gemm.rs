@@ -7,6 +7,9 @@
 //! stay in L2; for each chunk, every [`MR`]-row panel of A (MR row streams, in L1 across the
 //! chunk) runs the MR×NR micro-kernel over the chunk's micro-panels. K is not blocked: the
 //! convolutions of mobile CNNs have K ≤ ~1200, so an A panel (K·MR floats) stays in L1.
+//! The last n mod 8 columns (a 7×7 plane's 49th, a 14×14 plane's last 4) are not a masked
+//! tile: a column-tail kernel computes them as dot products vectorized over k. A last row panel
+//! of 1–4 rows runs a 2- or 4-row tile.
 //! Packing costs one copy of B but makes every micro-panel one contiguous, cache-line-aligned
 //! stream (B read in place was a strided gather of 64-byte pieces, most split across two
 //! lines) and lets the micro-kernel address B with constant offsets.
@@ -37,7 +40,9 @@ pub fn best_isa() -> Isa {
 
 /// Micro-kernel: rows `a[i]` (i < MR, each K long), packed B micro-panel `bp` (K rows of NR
 /// values, contiguous), output tile at `c` (rows `ldc` apart), `rows`×`cols` of it valid.
-type MicroKernel = unsafe fn(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]);
+/// The arrays go by reference: by value they were copied onto the stack for every tile (~50
+/// instructions per call).
+type MicroKernel = unsafe fn(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]);
 
 /// C[m×n] = epilogue(A[m×k]·B[k×n] + bias) with `ep` channel indices offset by `c0` (the first
 /// row's output channel).
@@ -71,26 +76,39 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             assert!(super::has_avx2_fma());
-            (avx2::kernel, avx2::kernel8)
+            // The epilogue's parts are the same for every row: chosen once, not tested per row.
+            match (ep.affine.is_some(), ep.clamp.is_some()) {
+                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>),
+                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>),
+                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>),
+                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>),
+            }
         }
         _ => (kernel_scalar, kernel_scalar),
     };
+    // With the SIMD kernels, the last n mod 8 columns (1 of a 7×7 plane's 49, 4 of a 14×14
+    // plane's 196) go to the column-tail kernel, which vectorizes over k: as a masked 6×8 tile
+    // they cost as much as eight columns.
+    let tail = if cfg!(target_arch = "x86_64") && isa == Isa::Avx2Fma { n % 8 } else { 0 };
+    let nv = n - tail;
     let panels_per_chunk = (CHUNK_FLOATS / (k * NR)).max(1);
-    let total_panels = n.div_ceil(NR);
+    let total_panels = nv.div_ceil(NR);
     let posts: Vec<Post> = (0..m).map(|i| Post::of(ep, c0 + i)).collect();
     let chunk_len = panels_per_chunk.min(total_panels) * k * NR;
+    let kp = k.div_ceil(8) * 8;
+    let tail_len = tail * kp;
     // 16 spare floats to start the packed panels on a 64-byte boundary. Not cleared: packing
     // writes every float of a panel it uses, padding included.
-    if scratch.len() < chunk_len + 16 {
-        scratch.resize(chunk_len + 16, 0.0);
+    if scratch.len() < chunk_len + tail_len + 16 {
+        scratch.resize(chunk_len + tail_len + 16, 0.0);
     }
     let align = (64 - scratch.as_ptr() as usize % 64) % 64 / 4;
-    let packed = &mut scratch[align..align + chunk_len];
+    let (packed, packed_tail) = scratch[align..align + chunk_len + tail_len].split_at_mut(chunk_len);
     let mut p0 = 0;
     while p0 < total_panels {
         let np = panels_per_chunk.min(total_panels - p0);
         for (i, dst) in packed.chunks_exact_mut(k * NR).take(np).enumerate() {
-            pack_b(b, k, n, (p0 + i) * NR, dst);
+            pack_b(b, k, n, nv, (p0 + i) * NR, dst);
         }
         for i0 in (0..m).step_by(MR) {
             let rows = MR.min(m - i0);
@@ -100,21 +118,36 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
             let post6: [Post; MR] = std::array::from_fn(|r| posts[i0 + if r < rows { r } else { 0 }]);
             for (i, bp) in packed.chunks_exact(k * NR).take(np).enumerate() {
                 let j0 = (p0 + i) * NR;
-                let cols = NR.min(n - j0);
+                let cols = NR.min(nv - j0);
                 // SAFETY: rows·cols of the tile lie inside C (asserted above); A rows hold k
                 // values; the packed panel holds k·NR.
                 let kern = if cols <= 8 { kernel8 } else { kernel };
-                unsafe { kern(k, arows, bp.as_ptr(), c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, bias6, &post6) };
+                unsafe { kern(k, &arows, bp.as_ptr(), c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, &bias6, &post6) };
             }
         }
         p0 += np;
     }
+    if tail > 0 {
+        // Columns nv..n, each packed as one contiguous k-vector (zero padded to kp).
+        for (j, dst) in packed_tail.chunks_exact_mut(kp).enumerate() {
+            for (kk, d) in dst[..k].iter_mut().enumerate() {
+                *d = b[kk * n + nv + j];
+            }
+            dst[k..].fill(0.0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA asserted above (tail > 0 only off the scalar path); A holds m·k
+        // values, the packed tail tail·kp, C m·n with columns nv..n = nv + tail.
+        unsafe {
+            avx2::tail_cols(m, k, a.as_ptr(), packed_tail.as_ptr(), kp, c[nv..].as_mut_ptr(), n, tail, bias, &posts)
+        };
+    }
 }
 
-/// Pack columns j0..j0+NR of B (zero beyond n) as dst[kk·NR + j].
+/// Pack columns j0..j0+NR of B (n columns; zero beyond column `nv` ≤ n) as dst[kk·NR + j].
 #[inline]
-fn pack_b(b: &[f32], k: usize, n: usize, j0: usize, dst: &mut [f32]) {
-    let cols = NR.min(n - j0);
+fn pack_b(b: &[f32], k: usize, n: usize, nv: usize, j0: usize, dst: &mut [f32]) {
+    let cols = NR.min(nv - j0);
     if cols == NR {
         for (kk, d) in dst[..k * NR].chunks_exact_mut(NR).enumerate() {
             // Fixed-size copy: inlined vector moves, not a library call per row.
@@ -133,7 +166,7 @@ fn pack_b(b: &[f32], k: usize, n: usize, j0: usize, dst: &mut [f32]) {
 /// # Safety
 /// See [`MicroKernel`]: `a[r]` readable for k values, `bp` for k·NR, the valid tile writable.
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_scalar(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+unsafe fn kernel_scalar(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
     let mut acc = [[0f32; NR]; MR];
     for kk in 0..k {
         let b = std::slice::from_raw_parts(bp.add(kk * NR), NR);
@@ -154,7 +187,7 @@ unsafe fn kernel_scalar(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{MR, NR};
-    use crate::f32::{post_avx2, Post, MASK};
+    use crate::f32::{post_avx2_as, Post, MASK};
     use std::arch::x86_64::*;
 
     /// 6×16 AVX2+FMA micro-kernel: 12 accumulators, per k two B loads and six broadcasts
@@ -164,8 +197,13 @@ mod avx2 {
     /// The CPU supports AVX2 and FMA; bounds as for [`super::kernel_scalar`]; `bp` 32-byte aligned.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
-        tile::<2>(k, a, bp, c, ldc, rows, cols, bias, post)
+    pub(super) unsafe fn kernel<const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
+        // A last panel of 16 or 32 output channels (rows 4 or 2 of 6) runs a shorter tile.
+        match rows {
+            5.. => tile::<2, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+            3..=4 => tile::<2, 4, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+            _ => tile::<2, 2, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+        }
     }
 
     /// 6×8 variant for a last micro-panel of at most 8 columns (reads the first 8 of each
@@ -175,17 +213,22 @@ mod avx2 {
     /// As [`kernel`], with `cols ≤ 8`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel8(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    pub(super) unsafe fn kernel8<const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
         debug_assert!(cols <= 8);
-        tile::<1>(k, a, bp, c, ldc, rows, cols, bias, post)
+        match rows {
+            5.. => tile::<1, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+            3..=4 => tile::<1, 4, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+            _ => tile::<1, 2, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+        }
     }
 
-    /// MR × 8·V tile.
+    /// R × 8·V tile (R ≤ MR; rows ≤ R of it are stored).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const V: usize>(k: usize, a: [*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: [f32; MR], post: &[Post; MR]) {
+    unsafe fn tile<const V: usize, const R: usize, const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
         let z = _mm256_setzero_ps();
-        let mut acc = [[z; V]; MR];
+        debug_assert!(rows <= R && R <= MR);
+        let mut acc = [[z; V]; R];
         // One step: row kk of the packed panel (NR apart) against column kk of the A rows. A
         // macro, not a closure: closures do not inherit `target_feature`, and the intrinsics
         // would become calls.
@@ -196,7 +239,7 @@ mod avx2 {
                 for v in 0..V {
                     bv[v] = _mm256_load_ps(bp.add(kk * NR + 8 * v));
                 }
-                for r in 0..MR {
+                for r in 0..R {
                     let x = _mm256_broadcast_ss(&*a[r].add(kk));
                     for v in 0..V {
                         $acc[r][v] = _mm256_fmadd_ps(x, bv[v], $acc[r][v]);
@@ -222,7 +265,7 @@ mod avx2 {
             let bv = _mm256_set1_ps(bias[r]);
             let row = c.add(r * ldc);
             for (j, &v) in acc[r].iter().enumerate() {
-                let v = post_avx2(_mm256_add_ps(v, bv), &post[r]);
+                let v = post_avx2_as::<AF, CL>(_mm256_add_ps(v, bv), &post[r]);
                 let j0 = 8 * j;
                 if j0 + 8 <= cols {
                     _mm256_storeu_ps(row.add(j0), v);
@@ -230,6 +273,92 @@ mod avx2 {
                     let m = _mm256_loadu_si256(MASK.as_ptr().add(8 - (cols - j0)) as *const __m256i);
                     _mm256_maskstore_ps(row.add(j0), m, v);
                 }
+            }
+        }
+    }
+
+    /// Horizontal sum of eight lanes.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+
+    /// The last `t` (< 8) columns of C: `C[i][j] = post_i(A[i]·Bt[j] + bias_i)` for all m
+    /// rows, with `bt` holding the columns as k-vectors `kp` apart (zero padded to kp, a
+    /// multiple of 8). Vectorized over k (eight partial sums per output, then one horizontal
+    /// sum), so one column costs k/8 FMAs per row instead of a 6×8 tile's k.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; `a` holds m·k values, `bt` t·kp, `c` rows of `ldc` with
+    /// t columns each writable for m rows; `posts` m long, `bias` (if any) ≥ m.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tail_cols(m: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, t: usize, bias: Option<&[f32]>, posts: &[Post]) {
+        debug_assert!((1..8).contains(&t) && kp.is_multiple_of(8) && kp >= k && posts.len() >= m);
+        match t {
+            1 => tail_all::<1, 4>(m, k, a, bt, kp, c, ldc, bias, posts),
+            2 => tail_all::<2, 4>(m, k, a, bt, kp, c, ldc, bias, posts),
+            3 => tail_all::<3, 2>(m, k, a, bt, kp, c, ldc, bias, posts),
+            4 => tail_all::<4, 2>(m, k, a, bt, kp, c, ldc, bias, posts),
+            5 => tail_all::<5, 1>(m, k, a, bt, kp, c, ldc, bias, posts),
+            6 => tail_all::<6, 1>(m, k, a, bt, kp, c, ldc, bias, posts),
+            _ => tail_all::<7, 1>(m, k, a, bt, kp, c, ldc, bias, posts),
+        }
+    }
+
+    /// All m rows of [`tail_cols`] for T columns, R rows at a time.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tail_all<const T: usize, const R: usize>(m: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, bias: Option<&[f32]>, posts: &[Post]) {
+        let mut i = 0;
+        while m - i >= R {
+            tail_rows::<T, R>(i, k, a, bt, kp, c, ldc, bias, posts);
+            i += R;
+        }
+        while i < m {
+            tail_rows::<T, 1>(i, k, a, bt, kp, c, ldc, bias, posts);
+            i += 1;
+        }
+    }
+
+    /// Rows i0..i0 + R of [`tail_cols`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    unsafe fn tail_rows<const T: usize, const R: usize>(i0: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, bias: Option<&[f32]>, posts: &[Post]) {
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let full = k - k % 8;
+        let mut kk = 0;
+        while kk < full {
+            let mut bv = [_mm256_setzero_ps(); T];
+            for j in 0..T {
+                bv[j] = _mm256_loadu_ps(bt.add(j * kp + kk));
+            }
+            for r in 0..R {
+                let av = _mm256_loadu_ps(a.add((i0 + r) * k + kk));
+                for j in 0..T {
+                    acc[r][j] = _mm256_fmadd_ps(av, bv[j], acc[r][j]);
+                }
+            }
+            kk += 8;
+        }
+        if kk < k {
+            // The last k mod 8 values of each A row (masked: the row ends there); Bt is zero
+            // padded.
+            let m = _mm256_loadu_si256(MASK.as_ptr().add(8 - (k - kk)) as *const __m256i);
+            for r in 0..R {
+                let av = _mm256_maskload_ps(a.add((i0 + r) * k + kk), m);
+                for j in 0..T {
+                    acc[r][j] = _mm256_fmadd_ps(av, _mm256_loadu_ps(bt.add(j * kp + kk)), acc[r][j]);
+                }
+            }
+        }
+        for r in 0..R {
+            let i = i0 + r;
+            let (b, p) = (bias.map_or(0.0, |b| b[i]), &posts[i]);
+            for j in 0..T {
+                *c.add(i * ldc + j) = p.apply(hsum(acc[r][j]) + b);
             }
         }
     }
