@@ -242,13 +242,21 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
     for jp in 0..full {
         let col = jp * NR;
         for p in 0..kp {
-            let a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(src.add(2 * p * n + col) as *const __m128i)), zpv);
-            let b = if 2 * p + 1 < k { _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(src.add((2 * p + 1) * n + col) as *const __m128i)), zpv) } else { _mm256_setzero_si256() };
+            let (r0, r1) = (src.add(2 * p * n + col), src.add((2 * p + 1) * n + col));
+            let second = 2 * p + 1 < k;
+            // Columns 0..16 of the panel.
+            let a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(r0 as *const __m128i)), zpv);
+            let b = if second { _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(r1 as *const __m128i)), zpv) } else { _mm256_setzero_si256() };
             let lo = _mm256_unpacklo_epi16(a, b);
             let hi = _mm256_unpackhi_epi16(a, b);
             let o = d.add((jp * kp + p) * NR * 2);
             _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x20));
             _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x31));
+            // Columns 16..24.
+            let a = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(r0.add(16) as *const __m128i)), _mm256_castsi256_si128(zpv));
+            let b = if second { _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(r1.add(16) as *const __m128i)), _mm256_castsi256_si128(zpv)) } else { _mm_setzero_si128() };
+            _mm_storeu_si128(o.add(32) as *mut __m128i, _mm_unpacklo_epi16(a, b));
+            _mm_storeu_si128(o.add(40) as *mut __m128i, _mm_unpackhi_epi16(a, b));
         }
     }
     if full < np {
@@ -313,50 +321,324 @@ enum GemmOut<'a> {
     Acc(*mut i32),
 }
 
-/// The `MR × 8·H` micro-kernel over `kp` k-pairs (`H = 1`: only the panel's first 8 columns),
-/// two k-pairs per iteration.
+/// Vectors of 8 columns in a panel of `cols` ≤ [`NR`] columns (1 to 3).
 #[inline(always)]
-unsafe fn gemm_tile<const H: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 2]; MR] {
-    let mut c = [[_mm256_setzero_si256(); 2]; MR];
-    // One k-pair per iteration: 12 accumulators + 2 B rows + 1 broadcast + 1 product is exactly
-    // the 16 ymm registers; a 2× unrolled body made the compiler rotate and spill accumulators
-    // (82 instructions per two k-pairs instead of 64).
-    let mut p = 0;
-    while p + 2 <= kp {
-        gemm_step::<H>(&mut c, ap, bp, p);
-        // Keeps the compiler from hoisting the next k-pair's loads above this one's products
-        // (which needs more than 16 registers and spills accumulators).
-        std::arch::asm!("", options(nomem, nostack, preserves_flags));
-        gemm_step::<H>(&mut c, ap, bp, p + 1);
-        p += 2;
-    }
-    if p < kp {
-        gemm_step::<H>(&mut c, ap, bp, p);
+fn panel_vecs(cols: usize) -> usize {
+    cols.div_ceil(8).clamp(1, NR / 8)
+}
+
+/// The `MR × 8·V` micro-kernel over `kp` k-pairs (`V` < 3: only the panel's first `8·V`
+/// columns; the other accumulators stay 0), two k-pairs per iteration.
+///
+/// Written in assembly so that every B row is a memory operand of its `vpmaddwd`s: per k-pair
+/// `MR` broadcasts, `MR·V` multiply-adds and `MR·V` adds (28 instructions per 192 products
+/// for `V = 3`), with the 12 accumulators, the broadcast and one product in 14 registers. The
+/// compiler, given intrinsics, keeps B rows in registers, which leaves room for only 6×16
+/// tiles (32 instructions per 192 products) plus its loop overhead.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_tile<const V: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 3]; MR] {
+    const { assert!(MR == 4 && NR == 24 && V >= 1 && V <= 3) };
+    let mut c = [[_mm256_setzero_si256(); 3]; MR];
+    let (mut a, mut b) = (ap, bp);
+    let n2 = kp / 2;
+    let odd = kp % 2 == 1;
+    match V {
+        1 => {
+            if n2 > 0 {
+                std::arch::asm!(
+                    "2:",
+                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 16]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 20]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 24]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 28]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    "add {a}, 32",
+                    "add {b}, 192",
+                    "dec {n}",
+                    "jnz 2b",
+                    a = inout(reg) a, b = inout(reg) b, n = inout(reg) n2 => _, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c10 = inout(ymm_reg) c[1][0], c20 = inout(ymm_reg) c[2][0], c30 = inout(ymm_reg) c[3][0],
+                    options(nostack, readonly),
+                );
+            }
+            if odd {
+                std::arch::asm!(
+                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    a = in(reg) a, b = in(reg) b, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c10 = inout(ymm_reg) c[1][0], c20 = inout(ymm_reg) c[2][0], c30 = inout(ymm_reg) c[3][0],
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+        }
+        2 => {
+            if n2 > 0 {
+                std::arch::asm!(
+                    "2:",
+                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c01}, {c01}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c11}, {c11}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c21}, {c21}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c31}, {c31}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 16]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
+                    "vpaddd {c01}, {c01}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 20]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
+                    "vpaddd {c11}, {c11}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 24]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
+                    "vpaddd {c21}, {c21}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 28]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
+                    "vpaddd {c31}, {c31}, {t}",
+                    "add {a}, 32",
+                    "add {b}, 192",
+                    "dec {n}",
+                    "jnz 2b",
+                    a = inout(reg) a, b = inout(reg) b, n = inout(reg) n2 => _, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c01 = inout(ymm_reg) c[0][1], c10 = inout(ymm_reg) c[1][0], c11 = inout(ymm_reg) c[1][1], c20 = inout(ymm_reg) c[2][0], c21 = inout(ymm_reg) c[2][1], c30 = inout(ymm_reg) c[3][0], c31 = inout(ymm_reg) c[3][1],
+                    options(nostack, readonly),
+                );
+            }
+            if odd {
+                std::arch::asm!(
+                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c01}, {c01}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c11}, {c11}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c21}, {c21}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c31}, {c31}, {t}",
+                    a = in(reg) a, b = in(reg) b, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c01 = inout(ymm_reg) c[0][1], c10 = inout(ymm_reg) c[1][0], c11 = inout(ymm_reg) c[1][1], c20 = inout(ymm_reg) c[2][0], c21 = inout(ymm_reg) c[2][1], c30 = inout(ymm_reg) c[3][0], c31 = inout(ymm_reg) c[3][1],
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+        }
+        3 => {
+            if n2 > 0 {
+                std::arch::asm!(
+                    "2:",
+                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c01}, {c01}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
+                    "vpaddd {c02}, {c02}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c11}, {c11}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
+                    "vpaddd {c12}, {c12}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c21}, {c21}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
+                    "vpaddd {c22}, {c22}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c31}, {c31}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
+                    "vpaddd {c32}, {c32}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 16]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
+                    "vpaddd {c01}, {c01}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 160]",
+                    "vpaddd {c02}, {c02}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 20]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
+                    "vpaddd {c11}, {c11}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 160]",
+                    "vpaddd {c12}, {c12}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 24]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
+                    "vpaddd {c21}, {c21}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 160]",
+                    "vpaddd {c22}, {c22}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 28]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
+                    "vpaddd {c31}, {c31}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 160]",
+                    "vpaddd {c32}, {c32}, {t}",
+                    "add {a}, 32",
+                    "add {b}, 192",
+                    "dec {n}",
+                    "jnz 2b",
+                    a = inout(reg) a, b = inout(reg) b, n = inout(reg) n2 => _, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c01 = inout(ymm_reg) c[0][1], c02 = inout(ymm_reg) c[0][2], c10 = inout(ymm_reg) c[1][0], c11 = inout(ymm_reg) c[1][1], c12 = inout(ymm_reg) c[1][2], c20 = inout(ymm_reg) c[2][0], c21 = inout(ymm_reg) c[2][1], c22 = inout(ymm_reg) c[2][2], c30 = inout(ymm_reg) c[3][0], c31 = inout(ymm_reg) c[3][1], c32 = inout(ymm_reg) c[3][2],
+                    options(nostack, readonly),
+                );
+            }
+            if odd {
+                std::arch::asm!(
+                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c00}, {c00}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c01}, {c01}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
+                    "vpaddd {c02}, {c02}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c10}, {c10}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c11}, {c11}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
+                    "vpaddd {c12}, {c12}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c20}, {c20}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c21}, {c21}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
+                    "vpaddd {c22}, {c22}, {t}",
+                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
+                    "vpaddd {c30}, {c30}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
+                    "vpaddd {c31}, {c31}, {t}",
+                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
+                    "vpaddd {c32}, {c32}, {t}",
+                    a = in(reg) a, b = in(reg) b, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c01 = inout(ymm_reg) c[0][1], c02 = inout(ymm_reg) c[0][2], c10 = inout(ymm_reg) c[1][0], c11 = inout(ymm_reg) c[1][1], c12 = inout(ymm_reg) c[1][2], c20 = inout(ymm_reg) c[2][0], c21 = inout(ymm_reg) c[2][1], c22 = inout(ymm_reg) c[2][2], c30 = inout(ymm_reg) c[3][0], c31 = inout(ymm_reg) c[3][1], c32 = inout(ymm_reg) c[3][2],
+                    options(nostack, readonly, preserves_flags),
+                );
+            }
+        }
+        _ => unreachable!(),
     }
     c
 }
 
-/// One k-pair of [`gemm_tile`].
+/// 24 i32 values in [0, 255] (`v0` = columns 0..8, `v1` = 8..16, `v2` = 16..24) → bytes
+/// 0..24 of the result in order (bytes 24..32 repeat 16..24).
 #[inline(always)]
-unsafe fn gemm_step<const H: usize>(c: &mut [[__m256i; 2]; MR], ap: *const i32, bp: *const i16, p: usize) {
-    let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
-    let b1 = if H == 2 { _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i) } else { b0 };
-    let aw = ap.add(p * MR);
-    for (r, cr) in c.iter_mut().enumerate() {
-        let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
-        cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w));
-        if H == 2 {
-            cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w));
-        }
+unsafe fn pack24(v0: __m256i, v1: __m256i, v2: __m256i) -> __m256i {
+    // Per 128-bit lane, dwords: v0 lo|hi, v1 lo|hi, v2 lo|hi, v2 lo|hi (4 bytes each).
+    let t = _mm256_packus_epi16(_mm256_packs_epi32(v0, v1), _mm256_packs_epi32(v2, v2));
+    _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// Store the first `cols` ≤ 24 bytes of `bytes` at `dst`; one 32-byte store when `room` ≥ 32
+/// bytes may be written (the extra ones belong to the next panel of the same row, written
+/// later).
+#[inline(always)]
+unsafe fn store_row(dst: *mut u8, bytes: __m256i, cols: usize, room: usize) {
+    if room >= 32 {
+        _mm256_storeu_si256(dst as *mut __m256i, bytes);
+    } else if cols == 24 {
+        _mm_storeu_si128(dst as *mut __m128i, _mm256_castsi256_si128(bytes));
+        _mm_storel_epi64(dst.add(16) as *mut __m128i, _mm256_extracti128_si256(bytes, 1));
+    } else if cols == 16 {
+        _mm_storeu_si128(dst as *mut __m128i, _mm256_castsi256_si128(bytes));
+    } else if cols == 8 {
+        _mm_storel_epi64(dst as *mut __m128i, _mm256_castsi256_si128(bytes));
+    } else {
+        let mut tmp = [0u8; 32];
+        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, bytes);
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
     }
 }
 
-/// One channel's 16 (or `cols`) outputs → bytes, with the short rounding path when `FAST`.
+/// One channel's `8·V` accumulators → bytes (in [`pack24`] order), with the short rounding
+/// path when `FAST`.
 #[inline(always)]
-unsafe fn row_bytes<const FAST: bool>(f: &Fin, m: i64, bias: i64, v0: __m256i, v1: __m256i) -> __m128i {
+unsafe fn row_bytes<const V: usize, const FAST: bool>(f: &Fin, m: i64, bias: i64, v: &[__m256i; 3]) -> __m256i {
     let mv = _mm256_set1_epi64x(m);
     let bv = _mm256_set1_epi64x(if FAST { bias.wrapping_add(f.off) } else { bias });
-    pack16(fin8::<FAST>(f, v0, mv, bv), fin8::<FAST>(f, v1, mv, bv))
+    let y0 = fin8::<FAST>(f, v[0], mv, bv);
+    let y1 = if V >= 2 { fin8::<FAST>(f, v[1], mv, bv) } else { y0 };
+    let y2 = if V >= 3 { fin8::<FAST>(f, v[2], mv, bv) } else { y1 };
+    pack24(y0, y1, y2)
+}
+
+/// [`row_bytes`] through the float stage of row `row`.
+#[inline(always)]
+unsafe fn row_float<const V: usize>(e: &EpiRows, row: usize, v: &[__m256i; 3]) -> __m256i {
+    let s = _mm256_set1_ps(*e.scale.get_unchecked(row));
+    let o = _mm256_set1_ps(*e.offset.get_unchecked(row));
+    let hi = _mm256_set1_ps(*e.hi.get_unchecked(row));
+    let lo = _mm256_set1_ps(e.lo);
+    let y0 = float8(v[0], s, o, lo, hi);
+    let y1 = if V >= 2 { float8(v[1], s, o, lo, hi) } else { y0 };
+    let y2 = if V >= 3 { float8(v[2], s, o, lo, hi) } else { y1 };
+    pack24(y0, y1, y2)
 }
 
 /// [`requant8`] with the rounding path fixed at compile time.
@@ -405,19 +687,24 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: 
     for jp in 0..np {
         let bp = b.as_ptr().add(jp * kp * NR * 2);
         let cols = NR.min(n - jp * NR);
+        let nv = panel_vecs(cols);
         for ib in r0 / MR..r1.div_ceil(MR) {
             let rows = MR.min(r1 - ib * MR);
-            let mut c = [[[_mm256_setzero_si256(); 2]; MR]; P];
+            let mut c = [[[_mm256_setzero_si256(); 3]; MR]; P];
             for p in 0..P {
                 let ap = (a[p].as_ptr() as *const i32).add(ib * kp * MR);
-                c[p] = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+                c[p] = match nv {
+                    1 => gemm_tile::<1>(ap, bp, kp),
+                    2 => gemm_tile::<2>(ap, bp, kp),
+                    _ => gemm_tile::<3>(ap, bp, kp),
+                };
             }
             for r in 0..rows {
                 let row = ib * MR + r;
                 let bias_r = *bias.get_unchecked(row);
                 let bv = _mm256_set1_epi64x(if FAST { bias_r.wrapping_add(f.off) } else { bias_r });
-                let mut v = [_mm256_setzero_si256(); 2];
-                for (h, vh) in v.iter_mut().enumerate() {
+                let mut v = [_mm256_setzero_si256(); 3];
+                for (h, vh) in v.iter_mut().enumerate().take(nv) {
                     let (mut e, mut o) = (bv, bv);
                     for (p, cp) in c.iter().enumerate() {
                         let mv = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + row));
@@ -426,11 +713,11 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: 
                     }
                     *vh = fin_eo::<FAST>(f, e, o);
                 }
-                let mut bytes = pack16(v[0], v[1]);
+                let mut bytes = pack24(v[0], v[1], v[2]);
                 if let Some(cm) = cmax {
-                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
+                    bytes = _mm256_min_epu8(bytes, _mm256_set1_epi8(*cm.get_unchecked(row) as i8));
                 }
-                store_bytes(out.as_mut_ptr().add((row - r0) * n + jp * NR), bytes, cols, 0);
+                store_row(out.as_mut_ptr().add((row - r0) * n + jp * NR), bytes, cols, n - jp * NR);
             }
         }
     }
@@ -455,7 +742,7 @@ unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n:
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+unsafe fn gemm_store<const V: usize, const FAST: bool, const CAP: bool>(c: &[[__m256i; 3]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     for (r, cr) in c.iter().enumerate() {
         if r >= rows {
             break;
@@ -463,26 +750,27 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
         let row = row0 + r;
         match dst {
             GemmOut::Bytes { mult, bias, cmax, out } => {
-                let mut bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
+                let mut bytes = row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr);
                 if CAP {
                     let cm = cmax.unwrap_unchecked();
-                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
+                    bytes = _mm256_min_epu8(bytes, _mm256_set1_epi8(*cm.get_unchecked(row) as i8));
                 }
-                store_bytes(out.add(row * n + col), bytes, cols, 0);
+                store_row(out.add(row * n + col), bytes, cols, n - col);
             }
             GemmOut::Float { e, mult, bias, out } => {
                 let bytes = if *e.ok.get_unchecked(row) {
-                    float_bytes(e, row, cr[0], cr[1])
+                    row_float::<V>(e, row, cr)
                 } else {
-                    _mm_min_epu8(row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]), _mm_set1_epi8(*e.cap.get_unchecked(row) as i8))
+                    _mm256_min_epu8(row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr), _mm256_set1_epi8(*e.cap.get_unchecked(row) as i8))
                 };
-                store_bytes(out.add(row * n + col), bytes, cols, 0);
+                store_row(out.add(row * n + col), bytes, cols, n - col);
             }
             GemmOut::Acc(acc) => {
                 let d = acc.add(row * n + col);
-                let mut tmp = [0i32; 16];
-                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, cr[0]);
-                _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, cr[1]);
+                let mut tmp = [0i32; 24];
+                for (h, v) in cr.iter().enumerate() {
+                    _mm256_storeu_si256(tmp.as_mut_ptr().add(8 * h) as *mut __m256i, *v);
+                }
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
             }
         }
@@ -495,11 +783,15 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, 
     for jp in 0..np {
         let bp = b.add(jp * kp * NR * 2);
         let cols = NR.min(n - jp * NR);
+        let nv = panel_vecs(cols);
         for ib in 0..mb {
             let ap = a.add(ib * kp * MR);
             let rows = MR.min(m - ib * MR);
-            let c = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
-            gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols, n, f, dst);
+            match nv {
+                1 => gemm_store::<1, FAST, CAP>(&gemm_tile::<1>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+                2 => gemm_store::<2, FAST, CAP>(&gemm_tile::<2>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+                _ => gemm_store::<3, FAST, CAP>(&gemm_tile::<3>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+            }
         }
     }
 }
@@ -902,13 +1194,19 @@ pub unsafe fn pack_b_i16(cols: &[i16], k: usize, n: usize, dst: &mut Vec<i16>) {
     for jp in 0..full {
         let col = jp * NR;
         for p in 0..kp {
-            let a = _mm256_loadu_si256(src.add(2 * p * n + col) as *const __m256i);
-            let b = if 2 * p + 1 < k { _mm256_loadu_si256(src.add((2 * p + 1) * n + col) as *const __m256i) } else { _mm256_setzero_si256() };
+            let (r0, r1) = (src.add(2 * p * n + col), src.add((2 * p + 1) * n + col));
+            let second = 2 * p + 1 < k;
+            let a = _mm256_loadu_si256(r0 as *const __m256i);
+            let b = if second { _mm256_loadu_si256(r1 as *const __m256i) } else { _mm256_setzero_si256() };
             let lo = _mm256_unpacklo_epi16(a, b);
             let hi = _mm256_unpackhi_epi16(a, b);
             let o = d.add((jp * kp + p) * NR * 2);
             _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x20));
             _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x31));
+            let a = _mm_loadu_si128(r0.add(16) as *const __m128i);
+            let b = if second { _mm_loadu_si128(r1.add(16) as *const __m128i) } else { _mm_setzero_si128() };
+            _mm_storeu_si128(o.add(32) as *mut __m128i, _mm_unpacklo_epi16(a, b));
+            _mm_storeu_si128(o.add(40) as *mut __m128i, _mm_unpackhi_epi16(a, b));
         }
     }
     if full < np {
