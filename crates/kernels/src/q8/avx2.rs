@@ -278,16 +278,17 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
     let f = sink_fin(sink, k as u128 * 255 * 255);
     let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
     match sink {
-        Sink::Requant { mult, bias, out, .. } => {
+        Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
             assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
             assert!(cmax.is_none_or(|c| c.len() >= m));
+            let st = Stage { shift: *shift, zp: *zp, qmin: *qmin, qmax: *qmax };
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
-                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr() };
+                let dst = GemmOut::Float { e, mult, bias, st, out: out.as_mut_ptr() };
                 return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
             }
-            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr() };
+            let dst = GemmOut::Bytes { mult, bias, cmax, st, out: out.as_mut_ptr() };
             match (f.fast, cmax.is_some()) {
                 (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
                 (true, true) => gemm_loop::<true, true>(a, m, kp, b, n, &f, &dst),
@@ -302,12 +303,29 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
     }
 }
 
+/// The scalar parameters of a requantizing output stage.
+#[derive(Clone, Copy)]
+struct Stage {
+    shift: u32,
+    zp: i32,
+    qmin: i32,
+    qmax: i32,
+}
+
+impl Stage {
+    /// The reference stage `clamp(zp + round_shift(bias + acc·m, shift), qmin, qmax)`.
+    #[inline(always)]
+    fn apply(&self, m: i64, bias: i64, acc: i32) -> u8 {
+        (self.zp as i64 + round_shift(bias + acc as i64 * m, self.shift)).clamp(self.qmin as i64, self.qmax as i64) as u8
+    }
+}
+
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
-    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8 },
+    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, st: Stage, out: *mut u8 },
     /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
     /// form take the i64 stage and the cap.
-    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8 },
+    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], st: Stage, out: *mut u8 },
     Acc(*mut i32),
 }
 
@@ -730,39 +748,174 @@ unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n:
     });
 }
 
+/// A tile's rows `row0..row0 + rows` to `dst` (rows taken one by one with constant indices so
+/// that the accumulators stay in registers).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_store<const V: usize, const FAST: bool, const CAP: bool>(c: &[[__m256i; 3]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
-    for (r, cr) in c.iter().enumerate() {
-        if r >= rows {
-            break;
+unsafe fn gemm_store<const V: usize, const FAST: bool, const CAP: bool>(c: [[__m256i; 3]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+    const { assert!(MR == 4) };
+    gemm_store_row::<V, FAST, CAP>(&c[0], row0, col, cols, n, f, dst);
+    if rows > 1 {
+        gemm_store_row::<V, FAST, CAP>(&c[1], row0 + 1, col, cols, n, f, dst);
+    }
+    if rows > 2 {
+        gemm_store_row::<V, FAST, CAP>(&c[2], row0 + 2, col, cols, n, f, dst);
+    }
+    if rows > 3 {
+        gemm_store_row::<V, FAST, CAP>(&c[3], row0 + 3, col, cols, n, f, dst);
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_store_row<const V: usize, const FAST: bool, const CAP: bool>(cr: &[__m256i; 3], row: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+    match dst {
+        GemmOut::Bytes { mult, bias, cmax, out, .. } => {
+            let mut bytes = row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr);
+            if CAP {
+                let cm = cmax.unwrap_unchecked();
+                bytes = _mm256_min_epu8(bytes, _mm256_set1_epi8(*cm.get_unchecked(row) as i8));
+            }
+            store_row(out.add(row * n + col), bytes, cols, n - col);
         }
-        let row = row0 + r;
-        match dst {
-            GemmOut::Bytes { mult, bias, cmax, out } => {
-                let mut bytes = row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr);
-                if CAP {
-                    let cm = cmax.unwrap_unchecked();
-                    bytes = _mm256_min_epu8(bytes, _mm256_set1_epi8(*cm.get_unchecked(row) as i8));
-                }
-                store_row(out.add(row * n + col), bytes, cols, n - col);
+        GemmOut::Float { e, mult, bias, out, .. } => {
+            let bytes = if *e.ok.get_unchecked(row) {
+                row_float::<V>(e, row, cr)
+            } else {
+                _mm256_min_epu8(row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr), _mm256_set1_epi8(*e.cap.get_unchecked(row) as i8))
+            };
+            store_row(out.add(row * n + col), bytes, cols, n - col);
+        }
+        GemmOut::Acc(acc) => {
+            let d = acc.add(row * n + col);
+            let mut tmp = [0i32; 24];
+            for (h, v) in cr.iter().enumerate() {
+                _mm256_storeu_si256(tmp.as_mut_ptr().add(8 * h) as *mut __m256i, *v);
             }
-            GemmOut::Float { e, mult, bias, out } => {
-                let bytes = if *e.ok.get_unchecked(row) {
-                    row_float::<V>(e, row, cr)
-                } else {
-                    _mm256_min_epu8(row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr), _mm256_set1_epi8(*e.cap.get_unchecked(row) as i8))
-                };
-                store_row(out.add(row * n + col), bytes, cols, n - col);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
+        }
+    }
+}
+
+/// Last panels this narrow (≤ this many columns) run as dot products along `k`
+/// ([`gemm_narrow`]) instead of an `MR × 8` tile that leaves most of its lanes idle.
+const NARROW_MAX: usize = 4;
+
+/// One output of [`GemmOut`] from its i32 accumulator, in scalar code: the same operations as
+/// the vector stages (the float stage: f32 multiply, add, max, min, truncate, i.e.
+/// [`FloatEpilogue::apply`]; else the reference i64 stage).
+#[inline(always)]
+unsafe fn out_one<const CAP: bool>(dst: &GemmOut, row: usize, idx: usize, acc: i32) {
+    match dst {
+        GemmOut::Bytes { mult, bias, cmax, st, out } => {
+            let mut v = st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc);
+            if CAP {
+                v = v.min(*cmax.unwrap_unchecked().get_unchecked(row));
             }
-            GemmOut::Acc(acc) => {
-                let d = acc.add(row * n + col);
-                let mut tmp = [0i32; 24];
-                for (h, v) in cr.iter().enumerate() {
-                    _mm256_storeu_si256(tmp.as_mut_ptr().add(8 * h) as *mut __m256i, *v);
-                }
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
+            *out.add(idx) = v;
+        }
+        GemmOut::Float { e, mult, bias, st, out } => {
+            *out.add(idx) = if *e.ok.get_unchecked(row) {
+                // [`float8`] on one lane.
+                let y = _mm_add_ss(_mm_mul_ss(_mm_cvtsi32_ss(_mm_setzero_ps(), acc), _mm_set_ss(*e.scale.get_unchecked(row))), _mm_set_ss(*e.offset.get_unchecked(row)));
+                _mm_cvttss_si32(_mm_min_ss(_mm_max_ss(y, _mm_set_ss(e.lo)), _mm_set_ss(*e.hi.get_unchecked(row)))) as u8
+            } else {
+                st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc).min(*e.cap.get_unchecked(row))
+            };
+        }
+        GemmOut::Acc(p) => *p.add(idx) = acc,
+    }
+}
+
+/// `NB` row blocks of A (from `a`, block stride `kp·MR` i32) against one column's duplicated
+/// pairs `xd` → the `4·NB` row sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn narrow_blocks<const NB: usize>(a: *const i32, kp: usize, xd: &[__m256i], sums: &mut [i32; 16]) {
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let kq = kp / 2;
+    let stride = kp * MR * 4; // bytes
+    if NB == 4 && kq > 0 {
+        // Assembly for the same reason as [`gemm_tile`]: the compiler runs out of pointer
+        // registers here and shuffles them every iteration.
+        std::arch::asm!(
+            "2:",
+            "vmovdqu {x}, ymmword ptr [{px}]",
+            "vpmaddwd {t}, {x}, ymmword ptr [{pa}]",
+            "vpaddd {c0}, {c0}, {t}",
+            "vpmaddwd {t}, {x}, ymmword ptr [{pa} + {s}]",
+            "vpaddd {c1}, {c1}, {t}",
+            "vpmaddwd {t}, {x}, ymmword ptr [{pa} + {s} * 2]",
+            "vpaddd {c2}, {c2}, {t}",
+            "vpmaddwd {t}, {x}, ymmword ptr [{pb} + {s} * 2]",
+            "vpaddd {c3}, {c3}, {t}",
+            "add {px}, 32",
+            "add {pa}, 32",
+            "add {pb}, 32",
+            "dec {n}",
+            "jnz 2b",
+            px = inout(reg) xd.as_ptr() => _, pa = inout(reg) a => _, pb = inout(reg) (a as *const u8).add(stride) => _, s = in(reg) stride, n = inout(reg) kq => _,
+            x = out(ymm_reg) _, t = out(ymm_reg) _,
+            c0 = inout(ymm_reg) acc[0], c1 = inout(ymm_reg) acc[1], c2 = inout(ymm_reg) acc[2], c3 = inout(ymm_reg) acc[3],
+            options(nostack, readonly),
+        );
+    } else {
+        for (q, x) in xd.iter().enumerate().take(kq) {
+            for (bk, ac) in acc.iter_mut().enumerate().take(NB) {
+                *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(*x, _mm256_loadu_si256(a.add(bk * kp * MR + q * 2 * MR) as *const __m256i)));
             }
+        }
+    }
+    if kp % 2 == 1 {
+        // Only the last k-pair's 4 rows are A's (the next 4 lanes are not read).
+        let lo = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
+        for (bk, ac) in acc.iter_mut().enumerate().take(NB) {
+            *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(xd[kq], _mm256_maskload_epi32(a.add(bk * kp * MR + kq * 2 * MR), lo)));
+        }
+    }
+    for (bk, ac) in acc.iter().enumerate().take(NB) {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(*ac), _mm256_extracti128_si256(*ac, 1));
+        _mm_storeu_si128(sums.as_mut_ptr().add(4 * bk) as *mut __m128i, s);
+    }
+}
+
+/// Columns `col..col + cols` (the last panel `bp`, `cols` ≤ [`NARROW_MAX`]) of all `m` rows.
+/// Per column, its k-pairs are laid out as `[p, p, p, p, p+1, p+1, p+1, p+1]` so that one
+/// `vpmaddwd` with a row block's packed A (`[k-pair][MR rows]`) gives lane `r` (+4) the
+/// products of row `r` at pair `p` (`p + 1`): every lane does useful work. The same exact i32
+/// sums as the tile (wrapping adds in any order).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_narrow<const CAP: bool>(a: *const i32, m: usize, kp: usize, bp: *const i16, col: usize, cols: usize, n: usize, dst: &GemmOut) {
+    const { assert!(MR == 4) };
+    let mb = m.div_ceil(MR);
+    let bt = bp as *const i32;
+    let mut xd: Vec<__m256i> = Vec::with_capacity(kp.div_ceil(2));
+    for j in 0..cols {
+        xd.clear();
+        let mut p = 0;
+        while p < kp {
+            let p0 = *bt.add(p * NR + j);
+            let p1 = if p + 1 < kp { *bt.add((p + 1) * NR + j) } else { 0 };
+            xd.push(_mm256_setr_epi32(p0, p0, p0, p0, p1, p1, p1, p1));
+            p += 2;
+        }
+        let mut ib = 0;
+        while ib < mb {
+            let nb = 4.min(mb - ib);
+            let mut sums = [0i32; 16];
+            let ab = a.add(ib * kp * MR);
+            match nb {
+                4 => narrow_blocks::<4>(ab, kp, &xd, &mut sums),
+                3 => narrow_blocks::<3>(ab, kp, &xd, &mut sums),
+                2 => narrow_blocks::<2>(ab, kp, &xd, &mut sums),
+                _ => narrow_blocks::<1>(ab, kp, &xd, &mut sums),
+            }
+            for (r, &acc) in sums.iter().enumerate().take((nb * MR).min(m - ib * MR)) {
+                let row = ib * MR + r;
+                out_one::<CAP>(dst, row, row * n + col + j, acc);
+            }
+            ib += 4;
         }
     }
 }
@@ -773,14 +926,18 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, 
     for jp in 0..np {
         let bp = b.add(jp * kp * NR * 2);
         let cols = NR.min(n - jp * NR);
+        if cols <= NARROW_MAX {
+            gemm_narrow::<CAP>(a, m, kp, bp, jp * NR, cols, n, dst);
+            continue;
+        }
         let nv = panel_vecs(cols);
         for ib in 0..mb {
             let ap = a.add(ib * kp * MR);
             let rows = MR.min(m - ib * MR);
             match nv {
-                1 => gemm_store::<1, FAST, CAP>(&gemm_tile::<1>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
-                2 => gemm_store::<2, FAST, CAP>(&gemm_tile::<2>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
-                _ => gemm_store::<3, FAST, CAP>(&gemm_tile::<3>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+                1 => gemm_store::<1, FAST, CAP>(gemm_tile::<1>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+                2 => gemm_store::<2, FAST, CAP>(gemm_tile::<2>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+                _ => gemm_store::<3, FAST, CAP>(gemm_tile::<3>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
             }
         }
     }
