@@ -155,6 +155,23 @@ impl<'a> EpiRows<'a> {
     }
 }
 
+/// Whether the float stage of a channel may skip its f32 clamps when every accumulator has
+/// `|acc| ≤ acc_max`: with `lo = 0`, `|y| < 2^30` (so `vcvttps2dq` is exact, no overflow
+/// value) and an integer `hi ∈ [0, 255]`, `trunc(min(max(y, 0), hi))` equals
+/// `min(clamp(trunc(y), 0, 255), hi)`, i.e. the saturating packs to bytes followed by a byte
+/// `min` with `hi` (truncation is monotone and maps integers to themselves).
+#[inline(always)]
+fn float_unclamped_ok(lo: f32, scale: f32, offset: f32, acc_max: u128) -> bool {
+    lo == 0.0 && (acc_max as f64) * (scale.abs() as f64) * (1.0 + 1e-6) + (offset.abs() as f64) < (1u64 << 30) as f64
+}
+
+/// [`float8`] without the clamps (see [`float_unclamped_ok`]): results as i32, to be packed
+/// with saturation and capped at `hi` as bytes.
+#[inline(always)]
+unsafe fn float8_nc(acc: __m256i, s: __m256, o: __m256) -> __m256i {
+    _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o))
+}
+
 /// [`FloatEpilogue::apply`] on 8 accumulators (results in [0, 255] as i32).
 #[inline(always)]
 unsafe fn float8(acc: __m256i, s: __m256, o: __m256, lo: __m256, hi: __m256) -> __m256i {
@@ -285,20 +302,27 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
+                let acc_max = k as u128 * 255 * 255;
+                let nc = (0..m).all(|r| !e.ok[r] || float_unclamped_ok(e.lo, e.scale[r], e.offset[r], acc_max));
                 let dst = GemmOut::Float { e, mult, bias, st, out: out.as_mut_ptr() };
-                return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
+                return match (f.fast, nc) {
+                    (true, false) => gemm_loop::<true, false, false>(a, m, kp, b, n, &f, &dst),
+                    (true, true) => gemm_loop::<true, false, true>(a, m, kp, b, n, &f, &dst),
+                    (false, false) => gemm_loop::<false, false, false>(a, m, kp, b, n, &f, &dst),
+                    (false, true) => gemm_loop::<false, false, true>(a, m, kp, b, n, &f, &dst),
+                };
             }
             let dst = GemmOut::Bytes { mult, bias, cmax, st, out: out.as_mut_ptr() };
             match (f.fast, cmax.is_some()) {
-                (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
-                (true, true) => gemm_loop::<true, true>(a, m, kp, b, n, &f, &dst),
-                (false, false) => gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst),
-                (false, true) => gemm_loop::<false, true>(a, m, kp, b, n, &f, &dst),
+                (true, false) => gemm_loop::<true, false, false>(a, m, kp, b, n, &f, &dst),
+                (true, true) => gemm_loop::<true, true, false>(a, m, kp, b, n, &f, &dst),
+                (false, false) => gemm_loop::<false, false, false>(a, m, kp, b, n, &f, &dst),
+                (false, true) => gemm_loop::<false, true, false>(a, m, kp, b, n, &f, &dst),
             }
         }
         Sink::Acc(acc) => {
             assert!(acc.len() >= m * n);
-            gemm_loop::<false, false>(a, m, kp, b, n, &f, &GemmOut::Acc(acc.as_mut_ptr()))
+            gemm_loop::<false, false, false>(a, m, kp, b, n, &f, &GemmOut::Acc(acc.as_mut_ptr()))
         }
     }
 }
@@ -638,9 +662,16 @@ unsafe fn row_bytes<const V: usize, const FAST: bool>(f: &Fin, m: i64, bias: i64
 
 /// [`row_bytes`] through the float stage of row `row`.
 #[inline(always)]
-unsafe fn row_float<const V: usize>(e: &EpiRows, row: usize, v: &[__m256i; 3]) -> __m256i {
+unsafe fn row_float<const V: usize, const NC: bool>(e: &EpiRows, row: usize, v: &[__m256i; 3]) -> __m256i {
     let s = _mm256_set1_ps(*e.scale.get_unchecked(row));
     let o = _mm256_set1_ps(*e.offset.get_unchecked(row));
+    if NC {
+        // No f32 clamps (see [`float_unclamped_ok`]): saturating packs, then the cap `hi`.
+        let y0 = float8_nc(v[0], s, o);
+        let y1 = if V >= 2 { float8_nc(v[1], s, o) } else { y0 };
+        let y2 = if V >= 3 { float8_nc(v[2], s, o) } else { y1 };
+        return _mm256_min_epu8(pack24(y0, y1, y2), _mm256_set1_epi8(*e.cap.get_unchecked(row) as i8));
+    }
     let hi = _mm256_set1_ps(*e.hi.get_unchecked(row));
     let lo = _mm256_set1_ps(e.lo);
     let y0 = float8(v[0], s, o, lo, hi);
@@ -752,23 +783,23 @@ unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n:
 /// that the accumulators stay in registers).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_store<const V: usize, const FAST: bool, const CAP: bool>(c: [[__m256i; 3]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+unsafe fn gemm_store<const V: usize, const FAST: bool, const CAP: bool, const NC: bool>(c: [[__m256i; 3]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     const { assert!(MR == 4) };
-    gemm_store_row::<V, FAST, CAP>(&c[0], row0, col, cols, n, f, dst);
+    gemm_store_row::<V, FAST, CAP, NC>(&c[0], row0, col, cols, n, f, dst);
     if rows > 1 {
-        gemm_store_row::<V, FAST, CAP>(&c[1], row0 + 1, col, cols, n, f, dst);
+        gemm_store_row::<V, FAST, CAP, NC>(&c[1], row0 + 1, col, cols, n, f, dst);
     }
     if rows > 2 {
-        gemm_store_row::<V, FAST, CAP>(&c[2], row0 + 2, col, cols, n, f, dst);
+        gemm_store_row::<V, FAST, CAP, NC>(&c[2], row0 + 2, col, cols, n, f, dst);
     }
     if rows > 3 {
-        gemm_store_row::<V, FAST, CAP>(&c[3], row0 + 3, col, cols, n, f, dst);
+        gemm_store_row::<V, FAST, CAP, NC>(&c[3], row0 + 3, col, cols, n, f, dst);
     }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_store_row<const V: usize, const FAST: bool, const CAP: bool>(cr: &[__m256i; 3], row: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+unsafe fn gemm_store_row<const V: usize, const FAST: bool, const CAP: bool, const NC: bool>(cr: &[__m256i; 3], row: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     match dst {
         GemmOut::Bytes { mult, bias, cmax, out, .. } => {
             let mut bytes = row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr);
@@ -780,7 +811,7 @@ unsafe fn gemm_store_row<const V: usize, const FAST: bool, const CAP: bool>(cr: 
         }
         GemmOut::Float { e, mult, bias, out, .. } => {
             let bytes = if *e.ok.get_unchecked(row) {
-                row_float::<V>(e, row, cr)
+                row_float::<V, NC>(e, row, cr)
             } else {
                 _mm256_min_epu8(row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr), _mm256_set1_epi8(*e.cap.get_unchecked(row) as i8))
             };
@@ -921,7 +952,7 @@ unsafe fn gemm_narrow<const CAP: bool>(a: *const i32, m: usize, kp: usize, bp: *
 }
 
 #[inline(always)]
-unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
+unsafe fn gemm_loop<const FAST: bool, const CAP: bool, const NC: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
     let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
     for jp in 0..np {
         let bp = b.add(jp * kp * NR * 2);
@@ -935,9 +966,9 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, 
             let ap = a.add(ib * kp * MR);
             let rows = MR.min(m - ib * MR);
             match nv {
-                1 => gemm_store::<1, FAST, CAP>(gemm_tile::<1>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
-                2 => gemm_store::<2, FAST, CAP>(gemm_tile::<2>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
-                _ => gemm_store::<3, FAST, CAP>(gemm_tile::<3>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+                1 => gemm_store::<1, FAST, CAP, NC>(gemm_tile::<1>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+                2 => gemm_store::<2, FAST, CAP, NC>(gemm_tile::<2>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
+                _ => gemm_store::<3, FAST, CAP, NC>(gemm_tile::<3>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
             }
         }
     }
@@ -1168,11 +1199,13 @@ struct DwStage<const P: usize> {
     b: __m256i,
     /// Byte cap applied to every result (255: none).
     cap: __m128i,
+    /// The float stage without its f32 clamps (see [`float_unclamped_ok`]; `cap` holds `hi`).
+    nc: bool,
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, cmax: Option<&[u8]>, c: usize) -> DwStage<P> {
+unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, cmax: Option<&[u8]>, c: usize, acc_max: u128) -> DwStage<P> {
     let mut st = DwStage {
         float: false,
         s: _mm256_setzero_ps(),
@@ -1182,6 +1215,7 @@ unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: 
         m: [_mm256_setzero_si256(); P],
         b: fin_bias(f, *bias.get_unchecked(c)),
         cap: _mm_set1_epi8(cmax.map_or(255, |m| *m.get_unchecked(c)) as i8),
+        nc: false,
     };
     for p in 0..P {
         st.m[p] = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + c));
@@ -1191,6 +1225,8 @@ unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: 
         st.cap = _mm_set1_epi8(*e.cap.get_unchecked(c) as i8);
         if *e.ok.get_unchecked(c) {
             st.float = true;
+            // `e.cap[c]` is `hi` as a byte for a float channel.
+            st.nc = float_unclamped_ok(e.lo, *e.scale.get_unchecked(c), *e.offset.get_unchecked(c), acc_max);
             st.s = _mm256_set1_ps(*e.scale.get_unchecked(c));
             st.o = _mm256_set1_ps(*e.offset.get_unchecked(c));
             st.lo = _mm256_set1_ps(e.lo);
@@ -1200,12 +1236,16 @@ unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: 
     st
 }
 
-/// 8 accumulators of each part → 8 outputs as i32 in [0, 255] (before the byte cap): exactly
-/// the reference stage, element-wise (so it commutes with any reordering of the lanes).
+/// 8 accumulators of each part → 8 outputs as i32 (in [0, 255], or unclamped when `st.nc`:
+/// then exact after the saturating packs to bytes and the byte cap, which every caller
+/// applies): the reference stage, element-wise (so it commutes with any reordering of lanes).
 #[inline(always)]
 unsafe fn dw_vals<const P: usize>(st: &DwStage<P>, f: &Fin, v: &[__m256i; P]) -> __m256i {
     if P == 1 {
         if st.float {
+            if st.nc {
+                return float8_nc(v[0], st.s, st.o);
+            }
             return float8(v[0], st.s, st.o, st.lo, st.hi);
         }
         return requant8(v[0], st.m[0], st.b, f);
@@ -1269,7 +1309,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
         let row = c - c0;
         if pl.flat {
             let DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } = out else { unreachable!("flat needs a requant sink") };
-            let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
+            let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c, (kh * g.kernel[1]) as u128 * 255 * 255);
             let lp = line.as_mut_ptr();
             for blk in 0..nflat {
                 let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &w);
@@ -1299,7 +1339,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
         }
         match out {
             DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } => {
-                let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
+                let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c, (kh * g.kernel[1]) as u128 * 255 * 255);
                 for oy in 0..oh {
                     let rb = base.add(oy * sy * rs);
                     let mut ox0 = 0;
