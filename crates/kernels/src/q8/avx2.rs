@@ -1251,9 +1251,9 @@ unsafe fn dw_vals<const P: usize>(st: &DwStage<P>, f: &Fin, v: &[__m256i; P]) ->
         return requant8(v[0], st.m[0], st.b, f);
     }
     let (mut e, mut o) = (st.b, st.b);
-    for p in 0..P {
-        e = _mm256_add_epi64(e, _mm256_mul_epi32(v[p], st.m[p]));
-        o = _mm256_add_epi64(o, _mm256_mul_epi32(_mm256_srli_epi64(v[p], 32), st.m[p]));
+    for (vp, mp) in v.iter().zip(&st.m) {
+        e = _mm256_add_epi64(e, _mm256_mul_epi32(*vp, *mp));
+        o = _mm256_add_epi64(o, _mm256_mul_epi32(_mm256_srli_epi64(*vp, 32), *mp));
     }
     finish(e, o, f)
 }
