@@ -155,27 +155,20 @@ impl<'a> EpiRows<'a> {
     }
 }
 
-/// Whether the float stage of a channel may skip its f32 clamps when every accumulator has
-/// `|acc| ≤ acc_max`: with `lo = 0`, `|y| < 2^30` (so `vcvttps2dq` is exact, no overflow
-/// value) and an integer `hi ∈ [0, 255]`, `trunc(min(max(y, 0), hi))` equals
-/// `min(clamp(trunc(y), 0, 255), hi)`, i.e. the saturating packs to bytes followed by a byte
-/// `min` with `hi` (truncation is monotone and maps integers to themselves).
-#[inline(always)]
-fn float_unclamped_ok(lo: f32, scale: f32, offset: f32, acc_max: u128) -> bool {
-    lo == 0.0 && (acc_max as f64) * (scale.abs() as f64) * (1.0 + 1e-6) + (offset.abs() as f64) < (1u64 << 30) as f64
-}
-
-/// [`float8`] without the clamps (see [`float_unclamped_ok`]): results as i32, to be packed
-/// with saturation and capped at `hi` as bytes.
-#[inline(always)]
-unsafe fn float8_nc(acc: __m256i, s: __m256, o: __m256) -> __m256i {
-    _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o))
-}
-
 /// [`FloatEpilogue::apply`] on 8 accumulators (results in [0, 255] as i32).
 #[inline(always)]
 unsafe fn float8(acc: __m256i, s: __m256, o: __m256, lo: __m256, hi: __m256) -> __m256i {
     _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o), lo), hi))
+}
+
+/// Row `row`'s 16 accumulators → 16 bytes through the float stage.
+#[inline(always)]
+unsafe fn float_bytes(e: &EpiRows, row: usize, v0: __m256i, v1: __m256i) -> __m128i {
+    let s = _mm256_set1_ps(*e.scale.get_unchecked(row));
+    let o = _mm256_set1_ps(*e.offset.get_unchecked(row));
+    let hi = _mm256_set1_ps(*e.hi.get_unchecked(row));
+    let lo = _mm256_set1_ps(e.lo);
+    pack16(float8(v0, s, o, lo, hi), float8(v1, s, o, lo, hi))
 }
 
 /// Write 16 accumulators (`v0` = columns 0..8, `v1` = 8..16) of row `row` at column `col`,
@@ -249,21 +242,13 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
     for jp in 0..full {
         let col = jp * NR;
         for p in 0..kp {
-            let (r0, r1) = (src.add(2 * p * n + col), src.add((2 * p + 1) * n + col));
-            let second = 2 * p + 1 < k;
-            // Columns 0..16 of the panel.
-            let a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(r0 as *const __m128i)), zpv);
-            let b = if second { _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(r1 as *const __m128i)), zpv) } else { _mm256_setzero_si256() };
+            let a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(src.add(2 * p * n + col) as *const __m128i)), zpv);
+            let b = if 2 * p + 1 < k { _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(src.add((2 * p + 1) * n + col) as *const __m128i)), zpv) } else { _mm256_setzero_si256() };
             let lo = _mm256_unpacklo_epi16(a, b);
             let hi = _mm256_unpackhi_epi16(a, b);
             let o = d.add((jp * kp + p) * NR * 2);
             _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x20));
             _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x31));
-            // Columns 16..24.
-            let a = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(r0.add(16) as *const __m128i)), _mm256_castsi256_si128(zpv));
-            let b = if second { _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(r1.add(16) as *const __m128i)), _mm256_castsi256_si128(zpv)) } else { _mm_setzero_si128() };
-            _mm_storeu_si128(o.add(32) as *mut __m128i, _mm_unpacklo_epi16(a, b));
-            _mm_storeu_si128(o.add(40) as *mut __m128i, _mm_unpackhi_epi16(a, b));
         }
     }
     if full < np {
@@ -295,389 +280,83 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
     let f = sink_fin(sink, k as u128 * 255 * 255);
     let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
     match sink {
-        Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
+        Sink::Requant { mult, bias, out, .. } => {
             assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
             assert!(cmax.is_none_or(|c| c.len() >= m));
-            let st = Stage { shift: *shift, zp: *zp, qmin: *qmin, qmax: *qmax };
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
-                let acc_max = k as u128 * 255 * 255;
-                let nc = (0..m).all(|r| !e.ok[r] || float_unclamped_ok(e.lo, e.scale[r], e.offset[r], acc_max));
-                let dst = GemmOut::Float { e, mult, bias, st, out: out.as_mut_ptr() };
-                return match (f.fast, nc) {
-                    (true, false) => gemm_loop::<true, false, false>(a, m, kp, b, n, &f, &dst),
-                    (true, true) => gemm_loop::<true, false, true>(a, m, kp, b, n, &f, &dst),
-                    (false, false) => gemm_loop::<false, false, false>(a, m, kp, b, n, &f, &dst),
-                    (false, true) => gemm_loop::<false, false, true>(a, m, kp, b, n, &f, &dst),
-                };
+                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr() };
+                return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
             }
-            let dst = GemmOut::Bytes { mult, bias, cmax, st, out: out.as_mut_ptr() };
+            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr() };
             match (f.fast, cmax.is_some()) {
-                (true, false) => gemm_loop::<true, false, false>(a, m, kp, b, n, &f, &dst),
-                (true, true) => gemm_loop::<true, true, false>(a, m, kp, b, n, &f, &dst),
-                (false, false) => gemm_loop::<false, false, false>(a, m, kp, b, n, &f, &dst),
-                (false, true) => gemm_loop::<false, true, false>(a, m, kp, b, n, &f, &dst),
+                (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
+                (true, true) => gemm_loop::<true, true>(a, m, kp, b, n, &f, &dst),
+                (false, false) => gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst),
+                (false, true) => gemm_loop::<false, true>(a, m, kp, b, n, &f, &dst),
             }
         }
         Sink::Acc(acc) => {
             assert!(acc.len() >= m * n);
-            gemm_loop::<false, false, false>(a, m, kp, b, n, &f, &GemmOut::Acc(acc.as_mut_ptr()))
+            gemm_loop::<false, false>(a, m, kp, b, n, &f, &GemmOut::Acc(acc.as_mut_ptr()))
         }
-    }
-}
-
-/// The scalar parameters of a requantizing output stage.
-#[derive(Clone, Copy)]
-struct Stage {
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-}
-
-impl Stage {
-    /// The reference stage `clamp(zp + round_shift(bias + acc·m, shift), qmin, qmax)`.
-    #[inline(always)]
-    fn apply(&self, m: i64, bias: i64, acc: i32) -> u8 {
-        (self.zp as i64 + round_shift(bias + acc as i64 * m, self.shift)).clamp(self.qmin as i64, self.qmax as i64) as u8
     }
 }
 
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
-    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, st: Stage, out: *mut u8 },
+    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8 },
     /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
     /// form take the i64 stage and the cap.
-    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], st: Stage, out: *mut u8 },
+    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8 },
     Acc(*mut i32),
 }
 
-/// Vectors of 8 columns in a panel of `cols` ≤ [`NR`] columns (1 to 3).
+/// The `MR × 8·H` micro-kernel over `kp` k-pairs (`H = 1`: only the panel's first 8 columns),
+/// two k-pairs per iteration.
 #[inline(always)]
-fn panel_vecs(cols: usize) -> usize {
-    cols.div_ceil(8).clamp(1, NR / 8)
-}
-
-/// The `MR × 8·V` micro-kernel over `kp` k-pairs (`V` < 3: only the panel's first `8·V`
-/// columns; the other accumulators stay 0), two k-pairs per iteration.
-///
-/// Written in assembly so that every B row is a memory operand of its `vpmaddwd`s: per k-pair
-/// `MR` broadcasts, `MR·V` multiply-adds and `MR·V` adds (28 instructions per 192 products
-/// for `V = 3`), with the 12 accumulators, the broadcast and one product in 14 registers. The
-/// compiler, given intrinsics, keeps B rows in registers, which leaves room for only 6×16
-/// tiles (32 instructions per 192 products) plus its loop overhead.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn gemm_tile<const V: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 3]; MR] {
-    const { assert!(MR == 4 && NR == 24 && V >= 1 && V <= 3) };
-    let mut c = [[_mm256_setzero_si256(); 3]; MR];
-    let (mut a, mut b) = (ap, bp);
-    let n2 = kp / 2;
-    let odd = kp % 2 == 1;
-    match V {
-        1 => {
-            if n2 > 0 {
-                std::arch::asm!(
-                    "2:",
-                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 16]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 20]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 24]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 28]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    "add {a}, 32",
-                    "add {b}, 192",
-                    "dec {n}",
-                    "jnz 2b",
-                    a = inout(reg) a, b = inout(reg) b, n = inout(reg) n2 => _, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c10 = inout(ymm_reg) c[1][0], c20 = inout(ymm_reg) c[2][0], c30 = inout(ymm_reg) c[3][0],
-                    options(nostack, readonly),
-                );
-            }
-            if odd {
-                std::arch::asm!(
-                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    a = in(reg) a, b = in(reg) b, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c10 = inout(ymm_reg) c[1][0], c20 = inout(ymm_reg) c[2][0], c30 = inout(ymm_reg) c[3][0],
-                    options(nostack, readonly, preserves_flags),
-                );
-            }
-        }
-        2 => {
-            if n2 > 0 {
-                std::arch::asm!(
-                    "2:",
-                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c01}, {c01}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c11}, {c11}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c21}, {c21}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c31}, {c31}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 16]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
-                    "vpaddd {c01}, {c01}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 20]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
-                    "vpaddd {c11}, {c11}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 24]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
-                    "vpaddd {c21}, {c21}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 28]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
-                    "vpaddd {c31}, {c31}, {t}",
-                    "add {a}, 32",
-                    "add {b}, 192",
-                    "dec {n}",
-                    "jnz 2b",
-                    a = inout(reg) a, b = inout(reg) b, n = inout(reg) n2 => _, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c01 = inout(ymm_reg) c[0][1], c10 = inout(ymm_reg) c[1][0], c11 = inout(ymm_reg) c[1][1], c20 = inout(ymm_reg) c[2][0], c21 = inout(ymm_reg) c[2][1], c30 = inout(ymm_reg) c[3][0], c31 = inout(ymm_reg) c[3][1],
-                    options(nostack, readonly),
-                );
-            }
-            if odd {
-                std::arch::asm!(
-                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c01}, {c01}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c11}, {c11}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c21}, {c21}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c31}, {c31}, {t}",
-                    a = in(reg) a, b = in(reg) b, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c01 = inout(ymm_reg) c[0][1], c10 = inout(ymm_reg) c[1][0], c11 = inout(ymm_reg) c[1][1], c20 = inout(ymm_reg) c[2][0], c21 = inout(ymm_reg) c[2][1], c30 = inout(ymm_reg) c[3][0], c31 = inout(ymm_reg) c[3][1],
-                    options(nostack, readonly, preserves_flags),
-                );
-            }
-        }
-        3 => {
-            if n2 > 0 {
-                std::arch::asm!(
-                    "2:",
-                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c01}, {c01}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
-                    "vpaddd {c02}, {c02}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c11}, {c11}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
-                    "vpaddd {c12}, {c12}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c21}, {c21}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
-                    "vpaddd {c22}, {c22}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c31}, {c31}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
-                    "vpaddd {c32}, {c32}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 16]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
-                    "vpaddd {c01}, {c01}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 160]",
-                    "vpaddd {c02}, {c02}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 20]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
-                    "vpaddd {c11}, {c11}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 160]",
-                    "vpaddd {c12}, {c12}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 24]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
-                    "vpaddd {c21}, {c21}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 160]",
-                    "vpaddd {c22}, {c22}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 28]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 96]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 128]",
-                    "vpaddd {c31}, {c31}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 160]",
-                    "vpaddd {c32}, {c32}, {t}",
-                    "add {a}, 32",
-                    "add {b}, 192",
-                    "dec {n}",
-                    "jnz 2b",
-                    a = inout(reg) a, b = inout(reg) b, n = inout(reg) n2 => _, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c01 = inout(ymm_reg) c[0][1], c02 = inout(ymm_reg) c[0][2], c10 = inout(ymm_reg) c[1][0], c11 = inout(ymm_reg) c[1][1], c12 = inout(ymm_reg) c[1][2], c20 = inout(ymm_reg) c[2][0], c21 = inout(ymm_reg) c[2][1], c22 = inout(ymm_reg) c[2][2], c30 = inout(ymm_reg) c[3][0], c31 = inout(ymm_reg) c[3][1], c32 = inout(ymm_reg) c[3][2],
-                    options(nostack, readonly),
-                );
-            }
-            if odd {
-                std::arch::asm!(
-                    "vpbroadcastd {w}, dword ptr [{a} + 0]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c00}, {c00}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c01}, {c01}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
-                    "vpaddd {c02}, {c02}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 4]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c10}, {c10}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c11}, {c11}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
-                    "vpaddd {c12}, {c12}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 8]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c20}, {c20}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c21}, {c21}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
-                    "vpaddd {c22}, {c22}, {t}",
-                    "vpbroadcastd {w}, dword ptr [{a} + 12]",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 0]",
-                    "vpaddd {c30}, {c30}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 32]",
-                    "vpaddd {c31}, {c31}, {t}",
-                    "vpmaddwd {t}, {w}, ymmword ptr [{b} + 64]",
-                    "vpaddd {c32}, {c32}, {t}",
-                    a = in(reg) a, b = in(reg) b, w = out(ymm_reg) _, t = out(ymm_reg) _, c00 = inout(ymm_reg) c[0][0], c01 = inout(ymm_reg) c[0][1], c02 = inout(ymm_reg) c[0][2], c10 = inout(ymm_reg) c[1][0], c11 = inout(ymm_reg) c[1][1], c12 = inout(ymm_reg) c[1][2], c20 = inout(ymm_reg) c[2][0], c21 = inout(ymm_reg) c[2][1], c22 = inout(ymm_reg) c[2][2], c30 = inout(ymm_reg) c[3][0], c31 = inout(ymm_reg) c[3][1], c32 = inout(ymm_reg) c[3][2],
-                    options(nostack, readonly, preserves_flags),
-                );
-            }
-        }
-        _ => unreachable!(),
+unsafe fn gemm_tile<const H: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 2]; MR] {
+    let mut c = [[_mm256_setzero_si256(); 2]; MR];
+    // One k-pair per iteration: 12 accumulators + 2 B rows + 1 broadcast + 1 product is exactly
+    // the 16 ymm registers; a 2× unrolled body made the compiler rotate and spill accumulators
+    // (82 instructions per two k-pairs instead of 64).
+    let mut p = 0;
+    while p + 2 <= kp {
+        gemm_step::<H>(&mut c, ap, bp, p);
+        // Keeps the compiler from hoisting the next k-pair's loads above this one's products
+        // (which needs more than 16 registers and spills accumulators).
+        std::arch::asm!("", options(nomem, nostack, preserves_flags));
+        gemm_step::<H>(&mut c, ap, bp, p + 1);
+        p += 2;
+    }
+    if p < kp {
+        gemm_step::<H>(&mut c, ap, bp, p);
     }
     c
 }
 
-/// 24 i32 values in [0, 255] (`v0` = columns 0..8, `v1` = 8..16, `v2` = 16..24) → bytes
-/// 0..24 of the result in order (bytes 24..32 repeat 16..24).
+/// One k-pair of [`gemm_tile`].
 #[inline(always)]
-unsafe fn pack24(v0: __m256i, v1: __m256i, v2: __m256i) -> __m256i {
-    // Per 128-bit lane, dwords: v0 lo|hi, v1 lo|hi, v2 lo|hi, v2 lo|hi (4 bytes each).
-    let t = _mm256_packus_epi16(_mm256_packs_epi32(v0, v1), _mm256_packs_epi32(v2, v2));
-    _mm256_permutevar8x32_epi32(t, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
-}
-
-/// Store the first `cols` ≤ 24 bytes of `bytes` at `dst`; one 32-byte store when `room` ≥ 32
-/// bytes may be written (the extra ones belong to the next panel of the same row, written
-/// later).
-#[inline(always)]
-unsafe fn store_row(dst: *mut u8, bytes: __m256i, cols: usize, room: usize) {
-    if room >= 32 {
-        _mm256_storeu_si256(dst as *mut __m256i, bytes);
-    } else if cols == 24 {
-        _mm_storeu_si128(dst as *mut __m128i, _mm256_castsi256_si128(bytes));
-        _mm_storel_epi64(dst.add(16) as *mut __m128i, _mm256_extracti128_si256(bytes, 1));
-    } else if cols == 16 {
-        _mm_storeu_si128(dst as *mut __m128i, _mm256_castsi256_si128(bytes));
-    } else if cols == 8 {
-        _mm_storel_epi64(dst as *mut __m128i, _mm256_castsi256_si128(bytes));
-    } else {
-        let mut tmp = [0u8; 32];
-        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, bytes);
-        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+unsafe fn gemm_step<const H: usize>(c: &mut [[__m256i; 2]; MR], ap: *const i32, bp: *const i16, p: usize) {
+    let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
+    let b1 = if H == 2 { _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i) } else { b0 };
+    let aw = ap.add(p * MR);
+    for (r, cr) in c.iter_mut().enumerate() {
+        let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
+        cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w));
+        if H == 2 {
+            cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w));
+        }
     }
 }
 
-/// One channel's `8·V` accumulators → bytes (in [`pack24`] order), with the short rounding
-/// path when `FAST`.
+/// One channel's 16 (or `cols`) outputs → bytes, with the short rounding path when `FAST`.
 #[inline(always)]
-unsafe fn row_bytes<const V: usize, const FAST: bool>(f: &Fin, m: i64, bias: i64, v: &[__m256i; 3]) -> __m256i {
+unsafe fn row_bytes<const FAST: bool>(f: &Fin, m: i64, bias: i64, v0: __m256i, v1: __m256i) -> __m128i {
     let mv = _mm256_set1_epi64x(m);
     let bv = _mm256_set1_epi64x(if FAST { bias.wrapping_add(f.off) } else { bias });
-    let y0 = fin8::<FAST>(f, v[0], mv, bv);
-    let y1 = if V >= 2 { fin8::<FAST>(f, v[1], mv, bv) } else { y0 };
-    let y2 = if V >= 3 { fin8::<FAST>(f, v[2], mv, bv) } else { y1 };
-    pack24(y0, y1, y2)
-}
-
-/// [`row_bytes`] through the float stage of row `row`.
-#[inline(always)]
-unsafe fn row_float<const V: usize, const NC: bool>(e: &EpiRows, row: usize, v: &[__m256i; 3]) -> __m256i {
-    let s = _mm256_set1_ps(*e.scale.get_unchecked(row));
-    let o = _mm256_set1_ps(*e.offset.get_unchecked(row));
-    if NC {
-        // No f32 clamps (see [`float_unclamped_ok`]): saturating packs, then the cap `hi`.
-        let y0 = float8_nc(v[0], s, o);
-        let y1 = if V >= 2 { float8_nc(v[1], s, o) } else { y0 };
-        let y2 = if V >= 3 { float8_nc(v[2], s, o) } else { y1 };
-        return _mm256_min_epu8(pack24(y0, y1, y2), _mm256_set1_epi8(*e.cap.get_unchecked(row) as i8));
-    }
-    let hi = _mm256_set1_ps(*e.hi.get_unchecked(row));
-    let lo = _mm256_set1_ps(e.lo);
-    let y0 = float8(v[0], s, o, lo, hi);
-    let y1 = if V >= 2 { float8(v[1], s, o, lo, hi) } else { y0 };
-    let y2 = if V >= 3 { float8(v[2], s, o, lo, hi) } else { y1 };
-    pack24(y0, y1, y2)
+    pack16(fin8::<FAST>(f, v0, mv, bv), fin8::<FAST>(f, v1, mv, bv))
 }
 
 /// [`requant8`] with the rounding path fixed at compile time.
@@ -726,24 +405,19 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: 
     for jp in 0..np {
         let bp = b.as_ptr().add(jp * kp * NR * 2);
         let cols = NR.min(n - jp * NR);
-        let nv = panel_vecs(cols);
         for ib in r0 / MR..r1.div_ceil(MR) {
             let rows = MR.min(r1 - ib * MR);
-            let mut c = [[[_mm256_setzero_si256(); 3]; MR]; P];
+            let mut c = [[[_mm256_setzero_si256(); 2]; MR]; P];
             for p in 0..P {
                 let ap = (a[p].as_ptr() as *const i32).add(ib * kp * MR);
-                c[p] = match nv {
-                    1 => gemm_tile::<1>(ap, bp, kp),
-                    2 => gemm_tile::<2>(ap, bp, kp),
-                    _ => gemm_tile::<3>(ap, bp, kp),
-                };
+                c[p] = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
             }
             for r in 0..rows {
                 let row = ib * MR + r;
                 let bias_r = *bias.get_unchecked(row);
                 let bv = _mm256_set1_epi64x(if FAST { bias_r.wrapping_add(f.off) } else { bias_r });
-                let mut v = [_mm256_setzero_si256(); 3];
-                for (h, vh) in v.iter_mut().enumerate().take(nv) {
+                let mut v = [_mm256_setzero_si256(); 2];
+                for (h, vh) in v.iter_mut().enumerate() {
                     let (mut e, mut o) = (bv, bv);
                     for (p, cp) in c.iter().enumerate() {
                         let mv = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + row));
@@ -752,11 +426,11 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: 
                     }
                     *vh = fin_eo::<FAST>(f, e, o);
                 }
-                let mut bytes = pack24(v[0], v[1], v[2]);
+                let mut bytes = pack16(v[0], v[1]);
                 if let Some(cm) = cmax {
-                    bytes = _mm256_min_epu8(bytes, _mm256_set1_epi8(*cm.get_unchecked(row) as i8));
+                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
                 }
-                store_row(out.as_mut_ptr().add((row - r0) * n + jp * NR), bytes, cols, n - jp * NR);
+                store_bytes(out.as_mut_ptr().add((row - r0) * n + jp * NR), bytes, cols, 0);
             }
         }
     }
@@ -779,197 +453,53 @@ unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n:
     });
 }
 
-/// A tile's rows `row0..row0 + rows` to `dst` (rows taken one by one with constant indices so
-/// that the accumulators stay in registers).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_store<const V: usize, const FAST: bool, const CAP: bool, const NC: bool>(c: [[__m256i; 3]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
-    const { assert!(MR == 4) };
-    gemm_store_row::<V, FAST, CAP, NC>(&c[0], row0, col, cols, n, f, dst);
-    if rows > 1 {
-        gemm_store_row::<V, FAST, CAP, NC>(&c[1], row0 + 1, col, cols, n, f, dst);
-    }
-    if rows > 2 {
-        gemm_store_row::<V, FAST, CAP, NC>(&c[2], row0 + 2, col, cols, n, f, dst);
-    }
-    if rows > 3 {
-        gemm_store_row::<V, FAST, CAP, NC>(&c[3], row0 + 3, col, cols, n, f, dst);
-    }
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_store_row<const V: usize, const FAST: bool, const CAP: bool, const NC: bool>(cr: &[__m256i; 3], row: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
-    match dst {
-        GemmOut::Bytes { mult, bias, cmax, out, .. } => {
-            let mut bytes = row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr);
-            if CAP {
-                let cm = cmax.unwrap_unchecked();
-                bytes = _mm256_min_epu8(bytes, _mm256_set1_epi8(*cm.get_unchecked(row) as i8));
+unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+    for (r, cr) in c.iter().enumerate() {
+        if r >= rows {
+            break;
+        }
+        let row = row0 + r;
+        match dst {
+            GemmOut::Bytes { mult, bias, cmax, out } => {
+                let mut bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
+                if CAP {
+                    let cm = cmax.unwrap_unchecked();
+                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
+                }
+                store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
-            store_row(out.add(row * n + col), bytes, cols, n - col);
-        }
-        GemmOut::Float { e, mult, bias, out, .. } => {
-            let bytes = if *e.ok.get_unchecked(row) {
-                row_float::<V, NC>(e, row, cr)
-            } else {
-                _mm256_min_epu8(row_bytes::<V, FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr), _mm256_set1_epi8(*e.cap.get_unchecked(row) as i8))
-            };
-            store_row(out.add(row * n + col), bytes, cols, n - col);
-        }
-        GemmOut::Acc(acc) => {
-            let d = acc.add(row * n + col);
-            let mut tmp = [0i32; 24];
-            for (h, v) in cr.iter().enumerate() {
-                _mm256_storeu_si256(tmp.as_mut_ptr().add(8 * h) as *mut __m256i, *v);
+            GemmOut::Float { e, mult, bias, out } => {
+                let bytes = if *e.ok.get_unchecked(row) {
+                    float_bytes(e, row, cr[0], cr[1])
+                } else {
+                    _mm_min_epu8(row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]), _mm_set1_epi8(*e.cap.get_unchecked(row) as i8))
+                };
+                store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
-        }
-    }
-}
-
-/// Last panels this narrow (≤ this many columns) run as dot products along `k`
-/// ([`gemm_narrow`]) instead of an `MR × 8` tile that leaves most of its lanes idle.
-const NARROW_MAX: usize = 4;
-
-/// One output of [`GemmOut`] from its i32 accumulator, in scalar code: the same operations as
-/// the vector stages (the float stage: f32 multiply, add, max, min, truncate, i.e.
-/// [`FloatEpilogue::apply`]; else the reference i64 stage).
-#[inline(always)]
-unsafe fn out_one<const CAP: bool>(dst: &GemmOut, row: usize, idx: usize, acc: i32) {
-    match dst {
-        GemmOut::Bytes { mult, bias, cmax, st, out } => {
-            let mut v = st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc);
-            if CAP {
-                v = v.min(*cmax.unwrap_unchecked().get_unchecked(row));
+            GemmOut::Acc(acc) => {
+                let d = acc.add(row * n + col);
+                let mut tmp = [0i32; 16];
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, cr[0]);
+                _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, cr[1]);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
             }
-            *out.add(idx) = v;
-        }
-        GemmOut::Float { e, mult, bias, st, out } => {
-            *out.add(idx) = if *e.ok.get_unchecked(row) {
-                // [`float8`] on one lane.
-                let y = _mm_add_ss(_mm_mul_ss(_mm_cvtsi32_ss(_mm_setzero_ps(), acc), _mm_set_ss(*e.scale.get_unchecked(row))), _mm_set_ss(*e.offset.get_unchecked(row)));
-                _mm_cvttss_si32(_mm_min_ss(_mm_max_ss(y, _mm_set_ss(e.lo)), _mm_set_ss(*e.hi.get_unchecked(row)))) as u8
-            } else {
-                st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc).min(*e.cap.get_unchecked(row))
-            };
-        }
-        GemmOut::Acc(p) => *p.add(idx) = acc,
-    }
-}
-
-/// `NB` row blocks of A (from `a`, block stride `kp·MR` i32) against one column's duplicated
-/// pairs `xd` → the `4·NB` row sums.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn narrow_blocks<const NB: usize>(a: *const i32, kp: usize, xd: &[__m256i], sums: &mut [i32; 16]) {
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let kq = kp / 2;
-    let stride = kp * MR * 4; // bytes
-    if NB == 4 && kq > 0 {
-        // Assembly for the same reason as [`gemm_tile`]: the compiler runs out of pointer
-        // registers here and shuffles them every iteration.
-        std::arch::asm!(
-            "2:",
-            "vmovdqu {x}, ymmword ptr [{px}]",
-            "vpmaddwd {t}, {x}, ymmword ptr [{pa}]",
-            "vpaddd {c0}, {c0}, {t}",
-            "vpmaddwd {t}, {x}, ymmword ptr [{pa} + {s}]",
-            "vpaddd {c1}, {c1}, {t}",
-            "vpmaddwd {t}, {x}, ymmword ptr [{pa} + {s} * 2]",
-            "vpaddd {c2}, {c2}, {t}",
-            "vpmaddwd {t}, {x}, ymmword ptr [{pb} + {s} * 2]",
-            "vpaddd {c3}, {c3}, {t}",
-            "add {px}, 32",
-            "add {pa}, 32",
-            "add {pb}, 32",
-            "dec {n}",
-            "jnz 2b",
-            px = inout(reg) xd.as_ptr() => _, pa = inout(reg) a => _, pb = inout(reg) (a as *const u8).add(stride) => _, s = in(reg) stride, n = inout(reg) kq => _,
-            x = out(ymm_reg) _, t = out(ymm_reg) _,
-            c0 = inout(ymm_reg) acc[0], c1 = inout(ymm_reg) acc[1], c2 = inout(ymm_reg) acc[2], c3 = inout(ymm_reg) acc[3],
-            options(nostack, readonly),
-        );
-    } else {
-        for (q, x) in xd.iter().enumerate().take(kq) {
-            for (bk, ac) in acc.iter_mut().enumerate().take(NB) {
-                *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(*x, _mm256_loadu_si256(a.add(bk * kp * MR + q * 2 * MR) as *const __m256i)));
-            }
-        }
-    }
-    if kp % 2 == 1 {
-        // Only the last k-pair's 4 rows are A's (the next 4 lanes are not read).
-        let lo = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
-        for (bk, ac) in acc.iter_mut().enumerate().take(NB) {
-            *ac = _mm256_add_epi32(*ac, _mm256_madd_epi16(xd[kq], _mm256_maskload_epi32(a.add(bk * kp * MR + kq * 2 * MR), lo)));
-        }
-    }
-    for (bk, ac) in acc.iter().enumerate().take(NB) {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(*ac), _mm256_extracti128_si256(*ac, 1));
-        _mm_storeu_si128(sums.as_mut_ptr().add(4 * bk) as *mut __m128i, s);
-    }
-}
-
-/// Columns `col..col + cols` (the last panel `bp`, `cols` ≤ [`NARROW_MAX`]) of all `m` rows.
-/// Per column, its k-pairs are laid out as `[p, p, p, p, p+1, p+1, p+1, p+1]` so that one
-/// `vpmaddwd` with a row block's packed A (`[k-pair][MR rows]`) gives lane `r` (+4) the
-/// products of row `r` at pair `p` (`p + 1`): every lane does useful work. The same exact i32
-/// sums as the tile (wrapping adds in any order).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_narrow<const CAP: bool>(a: *const i32, m: usize, kp: usize, bp: *const i16, col: usize, cols: usize, n: usize, dst: &GemmOut) {
-    const { assert!(MR == 4) };
-    let mb = m.div_ceil(MR);
-    let bt = bp as *const i32;
-    let mut xd: Vec<__m256i> = Vec::with_capacity(kp.div_ceil(2));
-    for j in 0..cols {
-        xd.clear();
-        let mut p = 0;
-        while p < kp {
-            let p0 = *bt.add(p * NR + j);
-            let p1 = if p + 1 < kp { *bt.add((p + 1) * NR + j) } else { 0 };
-            xd.push(_mm256_setr_epi32(p0, p0, p0, p0, p1, p1, p1, p1));
-            p += 2;
-        }
-        let mut ib = 0;
-        while ib < mb {
-            let nb = 4.min(mb - ib);
-            let mut sums = [0i32; 16];
-            let ab = a.add(ib * kp * MR);
-            match nb {
-                4 => narrow_blocks::<4>(ab, kp, &xd, &mut sums),
-                3 => narrow_blocks::<3>(ab, kp, &xd, &mut sums),
-                2 => narrow_blocks::<2>(ab, kp, &xd, &mut sums),
-                _ => narrow_blocks::<1>(ab, kp, &xd, &mut sums),
-            }
-            for (r, &acc) in sums.iter().enumerate().take((nb * MR).min(m - ib * MR)) {
-                let row = ib * MR + r;
-                out_one::<CAP>(dst, row, row * n + col + j, acc);
-            }
-            ib += 4;
         }
     }
 }
 
 #[inline(always)]
-unsafe fn gemm_loop<const FAST: bool, const CAP: bool, const NC: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
+unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
     let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
     for jp in 0..np {
         let bp = b.add(jp * kp * NR * 2);
         let cols = NR.min(n - jp * NR);
-        if cols <= NARROW_MAX {
-            gemm_narrow::<CAP>(a, m, kp, bp, jp * NR, cols, n, dst);
-            continue;
-        }
-        let nv = panel_vecs(cols);
         for ib in 0..mb {
             let ap = a.add(ib * kp * MR);
             let rows = MR.min(m - ib * MR);
-            match nv {
-                1 => gemm_store::<1, FAST, CAP, NC>(gemm_tile::<1>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
-                2 => gemm_store::<2, FAST, CAP, NC>(gemm_tile::<2>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
-                _ => gemm_store::<3, FAST, CAP, NC>(gemm_tile::<3>(ap, bp, kp), ib * MR, rows, jp * NR, cols, n, f, dst),
-            }
+            let c = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+            gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols, n, f, dst);
         }
     }
 }
@@ -1199,13 +729,11 @@ struct DwStage<const P: usize> {
     b: __m256i,
     /// Byte cap applied to every result (255: none).
     cap: __m128i,
-    /// The float stage without its f32 clamps (see [`float_unclamped_ok`]; `cap` holds `hi`).
-    nc: bool,
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, cmax: Option<&[u8]>, c: usize, acc_max: u128) -> DwStage<P> {
+unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, cmax: Option<&[u8]>, c: usize) -> DwStage<P> {
     let mut st = DwStage {
         float: false,
         s: _mm256_setzero_ps(),
@@ -1215,7 +743,6 @@ unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: 
         m: [_mm256_setzero_si256(); P],
         b: fin_bias(f, *bias.get_unchecked(c)),
         cap: _mm_set1_epi8(cmax.map_or(255, |m| *m.get_unchecked(c)) as i8),
-        nc: false,
     };
     for p in 0..P {
         st.m[p] = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + c));
@@ -1225,8 +752,6 @@ unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: 
         st.cap = _mm_set1_epi8(*e.cap.get_unchecked(c) as i8);
         if *e.ok.get_unchecked(c) {
             st.float = true;
-            // `e.cap[c]` is `hi` as a byte for a float channel.
-            st.nc = float_unclamped_ok(e.lo, *e.scale.get_unchecked(c), *e.offset.get_unchecked(c), acc_max);
             st.s = _mm256_set1_ps(*e.scale.get_unchecked(c));
             st.o = _mm256_set1_ps(*e.offset.get_unchecked(c));
             st.lo = _mm256_set1_ps(e.lo);
@@ -1236,16 +761,12 @@ unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: 
     st
 }
 
-/// 8 accumulators of each part → 8 outputs as i32 (in [0, 255], or unclamped when `st.nc`:
-/// then exact after the saturating packs to bytes and the byte cap, which every caller
-/// applies): the reference stage, element-wise (so it commutes with any reordering of lanes).
+/// 8 accumulators of each part → 8 outputs as i32 in [0, 255] (before the byte cap): exactly
+/// the reference stage, element-wise (so it commutes with any reordering of the lanes).
 #[inline(always)]
 unsafe fn dw_vals<const P: usize>(st: &DwStage<P>, f: &Fin, v: &[__m256i; P]) -> __m256i {
     if P == 1 {
         if st.float {
-            if st.nc {
-                return float8_nc(v[0], st.s, st.o);
-            }
             return float8(v[0], st.s, st.o, st.lo, st.hi);
         }
         return requant8(v[0], st.m[0], st.b, f);
@@ -1309,7 +830,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
         let row = c - c0;
         if pl.flat {
             let DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } = out else { unreachable!("flat needs a requant sink") };
-            let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c, (kh * g.kernel[1]) as u128 * 255 * 255);
+            let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
             let lp = line.as_mut_ptr();
             for blk in 0..nflat {
                 let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &w);
@@ -1339,7 +860,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
         }
         match out {
             DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } => {
-                let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c, (kh * g.kernel[1]) as u128 * 255 * 255);
+                let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
                 for oy in 0..oh {
                     let rb = base.add(oy * sy * rs);
                     let mut ox0 = 0;
@@ -1471,19 +992,13 @@ pub unsafe fn pack_b_i16(cols: &[i16], k: usize, n: usize, dst: &mut Vec<i16>) {
     for jp in 0..full {
         let col = jp * NR;
         for p in 0..kp {
-            let (r0, r1) = (src.add(2 * p * n + col), src.add((2 * p + 1) * n + col));
-            let second = 2 * p + 1 < k;
-            let a = _mm256_loadu_si256(r0 as *const __m256i);
-            let b = if second { _mm256_loadu_si256(r1 as *const __m256i) } else { _mm256_setzero_si256() };
+            let a = _mm256_loadu_si256(src.add(2 * p * n + col) as *const __m256i);
+            let b = if 2 * p + 1 < k { _mm256_loadu_si256(src.add((2 * p + 1) * n + col) as *const __m256i) } else { _mm256_setzero_si256() };
             let lo = _mm256_unpacklo_epi16(a, b);
             let hi = _mm256_unpackhi_epi16(a, b);
             let o = d.add((jp * kp + p) * NR * 2);
             _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x20));
             _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x31));
-            let a = _mm_loadu_si128(r0.add(16) as *const __m128i);
-            let b = if second { _mm_loadu_si128(r1.add(16) as *const __m128i) } else { _mm_setzero_si128() };
-            _mm_storeu_si128(o.add(32) as *mut __m128i, _mm_unpacklo_epi16(a, b));
-            _mm_storeu_si128(o.add(40) as *mut __m128i, _mm_unpackhi_epi16(a, b));
         }
     }
     if full < np {

@@ -15,9 +15,9 @@
 use crate::ConvGeometry;
 
 /// Rows (output channels) of the GEMM micro-tile.
-pub const MR: usize = 4;
+pub const MR: usize = 6;
 /// Columns (output positions) of the GEMM micro-tile.
-pub const NR: usize = 24;
+pub const NR: usize = 16;
 
 /// Weights of one conv part, re-laid out for the SIMD kernels.
 #[derive(Clone, Debug, Default)]
