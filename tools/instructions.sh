@@ -8,7 +8,7 @@
 #   bash tools/instructions.sh MODEL.onnx [MODEL2.onnx ...]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SUBQ="$ROOT/target/release/subq"
+SUBQ="${SUBQ:-$ROOT/target/release/subq}"
 command -v valgrind >/dev/null || { echo "instructions.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 total() {
     local out; out=$(mktemp)

@@ -187,6 +187,14 @@ proptest! {
     #[test]
     fn conv_pointwise_matches_reference(c in pointwise_case()) { check_conv(&c)?; }
 
+    /// `qmin = 0`: the float output stage may then run without its f32 clamps (saturating
+    /// byte packs instead), in the depthwise and dense kernels.
+    #[test]
+    fn conv_depthwise_qmin0_matches_reference(c in conv_case(1).prop_map(|mut c| { c.qmin = 0; c })) { check_conv(&c)?; }
+
+    #[test]
+    fn conv_dense_qmin0_matches_reference(c in conv_case(0).prop_map(|mut c| { c.qmin = 0; c })) { check_conv(&c)?; }
+
     #[test]
     fn add_matches_reference(n in 0usize..300, za in 0i32..=255, zb in 0i32..=255, zo in 0i32..=255, lo in 0i32..=100, hi in 150i32..=255, extreme in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng(seed | 1);

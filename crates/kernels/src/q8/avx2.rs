@@ -612,28 +612,66 @@ unsafe fn dw_fill(input: &[u8], c: usize, zp: i32, g: &ConvGeometry, pl: &DwPlan
     }
     let zpv = _mm256_set1_epi16(zp as i16);
     let iota = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let base = c * ih * iw;
-    for iy in 0..rows {
-        let so = base + iy * iw;
-        let s = input.as_ptr().add(so);
-        let d = plane.add((iy + g.pad_top) * pl.rs + g.pad_left);
+    // The same partial chunk ends every row.
+    let keep = _mm256_cmpgt_epi16(_mm256_set1_epi16((w % 16) as i16), iota);
+    let full = w - w % 16;
+    let end = input.as_ptr().add(input.len());
+    let mut s = input.as_ptr().add(c * ih * iw);
+    let mut d = plane.add(g.pad_top * pl.rs + g.pad_left);
+    for _ in 0..rows {
         let mut x = 0;
-        while x + 16 <= w {
+        while x < full {
             let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)), zpv);
             _mm256_storeu_si256(d.add(x) as *mut __m256i, v);
             x += 16;
         }
         if x < w {
-            let rem = w - x;
-            if so + x + 16 <= input.len() {
+            if s.add(x + 16) <= end {
                 let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)), zpv);
-                let keep = _mm256_cmpgt_epi16(_mm256_set1_epi16(rem as i16), iota);
                 _mm256_storeu_si256(d.add(x) as *mut __m256i, _mm256_and_si256(v, keep));
             } else {
-                for t in 0..rem {
-                    *d.add(x + t) = (*s.add(x + t) as i32 - zp) as i16;
+                for t in x..w {
+                    *d.add(t) = (*s.add(t) as i32 - zp) as i16;
                 }
             }
+        }
+        s = s.add(iw);
+        d = d.add(pl.rs);
+    }
+}
+
+/// Most weight pairs a channel keeps broadcast in [`DwWeights`] (a 5×5 kernel has 15).
+const DW_MAX_PAIRS: usize = 15;
+
+/// One channel's weight pairs of every part, broadcast once per channel when they fit
+/// (`wv`), else read through `wp` at each use.
+struct DwWeights<const P: usize> {
+    wp: [*const i32; P],
+    wv: [[__m256i; DW_MAX_PAIRS]; P],
+    held: bool,
+}
+
+impl<const P: usize> DwWeights<P> {
+    #[inline(always)]
+    unsafe fn new(wp: [*const i32; P], pairs: usize) -> Self {
+        let mut wv = [[_mm256_setzero_si256(); DW_MAX_PAIRS]; P];
+        let held = pairs <= DW_MAX_PAIRS;
+        if held {
+            for p in 0..P {
+                for (i, w) in wv[p].iter_mut().enumerate().take(pairs) {
+                    *w = _mm256_set1_epi32(*wp[p].add(i));
+                }
+            }
+        }
+        DwWeights { wp, wv, held }
+    }
+
+    #[inline(always)]
+    unsafe fn get(&self, p: usize, i: usize) -> __m256i {
+        if self.held {
+            *self.wv[p].get_unchecked(i)
+        } else {
+            _mm256_set1_epi32(*self.wp[p].add(i))
         }
     }
 }
@@ -641,7 +679,7 @@ unsafe fn dw_fill(input: &[u8], c: usize, zp: i32, g: &ConvGeometry, pl: &DwPlan
 /// Accumulators of one output block whose first tap reads `r0`: `a` from loads at `r0 + …`,
 /// `b` from loads at `r0 + d + …` (`TWO = false`: `b` is not computed).
 #[inline(always)]
-unsafe fn dw_block<const P: usize, const TWO: bool>(r0: *const i16, rs: usize, d: usize, kh: usize, kw2: usize, wp: &[*const i32; P]) -> ([__m256i; P], [__m256i; P]) {
+unsafe fn dw_block<const P: usize, const TWO: bool>(r0: *const i16, rs: usize, d: usize, kh: usize, kw2: usize, w: &DwWeights<P>) -> ([__m256i; P], [__m256i; P]) {
     let mut a = [_mm256_setzero_si256(); P];
     let mut b = [_mm256_setzero_si256(); P];
     for ky in 0..kh {
@@ -650,7 +688,7 @@ unsafe fn dw_block<const P: usize, const TWO: bool>(r0: *const i16, rs: usize, d
             let x0 = _mm256_loadu_si256(r.add(2 * j) as *const __m256i);
             let x1 = if TWO { _mm256_loadu_si256(r.add(2 * j + d) as *const __m256i) } else { x0 };
             for p in 0..P {
-                let w = _mm256_set1_epi32(*wp[p].add(ky * kw2 + j));
+                let w = w.get(p, ky * kw2 + j);
                 a[p] = _mm256_add_epi32(a[p], _mm256_madd_epi16(x0, w));
                 if TWO {
                     b[p] = _mm256_add_epi32(b[p], _mm256_madd_epi16(x1, w));
@@ -678,31 +716,76 @@ enum DwOut<'a> {
     Acc(&'a mut [i32]),
 }
 
-/// 16 outputs (`v0` = 0..8, `v1` = 8..16 of each part) of channel `c` → 16 bytes.
+/// One channel's output stage with its constants broadcast (built once per channel).
+#[derive(Clone, Copy)]
+struct DwStage<const P: usize> {
+    /// The float stage (`P = 1`, channel proven exact).
+    float: bool,
+    s: __m256,
+    o: __m256,
+    lo: __m256,
+    hi: __m256,
+    m: [__m256i; P],
+    b: __m256i,
+    /// Byte cap applied to every result (255: none).
+    cap: __m128i,
+}
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_bytes<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, c: usize, v0: &[__m256i; P], v1: &[__m256i; P]) -> __m128i {
-    if let (1, Some(e)) = (P, epi) {
-        if *e.ok.get_unchecked(c) {
-            return float_bytes(e, c, v0[0], v1[0]);
-        }
-        let (m, b) = (_mm256_set1_epi64x(*mult.get_unchecked(c)), fin_bias(f, *bias.get_unchecked(c)));
-        return _mm_min_epu8(pack16(requant8(v0[0], m, b, f), requant8(v1[0], m, b, f)), _mm_set1_epi8(*e.cap.get_unchecked(c) as i8));
-    }
-    let b = fin_bias(f, *bias.get_unchecked(c));
-    if P == 1 {
-        let m = _mm256_set1_epi64x(*mult.get_unchecked(c));
-        return pack16(requant8(v0[0], m, b, f), requant8(v1[0], m, b, f));
-    }
-    let (mut e0, mut o0, mut e1, mut o1) = (b, b, b, b);
+unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, cmax: Option<&[u8]>, c: usize) -> DwStage<P> {
+    let mut st = DwStage {
+        float: false,
+        s: _mm256_setzero_ps(),
+        o: _mm256_setzero_ps(),
+        lo: _mm256_setzero_ps(),
+        hi: _mm256_setzero_ps(),
+        m: [_mm256_setzero_si256(); P],
+        b: fin_bias(f, *bias.get_unchecked(c)),
+        cap: _mm_set1_epi8(cmax.map_or(255, |m| *m.get_unchecked(c)) as i8),
+    };
     for p in 0..P {
-        let m = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + c));
-        e0 = _mm256_add_epi64(e0, _mm256_mul_epi32(v0[p], m));
-        o0 = _mm256_add_epi64(o0, _mm256_mul_epi32(_mm256_srli_epi64(v0[p], 32), m));
-        e1 = _mm256_add_epi64(e1, _mm256_mul_epi32(v1[p], m));
-        o1 = _mm256_add_epi64(o1, _mm256_mul_epi32(_mm256_srli_epi64(v1[p], 32), m));
+        st.m[p] = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + c));
     }
-    pack16(finish(e0, o0, f), finish(e1, o1, f))
+    if let (1, Some(e)) = (P, epi) {
+        // The float stage holds the cap; channels without one take the i64 stage and `e.cap`.
+        st.cap = _mm_set1_epi8(*e.cap.get_unchecked(c) as i8);
+        if *e.ok.get_unchecked(c) {
+            st.float = true;
+            st.s = _mm256_set1_ps(*e.scale.get_unchecked(c));
+            st.o = _mm256_set1_ps(*e.offset.get_unchecked(c));
+            st.lo = _mm256_set1_ps(e.lo);
+            st.hi = _mm256_set1_ps(*e.hi.get_unchecked(c));
+        }
+    }
+    st
+}
+
+/// 8 accumulators of each part → 8 outputs as i32 in [0, 255] (before the byte cap): exactly
+/// the reference stage, element-wise (so it commutes with any reordering of the lanes).
+#[inline(always)]
+unsafe fn dw_vals<const P: usize>(st: &DwStage<P>, f: &Fin, v: &[__m256i; P]) -> __m256i {
+    if P == 1 {
+        if st.float {
+            return float8(v[0], st.s, st.o, st.lo, st.hi);
+        }
+        return requant8(v[0], st.m[0], st.b, f);
+    }
+    let (mut e, mut o) = (st.b, st.b);
+    for (vp, mp) in v.iter().zip(&st.m) {
+        e = _mm256_add_epi64(e, _mm256_mul_epi32(*vp, *mp));
+        o = _mm256_add_epi64(o, _mm256_mul_epi32(_mm256_srli_epi64(*vp, 32), *mp));
+    }
+    finish(e, o, f)
+}
+
+/// Outputs `2t` (`e`) and `2t + 1` (`o`), t = 0..8, as i32 in [0, 255] → 16 bytes in order.
+#[inline(always)]
+unsafe fn pack_eo(e: __m256i, o: __m256i) -> __m128i {
+    // i16 lanes: e0..3 o0..3 | e4..7 o4..7 → bytes e0..3 o0..3 e4..7 o4..7 → interleaved.
+    let t = _mm256_packs_epi32(e, o);
+    let b = _mm_packus_epi16(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    _mm_shuffle_epi8(b, _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15))
 }
 
 /// Store the first `cols` ≤ 16 of `bytes` at `dst`; a whole 16-byte store when `room` ≥ 16
@@ -723,7 +806,7 @@ unsafe fn store_bytes(dst: *mut u8, bytes: __m128i, cols: usize, room: usize) {
 /// Channels `c0..c1` of a depthwise conv over `P` weight parts (see [`depthwise_parts`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const CAP: bool>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
+unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
     let (kh, kw2) = if KH > 0 { (KH, KW2) } else { (pl.kh, pl.kw2) };
     let (oh, ow) = (g.out_h, g.out_w);
     let (sy, sx) = (g.strides[0], g.strides[1]);
@@ -742,74 +825,85 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const C
         for p in 0..P {
             wp[p] = pairs[p].as_ptr().add(c * kh * kw2);
         }
+        let w = DwWeights::<P>::new(wp, kh * kw2);
         let base = plane.as_ptr();
         let row = c - c0;
-        let cap = match out {
-            DwOut::Requant { cmax: Some(m), .. } => _mm_set1_epi8(m[c] as i8),
-            _ => _mm_set1_epi8(-1),
-        };
         if pl.flat {
             let DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } = out else { unreachable!("flat needs a requant sink") };
-            let cm = _mm_set1_epi8(cmax.map_or(255, |m| m[c]) as i8);
+            let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
             let lp = line.as_mut_ptr();
             for blk in 0..nflat {
-                let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &wp);
-                let mut v0 = [_mm256_setzero_si256(); P];
-                let mut v1 = [_mm256_setzero_si256(); P];
-                for p in 0..P {
-                    (v0[p], v1[p]) = interleave_eo(e[p], o[p]);
-                }
-                let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, epi, c, &v0, &v1);
-                if CAP {
-                    bytes = _mm_min_epu8(bytes, cm);
-                }
+                let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &w);
+                let bytes = _mm_min_epu8(pack_eo(dw_vals::<P>(&st, f, &e), dw_vals::<P>(&st, f, &o)), st.cap);
                 _mm_storeu_si128(lp.add(blk * 16) as *mut __m128i, bytes);
             }
-            let dst = out.as_mut_ptr().add(row * spatial);
-            for oy in 0..oh {
-                let (mut x, s, d) = (0, lp.add(oy * rs), dst.add(oy * ow));
+            // Rows in order, 16 bytes at a time: bytes past a row end are rewritten by the next
+            // row (or the next channel); only the end of `out` needs the exact store.
+            let out_end = out.as_mut_ptr().add(out.len());
+            let mut d = out.as_mut_ptr().add(row * spatial);
+            let mut s = lp as *const u8;
+            for _ in 0..oh {
+                let mut x = 0;
                 while x < ow {
-                    let cols = 16.min(ow - x);
-                    store_bytes(d.add(x), _mm_loadu_si128(s.add(x) as *const __m128i), cols, spatial - (oy * ow + x));
+                    let v = _mm_loadu_si128(s.add(x) as *const __m128i);
+                    if d.add(x + 16) <= out_end {
+                        _mm_storeu_si128(d.add(x) as *mut __m128i, v);
+                    } else {
+                        store_bytes(d.add(x), v, 16.min(ow - x), 0);
+                    }
                     x += 16;
                 }
+                s = s.add(rs);
+                d = d.add(ow);
             }
             continue;
         }
-        for oy in 0..oh {
-            let rb = base.add(oy * sy * rs);
-            let mut ox0 = 0;
-            while ox0 < ow {
-                let cols = 16.min(ow - ox0);
-                let (mut v0, mut v1) = ([_mm256_setzero_si256(); P], [_mm256_setzero_si256(); P]);
-                if sx == 1 {
-                    let (e, o) = dw_block::<P, true>(rb.add(ox0), rs, 1, kh, kw2, &wp);
-                    for p in 0..P {
-                        (v0[p], v1[p]) = interleave_eo(e[p], o[p]);
+        match out {
+            DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } => {
+                let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
+                for oy in 0..oh {
+                    let rb = base.add(oy * sy * rs);
+                    let mut ox0 = 0;
+                    while ox0 < ow {
+                        let cols = 16.min(ow - ox0);
+                        let bytes = if sx == 1 {
+                            let (e, o) = dw_block::<P, true>(rb.add(ox0), rs, 1, kh, kw2, &w);
+                            pack_eo(dw_vals::<P>(&st, f, &e), dw_vals::<P>(&st, f, &o))
+                        } else if cols > 8 {
+                            let (v0, v1) = dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
+                            pack16(dw_vals::<P>(&st, f, &v0), dw_vals::<P>(&st, f, &v1))
+                        } else {
+                            let (v0, _) = dw_block::<P, false>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
+                            let y = dw_vals::<P>(&st, f, &v0);
+                            pack16(y, y)
+                        };
+                        let pos = oy * ow + ox0;
+                        store_bytes(out.as_mut_ptr().add(row * spatial + pos), _mm_min_epu8(bytes, st.cap), cols, spatial - pos);
+                        ox0 += 16;
                     }
-                } else if cols > 8 {
-                    (v0, v1) = dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &wp);
-                } else {
-                    (v0, _) = dw_block::<P, false>(rb.add(2 * ox0), rs, 16, kh, kw2, &wp);
                 }
-                let pos = oy * ow + ox0;
-                match out {
-                    DwOut::Requant { mult, bias, out_c, f, epi, out, .. } => {
-                        let mut bytes = dw_bytes::<P>(mult, bias, *out_c, f, epi, c, &v0, &v1);
-                        if CAP {
-                            bytes = _mm_min_epu8(bytes, cap);
-                        }
-                        store_bytes(out.as_mut_ptr().add(row * spatial + pos), bytes, cols, spatial - pos);
-                    }
-                    DwOut::Acc(acc) => {
-                        let dst = acc.as_mut_ptr().add(row * spatial + pos);
+            }
+            DwOut::Acc(acc) => {
+                for oy in 0..oh {
+                    let rb = base.add(oy * sy * rs);
+                    let mut ox0 = 0;
+                    while ox0 < ow {
+                        let cols = 16.min(ow - ox0);
+                        let (v0, v1) = if sx == 1 {
+                            let (e, o) = dw_block::<P, true>(rb.add(ox0), rs, 1, kh, kw2, &w);
+                            interleave_eo(e[0], o[0])
+                        } else {
+                            let (a, b) = dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
+                            (a[0], b[0])
+                        };
+                        let dst = acc.as_mut_ptr().add(row * spatial + oy * ow + ox0);
                         let mut tmp = [0i32; 16];
-                        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, v0[0]);
-                        _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, v1[0]);
+                        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, v0);
+                        _mm256_storeu_si256(tmp.as_mut_ptr().add(8) as *mut __m256i, v1);
                         std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                        ox0 += 16;
                     }
                 }
-                ox0 += 16;
             }
         }
     }
@@ -819,14 +913,10 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const C
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_dispatch<const P: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
-    let cap = matches!(out, DwOut::Requant { cmax: Some(_), .. });
-    match (pl.kh, pl.kw2, cap) {
-        (3, 2, false) => dw_channels::<P, 3, 2, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        (5, 3, false) => dw_channels::<P, 5, 3, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        (_, _, false) => dw_channels::<P, 0, 0, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        (3, 2, true) => dw_channels::<P, 3, 2, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        (5, 3, true) => dw_channels::<P, 5, 3, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        (_, _, true) => dw_channels::<P, 0, 0, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+    match (pl.kh, pl.kw2) {
+        (3, 2) => dw_channels::<P, 3, 2>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (5, 3) => dw_channels::<P, 5, 3>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        _ => dw_channels::<P, 0, 0>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
     }
 }
 
