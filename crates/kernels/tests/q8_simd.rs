@@ -445,7 +445,7 @@ mod avx2 {
             let accs: Vec<i32> = (0..n).map(|_| {
                 let a = rng.range(-lim, lim) as i32;
                 // Every third value: an exact tie of bias + a·mult when one exists nearby.
-                if rng.next() % 3 == 0 && shift > 0 && mult % 2 == 0 { a & !1 } else { a }
+                if rng.next().is_multiple_of(3) && shift > 0 && mult % 2 == 0 { a & !1 } else { a }
             }).collect();
             let want: Vec<u8> = accs.iter().map(|&a| (zp as i64 + q8::round_shift(bias + a as i64 * mult, shift)).clamp(lo as i64, hi as i64) as u8).collect();
             let mut got = vec![0u8; n];

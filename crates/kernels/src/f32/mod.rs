@@ -383,7 +383,7 @@ mod tests {
                 let dil = [dil, 1];
                 let eff = |k: usize, d: usize| d * (k - 1) + 1;
                 let out_h = ((h + 2 * pt).saturating_sub(eff(kernel[0], dil[0]))) / sy + 1;
-                let out_w = ((w + 2 * pl).saturating_sub(eff(kernel[1], dil[1]))) / 1 + 1;
+                let out_w = (w + 2 * pl).saturating_sub(eff(kernel[1], dil[1])) + 1; // stride 1 across
                 ConvGeometry { in_c, in_h: h.max(eff(kernel[0], dil[0])), in_w: w.max(eff(kernel[1], 1)), out_c, out_h, out_w, kernel, strides: [sy, 1], dilations: dil, pad_top: pt, pad_left: pl, group }
             })
             .prop_map(|mut g| {
