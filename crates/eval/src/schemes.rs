@@ -30,6 +30,22 @@ pub struct SchemeRow {
     pub agreement_ci95: Option<(f64, f64)>,
 }
 
+impl SchemeRow {
+    /// The SQNR cell of the table ("—" for the FP32 row itself).
+    pub fn sqnr_text(&self) -> String {
+        if self.sqnr_db.is_finite() { format!("{:.2} dB", self.sqnr_db) } else { "—".into() }
+    }
+
+    /// The "vs FP32" cell: images right only in this row / only in FP32 ("—" without labels and
+    /// for the FP32 row itself).
+    pub fn vs_fp32_text(&self) -> String {
+        match (self.images_gained, self.images_lost) {
+            (Some(g), Some(l)) if self.sqnr_db.is_finite() => format!("+{g} / −{l}"),
+            _ => "—".into(),
+        }
+    }
+}
+
 /// One scheme's result: the graph it produced (the FP32 model itself for the first row), its
 /// quantization summary, and its scores when evaluation images were given.
 pub struct SchemeResult {
@@ -78,24 +94,18 @@ pub fn markdown(rows: &[SchemeRow]) -> String {
         s += &markdown_row(r);
         s.push('\n');
     }
-    let half_width = |c: Option<(f64, f64)>| c.map(|(lo, hi)| 50.0 * (hi - lo));
-    let widest = |f: &dyn Fn(&SchemeRow) -> Option<f64>| rows.iter().filter(|r| r.sqnr_db.is_finite()).filter_map(f).fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.max(b))));
-    if let (Some(t), Some(a)) = (widest(&|r| half_width(r.top1_ci95)), widest(&|r| half_width(r.agreement_ci95))) {
-        s += &format!("\n95% intervals on these images: top-1 up to ±{t:.1} points, agreement up to ±{a:.1} points (Wilson); differences of a few images are sampling noise.\n");
-    } else if let Some(a) = widest(&|r| half_width(r.agreement_ci95)) {
-        s += &format!("\n95% intervals on these images: agreement up to ±{a:.1} points (Wilson); differences of a few images are sampling noise.\n");
+    // Widest half-width (points) over the quantized rows.
+    let widest = |ci: fn(&SchemeRow) -> Option<(f64, f64)>| rows.iter().filter(|r| r.sqnr_db.is_finite()).filter_map(ci).map(|(lo, hi)| 50.0 * (hi - lo)).reduce(f64::max);
+    let widths: Vec<String> = [("top-1", widest(|r| r.top1_ci95)), ("agreement", widest(|r| r.agreement_ci95))].into_iter().filter_map(|(what, w)| w.map(|w| format!("{what} up to ±{w:.1} points"))).collect();
+    if !widths.is_empty() {
+        s += &format!("\n95% intervals on these images: {} (Wilson); differences of a few images are sampling noise.\n", widths.join(", "));
     }
     s
 }
 
 /// One row of [`markdown`]'s table (no header, no newline), e.g. for progress output.
 pub fn markdown_row(r: &SchemeRow) -> String {
-    let sqnr = if r.sqnr_db.is_finite() { format!("{:.2} dB", r.sqnr_db) } else { "—".into() };
-    let moved = match (r.images_gained, r.images_lost) {
-        (Some(g), Some(l)) if r.sqnr_db.is_finite() => format!("+{g} / −{l}"),
-        _ => "—".into(),
-    };
-    format!("| {} | {} | {} | {} | {:.2}% | {} | {:.2} | {:.1} | {:.1} | {} |", r.scheme, pct(r.top1), moved, pct(r.top5), 100.0 * r.agreement, sqnr, r.latency_ms, r.size_kb, r.quantize_s, r.split_layers)
+    format!("| {} | {} | {} | {} | {:.2}% | {} | {:.2} | {:.1} | {:.1} | {} |", r.scheme, pct(r.top1), r.vs_fp32_text(), pct(r.top5), 100.0 * r.agreement, r.sqnr_text(), r.latency_ms, r.size_kb, r.quantize_s, r.split_layers)
 }
 
 /// Quantize `g` under every configuration of `configs` (calibrating on `calib`; data-free rows
@@ -168,4 +178,43 @@ pub fn run_schemes(
         out.push(result);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(scheme: &str, sqnr_db: f64, labelled: bool) -> SchemeRow {
+        let n = 400;
+        SchemeRow {
+            scheme: scheme.into(),
+            top1: labelled.then_some(0.89),
+            top5: labelled.then_some(0.965),
+            agreement: if sqnr_db.is_finite() { 0.98 } else { 1.0 },
+            sqnr_db,
+            latency_ms: 10.0,
+            size_kb: 4829.7,
+            quantize_s: 1.0,
+            split_layers: 5,
+            engine: "int8".into(),
+            images_gained: labelled.then_some(2),
+            images_lost: labelled.then_some(1),
+            top1_ci95: labelled.then(|| crate::accuracy::wilson95(356, n)),
+            agreement_ci95: Some(crate::accuracy::wilson95(if sqnr_db.is_finite() { 392 } else { n }, n)),
+        }
+    }
+
+    #[test]
+    fn markdown_has_the_vs_fp32_column_and_the_interval_note() {
+        let md = markdown(&[row("FP32", f64::INFINITY, true), row("subtensor", 21.8, true)]);
+        let lines: Vec<&str> = md.lines().collect();
+        assert!(lines[0].starts_with("| scheme | top-1 | vs FP32 | top-5 | agreement | logits SQNR |"), "{md}");
+        assert_eq!(lines[2], "| FP32 | 89.00% | — | 96.50% | 100.00% | — | 10.00 | 4829.7 | 1.0 | 5 |");
+        assert_eq!(lines[3], "| subtensor | 89.00% | +2 / −1 | 96.50% | 98.00% | 21.80 dB | 10.00 | 4829.7 | 1.0 | 5 |");
+        // The FP32 row (agreement 100% by definition) does not widen the note's intervals.
+        assert_eq!(lines[5], "95% intervals on these images: top-1 up to ±3.1 points, agreement up to ±1.4 points (Wilson); differences of a few images are sampling noise.");
+        let unlabelled = markdown(&[row("FP32", f64::INFINITY, false), row("subtensor", 21.8, false)]);
+        assert!(unlabelled.contains("| subtensor | — | — | — | 98.00% |"), "{unlabelled}");
+        assert!(unlabelled.ends_with("\n95% intervals on these images: agreement up to ±1.4 points (Wilson); differences of a few images are sampling noise.\n"), "{unlabelled}");
+    }
 }

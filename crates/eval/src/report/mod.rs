@@ -167,21 +167,15 @@ fn schemes_section(s: &mut String, r: &Report) {
     }
     s.push_str("<p>The rows of <code>subq compare</code>. Agreement: top-1 equal to FP32's; SQNR over all logits of all evaluation images. Latency: median of single-image runs on one thread (noisy on a shared machine; compare rows within one report). Every weight is per-tensor except in the per-channel row.</p>\n<table><tr><th class=\"l\">scheme</th><th>top-1</th><th>vs FP32</th><th>top-5</th><th>agreement</th><th>logits SQNR</th><th>latency (ms)</th><th>size (kB)</th><th>quantize (s)</th><th>split layers</th><th class=\"l\">engine</th></tr>\n");
     for row in &r.table {
-        let sqnr = if row.sqnr_db.is_finite() { format!("{:.2} dB", row.sqnr_db) } else { "—".into() };
-        // Images right only in this row / only in FP32 (their difference is the top-1 change).
-        let moved = match (row.images_gained, row.images_lost) {
-            (Some(g), Some(l)) if row.sqnr_db.is_finite() => format!("+{g} / −{l}"),
-            _ => "—".into(),
-        };
         let _ = writeln!(
             s,
             "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{}</td><td>{:.2}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td class=\"l\">{}</td></tr>",
             esc(&row.scheme),
             pct(row.top1),
-            moved,
+            row.vs_fp32_text(),
             pct(row.top5),
             100.0 * row.agreement,
-            sqnr,
+            row.sqnr_text(),
             row.latency_ms,
             row.size_kb,
             row.quantize_s,
