@@ -54,27 +54,48 @@ impl ConvGeometry {
 /// Unfold one group's input patches (channels `c_begin..c_begin + c_count` of a CHW image) into a
 /// [(c·kh·kw) × (oh·ow)] matrix, converting each value with `convert`; padding is `pad`. Shared by
 /// the FP32 path (identity) and the int8 path (subtract the zero-point into i16).
+///
+/// Each row of a patch plane is its padded border plus one contiguous (stride 1) or strided run
+/// of the input row, so the compiler vectorizes the copy: filling every plane first and
+/// bounds-checking each element cost 11 instructions per value of the stem conv.
 pub fn im2col_with<S: Copy, D: Copy>(input: &[S], g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [D], pad: D, convert: impl Fn(S) -> D) {
-    let (oh, ow) = (g.out_h, g.out_w);
+    let (oh, ow, ih, iw) = (g.out_h, g.out_w, g.in_h, g.in_w);
     let [kh, kw] = g.kernel;
+    let (sy, sx) = (g.strides[0], g.strides[1]);
+    let (dy, dx) = (g.dilations[0], g.dilations[1]);
     let mut row = 0;
     for c in c_begin..c_begin + c_count {
-        let plane = &input[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
+        let plane = &input[c * ih * iw..(c + 1) * ih * iw];
         for ky in 0..kh {
+            let (y0, y1) = ConvGeometry::valid_range(oh, ih, sy, g.pad_top, ky * dy);
             for kx in 0..kw {
                 let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                dst.fill(pad);
-                let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
-                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, g.strides[1], g.pad_left, kx * g.dilations[1]);
+                row += 1;
+                let (x0, x1) = ConvGeometry::valid_range(ow, iw, sx, g.pad_left, kx * dx);
+                dst[..y0 * ow].fill(pad);
+                dst[y1 * ow..].fill(pad);
                 for oy in y0..y1 {
-                    let iy = oy * g.strides[0] + ky * g.dilations[0] - g.pad_top;
-                    let src = &plane[iy * g.in_w..(iy + 1) * g.in_w];
                     let d = &mut dst[oy * ow..(oy + 1) * ow];
-                    for ox in x0..x1 {
-                        d[ox] = convert(src[ox * g.strides[1] + kx * g.dilations[1] - g.pad_left]);
+                    d[..x0].fill(pad);
+                    d[x1..].fill(pad);
+                    if x0 >= x1 {
+                        continue;
+                    }
+                    let iy = oy * sy + ky * dy - g.pad_top;
+                    let base = iy * iw + x0 * sx + kx * dx - g.pad_left;
+                    let src = &plane[base..base + (x1 - x0 - 1) * sx + 1];
+                    let d = &mut d[x0..x1];
+                    if sx == 1 {
+                        for (v, &x) in d.iter_mut().zip(src) {
+                            *v = convert(x);
+                        }
+                    } else {
+                        for (j, v) in d.iter_mut().enumerate() {
+                            // SAFETY: j·sx ≤ (x1 − x0 − 1)·sx < src.len().
+                            *v = convert(unsafe { *src.get_unchecked(j * sx) });
+                        }
                     }
                 }
-                row += 1;
             }
         }
     }
