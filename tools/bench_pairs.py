@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""subq vs ONNX Runtime latency as paired ratios, for noisy shared hosts.
+
+    PY=$(bash tools/setup_venv.sh)
+    $PY tools/bench_pairs.py --subq target/release/subq \
+        --pair SUBQ_MODEL.onnx ORT_MODEL.onnx [--pair ...] [--rounds 15] [--runs 40] [--json]
+
+A single long run of each engine, one after the other, is at the mercy of whatever else the host
+does during each run: on this 2-core shared machine the same file's median moves by ±30% between
+runs minutes apart. Here the two engines alternate in short blocks (`--runs` timed runs each,
+after a short warm-up): `subq bench` as a subprocess, then ONNX Runtime on a session kept open in
+this process. Each round gives one ratio subq/ORT from the two block medians taken seconds apart;
+the table reports the median ratio over the rounds and its spread (min–max, and the middle half),
+so a slow phase of the host hits both sides of a round instead of one row of the table.
+
+Both engines time batch 1, `--threads` threads, on a random input of the model's input shape
+(uniform in [-1, 1), as `subq bench` and tools/ort_bench.py draw it). ONNX Runtime runs with its
+default (all) graph optimizations.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ort_bench  # noqa: E402  (same session setup and inputs as the single-run script)
+
+
+def subq_median(subq, model, runs, warmup, threads):
+    out = subprocess.run(
+        [subq, "bench", "--model", model, "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    d = json.loads(out)
+    d = d[0] if isinstance(d, list) else d
+    return float(d["median_ms"])
+
+
+def ort_median(sess, feeds, runs, warmup):
+    import time
+
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    t = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        t[i] = (time.perf_counter() - t0) * 1e3
+    return float(np.percentile(t, 50))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--subq", required=True, help="path of the subq binary")
+    ap.add_argument("--pair", nargs=2, action="append", required=True, metavar=("SUBQ_MODEL", "ORT_MODEL"),
+                    help="file timed by subq, file timed by ONNX Runtime (may be the same file)")
+    ap.add_argument("--rounds", type=int, default=15, help="alternating rounds per pair (default 15)")
+    ap.add_argument("--runs", type=int, default=40, help="timed runs per block (default 40)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed runs before each block (default 5)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="print a JSON list (one object per pair)")
+    a = ap.parse_args()
+    if a.rounds < 1 or a.runs < 1 or a.warmup < 0 or a.threads < 1:
+        ap.error("--rounds, --runs and --threads must be >= 1, --warmup >= 0")
+    for s, o in a.pair:
+        for m in (s, o):
+            if not os.path.isfile(m):
+                ap.error(f"no such model: {m}")
+
+    results = []
+    for s_model, o_model in a.pair:
+        sess = ort_bench.make_session(o_model, a.threads, "default")
+        feeds = ort_bench.random_feeds(sess, np.random.default_rng(0x5EED))
+        s_ms, o_ms = [], []
+        for r in range(a.rounds):
+            s_ms.append(subq_median(a.subq, s_model, a.runs, a.warmup, a.threads))
+            o_ms.append(ort_median(sess, feeds, a.runs, a.warmup))
+            print(f"bench_pairs: {os.path.basename(s_model)} / {os.path.basename(o_model)} round {r + 1}: "
+                  f"{s_ms[-1]:.2f} / {o_ms[-1]:.2f} ms", file=sys.stderr, flush=True)
+        ratios = np.array(s_ms) / np.array(o_ms)
+        results.append({
+            "subq_model": s_model,
+            "ort_model": o_model,
+            "rounds": a.rounds,
+            "runs_per_block": a.runs,
+            "threads": a.threads,
+            "subq_median_ms": float(np.median(s_ms)),
+            "ort_median_ms": float(np.median(o_ms)),
+            "ratio_median": float(np.median(ratios)),
+            "ratio_q25": float(np.percentile(ratios, 25)),
+            "ratio_q75": float(np.percentile(ratios, 75)),
+            "ratio_min": float(ratios.min()),
+            "ratio_max": float(ratios.max()),
+            "onnxruntime": ort_bench.ort.__version__,
+        })
+    if a.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+        return
+    print("| subq file | ORT file | subq ms | ORT ms | ratio (median of rounds) | middle half | min–max |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {os.path.basename(r['subq_model'])} | {os.path.basename(r['ort_model'])} | {r['subq_median_ms']:.2f} | "
+              f"{r['ort_median_ms']:.2f} | **{r['ratio_median']:.2f}** | {r['ratio_q25']:.2f}–{r['ratio_q75']:.2f} | "
+              f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
+    print()
+    print(f"{a.rounds} alternating rounds per pair, {a.runs} timed runs per block after {a.warmup} warm-up, batch 1, "
+          f"{a.threads} thread(s); ONNX Runtime {ort_bench.ort.__version__} CPU, default optimizations; "
+          f"{os.cpu_count()} cores.")
+
+
+if __name__ == "__main__":
+    main()
