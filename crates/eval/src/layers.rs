@@ -171,7 +171,8 @@ pub fn layer_sqnr(reference: &Graph, qdq: &Graph, inputs: &[Tensor], bar: &Progr
         if !parts.is_empty() {
             weight_parts.insert(n.name.clone(), (w.clone(), parts));
         }
-        // Follow fused activations (and an attached per-channel bound) to the quantized value.
+        // Follow fused activations (and an attached per-channel bound) to the quantized value,
+        // or shape-only ops to a graph output kept in float.
         let mut v = n.outputs[0].clone();
         for _ in 0..3 {
             let dq = format!("{v}_dequantized");
@@ -184,7 +185,7 @@ pub fn layer_sqnr(reference: &Graph, qdq: &Graph, inputs: &[Tensor], bar: &Progr
                 break;
             }
             match consumers.get(v.as_str()).map(|c| c.as_slice()) {
-                Some([c]) if matches!(reference.nodes[*c].op, Op::Relu | Op::Clip { .. } | Op::Min) => v = reference.nodes[*c].outputs[0].clone(),
+                Some([c]) if matches!(reference.nodes[*c].op, Op::Relu | Op::Clip { .. } | Op::Min | Op::Identity | Op::Flatten { .. } | Op::Reshape { .. }) => v = reference.nodes[*c].outputs[0].clone(),
                 _ => break,
             }
         }

@@ -168,6 +168,19 @@ fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The dispatched accumulators (float-output layers) equal the reference's, whatever the
+/// buffers held before.
+fn check_conv_acc(c: &ConvCase) -> Result<(), TestCaseError> {
+    let d = conv_data(c);
+    let (mut want, mut cols) = (vec![3i32; 5], vec![-2i16; 7]);
+    q8::conv_acc_reference(&d.input, c.zp_in, &d.parts[0].weight, &c.g, &mut want, &mut cols);
+    let mut got = vec![-9i32; 11];
+    let mut scratch = Scratch { cols: vec![5i16; 3], ..Default::default() };
+    q8::conv_acc(&d.input, c.zp_in, &d.parts[0].weight, &c.g, &mut got, &mut scratch);
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
 fn cfg(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, ..ProptestConfig::default() }
 }
@@ -194,6 +207,12 @@ proptest! {
 
     #[test]
     fn conv_dense_qmin0_matches_reference(c in conv_case(0).prop_map(|mut c| { c.qmin = 0; c })) { check_conv(&c)?; }
+
+    #[test]
+    fn conv_acc_matches_reference(c in conv_case(0)) { check_conv_acc(&c)?; }
+
+    #[test]
+    fn conv_acc_grouped_and_depthwise_match_reference(c in conv_case(2), dw in conv_case(1)) { check_conv_acc(&c)?; check_conv_acc(&dw)?; }
 
     #[test]
     fn add_matches_reference(n in 0usize..300, za in 0i32..=255, zb in 0i32..=255, zo in 0i32..=255, lo in 0i32..=100, hi in 150i32..=255, extreme in any::<bool>(), seed in any::<u64>()) {

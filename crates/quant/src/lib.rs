@@ -13,7 +13,7 @@ pub mod split;
 pub mod subtensor;
 
 pub use calibrate::{calibrate, calibrate_tensors, CalibOptions, Calibration, ChannelMoments};
-pub use plan::{make_plan, QuantPlan, WeightPart, WeightScheme};
+pub use plan::{keep_outputs_float, make_plan, QuantPlan, WeightPart, WeightScheme};
 pub use qdq::{build_qdq_graph, build_qdq_graph_with_map};
 
 #[derive(Debug, thiserror::Error)]

@@ -70,12 +70,15 @@ pub struct QuantConfig {
     /// Error-feedback (GPTQ) rounding of weights onto their grids, from the second moments of
     /// each layer's input on the calibration images (see [`crate::gptq`]).
     pub gptq: bool,
+    /// Put graph outputs computed by a Conv/Gemm (the logits) on a uint8 grid too. Off by
+    /// default: they stay the dequantized int32 accumulator (see [`crate::keep_outputs_float`]).
+    pub quantize_outputs: bool,
 }
 
 impl QuantConfig {
     pub fn new(scheme: Scheme) -> QuantConfig {
         let sub = scheme == Scheme::Subtensor;
-        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 100, cle: false, cle_auto: sub, absorb_biases: false, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None, gptq: false }
+        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 100, cle: false, cle_auto: sub, absorb_biases: false, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None, gptq: false, quantize_outputs: false }
     }
 }
 
@@ -87,6 +90,8 @@ pub struct QuantSummary {
     pub batch_norms_folded: usize,
     pub pads_folded: usize,
     pub fused_activations: usize,
+    /// Graph outputs left in float (dequantized accumulators), see `QuantConfig::quantize_outputs`.
+    pub float_outputs: usize,
     pub split_layers: usize,
     pub extra_weight_bytes: usize,
     pub weight_bytes: usize,
@@ -178,6 +183,9 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         Scheme::PerTensorSymmetric => make_plan(&g, &calib, WeightScheme::PerTensorSymmetric)?,
         Scheme::PerChannel => make_plan(&g, &calib, WeightScheme::PerChannel)?,
     };
+    if !cfg.quantize_outputs {
+        summary.float_outputs = crate::keep_outputs_float(&g, &mut plan);
+    }
     if cfg.gptq && !cfg.data_free {
         // Before bias correction, which then removes the mean shift of the final rounding.
         summary.gptq_gain_db = crate::gptq::apply(&g, &mut plan, inputs)?;

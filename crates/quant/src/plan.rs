@@ -1,7 +1,7 @@
 //! The QuantPlan: every quantized tensor's parameters, decided once, read by the QDQ builder
 //! (and through the QDQ graph by the exporter and the int8 engine).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use subq_ir::{Graph, Op};
@@ -51,6 +51,39 @@ pub struct QuantPlan {
     /// Per-channel bound nodes (Min with a constant, from equalized ReLU6) that read their
     /// producer's float output directly: the producer gets no QuantizeLinear of its own.
     pub attached_bounds: BTreeMap<String, ()>,
+    /// Values left in float (no QuantizeLinear): graph outputs computed by a Conv/Gemm, and the
+    /// shape-only ops between them, when outputs are not quantized (see [`keep_outputs_float`]).
+    pub float_outputs: BTreeSet<String>,
+}
+
+/// Leave the graph outputs that a Conv/Gemm computes (directly or through Identity, Flatten or
+/// Reshape) in float: the layer's int32 accumulator is dequantized instead of rounded onto a
+/// uint8 grid. A grid of 256 levels over the logits' range makes near-equal top classes tie,
+/// and the tie is then broken by class index, not by the model. Returns how many outputs.
+pub fn keep_outputs_float(g: &Graph, plan: &mut QuantPlan) -> usize {
+    let producers = g.producers();
+    let consumers = g.consumers();
+    let mut kept = 0;
+    for out in &g.outputs {
+        let mut chain = vec![out.clone()];
+        let mut value = out.clone();
+        while let Some(&pi) = producers.get(value.as_str()) {
+            let n = &g.nodes[pi];
+            match n.op {
+                Op::Conv(_) | Op::Gemm { .. } => {
+                    plan.float_outputs.extend(chain);
+                    kept += 1;
+                    break;
+                }
+                Op::Identity | Op::Flatten { .. } | Op::Reshape { .. } if consumers.get(n.inputs[0].as_str()).is_some_and(|c| c.len() == 1) && !g.outputs.contains(&n.inputs[0]) => {
+                    value = n.inputs[0].clone();
+                    chain.push(value.clone());
+                }
+                _ => break,
+            }
+        }
+    }
+    kept
 }
 
 /// Axis of output channels in the weight of a Conv (OIHW) or Gemm.

@@ -75,6 +75,17 @@ impl Builder<'_> {
         out
     }
 
+    /// A constant stored on activation `value`'s own grid: its DequantizeLinear reads the
+    /// scale and zero-point initializers of `value`'s QuantizeLinear instead of copies of them.
+    fn bound_on_grid(&mut self, base: &str, values: &Tensor, value: &str, q: &QParams) -> String {
+        let bq = self.add_init(format!("{base}_quantized"), quantize_tensor(values, q));
+        let scale = self.add_init(format!("{value}_scale"), scale_tensor(q));
+        let zp = self.add_init(format!("{value}_zero_point"), zero_point_tensor(q));
+        let out = format!("{base}_dequantized");
+        self.push(format!("{base}_DequantizeLinear"), Op::DequantizeLinear { axis: 1 }, vec![bq, scale, zp], out.clone());
+        out
+    }
+
     /// int32 bias at scale s_in·s_w (per output channel when the weight is per-channel).
     fn bias(&mut self, base: &str, bias: &[f32], s_in: f32, wq: &QParams) -> String {
         let scales: Vec<f32> = (0..bias.len()).map(|c| s_in * wq.scale_at(c)).collect();
@@ -129,7 +140,8 @@ pub fn build_qdq_graph_with_map(g: &Graph, plan: &QuantPlan) -> Result<(Graph, B
         }
         let value = renamed.get(&n.outputs[0]).cloned().unwrap_or_else(|| n.outputs[0].clone());
         let is_output = g.outputs.contains(&value);
-        let produced_as = if is_output { format!("{value}_float") } else { value.clone() };
+        // A quantized graph output keeps its name on the DequantizeLinear side.
+        let produced_as = if is_output && !plan.float_outputs.contains(&value) { format!("{value}_float") } else { value.clone() };
         let mut inputs: Vec<String> = n.inputs.iter().map(|i| b.read(i)).collect();
         match (&n.op, plan.weights.get(&n.name)) {
             (Op::Conv(_) | Op::Gemm { .. }, Some(parts)) => {
@@ -167,8 +179,7 @@ pub fn build_qdq_graph_with_map(g: &Graph, plan: &QuantPlan) -> Result<(Graph, B
                 // Q(min(x, DQ(Q(b)))) = min(Q(x), Q(b)) = Q(min(x, b)); and 4× smaller than float.
                 let q = plan.activations.get(&value).ok_or_else(|| QuantError::Invalid(format!("no parameters for '{value}'")))?.clone();
                 let bound = g.initializer(&n.inputs[1]).ok_or_else(|| QuantError::Invalid(format!("node '{}': bound is not a constant", n.name)))?;
-                let part = crate::WeightPart { values: bound.clone(), params: q };
-                inputs[1] = b.weight(&n.inputs[1], &part);
+                inputs[1] = b.bound_on_grid(&n.inputs[1], bound, &value, &q);
                 b.push(n.name.clone(), n.op.clone(), inputs, produced_as.clone())
             }
             _ => {
@@ -181,7 +192,7 @@ pub fn build_qdq_graph_with_map(g: &Graph, plan: &QuantPlan) -> Result<(Graph, B
                 b.push(n.name.clone(), n.op.clone(), inputs, produced_as.clone())
             }
         }
-        if unquantized.contains(&value) {
+        if unquantized.contains(&value) || plan.float_outputs.contains(&value) {
             continue;
         }
         let q = plan.activations.get(&value).ok_or_else(|| QuantError::Invalid(format!("no parameters for '{value}'")))?.clone();

@@ -40,6 +40,10 @@ enum Step {
     /// `cmax`: per-channel upper clamp fused into the conv (an equalized ReLU6 bound). `epi`:
     /// the same output stage in f32 when it is proven exact (single-part convs; set last).
     Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, cmax: Option<Vec<u8>>, epi: Option<FloatEpilogue>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
+    /// A conv/Gemm whose output stays float (a graph output such as the logits): exact i32
+    /// accumulators, then `y = scale[c]·(acc + bias_q[c])` with `scale = s_in·s_w[c]`, i.e. the
+    /// written semantics (dequantized inputs and int32 bias) without rounding to a grid.
+    ConvDequant { input: usize, output: usize, zp_in: i32, weight: Vec<i16>, scale: Vec<f64>, bias: Vec<f64>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
     Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid },
     GlobalAvgPool { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid },
     /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
@@ -122,7 +126,7 @@ impl Step {
     /// Value slots this step reads.
     fn inputs(&self) -> Vec<usize> {
         match self {
-            Step::Quantize { input, .. } | Step::Dequantize { input, .. } | Step::Conv { input, .. } | Step::GlobalAvgPool { input, .. } | Step::Requantize { input, .. } => vec![*input],
+            Step::Quantize { input, .. } | Step::Dequantize { input, .. } | Step::Conv { input, .. } | Step::ConvDequant { input, .. } | Step::GlobalAvgPool { input, .. } | Step::Requantize { input, .. } => vec![*input],
             Step::Add { a, b, .. } => vec![*a, *b],
             Step::ClampChannels { slot, .. } => vec![*slot],
             Step::Float { args, .. } => args.iter().filter_map(|a| if let Arg::Slot(s) = a { Some(*s) } else { None }).collect(),
@@ -432,6 +436,25 @@ impl Int8Engine {
                 int_steps.insert(qi, (srcs.into_iter().map(String::from).collect(), step));
             }
         }
+        // Conv/Gemm outputs left in float (no QuantizeLinear reads them): integer accumulation,
+        // one dequantizing multiply.
+        for (ci, n) in g.nodes.iter().enumerate() {
+            if !matches!(n.op, Op::Conv(_) | Op::Gemm { .. }) || absorbed.contains(&ci) {
+                continue;
+            }
+            let read_by_quantize = lw.consumers.get(n.outputs[0].as_str()).is_some_and(|cs| cs.iter().any(|&c| matches!(g.nodes[c].op, Op::QuantizeLinear { .. })));
+            if read_by_quantize {
+                continue;
+            }
+            let Some((src, grid, w, bias, geom, out_shape)) = lw.conv_like(n) else { continue };
+            let per = w.values.len() / geom.out_c;
+            let q = w.values.to_i32_vec();
+            let weight: Vec<i16> = q.iter().enumerate().map(|(i, &v)| (v - w.params.zero_point_at(i / per)) as i16).collect();
+            let scale: Vec<f64> = (0..geom.out_c).map(|c| grid.scale as f64 * w.params.scale_at(c) as f64).collect();
+            let step = Step::ConvDequant { input: 0, output: 0, zp_in: grid.zp, weight, scale, bias: bias.unwrap_or_else(|| vec![0.0; geom.out_c]), geom, out_shape_per_image: out_shape };
+            absorbed.insert(ci);
+            int_steps.insert(ci, (vec![src.to_string()], step));
+        }
         // Which activation DequantizeLinear outputs are still read in float.
         let float_readers_of = |value: &str| -> bool {
             g.outputs.iter().any(|o| o == value) || lw.consumers.get(value).is_some_and(|cs| cs.iter().any(|&c| !absorbed.contains(&c) && !int_steps.contains_key(&c)))
@@ -452,7 +475,7 @@ impl Int8Engine {
                 let output = lw.slot(&n.outputs[0]);
                 let ins: Vec<usize> = srcs.iter().map(|s| lw.slot(s)).collect();
                 match &mut step {
-                    Step::Conv { input, output: o, .. } | Step::GlobalAvgPool { input, output: o, .. } | Step::Requantize { input, output: o, .. } => {
+                    Step::Conv { input, output: o, .. } | Step::ConvDequant { input, output: o, .. } | Step::GlobalAvgPool { input, output: o, .. } | Step::Requantize { input, output: o, .. } => {
                         *input = ins[0];
                         *o = output;
                     }
@@ -493,7 +516,10 @@ impl Int8Engine {
                     steps.push(Step::Quantize { input, output, grid });
                 }
                 _ => {
-                    float_ops.push(format!("{} ({})", n.name, n.op.name()));
+                    // Shape-only ops move float values without arithmetic: not worth a warning.
+                    if !matches!(n.op, Op::Identity | Op::Flatten { .. } | Op::Reshape { .. }) {
+                        float_ops.push(format!("{} ({})", n.name, n.op.name()));
+                    }
                     let args = n
                         .inputs
                         .iter()
@@ -525,7 +551,7 @@ impl Int8Engine {
             }
         }
         let output_slots: Vec<usize> = g.outputs.iter().map(|o| lw.slot(o)).collect();
-        let int_count = steps.iter().filter(|s| matches!(s, Step::Conv { .. } | Step::Add { .. } | Step::GlobalAvgPool { .. } | Step::Requantize { .. })).count();
+        let int_count = steps.iter().filter(|s| matches!(s, Step::Conv { .. } | Step::ConvDequant { .. } | Step::Add { .. } | Step::GlobalAvgPool { .. } | Step::Requantize { .. })).count();
         let slots = lw.slot_of.len();
         let mut last_read = vec![None; slots];
         for (i, st) in steps.iter().enumerate() {
@@ -545,7 +571,8 @@ impl Int8Engine {
     }
 
     /// Ops that run in FP32 (between dequantize and quantize) because no integer kernel covers
-    /// them: "name (OpType)".
+    /// them: "name (OpType)". Shape-only ops (Identity, Flatten, Reshape) on float values, such
+    /// as an Identity after float logits, are not listed.
     pub fn float_ops(&self) -> &[String] {
         &self.float_ops
     }
@@ -605,6 +632,23 @@ impl Int8Engine {
                     let mut s = vec![images];
                     s.extend_from_slice(out_shape_per_image);
                     st.vals[*output] = Some(Value::Q { shape: s, data: o });
+                }
+                Step::ConvDequant { input, output, zp_in, weight, scale, bias, geom, out_shape_per_image } => {
+                    let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
+                    let images = shape[0];
+                    let (isz, spatial) = (geom.in_c * geom.in_h * geom.in_w, geom.out_h * geom.out_w);
+                    let mut y = Vec::with_capacity(images * geom.out_c * spatial);
+                    let RunState { vals, scratch, .. } = &mut *st;
+                    let Some(Value::Q { data, .. }) = &vals[*input] else { unreachable!() };
+                    let mut acc = std::mem::take(&mut scratch.acc);
+                    for b in 0..images {
+                        q8::conv_acc(&data[b * isz..(b + 1) * isz], *zp_in, weight, geom, &mut acc, scratch);
+                        y.extend(acc.iter().enumerate().map(|(i, &a)| (a as f64 * scale[i / spatial] + bias[i / spatial]) as f32));
+                    }
+                    scratch.acc = acc;
+                    let mut s = vec![images];
+                    s.extend_from_slice(out_shape_per_image);
+                    st.vals[*output] = Some(Value::F(Tensor::f32(s, y).map_err(|e| RuntimeError::Other(e.to_string()))?));
                 }
                 Step::Add { a, b, output, za, zb, ma, mb, shift, out } => {
                     let (Some(Value::Q { shape, data: da }), Some(Value::Q { .. })) = (&st.vals[*a], &st.vals[*b]) else { return Err(RuntimeError::Other("add inputs are not quantized".into())) };

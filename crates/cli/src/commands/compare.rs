@@ -41,6 +41,10 @@ pub struct CompareArgs {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Every quantized row puts the model outputs (logits) on a uint8 grid too (as `subq
+    /// quantize --quantize-outputs`); by default they stay the dequantized int32 accumulator.
+    #[arg(long)]
+    pub quantize_outputs: bool,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }
@@ -84,7 +88,11 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let preprocess = a.preprocess.resolve(&g)?;
     let imgs = load_images(&g, &preprocess, &a.calib, a.calib_limit, Some(&a.images), a.limit, a.labels.as_deref())?;
     let eval = EvalSet { inputs: &imgs.eval, labels: &imgs.labels, latency_runs: a.latency_runs };
-    let results = run_schemes(&g, &imgs.calib, Some(&eval), scheme_configs(), crate::commands::quantize::input_range(&preprocess), true, |r| {
+    let mut configs = scheme_configs();
+    for c in configs.iter_mut().filter_map(|(_, c)| c.as_mut()) {
+        c.quantize_outputs = a.quantize_outputs;
+    }
+    let results = run_schemes(&g, &imgs.calib, Some(&eval), configs, crate::commands::quantize::input_range(&preprocess), true, |r| {
         if let Some(row) = &r.row {
             eprintln!("{}", markdown_row(row));
         }

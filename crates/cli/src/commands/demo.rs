@@ -30,6 +30,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         latency_runs: 30,
         json: None,
         markdown: None,
+        quantize_outputs: false,
         preprocess: PreprocessArgs { preset: Some("efficientnet-lite".into()), ..Default::default() },
     })
 }

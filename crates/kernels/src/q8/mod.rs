@@ -14,7 +14,7 @@ pub use pack::{pack_b_i16, pack_b_u8, PackedWeights, MR, NR};
 pub mod avx2;
 
 mod dispatch;
-pub use dispatch::{add_q8, clamp_channels_u8, conv_q8, conv_q8_clamped, conv_q8_epi, conv_q8_portable, global_avg_pool_q8, quantize_f32, requantize_u8, simd_level, SimdLevel};
+pub use dispatch::{add_q8, clamp_channels_u8, conv_acc, conv_q8, conv_q8_clamped, conv_q8_epi, conv_q8_portable, global_avg_pool_q8, quantize_f32, requantize_u8, simd_level, SimdLevel};
 
 /// Fixed-point multiplier: `apply(acc) = round(acc · multiplier / 2^shift)`, ties rounded away
 /// from zero (as gemmlowp's RoundingDivideByPOT does). Multipliers are kept in [2^29, 2^30) so
@@ -105,6 +105,25 @@ pub fn gemm_i16_reference(m: usize, k: usize, n: usize, a: &[i16], b: &[i16], ac
     }
 }
 
+/// The exact i32 accumulators `Σ (x − zp_in)·(w − zw)` of one conv part, `[out_c × oh·ow]`
+/// (`weight` is `w − zw` in OIHW order). `acc` and `cols` are resized as needed.
+pub fn conv_acc_reference(input: &[u8], zp_in: i32, weight: &[i16], g: &ConvGeometry, acc: &mut Vec<i32>, cols: &mut Vec<i16>) {
+    let spatial = g.out_h * g.out_w;
+    let (cin_g, cout_g, k) = (g.in_c / g.group, g.out_c / g.group, g.weights_per_output());
+    acc.clear();
+    acc.resize(g.out_c * spatial, 0);
+    if g.is_depthwise() {
+        depthwise_acc_reference(input, zp_in, weight, g, acc);
+        return;
+    }
+    for grp in 0..g.group {
+        cols.resize(k * spatial, 0);
+        im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, cols);
+        let w = &weight[grp * cout_g * k..(grp + 1) * cout_g * k];
+        gemm_i16_reference(cout_g, k, spatial, w, cols, &mut acc[grp * cout_g * spatial..(grp + 1) * cout_g * spatial]);
+    }
+}
+
 /// One weight part of a (possibly split) convolution: `w − zw` in OIHW order, its requantization
 /// multipliers (per output channel or one) and optional int32 bias at this part's scale.
 #[derive(Clone, Debug)]
@@ -129,24 +148,10 @@ impl ConvPart {
 #[allow(clippy::too_many_arguments)]
 pub fn conv_q8_reference(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     let spatial = g.out_h * g.out_w;
-    let cin_g = g.in_c / g.group;
-    let cout_g = g.out_c / g.group;
-    let k = g.weights_per_output();
     scratch.fixed.clear();
     scratch.fixed.extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
     for part in parts {
-        scratch.acc.clear();
-        scratch.acc.resize(g.out_c * spatial, 0);
-        if g.is_depthwise() {
-            depthwise_acc_reference(input, zp_in, &part.weight, g, &mut scratch.acc);
-        } else {
-            for grp in 0..g.group {
-                scratch.cols.resize(k * spatial, 0);
-                im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, &mut scratch.cols);
-                let w = &part.weight[grp * cout_g * k..(grp + 1) * cout_g * k];
-                gemm_i16_reference(cout_g, k, spatial, w, &scratch.cols, &mut scratch.acc[grp * cout_g * spatial..(grp + 1) * cout_g * spatial]);
-            }
-        }
+        conv_acc_reference(input, zp_in, &part.weight, g, &mut scratch.acc, &mut scratch.cols);
         for c in 0..g.out_c {
             let m = if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier };
             for (f, &a) in scratch.fixed[c * spatial..(c + 1) * spatial].iter_mut().zip(&scratch.acc[c * spatial..(c + 1) * spatial]) {
