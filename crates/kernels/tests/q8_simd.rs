@@ -27,6 +27,18 @@ impl Rng {
     fn weights(&mut self, n: usize, extreme: bool) -> Vec<i16> {
         (0..n).map(|_| if extreme { if self.next() & 1 == 0 { -255 } else { 255 } } else { self.range(-255, 255) as i16 }).collect()
     }
+    /// `m` rows of `k` weights `w − zw` from uint8 `w`, one zero-point `zw` per row (as the
+    /// engine sees 8-bit weights: each row spans at most 255).
+    fn weights8(&mut self, m: usize, k: usize) -> Vec<i16> {
+        let mut w = Vec::with_capacity(m * k);
+        for _ in 0..m {
+            let zw = self.range(0, 255) as i16;
+            for _ in 0..k {
+                w.push(self.next() as u8 as i16 - zw);
+            }
+        }
+        w
+    }
     fn real(&mut self) -> f64 {
         // log-uniform in [1e-6, 20]
         (1e-6f64.ln() + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (20f64.ln() - 1e-6f64.ln())).exp()
@@ -114,7 +126,8 @@ fn conv_data(c: &ConvCase) -> ConvData {
     let parts = reals
         .iter()
         .map(|r| {
-            let weight = rng.weights(g.out_c * per, c.extreme);
+            // Half the cases have real 8-bit weights (rows spanning ≤ 255, as the engine's are).
+            let weight = if !c.extreme && c.seed & 2 == 0 { rng.weights8(g.out_c, per) } else { rng.weights(g.out_c * per, c.extreme) };
             let requant = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
             ConvPart::new(weight, requant, g)
         })
@@ -366,7 +379,7 @@ mod avx2 {
             let mut want = vec![0i32; m * n];
             q8::gemm_i16_reference(m, k, n, &a, &b, &mut want);
             let g = ConvGeometry { in_c: k, in_h: 1, in_w: n, out_c: m, out_h: 1, out_w: n, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
-            let q8::PackedWeights::Gemm { data, .. } = q8::PackedWeights::new(&a, &g) else { panic!("gemm packing") };
+            let q8::PackedWeights::Gemm { data, .. } = q8::PackedWeights::gemm(&a, &g) else { panic!("gemm packing") };
             let mut bp = Vec::new();
             q8::pack_b_i16(&b, k, n, &mut bp);
             let mut got = vec![7i32; m * n];
@@ -375,6 +388,15 @@ mod avx2 {
             let mut xcol = Vec::new();
             let mut got = vec![7i32; m * n];
             unsafe { q8::avx2::gemv(&a, m, k, &b, n, &mut xcol, &mut Sink::Acc(&mut got)) };
+            prop_assert_eq!(&got, &want);
+            // Byte rows plus a per-row offset, for 8-bit weights (`w − zw` spans ≤ 255 per row).
+            prop_assert!(q8::PackedWeights::gemv(&a, &g).is_some() == a.chunks(k).all(|r| r.iter().max().unwrap() - r.iter().min().unwrap() <= 255));
+            let a8 = rng.weights8(m, k);
+            let mut want = vec![0i32; m * n];
+            q8::gemm_i16_reference(m, k, n, &a8, &b, &mut want);
+            let Some(q8::PackedWeights::Gemv { u, off, .. }) = q8::PackedWeights::gemv(&a8, &g) else { panic!("8-bit weights have the byte form") };
+            let mut got = vec![7i32; m * n];
+            unsafe { q8::avx2::gemv_u8(&u, &off, m, k, &b, n, &mut xcol, &mut Sink::Acc(&mut got)) };
             prop_assert_eq!(&got, &want);
         }
 
@@ -529,6 +551,22 @@ fn conv_threads_do_not_change_results() {
             q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
             pool.install(|| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, &g, &mut got, &mut Scratch::default()));
             assert_eq!(got, capped, "{threads} threads, capped, {g:?}");
+        }
+    }
+}
+
+/// Pointwise layers at the sizes of the engine's models equal the reference: maps whose last
+/// column panel is narrow (7×7: 1 column, 5×5: 9, 10×10 and 14×14: 4), packed weights larger
+/// than one L2 chunk of the GEMM (1152 × 320), and fully connected layers (1×1 output, byte
+/// weights), with and without the float output stage.
+#[test]
+fn conv_pointwise_engine_shapes_match_reference() {
+    let shapes = [(1152usize, 320usize, 7usize), (320, 1280, 7), (192, 1152, 7), (960, 160, 5), (160, 960, 5), (112, 672, 14), (64, 384, 10), (24, 144, 12), (1280, 1000, 1), (320, 40, 2)];
+    for (i, &(in_c, out_c, hw)) in shapes.iter().enumerate() {
+        let g = ConvGeometry { in_c, in_h: hw, in_w: hw, out_c, out_h: hw, out_w: hw, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
+        for seed in [2u64, 5] {
+            let c = ConvCase { g, parts: 1, per_channel: i % 2 == 0, zp_in: 3 + 25 * i as i32, out_zp: 11 * i as i32, qmin: if seed == 5 { 17 } else { 0 }, qmax: 255, extreme: false, seed: seed + 8 * i as u64 };
+            check_conv(&c).unwrap_or_else(|e| panic!("{e}: {c:?}"));
         }
     }
 }

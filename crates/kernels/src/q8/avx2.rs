@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::pack::{PackedWeights, MR, NR};
+use super::pack::{PackedWeights, GEMV_MAX_N, MR, NR};
 use super::{im2col_q_reference, round_shift, ConvPart, FloatEpilogue, Scratch};
 use crate::ConvGeometry;
 
@@ -280,16 +280,17 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
     let f = sink_fin(sink, k as u128 * 255 * 255);
     let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
     match sink {
-        Sink::Requant { mult, bias, out, .. } => {
+        Sink::Requant { mult, bias, out, shift, zp, qmin, qmax } => {
             assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
             assert!(cmax.is_none_or(|c| c.len() >= m));
+            let st = ScalarStage { shift: *shift, zp: *zp, qmin: *qmin, qmax: *qmax };
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
-                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr() };
+                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st };
                 return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
             }
-            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr() };
+            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
             match (f.fast, cmax.is_some()) {
                 (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
                 (true, true) => gemm_loop::<true, true>(a, m, kp, b, n, &f, &dst),
@@ -306,11 +307,27 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
 
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
-    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8 },
+    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8, st: ScalarStage },
     /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
     /// form take the i64 stage and the cap.
-    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8 },
+    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8, st: ScalarStage },
     Acc(*mut i32),
+}
+
+/// The reference i64 output stage's scalar constants.
+#[derive(Clone, Copy)]
+struct ScalarStage {
+    shift: u32,
+    zp: i32,
+    qmin: i32,
+    qmax: i32,
+}
+
+impl ScalarStage {
+    #[inline(always)]
+    fn apply(self, mult: i64, bias: i64, acc: i32) -> u8 {
+        (self.zp as i64 + round_shift(bias + acc as i64 * mult, self.shift)).clamp(self.qmin as i64, self.qmax as i64) as u8
+    }
 }
 
 /// The `MR × 8·H` micro-kernel over `kp` k-pairs (`H = 1`: only the panel's first 8 columns),
@@ -462,7 +479,7 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
         }
         let row = row0 + r;
         match dst {
-            GemmOut::Bytes { mult, bias, cmax, out } => {
+            GemmOut::Bytes { mult, bias, cmax, out, .. } => {
                 let mut bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
                 if CAP {
                     let cm = cmax.unwrap_unchecked();
@@ -470,7 +487,7 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                 }
                 store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
-            GemmOut::Float { e, mult, bias, out } => {
+            GemmOut::Float { e, mult, bias, out, .. } => {
                 let bytes = if *e.ok.get_unchecked(row) {
                     float_bytes(e, row, cr[0], cr[1])
                 } else {
@@ -489,20 +506,142 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
     }
 }
 
+/// Columns of a panel holding `cols` valid ones that go through the 6×16 tile (0, 8 or 16);
+/// the rest (at most 4) are computed by [`dot_tail`]: a tile column costs about as many
+/// multiplies as a dot-product column, so an 8-wide tile for 1–4 columns wastes half or more.
 #[inline(always)]
-unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
-    let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    for jp in 0..np {
-        let bp = b.add(jp * kp * NR * 2);
-        let cols = NR.min(n - jp * NR);
-        for ib in 0..mb {
-            let ap = a.add(ib * kp * MR);
-            let rows = MR.min(m - ib * MR);
-            let c = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
-            gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols, n, f, dst);
+fn tile_cols(cols: usize) -> usize {
+    match cols {
+        0..=4 => 0,
+        5..=12 => 8,
+        _ => 16,
+    }
+}
+
+/// Column `c` of the B panel at `bp` (`kp` k-pairs), each k-pair repeated [`MR`] times: the
+/// vector that multiplies a packed A block (`[kp][MR]` pairs) lane by lane. Zero padded to a
+/// multiple of 8 pairs.
+#[inline(always)]
+unsafe fn expand_column(bp: *const i16, kp: usize, c: usize, x: &mut Vec<i32>) {
+    let len = (kp * MR).div_ceil(8) * 8;
+    x.clear();
+    x.resize(len, 0);
+    let src = bp as *const i32;
+    for p in 0..kp {
+        let v = src.add(p * NR + c).read_unaligned();
+        for r in 0..MR {
+            *x.get_unchecked_mut(p * MR + r) = v;
         }
     }
 }
+
+/// The [`MR`] accumulators of one A block (`ap`, `kp` k-pairs) times one expanded column `x`
+/// (see [`expand_column`]): lane `q` of the flat pair sequence belongs to row `q mod MR`, and
+/// 24 pairs (3 vectors) are a whole number of k-pairs, so each of 3 vector accumulators has a
+/// fixed lane → row map. The A block is read exactly to its end (a masked load for the last
+/// partial vector). Exact in wrapping i32, like the tile.
+#[inline(always)]
+unsafe fn dot_tail(ap: *const i32, kp: usize, x: &[i32]) -> [i32; MR] {
+    let total = kp * MR;
+    let mut v = [_mm256_setzero_si256(); 3];
+    let xp = x.as_ptr();
+    let mut q = 0;
+    while q + 24 <= total {
+        for (t, vt) in v.iter_mut().enumerate() {
+            let a = _mm256_loadu_si256(ap.add(q + 8 * t) as *const __m256i);
+            let b = _mm256_loadu_si256(xp.add(q + 8 * t) as *const __m256i);
+            *vt = _mm256_add_epi32(*vt, _mm256_madd_epi16(a, b));
+        }
+        q += 24;
+    }
+    let mut t = 0;
+    while q < total {
+        let b = _mm256_loadu_si256(xp.add(q) as *const __m256i);
+        let a = if q + 8 <= total {
+            _mm256_loadu_si256(ap.add(q) as *const __m256i)
+        } else {
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((total - q) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            _mm256_maskload_epi32(ap.add(q), mask)
+        };
+        v[t] = _mm256_add_epi32(v[t], _mm256_madd_epi16(a, b));
+        q += 8;
+        t += 1;
+    }
+    let mut lanes = [0i32; 24];
+    for (t, vt) in v.iter().enumerate() {
+        _mm256_storeu_si256(lanes.as_mut_ptr().add(8 * t) as *mut __m256i, *vt);
+    }
+    let mut acc = [0i32; MR];
+    for (i, &l) in lanes.iter().enumerate() {
+        acc[i % MR] = acc[i % MR].wrapping_add(l);
+    }
+    acc
+}
+
+/// One output of a [`gemm_loop`] destination, from its exact accumulator (scalar epilogue for
+/// the [`dot_tail`] columns): the same value as the vector stages.
+#[inline(always)]
+unsafe fn store_one<const CAP: bool>(dst: &GemmOut, row: usize, col: usize, n: usize, acc: i32) {
+    match dst {
+        GemmOut::Bytes { mult, bias, cmax, out, st } => {
+            let mut v = st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc);
+            if CAP {
+                v = v.min(*cmax.unwrap_unchecked().get_unchecked(row));
+            }
+            *out.add(row * n + col) = v;
+        }
+        GemmOut::Float { e, mult, bias, out, st } => {
+            let v = if *e.ok.get_unchecked(row) {
+                let y = (acc as f32) * *e.scale.get_unchecked(row) + *e.offset.get_unchecked(row);
+                y.max(e.lo).min(*e.hi.get_unchecked(row)) as i32 as u8
+            } else {
+                st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc).min(*e.cap.get_unchecked(row))
+            };
+            *out.add(row * n + col) = v;
+        }
+        GemmOut::Acc(a) => *a.add(row * n + col) = acc,
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
+    let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    let mut x = Vec::new();
+    // Row blocks in chunks of at most A_CHUNK_BYTES of packed A, each chunk against every
+    // panel: a chunk stays in L2 while the panels go by (one pass over a large A, such as the
+    // 7×7 layers' 0.4–0.8 MB, instead of one per panel from L3).
+    let chunks = (mb * kp * MR * 4).div_ceil(A_CHUNK_BYTES).clamp(1, mb.max(1));
+    let per = mb.div_ceil(chunks);
+    for ib0 in (0..mb).step_by(per.max(1)) {
+        let ib1 = (ib0 + per).min(mb);
+        for jp in 0..np {
+            let bp = b.add(jp * kp * NR * 2);
+            let cols = NR.min(n - jp * NR);
+            let tc = tile_cols(cols);
+            if tc > 0 {
+                for ib in ib0..ib1 {
+                    let ap = a.add(ib * kp * MR);
+                    let rows = MR.min(m - ib * MR);
+                    let c = if tc > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+                    gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols.min(tc), n, f, dst);
+                }
+            }
+            for c in tc..cols {
+                expand_column(bp, kp, c, &mut x);
+                for ib in ib0..ib1 {
+                    let acc = dot_tail(a.add(ib * kp * MR), kp, &x);
+                    for (r, &v) in acc.iter().enumerate().take(MR.min(m - ib * MR)) {
+                        store_one::<CAP>(dst, ib * MR + r, jp * NR + c, n, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Most bytes of packed A that [`gemm_loop`] runs against all panels at once (half the L2 of
+/// this target's cores, 512 KiB: the rest holds the B panels and outputs).
+const A_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Σ a[i]·b[i] over i16 slices of equal length, exact in (wrapping) i32.
 #[inline(always)]
@@ -543,6 +682,58 @@ pub unsafe fn gemv(w: &[i16], m: usize, k: usize, cols: &[i16], n: usize, xcol: 
         xcol.extend((0..k).map(|p| cols[p * n + j]));
         for i in 0..m {
             let acc = dot_i16(&w[i * k..(i + 1) * k], xcol);
+            match sink {
+                Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
+                    let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
+                    out[i * n + j] = v.clamp(*qmin as i64, *qmax as i64) as u8;
+                }
+                Sink::Acc(a) => a[i * n + j] = acc,
+            }
+        }
+    }
+}
+
+/// Σ u[i]·x[i], `u` bytes, `x` i16, exact in (wrapping) i32.
+#[inline(always)]
+unsafe fn dot_u8_i16(u: &[u8], x: &[i16]) -> i32 {
+    let k = u.len().min(x.len());
+    let (pu, px) = (u.as_ptr(), x.as_ptr());
+    let mut s0 = _mm256_setzero_si256();
+    let mut s1 = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 32 <= k {
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)), _mm256_loadu_si256(px.add(i) as *const __m256i)));
+        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i + 16) as *const __m128i)), _mm256_loadu_si256(px.add(i + 16) as *const __m256i)));
+        i += 32;
+    }
+    if i + 16 <= k {
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)), _mm256_loadu_si256(px.add(i) as *const __m256i)));
+        i += 16;
+    }
+    let s = _mm256_add_epi32(s0, s1);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    let mut acc = _mm_cvtsi128_si32(s);
+    while i < k {
+        acc = acc.wrapping_add(*pu.add(i) as i32 * *px.add(i) as i32);
+        i += 1;
+    }
+    acc
+}
+
+/// [`gemv`] with the weights of [`PackedWeights::Gemv`]: row `i` is `u[i·k..] + off[i]`, so
+/// `Σ w·x = Σ u·x + off[i]·Σ x` (exact, wrapping i32 like the reference).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemv_u8(u: &[u8], off: &[i32], m: usize, k: usize, cols: &[i16], n: usize, xcol: &mut Vec<i16>, sink: &mut Sink) {
+    assert!(u.len() >= m * k && off.len() >= m && cols.len() >= k * n);
+    for j in 0..n {
+        xcol.clear();
+        xcol.extend((0..k).map(|p| cols[p * n + j]));
+        let sx = xcol.iter().fold(0i32, |s, &x| s.wrapping_add(x as i32));
+        for i in 0..m {
+            let acc = dot_u8_i16(&u[i * k..(i + 1) * k], xcol).wrapping_add(off[i].wrapping_mul(sx));
             match sink {
                 Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
                     let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
@@ -1019,6 +1210,7 @@ pub fn conv_supported(parts: &[ConvPart], g: &ConvGeometry) -> bool {
     !parts.is_empty()
         && parts.iter().all(|p| match &p.packed {
             PackedWeights::Gemm { m, k, groups, .. } => *groups == g.group && *m == g.out_c / g.group && *k == g.weights_per_output(),
+            PackedWeights::Gemv { m, k, .. } => g.group == 1 && *m == g.out_c && *k == g.weights_per_output() && g.out_h * g.out_w <= GEMV_MAX_N,
             PackedWeights::Depthwise { kh, kw2, .. } => depthwise_supported(g) && *kh == g.kernel[0] && *kw2 == g.kernel[1].div_ceil(2),
             PackedWeights::None => false,
         })
@@ -1079,8 +1271,6 @@ unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i
     });
 }
 
-/// Below this many output positions a conv runs as matrix–vector products.
-const GEMV_MAX_N: usize = 4;
 
 /// AVX2 [`super::conv_q8_reference`]: same arguments, same bytes out. Requires
 /// [`conv_supported`].
@@ -1227,6 +1417,12 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
                         _ => gemm_packed(a, cout_g, k, bpack, spatial, &mut sink),
                     }
                 }
+            }
+            PackedWeights::Gemv { u, off, .. } => {
+                let mut sink = if single { Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out } } else { Sink::Acc(&mut acc[..]) };
+                cols.resize(k * spatial, 0);
+                im2col_q_reference(input, zp_in, g, 0, g.in_c, cols);
+                gemv_u8(u, off, g.out_c, k, cols, spatial, bpack, &mut sink);
             }
             PackedWeights::None => unreachable!("checked by conv_supported"),
         }

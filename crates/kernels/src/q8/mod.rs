@@ -8,7 +8,7 @@
 use crate::ConvGeometry;
 
 mod pack;
-pub use pack::{pack_b_i16, pack_b_u8, PackedWeights, MR, NR};
+pub use pack::{pack_b_i16, pack_b_u8, PackedWeights, GEMV_MAX_N, MR, NR};
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

@@ -18,6 +18,8 @@ use crate::ConvGeometry;
 pub const MR: usize = 6;
 /// Columns (output positions) of the GEMM micro-tile.
 pub const NR: usize = 16;
+/// Dense convs with at most this many output positions run as matrix–vector products.
+pub const GEMV_MAX_N: usize = 4;
 
 /// Weights of one conv part, re-laid out for the SIMD kernels.
 #[derive(Clone, Debug, Default)]
@@ -28,6 +30,10 @@ pub enum PackedWeights {
     /// Per group: `ceil(m/MR)` blocks of `[ceil(k/2)][MR][2]` i16, zero padded. `m` output
     /// channels per group, `k` weights per output channel.
     Gemm { data: Vec<i16>, m: usize, k: usize, groups: usize },
+    /// A dense conv with at most [`GEMV_MAX_N`] output positions (a fully connected layer),
+    /// run as matrix–vector products: row `i` as bytes `u[i·k + p] = w[i][p] − off[i]` with
+    /// `off[i]` the row minimum (half the bytes of i16: such layers are memory-bound).
+    Gemv { u: Vec<u8>, off: Vec<i32>, m: usize, k: usize },
     /// Depthwise, per channel: `[kh][ceil(kw/2)]` i32 holding the i16 pair
     /// `(w[ky][2j], w[ky][2j+1])` (second half 0 past the last kernel column).
     Depthwise { pairs: Vec<i32>, kh: usize, kw2: usize },
@@ -52,6 +58,32 @@ impl PackedWeights {
             }
             return PackedWeights::Depthwise { pairs, kh, kw2 };
         }
+        if g.group == 1 && g.out_h * g.out_w <= GEMV_MAX_N {
+            if let Some(p) = PackedWeights::gemv(weight, g) {
+                return p;
+            }
+        }
+        PackedWeights::gemm(weight, g)
+    }
+
+    /// The [`PackedWeights::Gemv`] form (one group), or `None` when a row's values span more
+    /// than 255 (not from 8-bit weights).
+    pub fn gemv(weight: &[i16], g: &ConvGeometry) -> Option<PackedWeights> {
+        let (m, k) = (g.out_c, g.weights_per_output());
+        if g.group != 1 || k == 0 || weight.len() < m * k {
+            return None;
+        }
+        let rows = || weight.chunks(k).take(m);
+        let off: Vec<i32> = rows().map(|r| r.iter().map(|&w| w as i32).min().unwrap_or(0)).collect();
+        if !rows().zip(&off).all(|(r, &o)| r.iter().all(|&w| w as i32 - o <= 255)) {
+            return None;
+        }
+        let u = rows().zip(&off).flat_map(|(r, &o)| r.iter().map(move |&w| (w as i32 - o) as u8)).collect();
+        Some(PackedWeights::Gemv { u, off, m, k })
+    }
+
+    /// The [`PackedWeights::Gemm`] form (any geometry that is not depthwise).
+    pub fn gemm(weight: &[i16], g: &ConvGeometry) -> PackedWeights {
         let m = g.out_c / g.group;
         let k = g.weights_per_output();
         let groups = g.group;
