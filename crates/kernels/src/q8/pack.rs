@@ -135,3 +135,68 @@ pub fn pack_b_i16(cols: &[i16], k: usize, n: usize, dst: &mut Vec<i16>) {
         }
     }
 }
+
+/// Rows of the byte GEMM's micro-tile ([`Packed8`]).
+pub const MR8: usize = 6;
+/// Largest `|w − zw|` the byte GEMM multiplies with `vpmaddubsw`: a pair sum is then at most
+/// 2 · 255 · 64 = 32640, inside i16, so the instruction never saturates.
+pub const W8_MAX: i32 = 64;
+
+/// Weights of a pointwise conv for the byte GEMM (`vpmaddubsw` on uint8 activations `x`):
+/// `d = w − zw` is split into `c = clamp(d, −64, 64)` (packed as i8) and a sparse remainder
+/// `d − c`, and `Σ d·(x − zx) = Σ c·x + Σ (d − c)·x − zx·Σ d` exactly.
+#[derive(Clone, Debug, Default)]
+pub struct Packed8 {
+    /// `ceil(m/MR8)` blocks of `[ceil(k/4)][MR8][4]` i8 (`c`), zero padded.
+    pub a: Vec<i8>,
+    pub m: usize,
+    pub k: usize,
+    /// Per row: `Σ_k d`.
+    pub rowsum: Vec<i32>,
+    /// Per row `i`, its remainder entries are `rem[rem_start[i]..rem_start[i + 1]]`.
+    pub rem_start: Vec<u32>,
+    /// Remainder entries: (k index, `d − c`).
+    pub rem: Vec<(u32, i32)>,
+}
+
+impl Packed8 {
+    /// The byte form of `m × k` row-major weights `d` (`None` if a value is outside
+    /// [−255, 255] or more than 1 in 32 values need the remainder: then the i16 GEMM is faster).
+    pub fn new(weight: &[i16], m: usize, k: usize) -> Option<Packed8> {
+        if k == 0 || m == 0 || weight.len() < m * k || weight[..m * k].iter().any(|&d| !(-255..=255).contains(&d)) {
+            return None;
+        }
+        let (mb, kq) = (m.div_ceil(MR8), k.div_ceil(4));
+        let mut a = vec![0i8; mb * kq * MR8 * 4];
+        let mut rowsum = Vec::with_capacity(m);
+        let mut rem_start = vec![0u32];
+        let mut rem = Vec::new();
+        for i in 0..m {
+            let (blk, r) = (i / MR8, i % MR8);
+            let row = &weight[i * k..(i + 1) * k];
+            rowsum.push(row.iter().map(|&d| d as i32).sum());
+            for (p, &d) in row.iter().enumerate() {
+                let c = (d as i32).clamp(-W8_MAX, W8_MAX);
+                a[((blk * kq + p / 4) * MR8 + r) * 4 + p % 4] = c as i8;
+                if c != d as i32 {
+                    rem.push((p as u32, d as i32 - c));
+                }
+            }
+            rem_start.push(rem.len() as u32);
+        }
+        (rem.len() * 32 <= m * k).then_some(Packed8 { a, m, k, rowsum, rem_start, rem })
+    }
+}
+
+/// Pack a uint8 `[k × n]` matrix into `NR`-column panels `[n/NR][k/4][NR][4]` bytes (zero
+/// padded) for the byte GEMM (portable version; the AVX2 one is identical).
+pub fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
+    let (np, kq) = (n.div_ceil(NR), k.div_ceil(4));
+    dst.clear();
+    dst.resize(np * kq * NR * 4, 0);
+    for row in 0..k {
+        for (col, &x) in input[row * n..(row + 1) * n].iter().enumerate() {
+            dst[(((col / NR) * kq + row / 4) * NR + col % NR) * 4 + row % 4] = x;
+        }
+    }
+}
