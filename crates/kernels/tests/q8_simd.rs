@@ -105,7 +105,7 @@ fn conv_case(kind: u8) -> impl Strategy<Value = ConvCase> {
 }
 
 fn pointwise_case() -> impl Strategy<Value = ConvCase> {
-    (1usize..=70, 1usize..=40, 1usize..=12, 1usize..=12, 1usize..=2, any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<u64>()).prop_map(|(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
+    (1usize..=160, 1usize..=40, 1usize..=12, 1usize..=12, 1usize..=2, any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<u64>()).prop_map(|(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
         let g = ConvGeometry { in_c, in_h: h, in_w: w, out_c, out_h: h, out_w: w, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
         ConvCase { g, parts, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed }
     })

@@ -689,13 +689,18 @@ unsafe fn gemm8_tile<const H: usize>(ap: *const i32, bp: *const u8, kq: usize, i
     c
 }
 
+/// 16 × i16 1, 32-byte aligned: the memory operand of [`gemm8_tile16`]'s `vpmaddwd` (a static,
+/// not a stack array: re-stored per tile, its first loads stalled on store forwarding).
+#[repr(align(32))]
+struct Ones16([i16; 16]);
+static ONES16: Ones16 = Ones16([1; 16]);
+
 /// [`gemm8_tile`] with 16 columns, in assembly: 12 accumulators, 2 B vectors, the broadcast and
 /// a product are the 16 ymm registers, so the vector of ones must stay in memory (with
 /// intrinsics the compiler kept it in a register and spilled an accumulator every k-quad).
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn gemm8_tile16(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2]; MR8]) -> [[__m256i; 2]; MR8] {
-    let onesm = [1i16; 16];
     let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] = [c[0], c[1], c[2], c[3], c[4], c[5]];
     for q in 0..kq {
         let (b, a) = (bp.add(q * NR * 4), ap.add(q * MR8));
@@ -746,7 +751,7 @@ unsafe fn gemm8_tile16(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2
             "vpaddd {c51}, {c51}, {w}",
             b = in(reg) b,
             a = in(reg) a,
-            o = in(reg) onesm.as_ptr(),
+            o = in(reg) ONES16.0.as_ptr(),
             b0 = out(ymm_reg) _,
             b1 = out(ymm_reg) _,
             w = out(ymm_reg) _,

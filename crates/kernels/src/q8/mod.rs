@@ -8,7 +8,7 @@
 use crate::ConvGeometry;
 
 mod pack;
-pub use pack::{pack_b8, pack_b_i16, pack_b_u8, Packed8, PackedWeights, GEMV_MAX_N, MR, MR8, NR, W8_MAX};
+pub use pack::{pack_b8, pack_b_i16, pack_b_u8, Packed8, PackedWeights, BYTE_GEMM_MIN_K, GEMV_MAX_N, MR, MR8, NR, W8_MAX};
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -121,7 +121,7 @@ impl ConvPart {
     /// A part with its weights packed for geometry `g`.
     pub fn new(weight: Vec<i16>, requant: Vec<Requant>, g: &ConvGeometry) -> ConvPart {
         let packed = PackedWeights::new(&weight, g);
-        let packed8 = if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N { Packed8::new(&weight, g.out_c, g.in_c) } else { None };
+        let packed8 = if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N && g.in_c >= BYTE_GEMM_MIN_K { Packed8::new(&weight, g.out_c, g.in_c) } else { None };
         ConvPart { weight, requant, packed, packed8 }
     }
 }
