@@ -287,7 +287,7 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
-                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st };
+                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, m, k as u128 * 255 * 255) };
                 return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
             }
             let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
@@ -310,7 +310,7 @@ enum GemmOut<'a> {
     Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8, st: ScalarStage },
     /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
     /// form take the i64 stage and the cap.
-    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8, st: ScalarStage },
+    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8, st: ScalarStage, free: bool },
     Acc(*mut i32),
 }
 
@@ -473,10 +473,9 @@ unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n:
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
-    for (r, cr) in c.iter().enumerate() {
-        if r >= rows {
-            break;
-        }
+    let mut r = 0;
+    while r < rows.min(MR) {
+        let cr = c.get_unchecked(r);
         let row = row0 + r;
         match dst {
             GemmOut::Bytes { mult, bias, cmax, out, .. } => {
@@ -487,7 +486,21 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                 }
                 store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
-            GemmOut::Float { e, mult, bias, out, .. } => {
+            GemmOut::Float { e, mult, bias, out, free, .. } => {
+                if *free && cols == 16 && r + 1 < rows && *e.ok.get_unchecked(row) && *e.ok.get_unchecked(row + 1) {
+                    // Two rows at once, without the clamps (see `float_free`).
+                    let cn = c.get_unchecked(r + 1);
+                    let (s0, o0) = (_mm256_set1_ps(*e.scale.get_unchecked(row)), _mm256_set1_ps(*e.offset.get_unchecked(row)));
+                    let (s1, o1) = (_mm256_set1_ps(*e.scale.get_unchecked(row + 1)), _mm256_set1_ps(*e.offset.get_unchecked(row + 1)));
+                    let p = _mm256_packs_epi32(float8_free(cr[0], s0, o0), float8_free(cr[1], s0, o0));
+                    let q = _mm256_packs_epi32(float8_free(cn[0], s1, o1), float8_free(cn[1], s1, o1));
+                    // Dwords of packus(p, q): row r = 0 4 1 5, row r + 1 = 2 6 3 7.
+                    let t = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p, q), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                    _mm_storeu_si128(out.add(row * n + col) as *mut __m128i, _mm256_castsi256_si128(t));
+                    _mm_storeu_si128(out.add((row + 1) * n + col) as *mut __m128i, _mm256_extracti128_si256(t, 1));
+                    r += 2;
+                    continue;
+                }
                 let bytes = if *e.ok.get_unchecked(row) {
                     float_bytes(e, row, cr[0], cr[1])
                 } else {
@@ -503,7 +516,24 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
             }
         }
+        r += 1;
     }
+}
+
+/// [`float8`] without the clamps, for a [`GemmOut::Float`] whose clamps are proven no-ops
+/// after the saturating packs (`free`): `trunc(y)` then i32 → i16 → u8 saturation equals
+/// `trunc(min(max(y, 0), 255))` whenever `|y| < 2^31` (negative → 0, ≥ 255 → 255).
+#[inline(always)]
+unsafe fn float8_free(acc: __m256i, s: __m256, o: __m256) -> __m256i {
+    _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o))
+}
+
+/// Whether the float stage's clamps can be dropped for every float row of `e` (see
+/// [`float8_free`]): `lo = 0`, `hi = 255`, and `|acc·scale + offset|` far below 2^31 for
+/// `|acc| ≤ acc_max`.
+fn float_clamps_free(e: &EpiRows, rows: usize, acc_max: u128) -> bool {
+    let amax = acc_max as f64;
+    e.lo == 0.0 && (0..rows).all(|r| !e.ok[r] || (e.hi[r] == 255.0 && (e.scale[r].abs() as f64 * amax * 1.01 + e.offset[r].abs() as f64) < (1u64 << 30) as f64))
 }
 
 /// Columns of a panel holding `cols` valid ones that go through the 6×16 tile (0, 8 or 16);
@@ -601,7 +631,7 @@ unsafe fn store_one<const CAP: bool>(dst: &GemmOut, row: usize, col: usize, n: u
             }
             *out.add(row * n + col) = v;
         }
-        GemmOut::Float { e, mult, bias, out, st } => {
+        GemmOut::Float { e, mult, bias, out, st, .. } => {
             let v = if *e.ok.get_unchecked(row) {
                 let y = (acc as f32) * *e.scale.get_unchecked(row) + *e.offset.get_unchecked(row);
                 y.max(e.lo).min(*e.hi.get_unchecked(row)) as i32 as u8
@@ -873,7 +903,7 @@ unsafe fn gemm8_rows(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: 
     let st = ScalarStage { shift, zp, qmin, qmax };
     let (b, x) = (b.as_ptr(), x.as_ptr());
     if let Some(e) = epi {
-        let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st };
+        let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, rows, k as u128 * 255 * 255) };
         return if f.fast { gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst) } else { gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst) };
     }
     let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
