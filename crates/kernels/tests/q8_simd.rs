@@ -27,6 +27,23 @@ impl Rng {
     fn weights(&mut self, n: usize, extreme: bool) -> Vec<i16> {
         (0..n).map(|_| if extreme { if self.next() & 1 == 0 { -255 } else { 255 } } else { self.range(-255, 255) as i16 }).collect()
     }
+    /// `m` rows of `k` weights `w − zw` from uint8 `w`, one zero-point `zw` per row (as the
+    /// engine sees 8-bit weights: each row spans at most 255).
+    fn weights8(&mut self, m: usize, k: usize) -> Vec<i16> {
+        let mut w = Vec::with_capacity(m * k);
+        for _ in 0..m {
+            let zw = self.range(0, 255) as i16;
+            for _ in 0..k {
+                w.push(self.next() as u8 as i16 - zw);
+            }
+        }
+        w
+    }
+    /// Like trained 8-bit weights: `w − zw` mostly in [−64, 64], about 1 in 64 anywhere in
+    /// [−255, 255] (the byte GEMM's sparse remainder).
+    fn weights_sparse(&mut self, n: usize) -> Vec<i16> {
+        (0..n).map(|_| if self.next().is_multiple_of(64) { self.range(-255, 255) as i16 } else { self.range(-64, 64) as i16 }).collect()
+    }
     fn real(&mut self) -> f64 {
         // log-uniform in [1e-6, 20]
         (1e-6f64.ln() + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (20f64.ln() - 1e-6f64.ln())).exp()
@@ -88,7 +105,7 @@ fn conv_case(kind: u8) -> impl Strategy<Value = ConvCase> {
 }
 
 fn pointwise_case() -> impl Strategy<Value = ConvCase> {
-    (1usize..=70, 1usize..=40, 1usize..=12, 1usize..=12, 1usize..=2, any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<u64>()).prop_map(|(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
+    (1usize..=160, 1usize..=40, 1usize..=12, 1usize..=12, 1usize..=2, any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<u64>()).prop_map(|(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
         let g = ConvGeometry { in_c, in_h: h, in_w: w, out_c, out_h: h, out_w: w, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
         ConvCase { g, parts, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed }
     })
@@ -114,7 +131,13 @@ fn conv_data(c: &ConvCase) -> ConvData {
     let parts = reals
         .iter()
         .map(|r| {
-            let weight = rng.weights(g.out_c * per, c.extreme);
+            // A quarter of the cases have real 8-bit weights (rows spanning ≤ 255, as the
+            // engine's are), a quarter trained-like ones (mostly |w − zw| ≤ 64, a few outliers).
+            let weight = match (c.extreme, (c.seed >> 1) & 3) {
+                (false, 0) => rng.weights8(g.out_c, per),
+                (false, 1) => rng.weights_sparse(g.out_c * per),
+                _ => rng.weights(g.out_c * per, c.extreme),
+            };
             let requant = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
             ConvPart::new(weight, requant, g)
         })
@@ -385,7 +408,7 @@ mod avx2 {
             let mut want = vec![0i32; m * n];
             q8::gemm_i16_reference(m, k, n, &a, &b, &mut want);
             let g = ConvGeometry { in_c: k, in_h: 1, in_w: n, out_c: m, out_h: 1, out_w: n, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
-            let q8::PackedWeights::Gemm { data, .. } = q8::PackedWeights::new(&a, &g) else { panic!("gemm packing") };
+            let q8::PackedWeights::Gemm { data, .. } = q8::PackedWeights::gemm(&a, &g) else { panic!("gemm packing") };
             let mut bp = Vec::new();
             q8::pack_b_i16(&b, k, n, &mut bp);
             let mut got = vec![7i32; m * n];
@@ -394,6 +417,15 @@ mod avx2 {
             let mut xcol = Vec::new();
             let mut got = vec![7i32; m * n];
             unsafe { q8::avx2::gemv(&a, m, k, &b, n, &mut xcol, &mut Sink::Acc(&mut got)) };
+            prop_assert_eq!(&got, &want);
+            // Byte rows plus a per-row offset, for 8-bit weights (`w − zw` spans ≤ 255 per row).
+            prop_assert!(q8::PackedWeights::gemv(&a, &g).is_some() == a.chunks(k).all(|r| r.iter().max().unwrap() - r.iter().min().unwrap() <= 255));
+            let a8 = rng.weights8(m, k);
+            let mut want = vec![0i32; m * n];
+            q8::gemm_i16_reference(m, k, n, &a8, &b, &mut want);
+            let Some(q8::PackedWeights::Gemv { u, off, .. }) = q8::PackedWeights::gemv(&a8, &g) else { panic!("8-bit weights have the byte form") };
+            let mut got = vec![7i32; m * n];
+            unsafe { q8::avx2::gemv_u8(&u, &off, m, k, &b, n, &mut xcol, &mut Sink::Acc(&mut got)) };
             prop_assert_eq!(&got, &want);
         }
 
@@ -406,6 +438,47 @@ mod avx2 {
             q8::pack_b_u8(&x, zp, k, n, &mut want);
             unsafe { q8::avx2::pack_b_u8(&x, zp, k, n, &mut got) };
             prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn pack_b8_matches_portable(k in 1usize..40, n in 1usize..100, seed in any::<u64>()) {
+            if !have() { return Ok(()); }
+            let x = Rng(seed | 1).bytes(k * n, false);
+            let (mut want, mut got) = (Vec::new(), vec![9u8; 3]);
+            q8::pack_b8(&x, k, n, &mut want);
+            unsafe { q8::avx2::pack_b8(&x, k, n, &mut got) };
+            prop_assert_eq!(got, want);
+        }
+
+        /// The byte GEMM (clipped i8 weights + sparse remainder + zero-point row term) equals
+        /// the i16 reference GEMM, through both output stages.
+        #[test]
+        fn gemm8_matches_reference(m in 1usize..40, k in 1usize..90, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>()) {
+            if !have() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let d = rng.weights_sparse(m * k);
+            let x = rng.bytes(k * n, seed & 1 == 1);
+            let Some(p8) = q8::Packed8::new(&d, m, k) else { return Ok(()) };
+            let xs: Vec<i16> = x.iter().map(|&v| v as i16 - zx as i16).collect();
+            let mut acc = vec![0i32; m * n];
+            q8::gemm_i16_reference(m, k, n, &d, &xs, &mut acc);
+            let mult: Vec<i64> = (0..m).map(|_| rng.range(1 << 29, (1 << 30) - 1)).collect();
+            let bias: Vec<i64> = (0..m).map(|_| rng.range(-(1 << 40), 1 << 40)).collect();
+            let shift = 38 + (seed >> 8) as u32 % 8;
+            let (zp, qmin, qmax) = (rng.range(0, 255) as i32, rng.range(0, 40) as i32, rng.range(200, 255) as i32);
+            // Half the cases with the full output range (the float stage then drops its clamps).
+            let (qmin, qmax) = if seed & 8 == 0 { (0, 255) } else { (qmin, qmax) };
+            let want: Vec<u8> = (0..m * n).map(|i| (zp as i64 + q8::round_shift(bias[i / n] + acc[i] as i64 * mult[i / n], shift)).clamp(qmin as i64, qmax as i64) as u8).collect();
+            let mut b = Vec::new();
+            q8::pack_b8(&x, k, n, &mut b);
+            let mut got = vec![0u8; m * n];
+            unsafe { q8::avx2::gemm8_requant(&p8, &b, &x, n, zx, &mult, &bias, shift, zp, qmin, qmax, &mut got, 1, None, None) };
+            prop_assert_eq!(&got, &want);
+            if let Some(e) = q8::FloatEpilogue::new(&mult, &bias, shift, zp, qmin, qmax, None) {
+                let mut got = vec![0u8; m * n];
+                unsafe { q8::avx2::gemm8_requant(&p8, &b, &x, n, zx, &mult, &bias, shift, zp, qmin, qmax, &mut got, 1, None, Some(&e)) };
+                prop_assert_eq!(&got, &want);
+            }
         }
 
         #[test]
@@ -548,6 +621,23 @@ fn conv_threads_do_not_change_results() {
             q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
             pool.install(|| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, &g, &mut got, &mut Scratch::default()));
             assert_eq!(got, capped, "{threads} threads, capped, {g:?}");
+        }
+    }
+}
+
+/// Pointwise layers at the sizes of the engine's models equal the reference: maps whose last
+/// column panel is narrow (7×7: 1 column, 5×5: 9, 10×10 and 14×14: 4), packed weights larger
+/// than one L2 chunk of the GEMM (1152 × 320), and fully connected layers (1×1 output, byte
+/// weights), with and without the float output stage.
+#[test]
+fn conv_pointwise_engine_shapes_match_reference() {
+    let shapes = [(1152usize, 320usize, 7usize), (320, 1280, 7), (192, 1152, 7), (960, 160, 5), (160, 960, 5), (112, 672, 14), (64, 384, 10), (24, 144, 12), (1280, 1000, 1), (320, 40, 2)];
+    for (i, &(in_c, out_c, hw)) in shapes.iter().enumerate() {
+        let g = ConvGeometry { in_c, in_h: hw, in_w: hw, out_c, out_h: hw, out_w: hw, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
+        // (seed >> 1) & 3: 0 = 8-bit rows, 1 = mostly small with outliers, 2 = full range.
+        for seed in [1u64, 2, 5] {
+            let c = ConvCase { g, parts: 1, per_channel: i % 2 == 0, zp_in: 3 + 25 * i as i32, out_zp: 11 * i as i32, qmin: if seed == 5 { 17 } else { 0 }, qmax: 255, extreme: false, seed: seed + 8 * i as u64 };
+            check_conv(&c).unwrap_or_else(|e| panic!("{e}: {c:?}"));
         }
     }
 }

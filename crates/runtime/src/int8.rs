@@ -123,6 +123,33 @@ impl RunState {
 }
 
 impl Step {
+    /// `(kind, detail)` of this step for profiles.
+    fn label(&self) -> (String, String) {
+        match self {
+            Step::Conv { parts, geom: g, .. } => {
+                let kind = if g.is_depthwise() {
+                    format!("conv depthwise {}×{}", g.kernel[0], g.kernel[1])
+                } else if g.is_pointwise() {
+                    "conv 1×1".to_string()
+                } else if g.out_h * g.out_w == 1 {
+                    "conv/gemm 1×1 map".to_string()
+                } else {
+                    format!("conv {}×{}", g.kernel[0], g.kernel[1])
+                };
+                let kind = if parts.len() > 1 { format!("{kind} ({} parts)", parts.len()) } else { kind };
+                let stride = if g.strides == [1, 1] { String::new() } else { format!(" /{}", g.strides[0]) };
+                (kind, format!("{}→{} @ {}×{}{stride}", g.in_c, g.out_c, g.out_h, g.out_w))
+            }
+            Step::Quantize { .. } => ("quantize".into(), String::new()),
+            Step::Dequantize { .. } => ("dequantize".into(), String::new()),
+            Step::Add { .. } => ("add".into(), String::new()),
+            Step::GlobalAvgPool { .. } => ("global avg pool".into(), String::new()),
+            Step::Requantize { .. } => ("requantize/copy".into(), String::new()),
+            Step::Float { node, .. } => (format!("float {}", node.op.name()), node.name.clone()),
+            Step::ClampChannels { .. } => ("clamp channels".into(), String::new()),
+        }
+    }
+
     /// Value slots this step reads.
     fn inputs(&self) -> Vec<usize> {
         match self {
@@ -582,11 +609,27 @@ impl Int8Engine {
     }
 
     pub fn run(&self, input: Tensor) -> Result<Vec<Tensor>, RuntimeError> {
+        self.run_timed(input, None)
+    }
+
+    /// [`Int8Engine::run`] that also adds each step's wall time (seconds) to `times[i]`
+    /// (`times` is resized to the number of steps; see [`Int8Engine::step_labels`]).
+    pub fn run_profiled(&self, input: Tensor, times: &mut Vec<f64>) -> Result<Vec<Tensor>, RuntimeError> {
+        times.resize(self.steps.len(), 0.0);
+        self.run_timed(input, Some(times))
+    }
+
+    /// One label per step, in run order: `(kind, detail)`, e.g. `("conv 1×1", "96→24 @ 56×56")`.
+    pub fn step_labels(&self) -> Vec<(String, String)> {
+        self.steps.iter().map(Step::label).collect()
+    }
+
+    fn run_timed(&self, input: Tensor, times: Option<&mut Vec<f64>>) -> Result<Vec<Tensor>, RuntimeError> {
         let mut st = self.pool.lock().map(|mut p| p.pop()).unwrap_or_default().unwrap_or_default();
         st.vals.clear();
         st.vals.resize_with(self.slots, || None);
         st.vals[self.input_slot] = Some(Value::F(input));
-        let result = self.run_steps(&mut st);
+        let result = self.run_steps(&mut st, times);
         // Keep every remaining buffer for the next run.
         for s in 0..st.vals.len() {
             st.recycle(s);
@@ -598,8 +641,9 @@ impl Int8Engine {
         result
     }
 
-    fn run_steps(&self, st: &mut RunState) -> Result<Vec<Tensor>, RuntimeError> {
-        for (step, release) in self.steps.iter().zip(&self.release) {
+    fn run_steps(&self, st: &mut RunState, mut times: Option<&mut Vec<f64>>) -> Result<Vec<Tensor>, RuntimeError> {
+        for (i, (step, release)) in self.steps.iter().zip(&self.release).enumerate() {
+            let t0 = times.is_some().then(std::time::Instant::now);
             match step {
                 Step::Quantize { input, output, grid } => {
                     let Some(Value::F(t)) = &st.vals[*input] else { return Err(RuntimeError::Other("quantize of a non-float value".into())) };
@@ -704,6 +748,9 @@ impl Int8Engine {
             }
             for &s in release {
                 st.recycle(s);
+            }
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                t[i] += t0.elapsed().as_secs_f64();
             }
         }
         self.output_slots

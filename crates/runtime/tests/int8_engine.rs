@@ -51,3 +51,25 @@ fn runs_onnxruntime_qdq_files() {
         }
     }
 }
+
+/// The profiled run gives the same outputs as the plain one, one time per step, and labels
+/// every step (`subq bench --profile`).
+#[test]
+fn profiled_run_matches_run() {
+    let model = "mobilenetv2_1.0_160_dogs";
+    let (shape, x) = read_npy(&assets().join(format!("reference/{model}.inputs.npy")));
+    let g = load_model(&assets().join(format!("models/{model}.ort_qdq_per_tensor.onnx")), &ImportOptions::default()).unwrap();
+    let engine = Int8Engine::new(&g).unwrap();
+    let per = x.len() / shape[0];
+    let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[..per].to_vec()).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..2 {
+        let plain = engine.run(input.clone()).unwrap().remove(0);
+        let profiled = engine.run_profiled(input.clone(), &mut times).unwrap().remove(0);
+        assert_eq!(plain.as_f32().unwrap(), profiled.as_f32().unwrap());
+    }
+    let labels = engine.step_labels();
+    assert_eq!(labels.len(), times.len());
+    assert!(times.iter().all(|&t| t >= 0.0) && times.iter().sum::<f64>() > 0.0);
+    assert!(labels.iter().any(|(k, _)| k == "conv 1×1") && labels.iter().any(|(k, _)| k.starts_with("conv depthwise")));
+}

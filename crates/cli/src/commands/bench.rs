@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Print the results as one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Instead of timing whole runs, time every step of the int8 engine (batch 1, after the
+    /// warm-up) and print the time per op kind and the slowest layers (QDQ models only).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// The engine that runs `g`. This is the one place to change when another engine (e.g. the
@@ -104,6 +108,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let g = load_graph(&a.model)?;
     let (c, h, w) = image_input_shape(&g)?;
+    if a.profile {
+        return profile(&a, &g, (c, h, w));
+    }
     let model = engine(&g)?;
     let shape = vec![1, c, h, w];
     let inputs: Vec<Tensor> = (0..a.batch)
@@ -164,6 +171,67 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Time per step, summed over runs: (kind, detail, total seconds).
+#[derive(Debug, Serialize)]
+pub struct StepProfile {
+    pub kind: String,
+    pub detail: String,
+    pub ms: f64,
+}
+
+/// Per-kind totals (ms per image, share, step count) from per-step times, largest first.
+fn by_kind(steps: &[StepProfile]) -> Vec<(String, f64, usize)> {
+    let mut kinds: Vec<(String, f64, usize)> = Vec::new();
+    for s in steps {
+        match kinds.iter_mut().find(|k| k.0 == s.kind) {
+            Some(k) => {
+                k.1 += s.ms;
+                k.2 += 1;
+            }
+            None => kinds.push((s.kind.clone(), s.ms, 1)),
+        }
+    }
+    kinds.sort_by(|x, y| y.1.total_cmp(&x.1));
+    kinds
+}
+
+/// `subq bench --profile`: every int8 engine step timed over `runs` single-image runs.
+fn profile(a: &BenchArgs, g: &Graph, (c, h, w): (usize, usize, usize)) -> Result<()> {
+    if !g.is_quantized() {
+        bail!("--profile times the int8 engine's steps: {} is not a QDQ model", a.model.display());
+    }
+    let e = subq_runtime::Int8Engine::new(g)?;
+    let x = Tensor::f32(vec![1, c, h, w], random_input(c * h * w, 0x5EED)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for _ in 0..a.warmup {
+        e.run(x.clone())?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..a.runs {
+        e.run_profiled(x.clone(), &mut times)?;
+    }
+    let steps: Vec<StepProfile> = e.step_labels().into_iter().zip(&times).map(|((kind, detail), &t)| StepProfile { kind, detail, ms: t * 1e3 / a.runs as f64 }).collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&steps)?);
+        return Ok(());
+    }
+    let total: f64 = steps.iter().map(|s| s.ms).sum();
+    println!("model:   {}", a.model.display());
+    println!("threads: {}, runs: {} (+{} warm-up), steps: {}", rayon::current_num_threads(), a.runs, a.warmup, steps.len());
+    println!("total of the steps: {total:.3} ms per image (mean)\n");
+    println!("{:<28} {:>9} {:>7} {:>6}", "op kind", "ms", "share", "steps");
+    for (k, ms, n) in by_kind(&steps) {
+        println!("{k:<28} {ms:>9.3} {:>6.1}% {n:>6}", 100.0 * ms / total.max(f64::MIN_POSITIVE));
+    }
+    let mut order: Vec<usize> = (0..steps.len()).collect();
+    order.sort_by(|&x, &y| steps[y].ms.total_cmp(&steps[x].ms));
+    println!("\nslowest steps:");
+    for &i in order.iter().take(15) {
+        let s = &steps[i];
+        println!("  #{i:<4} {:<28} {:<24} {:>8.3} ms", s.kind, s.detail, s.ms);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +244,13 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 5.0);
         assert!((percentile(&v, 10.0) - 1.4).abs() < 1e-12);
         assert_eq!(percentile(&[7.0], 90.0), 7.0);
+    }
+
+    #[test]
+    fn by_kind_sums_and_sorts() {
+        let s = |k: &str, ms| StepProfile { kind: k.into(), detail: String::new(), ms };
+        let k = by_kind(&[s("add", 1.0), s("conv 1×1", 2.0), s("add", 2.5)]);
+        assert_eq!(k, vec![("add".to_string(), 3.5, 2), ("conv 1×1".to_string(), 2.0, 1)]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::pack::{PackedWeights, MR, NR};
+use super::pack::{Packed8, PackedWeights, GEMV_MAX_N, MR, MR8, NR};
 use super::{im2col_q_reference, round_shift, ConvPart, FloatEpilogue, Scratch};
 use crate::ConvGeometry;
 
@@ -280,16 +280,17 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
     let f = sink_fin(sink, k as u128 * 255 * 255);
     let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
     match sink {
-        Sink::Requant { mult, bias, out, .. } => {
+        Sink::Requant { mult, bias, out, shift, zp, qmin, qmax } => {
             assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
             assert!(cmax.is_none_or(|c| c.len() >= m));
+            let st = ScalarStage { shift: *shift, zp: *zp, qmin: *qmin, qmax: *qmax };
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
-                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr() };
+                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, m, k as u128 * 255 * 255) };
                 return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
             }
-            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr() };
+            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
             match (f.fast, cmax.is_some()) {
                 (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
                 (true, true) => gemm_loop::<true, true>(a, m, kp, b, n, &f, &dst),
@@ -306,11 +307,27 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
 
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
-    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8 },
+    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8, st: ScalarStage },
     /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
     /// form take the i64 stage and the cap.
-    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8 },
+    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8, st: ScalarStage, free: bool },
     Acc(*mut i32),
+}
+
+/// The reference i64 output stage's scalar constants.
+#[derive(Clone, Copy)]
+struct ScalarStage {
+    shift: u32,
+    zp: i32,
+    qmin: i32,
+    qmax: i32,
+}
+
+impl ScalarStage {
+    #[inline(always)]
+    fn apply(self, mult: i64, bias: i64, acc: i32) -> u8 {
+        (self.zp as i64 + round_shift(bias + acc as i64 * mult, self.shift)).clamp(self.qmin as i64, self.qmax as i64) as u8
+    }
 }
 
 /// The `MR × 8·H` micro-kernel over `kp` k-pairs (`H = 1`: only the panel's first 8 columns),
@@ -456,13 +473,12 @@ unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n:
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
-    for (r, cr) in c.iter().enumerate() {
-        if r >= rows {
-            break;
-        }
+    let mut r = 0;
+    while r < rows.min(MR) {
+        let cr = c.get_unchecked(r);
         let row = row0 + r;
         match dst {
-            GemmOut::Bytes { mult, bias, cmax, out } => {
+            GemmOut::Bytes { mult, bias, cmax, out, .. } => {
                 let mut bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
                 if CAP {
                     let cm = cmax.unwrap_unchecked();
@@ -470,7 +486,21 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                 }
                 store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
-            GemmOut::Float { e, mult, bias, out } => {
+            GemmOut::Float { e, mult, bias, out, free, .. } => {
+                if *free && cols == 16 && r + 1 < rows && *e.ok.get_unchecked(row) && *e.ok.get_unchecked(row + 1) {
+                    // Two rows at once, without the clamps (see `float_free`).
+                    let cn = c.get_unchecked(r + 1);
+                    let (s0, o0) = (_mm256_set1_ps(*e.scale.get_unchecked(row)), _mm256_set1_ps(*e.offset.get_unchecked(row)));
+                    let (s1, o1) = (_mm256_set1_ps(*e.scale.get_unchecked(row + 1)), _mm256_set1_ps(*e.offset.get_unchecked(row + 1)));
+                    let p = _mm256_packs_epi32(float8_free(cr[0], s0, o0), float8_free(cr[1], s0, o0));
+                    let q = _mm256_packs_epi32(float8_free(cn[0], s1, o1), float8_free(cn[1], s1, o1));
+                    // Dwords of packus(p, q): row r = 0 4 1 5, row r + 1 = 2 6 3 7.
+                    let t = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p, q), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                    _mm_storeu_si128(out.add(row * n + col) as *mut __m128i, _mm256_castsi256_si128(t));
+                    _mm_storeu_si128(out.add((row + 1) * n + col) as *mut __m128i, _mm256_extracti128_si256(t, 1));
+                    r += 2;
+                    continue;
+                }
                 let bytes = if *e.ok.get_unchecked(row) {
                     float_bytes(e, row, cr[0], cr[1])
                 } else {
@@ -486,23 +516,471 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), d, cols);
             }
         }
+        r += 1;
+    }
+}
+
+/// [`float8`] without the clamps, for a [`GemmOut::Float`] whose clamps are proven no-ops
+/// after the saturating packs (`free`): `trunc(y)` then i32 → i16 → u8 saturation equals
+/// `trunc(min(max(y, 0), 255))` whenever `|y| < 2^31` (negative → 0, ≥ 255 → 255).
+#[inline(always)]
+unsafe fn float8_free(acc: __m256i, s: __m256, o: __m256) -> __m256i {
+    _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o))
+}
+
+/// Whether the float stage's clamps can be dropped for every float row of `e` (see
+/// [`float8_free`]): `lo = 0`, `hi = 255`, and `|acc·scale + offset|` far below 2^31 for
+/// `|acc| ≤ acc_max`.
+fn float_clamps_free(e: &EpiRows, rows: usize, acc_max: u128) -> bool {
+    let amax = acc_max as f64;
+    e.lo == 0.0 && (0..rows).all(|r| !e.ok[r] || (e.hi[r] == 255.0 && (e.scale[r].abs() as f64 * amax * 1.01 + e.offset[r].abs() as f64) < (1u64 << 30) as f64))
+}
+
+/// Columns of a panel holding `cols` valid ones that go through the 6×16 tile (0, 8 or 16);
+/// the rest (at most 4) are computed by [`dot_tail`]: a tile column costs about as many
+/// multiplies as a dot-product column, so an 8-wide tile for 1–4 columns wastes half or more.
+#[inline(always)]
+fn tile_cols(cols: usize) -> usize {
+    match cols {
+        0..=4 => 0,
+        5..=12 => 8,
+        _ => 16,
+    }
+}
+
+/// Column `c` of the B panel at `bp` (`kp` k-pairs), each k-pair repeated [`MR`] times: the
+/// vector that multiplies a packed A block (`[kp][MR]` pairs) lane by lane. Zero padded to a
+/// multiple of 8 pairs.
+#[inline(always)]
+unsafe fn expand_column(bp: *const i16, kp: usize, c: usize, x: &mut Vec<i32>) {
+    let len = (kp * MR).div_ceil(8) * 8;
+    x.clear();
+    x.resize(len, 0);
+    let src = bp as *const i32;
+    for p in 0..kp {
+        let v = src.add(p * NR + c).read_unaligned();
+        for r in 0..MR {
+            *x.get_unchecked_mut(p * MR + r) = v;
+        }
+    }
+}
+
+/// 8 i32 lanes of products: i16 pairs (`U8 = false`) or, for the byte GEMM, 4 bytes of A
+/// (i8, |c| ≤ 64) times 4 bytes of B (u8) per lane, exact (`vpmaddubsw` cannot saturate).
+#[inline(always)]
+unsafe fn dot_product<const U8: bool>(a: __m256i, b: __m256i) -> __m256i {
+    if U8 {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(b, a), _mm256_set1_epi16(1))
+    } else {
+        _mm256_madd_epi16(a, b)
+    }
+}
+
+/// The [`MR`] accumulators of one A block (`ap`, `kp` k-pairs) times one expanded column `x`
+/// (see [`expand_column`]): lane `q` of the flat pair sequence belongs to row `q mod MR`, and
+/// 24 pairs (3 vectors) are a whole number of k-pairs, so each of 3 vector accumulators has a
+/// fixed lane → row map. The A block is read exactly to its end (a masked load for the last
+/// partial vector). Exact in wrapping i32, like the tile.
+#[inline(always)]
+unsafe fn dot_tail<const U8: bool>(ap: *const i32, kp: usize, x: &[i32]) -> [i32; MR] {
+    let total = kp * MR;
+    let mut v = [_mm256_setzero_si256(); 3];
+    let xp = x.as_ptr();
+    let mut q = 0;
+    while q + 24 <= total {
+        for (t, vt) in v.iter_mut().enumerate() {
+            let a = _mm256_loadu_si256(ap.add(q + 8 * t) as *const __m256i);
+            let b = _mm256_loadu_si256(xp.add(q + 8 * t) as *const __m256i);
+            *vt = _mm256_add_epi32(*vt, dot_product::<U8>(a, b));
+        }
+        q += 24;
+    }
+    let mut t = 0;
+    while q < total {
+        let b = _mm256_loadu_si256(xp.add(q) as *const __m256i);
+        let a = if q + 8 <= total {
+            _mm256_loadu_si256(ap.add(q) as *const __m256i)
+        } else {
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((total - q) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            _mm256_maskload_epi32(ap.add(q), mask)
+        };
+        v[t] = _mm256_add_epi32(v[t], dot_product::<U8>(a, b));
+        q += 8;
+        t += 1;
+    }
+    let mut lanes = [0i32; 24];
+    for (t, vt) in v.iter().enumerate() {
+        _mm256_storeu_si256(lanes.as_mut_ptr().add(8 * t) as *mut __m256i, *vt);
+    }
+    let mut acc = [0i32; MR];
+    for (i, &l) in lanes.iter().enumerate() {
+        acc[i % MR] = acc[i % MR].wrapping_add(l);
+    }
+    acc
+}
+
+/// One output of a [`gemm_loop`] destination, from its exact accumulator (scalar epilogue for
+/// the [`dot_tail`] columns): the same value as the vector stages.
+#[inline(always)]
+unsafe fn store_one<const CAP: bool>(dst: &GemmOut, row: usize, col: usize, n: usize, acc: i32) {
+    match dst {
+        GemmOut::Bytes { mult, bias, cmax, out, st } => {
+            let mut v = st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc);
+            if CAP {
+                v = v.min(*cmax.unwrap_unchecked().get_unchecked(row));
+            }
+            *out.add(row * n + col) = v;
+        }
+        GemmOut::Float { e, mult, bias, out, st, .. } => {
+            let v = if *e.ok.get_unchecked(row) {
+                let y = (acc as f32) * *e.scale.get_unchecked(row) + *e.offset.get_unchecked(row);
+                y.max(e.lo).min(*e.hi.get_unchecked(row)) as i32 as u8
+            } else {
+                st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc).min(*e.cap.get_unchecked(row))
+            };
+            *out.add(row * n + col) = v;
+        }
+        GemmOut::Acc(a) => *a.add(row * n + col) = acc,
     }
 }
 
 #[inline(always)]
 unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
     let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
-    for jp in 0..np {
-        let bp = b.add(jp * kp * NR * 2);
-        let cols = NR.min(n - jp * NR);
-        for ib in 0..mb {
-            let ap = a.add(ib * kp * MR);
-            let rows = MR.min(m - ib * MR);
-            let c = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
-            gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols, n, f, dst);
+    let mut x = Vec::new();
+    // Row blocks in chunks of at most A_CHUNK_BYTES of packed A, each chunk against every
+    // panel: a chunk stays in L2 while the panels go by (one pass over a large A, such as the
+    // 7×7 layers' 0.4–0.8 MB, instead of one per panel from L3).
+    let chunks = (mb * kp * MR * 4).div_ceil(A_CHUNK_BYTES).clamp(1, mb.max(1));
+    let per = mb.div_ceil(chunks);
+    for ib0 in (0..mb).step_by(per.max(1)) {
+        let ib1 = (ib0 + per).min(mb);
+        for jp in 0..np {
+            let bp = b.add(jp * kp * NR * 2);
+            let cols = NR.min(n - jp * NR);
+            let tc = tile_cols(cols);
+            if tc > 0 {
+                for ib in ib0..ib1 {
+                    let ap = a.add(ib * kp * MR);
+                    let rows = MR.min(m - ib * MR);
+                    let c = if tc > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+                    gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols.min(tc), n, f, dst);
+                }
+            }
+            for c in tc..cols {
+                expand_column(bp, kp, c, &mut x);
+                for ib in ib0..ib1 {
+                    let acc = dot_tail::<false>(a.add(ib * kp * MR), kp, &x);
+                    for (r, &v) in acc.iter().enumerate().take(MR.min(m - ib * MR)) {
+                        store_one::<CAP>(dst, ib * MR + r, jp * NR + c, n, v);
+                    }
+                }
+            }
         }
     }
 }
+
+/// Row init of a byte-GEMM tile: `−zx · Σ_k d` per row (0 past the last row).
+#[inline(always)]
+unsafe fn row_init8(p8: &Packed8, row0: usize, rows: usize, zx: i32) -> [__m256i; MR8] {
+    let mut init = [_mm256_setzero_si256(); MR8];
+    for (r, v) in init.iter_mut().enumerate().take(rows) {
+        *v = _mm256_set1_epi32(zx.wrapping_neg().wrapping_mul(*p8.rowsum.get_unchecked(row0 + r)));
+    }
+    init
+}
+
+/// The `MR8 × 8·H` byte micro-kernel over `kq` k-quads: per row and 8 columns,
+/// `vpmaddubsw` (x u8 · c i8, 4 k per i32 lane as two exact i16 pair sums) then `vpmaddwd`
+/// by 1 (exact i32), accumulated on top of `init`.
+#[inline(always)]
+unsafe fn gemm8_tile<const H: usize>(ap: *const i32, bp: *const u8, kq: usize, init: &[__m256i; MR8]) -> [[__m256i; 2]; MR8] {
+    let mut c = [[_mm256_setzero_si256(); 2]; MR8];
+    for (cr, &i) in c.iter_mut().zip(init) {
+        *cr = [i, i];
+    }
+    let ones = _mm256_set1_epi16(1);
+    if H == 2 && MR8 == 6 {
+        return gemm8_tile16(ap, bp, kq, c);
+    }
+    for q in 0..kq {
+        let b0 = _mm256_loadu_si256(bp.add(q * NR * 4) as *const __m256i);
+        let b1 = if H == 2 { _mm256_loadu_si256(bp.add(q * NR * 4 + 32) as *const __m256i) } else { b0 };
+        let aw = ap.add(q * MR8);
+        for (r, cr) in c.iter_mut().enumerate() {
+            let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
+            cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(_mm256_maddubs_epi16(b0, w), ones));
+            if H == 2 {
+                cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(_mm256_maddubs_epi16(b1, w), ones));
+            }
+        }
+        std::arch::asm!("", options(nomem, nostack, preserves_flags));
+    }
+    c
+}
+
+/// 16 × i16 1, 32-byte aligned: the memory operand of [`gemm8_tile16`]'s `vpmaddwd` (a static,
+/// not a stack array: re-stored per tile, its first loads stalled on store forwarding).
+#[repr(align(32))]
+struct Ones16([i16; 16]);
+static ONES16: Ones16 = Ones16([1; 16]);
+
+/// [`gemm8_tile`] with 16 columns, in assembly: 12 accumulators, 2 B vectors, the broadcast and
+/// a product are the 16 ymm registers, so the vector of ones must stay in memory (with
+/// intrinsics the compiler kept it in a register and spilled an accumulator every k-quad).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn gemm8_tile16(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2]; MR8]) -> [[__m256i; 2]; MR8] {
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] = [c[0], c[1], c[2], c[3], c[4], c[5]];
+    for q in 0..kq {
+        let (b, a) = (bp.add(q * NR * 4), ap.add(q * MR8));
+        std::arch::asm!(
+            "vmovdqu {b0}, ymmword ptr [{b}]",
+            "vmovdqu {b1}, ymmword ptr [{b} + 32]",
+            "vpbroadcastd {w}, dword ptr [{a}]",
+            "vpmaddubsw {t}, {b0}, {w}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{o}]",
+            "vpaddd {c00}, {c00}, {t}",
+            "vpmaddubsw {w}, {b1}, {w}",
+            "vpmaddwd {w}, {w}, ymmword ptr [{o}]",
+            "vpaddd {c01}, {c01}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 4]",
+            "vpmaddubsw {t}, {b0}, {w}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{o}]",
+            "vpaddd {c10}, {c10}, {t}",
+            "vpmaddubsw {w}, {b1}, {w}",
+            "vpmaddwd {w}, {w}, ymmword ptr [{o}]",
+            "vpaddd {c11}, {c11}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 8]",
+            "vpmaddubsw {t}, {b0}, {w}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{o}]",
+            "vpaddd {c20}, {c20}, {t}",
+            "vpmaddubsw {w}, {b1}, {w}",
+            "vpmaddwd {w}, {w}, ymmword ptr [{o}]",
+            "vpaddd {c21}, {c21}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 12]",
+            "vpmaddubsw {t}, {b0}, {w}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{o}]",
+            "vpaddd {c30}, {c30}, {t}",
+            "vpmaddubsw {w}, {b1}, {w}",
+            "vpmaddwd {w}, {w}, ymmword ptr [{o}]",
+            "vpaddd {c31}, {c31}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 16]",
+            "vpmaddubsw {t}, {b0}, {w}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{o}]",
+            "vpaddd {c40}, {c40}, {t}",
+            "vpmaddubsw {w}, {b1}, {w}",
+            "vpmaddwd {w}, {w}, ymmword ptr [{o}]",
+            "vpaddd {c41}, {c41}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 20]",
+            "vpmaddubsw {t}, {b0}, {w}",
+            "vpmaddwd {t}, {t}, ymmword ptr [{o}]",
+            "vpaddd {c50}, {c50}, {t}",
+            "vpmaddubsw {w}, {b1}, {w}",
+            "vpmaddwd {w}, {w}, ymmword ptr [{o}]",
+            "vpaddd {c51}, {c51}, {w}",
+            b = in(reg) b,
+            a = in(reg) a,
+            o = in(reg) ONES16.0.as_ptr(),
+            b0 = out(ymm_reg) _,
+            b1 = out(ymm_reg) _,
+            w = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            c00 = inout(ymm_reg) c00,
+            c01 = inout(ymm_reg) c01,
+            c10 = inout(ymm_reg) c10,
+            c11 = inout(ymm_reg) c11,
+            c20 = inout(ymm_reg) c20,
+            c21 = inout(ymm_reg) c21,
+            c30 = inout(ymm_reg) c30,
+            c31 = inout(ymm_reg) c31,
+            c40 = inout(ymm_reg) c40,
+            c41 = inout(ymm_reg) c41,
+            c50 = inout(ymm_reg) c50,
+            c51 = inout(ymm_reg) c51,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]
+}
+
+/// Adds the sparse remainder `Σ (d − c)·x` of rows `row0..row0 + rows` to a tile at column
+/// `col` (`cols` valid): x rows are read from the uint8 `[k × n]` input.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm8_rem<const H: usize>(c: &mut [[__m256i; 2]; MR8], p8: &Packed8, row0: usize, rows: usize, x: *const u8, n: usize, col: usize, cols: usize) {
+    for (r, cr) in c.iter_mut().enumerate().take(rows) {
+        let (s, e) = (*p8.rem_start.get_unchecked(row0 + r) as usize, *p8.rem_start.get_unchecked(row0 + r + 1) as usize);
+        for &(kk, wr) in p8.rem.get_unchecked(s..e) {
+            let wv = _mm256_set1_epi32(wr);
+            let src = x.add(kk as usize * n + col);
+            let mut tmp = [0u8; 16];
+            let p = if cols == 16 {
+                src
+            } else {
+                std::ptr::copy_nonoverlapping(src, tmp.as_mut_ptr(), cols);
+                tmp.as_ptr()
+            };
+            cr[0] = _mm256_add_epi32(cr[0], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)), wv));
+            if H == 2 {
+                cr[1] = _mm256_add_epi32(cr[1], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8) as *const __m128i)), wv));
+            }
+        }
+    }
+}
+
+/// [`gemm_loop`] for the byte GEMM: rows `r0..r1` of `p8` (`r0` a multiple of [`MR8`]; `dst`
+/// rows relative to `r0`), byte panels `b` of the uint8 `[k × n]` input `x` (zero-point `zx`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8, r0: usize, r1: usize, b: *const u8, x: *const u8, n: usize, zx: i32, f: &Fin, dst: &GemmOut) {
+    let kq = p8.k.div_ceil(4);
+    let np = n.div_ceil(NR);
+    let (lo, hi) = (r0 / MR8, r1.div_ceil(MR8));
+    let a = p8.a.as_ptr() as *const i32;
+    let mut xe = Vec::new();
+    let chunks = ((hi - lo) * kq * MR8 * 4).div_ceil(A_CHUNK_BYTES).clamp(1, (hi - lo).max(1));
+    let per = (hi - lo).div_ceil(chunks).max(1);
+    for c0 in (lo..hi).step_by(per) {
+        let c1 = (c0 + per).min(hi);
+        for jp in 0..np {
+            let bp = b.add(jp * kq * NR * 4);
+            let cols = NR.min(n - jp * NR);
+            let tc = tile_cols(cols);
+            if tc > 0 {
+                for ib in c0..c1 {
+                    let row0 = ib * MR8;
+                    let rows = MR8.min(r1 - row0);
+                    let init = row_init8(p8, row0, rows, zx);
+                    let ap = a.add(ib * kq * MR8);
+                    let c = if tc > 8 {
+                        let mut c = gemm8_tile::<2>(ap, bp, kq, &init);
+                        gemm8_rem::<2>(&mut c, p8, row0, rows, x, n, jp * NR, cols);
+                        c
+                    } else {
+                        let mut c = gemm8_tile::<1>(ap, bp, kq, &init);
+                        gemm8_rem::<1>(&mut c, p8, row0, rows, x, n, jp * NR, cols.min(8));
+                        c
+                    };
+                    gemm_store::<FAST, CAP>(&c, row0 - r0, rows, jp * NR, cols.min(tc), n, f, dst);
+                }
+            }
+            for cc in tc..cols {
+                expand_column(bp as *const i16, kq, cc, &mut xe);
+                let col = jp * NR + cc;
+                for ib in c0..c1 {
+                    let row0 = ib * MR8;
+                    let acc = dot_tail::<true>(a.add(ib * kq * MR8), kq, &xe);
+                    for (r, &v) in acc.iter().enumerate().take(MR8.min(r1 - row0)) {
+                        let row = row0 + r;
+                        let mut v = v.wrapping_sub(zx.wrapping_mul(*p8.rowsum.get_unchecked(row)));
+                        let (s, e) = (*p8.rem_start.get_unchecked(row) as usize, *p8.rem_start.get_unchecked(row + 1) as usize);
+                        for &(kk, wr) in p8.rem.get_unchecked(s..e) {
+                            v = v.wrapping_add(wr.wrapping_mul(*x.add(kk as usize * n + col) as i32));
+                        }
+                        store_one::<CAP>(dst, row - r0, col, n, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The byte GEMM with a requantizing destination: rows `r0..r1` (`mult`, `bias`, `out`,
+/// `cmax`, `epi` hold just those rows).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm8_rows(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], cmax: Option<&[u8]>, epi: Option<EpiRows>) {
+    let (m, k) = (p8.m, p8.k);
+    let (kq, np, rows) = (k.div_ceil(4), n.div_ceil(NR), r1 - r0);
+    assert!(r0.is_multiple_of(MR8) && r0 <= r1 && r1 <= m);
+    assert!(p8.a.len() >= m.div_ceil(MR8) * kq * MR8 * 4 && p8.rowsum.len() >= m && p8.rem_start.len() > m && p8.rem.len() >= p8.rem_start[m] as usize);
+    assert!(p8.rem.iter().all(|&(kk, _)| (kk as usize) < k));
+    assert!(b.len() >= np * kq * NR * 4 && x.len() >= k * n && out.len() >= rows * n && mult.len() >= rows && bias.len() >= rows);
+    assert!(cmax.is_none_or(|c| c.len() >= rows) && epi.is_none_or(|e| e.fits(rows)));
+    let sink = Sink::Requant { mult, bias, shift, zp, qmin, qmax, out: &mut [] };
+    let f = sink_fin(&sink, k as u128 * 255 * 255);
+    let st = ScalarStage { shift, zp, qmin, qmax };
+    let (b, x) = (b.as_ptr(), x.as_ptr());
+    if let Some(e) = epi {
+        let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, rows, k as u128 * 255 * 255) };
+        return if f.fast { gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst) } else { gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst) };
+    }
+    let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
+    match (f.fast, cmax.is_some()) {
+        (true, false) => gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst),
+        (true, true) => gemm8_loop::<true, true>(p8, r0, r1, b, x, n, zx, &f, &dst),
+        (false, false) => gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst),
+        (false, true) => gemm8_loop::<false, true>(p8, r0, r1, b, x, n, zx, &f, &dst),
+    }
+}
+
+/// The byte GEMM of a pointwise conv (see [`Packed8`]): `x` the uint8 `[k × n]` input with
+/// zero-point `zx`, `b` its panels from [`pack_b8`]; output rows split over `tasks`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm8_requant(p8: &Packed8, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<&FloatEpilogue>) {
+    gemm8_par(p8, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, tasks, cmax, epi.map(EpiRows::of))
+}
+
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm8_par(p8: &Packed8, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
+    let m = p8.m;
+    assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
+    let mb = m.div_ceil(MR8);
+    let tasks = tasks.min(mb).max(1);
+    if tasks <= 1 || n == 0 {
+        return gemm8_rows(p8, 0, m, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, cmax, epi);
+    }
+    let per = mb.div_ceil(tasks) * MR8;
+    out[..m * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(m));
+        // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+        unsafe { gemm8_rows(p8, r0, r1, b, x, n, zx, &mult[r0..r1], &bias[r0..r1], shift, zp, qmin, qmax, o, cmax.map(|c| &c[r0..r1]), epi.map(|e| e.rows(r0..r1))) };
+    });
+}
+
+/// Pack a uint8 `[k × n]` matrix into byte panels (see [`super::pack_b8`]).
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
+    assert!(input.len() >= k * n);
+    let (np, kq) = (n.div_ceil(NR), k.div_ceil(4));
+    let len = np * kq * NR * 4;
+    dst.clear();
+    dst.reserve(len);
+    let full = n / NR;
+    let d = dst.as_mut_ptr();
+    let src = input.as_ptr();
+    for jp in 0..full {
+        let col = jp * NR;
+        for q in 0..kq {
+            let ld = |r: usize| if r < k { _mm_loadu_si128(src.add(r * n + col) as *const __m128i) } else { _mm_setzero_si128() };
+            let (r0, r1, r2, r3) = (ld(4 * q), ld(4 * q + 1), ld(4 * q + 2), ld(4 * q + 3));
+            let (a_lo, a_hi) = (_mm_unpacklo_epi8(r0, r1), _mm_unpackhi_epi8(r0, r1));
+            let (b_lo, b_hi) = (_mm_unpacklo_epi8(r2, r3), _mm_unpackhi_epi8(r2, r3));
+            let o = d.add((jp * kq + q) * NR * 4);
+            _mm_storeu_si128(o as *mut __m128i, _mm_unpacklo_epi16(a_lo, b_lo));
+            _mm_storeu_si128(o.add(16) as *mut __m128i, _mm_unpackhi_epi16(a_lo, b_lo));
+            _mm_storeu_si128(o.add(32) as *mut __m128i, _mm_unpacklo_epi16(a_hi, b_hi));
+            _mm_storeu_si128(o.add(48) as *mut __m128i, _mm_unpackhi_epi16(a_hi, b_hi));
+        }
+    }
+    if full < np {
+        let tail = d.add(full * kq * NR * 4);
+        std::ptr::write_bytes(tail, 0, kq * NR * 4);
+        for row in 0..k {
+            for col in full * NR..n {
+                *tail.add(((row / 4) * NR + col % NR) * 4 + row % 4) = *src.add(row * n + col);
+            }
+        }
+    }
+    dst.set_len(len);
+}
+
+/// Most bytes of packed A that [`gemm_loop`] runs against all panels at once (half the L2 of
+/// this target's cores, 512 KiB: the rest holds the B panels and outputs).
+const A_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Σ a[i]·b[i] over i16 slices of equal length, exact in (wrapping) i32.
 #[inline(always)]
@@ -543,6 +1021,58 @@ pub unsafe fn gemv(w: &[i16], m: usize, k: usize, cols: &[i16], n: usize, xcol: 
         xcol.extend((0..k).map(|p| cols[p * n + j]));
         for i in 0..m {
             let acc = dot_i16(&w[i * k..(i + 1) * k], xcol);
+            match sink {
+                Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
+                    let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
+                    out[i * n + j] = v.clamp(*qmin as i64, *qmax as i64) as u8;
+                }
+                Sink::Acc(a) => a[i * n + j] = acc,
+            }
+        }
+    }
+}
+
+/// Σ u[i]·x[i], `u` bytes, `x` i16, exact in (wrapping) i32.
+#[inline(always)]
+unsafe fn dot_u8_i16(u: &[u8], x: &[i16]) -> i32 {
+    let k = u.len().min(x.len());
+    let (pu, px) = (u.as_ptr(), x.as_ptr());
+    let mut s0 = _mm256_setzero_si256();
+    let mut s1 = _mm256_setzero_si256();
+    let mut i = 0;
+    while i + 32 <= k {
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)), _mm256_loadu_si256(px.add(i) as *const __m256i)));
+        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i + 16) as *const __m128i)), _mm256_loadu_si256(px.add(i + 16) as *const __m256i)));
+        i += 32;
+    }
+    if i + 16 <= k {
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)), _mm256_loadu_si256(px.add(i) as *const __m256i)));
+        i += 16;
+    }
+    let s = _mm256_add_epi32(s0, s1);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    let mut acc = _mm_cvtsi128_si32(s);
+    while i < k {
+        acc = acc.wrapping_add(*pu.add(i) as i32 * *px.add(i) as i32);
+        i += 1;
+    }
+    acc
+}
+
+/// [`gemv`] with the weights of [`PackedWeights::Gemv`]: row `i` is `u[i·k..] + off[i]`, so
+/// `Σ w·x = Σ u·x + off[i]·Σ x` (exact, wrapping i32 like the reference).
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemv_u8(u: &[u8], off: &[i32], m: usize, k: usize, cols: &[i16], n: usize, xcol: &mut Vec<i16>, sink: &mut Sink) {
+    assert!(u.len() >= m * k && off.len() >= m && cols.len() >= k * n);
+    for j in 0..n {
+        xcol.clear();
+        xcol.extend((0..k).map(|p| cols[p * n + j]));
+        let sx = xcol.iter().fold(0i32, |s, &x| s.wrapping_add(x as i32));
+        for i in 0..m {
+            let acc = dot_u8_i16(&u[i * k..(i + 1) * k], xcol).wrapping_add(off[i].wrapping_mul(sx));
             match sink {
                 Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
                     let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
@@ -1019,6 +1549,7 @@ pub fn conv_supported(parts: &[ConvPart], g: &ConvGeometry) -> bool {
     !parts.is_empty()
         && parts.iter().all(|p| match &p.packed {
             PackedWeights::Gemm { m, k, groups, .. } => *groups == g.group && *m == g.out_c / g.group && *k == g.weights_per_output(),
+            PackedWeights::Gemv { m, k, .. } => g.group == 1 && *m == g.out_c && *k == g.weights_per_output() && g.out_h * g.out_w <= GEMV_MAX_N,
             PackedWeights::Depthwise { kh, kw2, .. } => depthwise_supported(g) && *kh == g.kernel[0] && *kw2 == g.kernel[1].div_ceil(2),
             PackedWeights::None => false,
         })
@@ -1079,8 +1610,6 @@ unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i
     });
 }
 
-/// Below this many output positions a conv runs as matrix–vector products.
-const GEMV_MAX_N: usize = 4;
 
 /// AVX2 [`super::conv_q8_reference`]: same arguments, same bytes out. Requires
 /// [`conv_supported`].
@@ -1175,7 +1704,7 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
         scratch.fixed.clear();
         scratch.fixed.extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
     }
-    let Scratch { cols, acc, fixed, bpack, mult } = scratch;
+    let Scratch { cols, acc, fixed, bpack, bpack8, mult } = scratch;
     for (pi, part) in parts.iter().enumerate() {
         mult.clear();
         mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
@@ -1195,6 +1724,12 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             }
             PackedWeights::Gemm { data, .. } => {
                 let blk = cout_g.div_ceil(MR) * k.div_ceil(2) * MR * 2;
+                if let (true, Some(p8)) = (single && g.is_pointwise() && spatial > GEMV_MAX_N, &part.packed8) {
+                    pack_b8(input, k, spatial, bpack8);
+                    gemm8_par(p8, bpack8, input, spatial, zp_in, mult, bias_fixed, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi);
+                    post_cap = None;
+                    continue;
+                }
                 for grp in 0..g.group {
                     let rows = grp * cout_g..(grp + 1) * cout_g;
                     let mut sink = if single {
@@ -1227,6 +1762,12 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
                         _ => gemm_packed(a, cout_g, k, bpack, spatial, &mut sink),
                     }
                 }
+            }
+            PackedWeights::Gemv { u, off, .. } => {
+                let mut sink = if single { Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out } } else { Sink::Acc(&mut acc[..]) };
+                cols.resize(k * spatial, 0);
+                im2col_q_reference(input, zp_in, g, 0, g.in_c, cols);
+                gemv_u8(u, off, g.out_c, k, cols, spatial, bpack, &mut sink);
             }
             PackedWeights::None => unreachable!("checked by conv_supported"),
         }

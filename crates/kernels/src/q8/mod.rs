@@ -8,7 +8,7 @@
 use crate::ConvGeometry;
 
 mod pack;
-pub use pack::{pack_b_i16, pack_b_u8, PackedWeights, MR, NR};
+pub use pack::{pack_b8, pack_b_i16, pack_b_u8, Packed8, PackedWeights, BYTE_GEMM_MIN_K, GEMV_MAX_N, MR, MR8, NR, W8_MAX};
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
@@ -132,13 +132,16 @@ pub struct ConvPart {
     pub requant: Vec<Requant>,
     /// `weight` re-laid for the SIMD kernels (built once, by [`ConvPart::new`]).
     pub packed: PackedWeights,
+    /// Pointwise convs: the byte-GEMM form, where the weights allow it.
+    pub packed8: Option<Packed8>,
 }
 
 impl ConvPart {
     /// A part with its weights packed for geometry `g`.
     pub fn new(weight: Vec<i16>, requant: Vec<Requant>, g: &ConvGeometry) -> ConvPart {
         let packed = PackedWeights::new(&weight, g);
-        ConvPart { weight, requant, packed }
+        let packed8 = if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N && g.in_c >= BYTE_GEMM_MIN_K { Packed8::new(&weight, g.out_c, g.in_c) } else { None };
+        ConvPart { weight, requant, packed, packed8 }
     }
 }
 
@@ -313,6 +316,8 @@ pub struct Scratch {
     pub fixed: Vec<i64>,
     /// Packed GEMM right-hand side / padded depthwise plane (SIMD paths).
     pub bpack: Vec<i16>,
+    /// Byte panels of the byte GEMM.
+    pub bpack8: Vec<u8>,
     /// Per-output-channel multipliers of the current part.
     pub mult: Vec<i64>,
 }
