@@ -199,7 +199,7 @@ fn check_conv_acc(c: &ConvCase) -> Result<(), TestCaseError> {
     q8::conv_acc_reference(&d.input, c.zp_in, &d.parts[0].weight, &c.g, &mut want, &mut cols);
     let mut got = vec![-9i32; 11];
     let mut scratch = Scratch { cols: vec![5i16; 3], ..Default::default() };
-    q8::conv_acc(&d.input, c.zp_in, &d.parts[0].weight, &c.g, &mut got, &mut scratch);
+    q8::conv_acc(&d.input, c.zp_in, &d.parts[0], &c.g, &mut got, &mut scratch);
     prop_assert_eq!(got, want);
     Ok(())
 }
@@ -233,6 +233,10 @@ proptest! {
 
     #[test]
     fn conv_acc_matches_reference(c in conv_case(0)) { check_conv_acc(&c)?; }
+
+    /// Classifier heads (one output position): the byte-row matrix–vector path when the rows fit.
+    #[test]
+    fn conv_acc_fully_connected_matches_reference(c in pointwise_case().prop_map(|mut c| { (c.g.in_h, c.g.in_w, c.g.out_h, c.g.out_w) = (1, 1, 1, 1); c })) { check_conv_acc(&c)?; }
 
     #[test]
     fn conv_acc_grouped_and_depthwise_match_reference(c in conv_case(2), dw in conv_case(1)) { check_conv_acc(&c)?; check_conv_acc(&dw)?; }

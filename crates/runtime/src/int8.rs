@@ -43,7 +43,7 @@ enum Step {
     /// A conv/Gemm whose output stays float (a graph output such as the logits): exact i32
     /// accumulators, then `y = scale[c]·(acc + bias_q[c])` with `scale = s_in·s_w[c]`, i.e. the
     /// written semantics (dequantized inputs and int32 bias) without rounding to a grid.
-    ConvDequant { input: usize, output: usize, zp_in: i32, weight: Vec<i16>, scale: Vec<f64>, bias: Vec<f64>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
+    ConvDequant { input: usize, output: usize, zp_in: i32, part: ConvPart, scale: Vec<f64>, bias: Vec<f64>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
     Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid },
     GlobalAvgPool { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid },
     /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
@@ -140,6 +140,7 @@ impl Step {
                 let stride = if g.strides == [1, 1] { String::new() } else { format!(" /{}", g.strides[0]) };
                 (kind, format!("{}→{} @ {}×{}{stride}", g.in_c, g.out_c, g.out_h, g.out_w))
             }
+            Step::ConvDequant { geom: g, .. } => ("conv/gemm, float output".into(), format!("{}→{} @ {}×{}", g.in_c, g.out_c, g.out_h, g.out_w)),
             Step::Quantize { .. } => ("quantize".into(), String::new()),
             Step::Dequantize { .. } => ("dequantize".into(), String::new()),
             Step::Add { .. } => ("add".into(), String::new()),
@@ -478,7 +479,9 @@ impl Int8Engine {
             let q = w.values.to_i32_vec();
             let weight: Vec<i16> = q.iter().enumerate().map(|(i, &v)| (v - w.params.zero_point_at(i / per)) as i16).collect();
             let scale: Vec<f64> = (0..geom.out_c).map(|c| grid.scale as f64 * w.params.scale_at(c) as f64).collect();
-            let step = Step::ConvDequant { input: 0, output: 0, zp_in: grid.zp, weight, scale, bias: bias.unwrap_or_else(|| vec![0.0; geom.out_c]), geom, out_shape_per_image: out_shape };
+            // No requantization: the part's multipliers are unused.
+            let part = ConvPart::new(weight, Vec::new(), &geom);
+            let step = Step::ConvDequant { input: 0, output: 0, zp_in: grid.zp, part, scale, bias: bias.unwrap_or_else(|| vec![0.0; geom.out_c]), geom, out_shape_per_image: out_shape };
             absorbed.insert(ci);
             int_steps.insert(ci, (vec![src.to_string()], step));
         }
@@ -677,7 +680,7 @@ impl Int8Engine {
                     s.extend_from_slice(out_shape_per_image);
                     st.vals[*output] = Some(Value::Q { shape: s, data: o });
                 }
-                Step::ConvDequant { input, output, zp_in, weight, scale, bias, geom, out_shape_per_image } => {
+                Step::ConvDequant { input, output, zp_in, part, scale, bias, geom, out_shape_per_image } => {
                     let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
                     let images = shape[0];
                     let (isz, spatial) = (geom.in_c * geom.in_h * geom.in_w, geom.out_h * geom.out_w);
@@ -686,7 +689,7 @@ impl Int8Engine {
                     let Some(Value::Q { data, .. }) = &vals[*input] else { unreachable!() };
                     let mut acc = std::mem::take(&mut scratch.acc);
                     for b in 0..images {
-                        q8::conv_acc(&data[b * isz..(b + 1) * isz], *zp_in, weight, geom, &mut acc, scratch);
+                        q8::conv_acc(&data[b * isz..(b + 1) * isz], *zp_in, part, geom, &mut acc, scratch);
                         y.extend(acc.iter().enumerate().map(|(i, &a)| (a as f64 * scale[i / spatial] + bias[i / spatial]) as f32));
                     }
                     scratch.acc = acc;

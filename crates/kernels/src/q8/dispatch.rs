@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use super::{ConvPart, FloatEpilogue, Requant, Scratch};
+use super::{ConvPart, FloatEpilogue, PackedWeights, Requant, Scratch};
 use crate::ConvGeometry;
 
 /// Instruction-set level the dispatched kernels use.
@@ -150,22 +150,26 @@ pub fn clamp_channels_u8(data: &mut [u8], inner: usize, qmax: &[u8]) {
 /// The exact i32 accumulators of one conv part, `[out_c × oh·ow]` (see
 /// [`super::conv_acc_reference`]): for a layer whose output is dequantized instead of
 /// requantized (a graph output kept in float). Dense single-group convs run AVX2 im2col and
-/// matrix–vector products (such layers are classifier heads with one output position); the
-/// rest, the reference.
-pub fn conv_acc(input: &[u8], zp_in: i32, weight: &[i16], g: &ConvGeometry, acc: &mut Vec<i32>, scratch: &mut Scratch) {
+/// matrix–vector products, on the part's byte rows when it has them ([`PackedWeights::Gemv`]:
+/// classifier heads with one output position are memory-bound); the rest, the reference.
+pub fn conv_acc(input: &[u8], zp_in: i32, part: &ConvPart, g: &ConvGeometry, acc: &mut Vec<i32>, scratch: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Avx2 && g.group == 1 && !g.is_depthwise() {
         let (m, k, n) = (g.out_c, g.weights_per_output(), g.out_h * g.out_w);
-        assert!(weight.len() >= m * k && input.len() >= g.in_c * g.in_h * g.in_w);
+        assert!(part.weight.len() >= m * k && input.len() >= g.in_c * g.in_h * g.in_w);
         scratch.cols.resize(k * n, 0);
         acc.clear();
         acc.resize(m * n, 0);
+        let sink = &mut super::avx2::Sink::Acc(&mut acc[..]);
         // SAFETY: AVX2 was detected at run time; the slices were sized above.
         unsafe {
             super::avx2::im2col_q(input, zp_in, g, 0, g.in_c, &mut scratch.cols);
-            super::avx2::gemv(weight, m, k, &scratch.cols, n, &mut scratch.bpack, &mut super::avx2::Sink::Acc(&mut acc[..]));
+            match &part.packed {
+                PackedWeights::Gemv { u, off, m: pm, k: pk } if *pm == m && *pk == k => super::avx2::gemv_u8(u, off, m, k, &scratch.cols, n, &mut scratch.bpack, sink),
+                _ => super::avx2::gemv(&part.weight, m, k, &scratch.cols, n, &mut scratch.bpack, sink),
+            }
         }
         return;
     }
-    super::conv_acc_reference(input, zp_in, weight, g, acc, &mut scratch.cols)
+    super::conv_acc_reference(input, zp_in, &part.weight, g, acc, &mut scratch.cols)
 }
