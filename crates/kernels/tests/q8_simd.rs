@@ -40,9 +40,23 @@ impl Rng {
         w
     }
     /// Like trained 8-bit weights: `w − zw` mostly in [−64, 64], about 1 in 64 anywhere in
-    /// [−255, 255] (the byte GEMM's sparse remainder).
+    /// [−255, 255] (the byte GEMM's sparse remainder), and 1 pair in 8 a large value next to a
+    /// small one with `|d0| + |d1|` up to 128, as equalized weights are (the byte GEMM multiplies
+    /// such pairs whole, right at `vpmaddubsw`'s saturation bound).
     fn weights_sparse(&mut self, n: usize) -> Vec<i16> {
-        (0..n).map(|_| if self.next().is_multiple_of(64) { self.range(-255, 255) as i16 } else { self.range(-64, 64) as i16 }).collect()
+        let mut w = Vec::with_capacity(n + 1);
+        while w.len() < n {
+            if self.next().is_multiple_of(8) {
+                let big = self.range(-127, 127);
+                let room = 128 - big.abs();
+                let pair = [big, self.range(-room, room)];
+                w.extend(if self.next() & 1 == 0 { pair } else { [pair[1], pair[0]] }.map(|d| d as i16));
+            } else {
+                w.push(if self.next().is_multiple_of(64) { self.range(-255, 255) as i16 } else { self.range(-64, 64) as i16 });
+            }
+        }
+        w.truncate(n);
+        w
     }
     fn real(&mut self) -> f64 {
         // log-uniform in [1e-6, 20]

@@ -8,7 +8,7 @@
 use crate::ConvGeometry;
 
 mod pack;
-pub use pack::{pack_b8, pack_b_i16, pack_b_u8, Packed8, PackedWeights, BYTE_GEMM_MIN_K, GEMV_MAX_N, MR, MR8, NR, W8_MAX};
+pub use pack::{pack_b8, pack_b_i16, pack_b_u8, Packed8, PackedWeights, BYTE_GEMM_MIN_K, GEMV_MAX_N, MR, MR8, NR, W8_PAIR_MAX, byte_pair};
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

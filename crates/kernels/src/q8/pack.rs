@@ -146,13 +146,28 @@ pub const BYTE_GEMM_MIN_K: usize = 80;
 
 /// Rows of the byte GEMM's micro-tile ([`Packed8`]).
 pub const MR8: usize = 6;
-/// Largest `|w − zw|` the byte GEMM multiplies with `vpmaddubsw`: a pair sum is then at most
-/// 2 · 255 · 64 = 32640, inside i16, so the instruction never saturates.
-pub const W8_MAX: i32 = 64;
+/// Largest `|c0| + |c1|` of a weight pair that `vpmaddubsw` multiplies (the bytes `2j, 2j+1` of
+/// a k-quad): a pair sum `x0·c0 + x1·c1` is then at most 255 · 128 = 32640, inside i16, so the
+/// instruction never saturates.
+pub const W8_PAIR_MAX: i32 = 128;
+
+/// The part of a weight pair `(d0, d1)` that the byte GEMM multiplies: both as they are when
+/// `|d0| + |d1| ≤ 128` (and each fits i8), else the smaller one kept (clamped to i8) and the
+/// larger clamped to what is left of the 128. Per-tensor weights after equalization often pair a
+/// large value with a small one; a fixed clamp at ±64 sent all such large values to the
+/// remainder.
+pub fn byte_pair(d0: i32, d1: i32) -> (i32, i32) {
+    let (small_first, small, big) = if d0.abs() <= d1.abs() { (true, d0, d1) } else { (false, d1, d0) };
+    let cs = small.clamp(-W8_PAIR_MAX, W8_PAIR_MAX - 1);
+    let room = W8_PAIR_MAX - cs.abs();
+    let cb = big.clamp(-room, room.min(W8_PAIR_MAX - 1));
+    if small_first { (cs, cb) } else { (cb, cs) }
+}
 
 /// Weights of a pointwise conv for the byte GEMM (`vpmaddubsw` on uint8 activations `x`):
-/// `d = w − zw` is split into `c = clamp(d, −64, 64)` (packed as i8) and a sparse remainder
-/// `d − c`, and `Σ d·(x − zx) = Σ c·x + Σ (d − c)·x − zx·Σ d` exactly.
+/// `d = w − zw` is split into `c` (packed as i8, each k-pair within [`W8_PAIR_MAX`], see
+/// [`byte_pair`]) and a sparse remainder `d − c`, and `Σ d·(x − zx) = Σ c·x + Σ (d − c)·x − zx·Σ d`
+/// exactly.
 #[derive(Clone, Debug, Default)]
 pub struct Packed8 {
     /// `ceil(m/MR8)` blocks of `[ceil(k/4)][MR8][4]` i8 (`c`), zero padded.
@@ -183,11 +198,17 @@ impl Packed8 {
             let (blk, r) = (i / MR8, i % MR8);
             let row = &weight[i * k..(i + 1) * k];
             rowsum.push(row.iter().map(|&d| d as i32).sum());
-            for (p, &d) in row.iter().enumerate() {
-                let c = (d as i32).clamp(-W8_MAX, W8_MAX);
-                a[((blk * kq + p / 4) * MR8 + r) * 4 + p % 4] = c as i8;
-                if c != d as i32 {
-                    rem.push((p as u32, d as i32 - c));
+            for p in (0..k).step_by(2) {
+                let (d0, d1) = (row[p] as i32, row.get(p + 1).map_or(0, |&d| d as i32));
+                let (c0, c1) = byte_pair(d0, d1);
+                for (q, c, d) in [(p, c0, d0), (p + 1, c1, d1)] {
+                    if q >= k {
+                        continue;
+                    }
+                    a[((blk * kq + q / 4) * MR8 + r) * 4 + q % 4] = c as i8;
+                    if c != d {
+                        rem.push((q as u32, d - c));
+                    }
                 }
             }
             rem_start.push(rem.len() as u32);
@@ -205,6 +226,34 @@ pub fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
     for row in 0..k {
         for (col, &x) in input[row * n..(row + 1) * n].iter().enumerate() {
             dst[(((col / NR) * kq + row / 4) * NR + col % NR) * 4 + row % 4] = x;
+        }
+    }
+}
+
+#[cfg(test)]
+mod byte_pair_tests {
+    use super::*;
+
+    /// Every pair of 8-bit weight differences: the multiplied part can never saturate
+    /// `vpmaddubsw`, fits i8, is the whole pair when it can be, and leaves at most one value to the
+    /// remainder whenever one of the two fits i8 on its own.
+    #[test]
+    fn byte_pair_never_saturates_and_keeps_what_fits() {
+        for d0 in -255..=255 {
+            for d1 in -255..=255 {
+                let (c0, c1) = byte_pair(d0, d1);
+                assert!(c0.abs() + c1.abs() <= W8_PAIR_MAX, "({d0}, {d1}) → ({c0}, {c1})");
+                assert!((-128..=127).contains(&c0) && (-128..=127).contains(&c1), "({d0}, {d1}) → ({c0}, {c1})");
+                assert!(c0 == 0 || c0.signum() == d0.signum() && c0.abs() <= d0.abs(), "({d0}, {d1}) → ({c0}, {c1})");
+                assert!(c1 == 0 || c1.signum() == d1.signum() && c1.abs() <= d1.abs(), "({d0}, {d1}) → ({c0}, {c1})");
+                let fits = |d: i32| (-128..=127).contains(&d);
+                if d0.abs() + d1.abs() <= W8_PAIR_MAX && fits(d0) && fits(d1) {
+                    assert_eq!((c0, c1), (d0, d1));
+                }
+                if fits(d0.abs().min(d1.abs())) {
+                    assert!(c0 == d0 || c1 == d1, "({d0}, {d1}) → ({c0}, {c1}): both to the remainder");
+                }
+            }
         }
     }
 }
