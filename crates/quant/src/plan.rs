@@ -65,6 +65,10 @@ pub fn keep_outputs_float(g: &Graph, plan: &mut QuantPlan) -> usize {
     let consumers = g.consumers();
     let mut kept = 0;
     for out in &g.outputs {
+        // An output that other nodes also read keeps its grid (they would read it in float).
+        if consumers.get(out.as_str()).is_some_and(|c| !c.is_empty()) {
+            continue;
+        }
         let mut chain = vec![out.clone()];
         let mut value = out.clone();
         while let Some(&pi) = producers.get(value.as_str()) {
