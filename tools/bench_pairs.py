@@ -43,16 +43,7 @@ def subq_median(subq, model, runs, warmup, threads):
 
 
 def ort_median(sess, feeds, runs, warmup):
-    import time
-
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    t = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        t[i] = (time.perf_counter() - t0) * 1e3
-    return float(np.percentile(t, 50))
+    return float(np.percentile(ort_bench.time_runs(sess, feeds, runs, warmup), 50))
 
 
 def main():

@@ -68,9 +68,8 @@ def peak_rss_mib():
     return None
 
 
-def bench(path, runs, warmup, threads, opt):
-    sess = make_session(path, threads, opt)
-    feeds = random_feeds(sess, np.random.default_rng(0x5EED))
+def time_runs(sess, feeds, runs, warmup):
+    """Milliseconds of `runs` session.run() calls after `warmup` untimed ones."""
     for _ in range(warmup):
         sess.run(None, feeds)
     times = np.empty(runs)
@@ -78,6 +77,13 @@ def bench(path, runs, warmup, threads, opt):
         t0 = time.perf_counter()
         sess.run(None, feeds)
         times[i] = (time.perf_counter() - t0) * 1e3
+    return times
+
+
+def bench(path, runs, warmup, threads, opt):
+    sess = make_session(path, threads, opt)
+    feeds = random_feeds(sess, np.random.default_rng(0x5EED))
+    times = time_runs(sess, feeds, runs, warmup)
     median = float(np.percentile(times, 50))
     return {
         "model": path,

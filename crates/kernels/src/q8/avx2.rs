@@ -982,6 +982,30 @@ pub unsafe fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
 /// this target's cores, 512 KiB: the rest holds the B panels and outputs).
 const A_CHUNK_BYTES: usize = 256 * 1024;
 
+/// Sum of the 8 i32 lanes (wrapping).
+#[inline(always)]
+unsafe fn hsum_epi32(s: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+impl Sink<'_> {
+    /// One accumulator (row `i`, column `j`, row stride `n`) to its destination: the scalar
+    /// form of the vector stages, for matrix–vector products.
+    #[inline(always)]
+    fn put(&mut self, i: usize, j: usize, n: usize, acc: i32) {
+        match self {
+            Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
+                let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
+                out[i * n + j] = v.clamp(*qmin as i64, *qmax as i64) as u8;
+            }
+            Sink::Acc(a) => a[i * n + j] = acc,
+        }
+    }
+}
+
 /// Σ a[i]·b[i] over i16 slices of equal length, exact in (wrapping) i32.
 #[inline(always)]
 unsafe fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
@@ -999,11 +1023,7 @@ unsafe fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
         s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_loadu_si256(pa.add(i) as *const __m256i), _mm256_loadu_si256(pb.add(i) as *const __m256i)));
         i += 16;
     }
-    let s = _mm256_add_epi32(s0, s1);
-    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    let mut acc = _mm_cvtsi128_si32(s);
+    let mut acc = hsum_epi32(_mm256_add_epi32(s0, s1));
     while i < k {
         acc = acc.wrapping_add(*pa.add(i) as i32 * *pb.add(i) as i32);
         i += 1;
@@ -1021,13 +1041,7 @@ pub unsafe fn gemv(w: &[i16], m: usize, k: usize, cols: &[i16], n: usize, xcol: 
         xcol.extend((0..k).map(|p| cols[p * n + j]));
         for i in 0..m {
             let acc = dot_i16(&w[i * k..(i + 1) * k], xcol);
-            match sink {
-                Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
-                    let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
-                    out[i * n + j] = v.clamp(*qmin as i64, *qmax as i64) as u8;
-                }
-                Sink::Acc(a) => a[i * n + j] = acc,
-            }
+            sink.put(i, j, n, acc);
         }
     }
 }
@@ -1049,11 +1063,7 @@ unsafe fn dot_u8_i16(u: &[u8], x: &[i16]) -> i32 {
         s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)), _mm256_loadu_si256(px.add(i) as *const __m256i)));
         i += 16;
     }
-    let s = _mm256_add_epi32(s0, s1);
-    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    let mut acc = _mm_cvtsi128_si32(s);
+    let mut acc = hsum_epi32(_mm256_add_epi32(s0, s1));
     while i < k {
         acc = acc.wrapping_add(*pu.add(i) as i32 * *px.add(i) as i32);
         i += 1;
@@ -1073,13 +1083,7 @@ pub unsafe fn gemv_u8(u: &[u8], off: &[i32], m: usize, k: usize, cols: &[i16], n
         let sx = xcol.iter().fold(0i32, |s, &x| s.wrapping_add(x as i32));
         for i in 0..m {
             let acc = dot_u8_i16(&u[i * k..(i + 1) * k], xcol).wrapping_add(off[i].wrapping_mul(sx));
-            match sink {
-                Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
-                    let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
-                    out[i * n + j] = v.clamp(*qmin as i64, *qmax as i64) as u8;
-                }
-                Sink::Acc(a) => a[i * n + j] = acc,
-            }
+            sink.put(i, j, n, acc);
         }
     }
 }
