@@ -52,11 +52,15 @@ impl Builder<'_> {
         self.out.nodes.push(Node { name, op, inputs, outputs: vec![output] });
     }
 
+    /// The scale and zero-point initializers of grid `name` (`{name}_scale`, `{name}_zero_point`).
+    fn grid(&mut self, name: &str, q: &QParams) -> (String, String) {
+        (self.add_init(format!("{name}_scale"), scale_tensor(q)), self.add_init(format!("{name}_zero_point"), zero_point_tensor(q)))
+    }
+
     /// Emit Q → DQ for activation `value` (already produced under `produced_as`); consumers
     /// will read the returned name. A graph output keeps its name on the DQ side.
     fn quantize_activation(&mut self, value: &str, produced_as: &str, q: &QParams) {
-        let scale = self.add_init(format!("{value}_scale"), scale_tensor(q));
-        let zp = self.add_init(format!("{value}_zero_point"), zero_point_tensor(q));
+        let (scale, zp) = self.grid(value, q);
         let quantized = format!("{value}_quantized");
         let dq_out = if self.src.outputs.iter().any(|o| o == value) { value.to_string() } else { format!("{value}_dequantized") };
         self.push(format!("{value}_QuantizeLinear"), Op::QuantizeLinear { axis: 1 }, vec![produced_as.into(), scale.clone(), zp.clone()], quantized.clone());
@@ -64,26 +68,19 @@ impl Builder<'_> {
         self.dequantized.insert(value.to_string(), dq_out);
     }
 
-    /// Store a weight part quantized and return the name of its DequantizeLinear output.
-    fn weight(&mut self, base: &str, part: &crate::WeightPart) -> String {
-        let q = &part.params;
-        let wq = self.add_init(format!("{base}_quantized"), quantize_tensor(&part.values, q));
-        let scale = self.add_init(format!("{base}_scale"), scale_tensor(q));
-        let zp = self.add_init(format!("{base}_zero_point"), zero_point_tensor(q));
+    /// Store constant `base` quantized on grid `grid` (its scale and zero-point initializers, see
+    /// [`Builder::grid`]) and return the name of its DequantizeLinear output.
+    fn constant_on_grid(&mut self, base: &str, values: &Tensor, q: &QParams, grid: &str, axis: i64) -> String {
+        let wq = self.add_init(format!("{base}_quantized"), quantize_tensor(values, q));
+        let (scale, zp) = self.grid(grid, q);
         let out = format!("{base}_dequantized");
-        self.push(format!("{base}_DequantizeLinear"), Op::DequantizeLinear { axis: q.axis.unwrap_or(0) as i64 }, vec![wq, scale, zp], out.clone());
+        self.push(format!("{base}_DequantizeLinear"), Op::DequantizeLinear { axis }, vec![wq, scale, zp], out.clone());
         out
     }
 
-    /// A constant stored on activation `value`'s own grid: its DequantizeLinear reads the
-    /// scale and zero-point initializers of `value`'s QuantizeLinear instead of copies of them.
-    fn bound_on_grid(&mut self, base: &str, values: &Tensor, value: &str, q: &QParams) -> String {
-        let bq = self.add_init(format!("{base}_quantized"), quantize_tensor(values, q));
-        let scale = self.add_init(format!("{value}_scale"), scale_tensor(q));
-        let zp = self.add_init(format!("{value}_zero_point"), zero_point_tensor(q));
-        let out = format!("{base}_dequantized");
-        self.push(format!("{base}_DequantizeLinear"), Op::DequantizeLinear { axis: 1 }, vec![bq, scale, zp], out.clone());
-        out
+    /// Store a weight part quantized on its own grid and return the name of its DequantizeLinear output.
+    fn weight(&mut self, base: &str, part: &crate::WeightPart) -> String {
+        self.constant_on_grid(base, &part.values, &part.params, base, part.params.axis.unwrap_or(0) as i64)
     }
 
     /// int32 bias at scale s_in·s_w (per output channel when the weight is per-channel).
@@ -179,7 +176,8 @@ pub fn build_qdq_graph_with_map(g: &Graph, plan: &QuantPlan) -> Result<(Graph, B
                 // Q(min(x, DQ(Q(b)))) = min(Q(x), Q(b)) = Q(min(x, b)); and 4× smaller than float.
                 let q = plan.activations.get(&value).ok_or_else(|| QuantError::Invalid(format!("no parameters for '{value}'")))?.clone();
                 let bound = g.initializer(&n.inputs[1]).ok_or_else(|| QuantError::Invalid(format!("node '{}': bound is not a constant", n.name)))?;
-                inputs[1] = b.bound_on_grid(&n.inputs[1], bound, &value, &q);
+                // Its DequantizeLinear reads the Min output's own scale and zero-point initializers.
+                inputs[1] = b.constant_on_grid(&n.inputs[1], bound, &q, &value, 1);
                 b.push(n.name.clone(), n.op.clone(), inputs, produced_as.clone())
             }
             _ => {

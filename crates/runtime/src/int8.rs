@@ -187,6 +187,14 @@ struct ConstDq {
     params: QParams,
 }
 
+impl ConstDq {
+    /// `w − zw` as i16 (weights of `out_c` output channels, OIHW order): what the kernels multiply.
+    fn minus_zero_point(&self, out_c: usize) -> Vec<i16> {
+        let per = self.values.len() / out_c;
+        self.values.to_i32_vec().iter().enumerate().map(|(i, &v)| (v - self.params.zero_point_at(i / per)) as i16).collect()
+    }
+}
+
 fn const_dq(g: &Graph, n: &Node) -> Option<ConstDq> {
     let values = g.initializer(&n.inputs[0])?.clone();
     let scale = g.initializer(&n.inputs[1])?.to_f32_vec();
@@ -341,9 +349,7 @@ impl<'g> Lowering<'g> {
         let mut bias_fixed = vec![0i64; geom.out_c];
         for (l, r) in lowered.iter().zip(&reals) {
             let w = &l.2;
-            let per = w.values.len() / geom.out_c;
-            let q = w.values.to_i32_vec();
-            let weight: Vec<i16> = q.iter().enumerate().map(|(i, &v)| (v - w.params.zero_point_at(i / per)) as i16).collect();
+            let weight = w.minus_zero_point(geom.out_c);
             let requant: Vec<Requant> = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
             if let Some(b) = &l.3 {
                 for c in 0..geom.out_c {
@@ -475,9 +481,7 @@ impl Int8Engine {
                 continue;
             }
             let Some((src, grid, w, bias, geom, out_shape)) = lw.conv_like(n) else { continue };
-            let per = w.values.len() / geom.out_c;
-            let q = w.values.to_i32_vec();
-            let weight: Vec<i16> = q.iter().enumerate().map(|(i, &v)| (v - w.params.zero_point_at(i / per)) as i16).collect();
+            let weight = w.minus_zero_point(geom.out_c);
             let scale: Vec<f64> = (0..geom.out_c).map(|c| grid.scale as f64 * w.params.scale_at(c) as f64).collect();
             // No requantization: the part's multipliers are unused.
             let part = ConvPart::new(weight, Vec::new(), &geom);
