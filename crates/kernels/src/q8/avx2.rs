@@ -566,7 +566,7 @@ unsafe fn expand_column(bp: *const i16, kp: usize, c: usize, x: &mut Vec<i32>) {
 }
 
 /// 8 i32 lanes of products: i16 pairs (`U8 = false`) or, for the byte GEMM, 4 bytes of A
-/// (i8, |c| ≤ 64) times 4 bytes of B (u8) per lane, exact (`vpmaddubsw` cannot saturate).
+/// (i8, each `vpmaddubsw` pair with |c0| + |c1| ≤ 128, see `byte_pair`) times 4 bytes of B (u8) per lane, exact (`vpmaddubsw` cannot saturate).
 #[inline(always)]
 unsafe fn dot_product<const U8: bool>(a: __m256i, b: __m256i) -> __m256i {
     if U8 {
@@ -997,10 +997,7 @@ impl Sink<'_> {
     #[inline(always)]
     fn put(&mut self, i: usize, j: usize, n: usize, acc: i32) {
         match self {
-            Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => {
-                let v = *zp as i64 + round_shift(bias[i] + acc as i64 * mult[i], *shift);
-                out[i * n + j] = v.clamp(*qmin as i64, *qmax as i64) as u8;
-            }
+            Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => out[i * n + j] = ScalarStage { shift: *shift, zp: *zp, qmin: *qmin, qmax: *qmax }.apply(mult[i], bias[i], acc),
             Sink::Acc(a) => a[i * n + j] = acc,
         }
     }
