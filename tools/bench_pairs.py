@@ -5,6 +5,10 @@
     $PY tools/bench_pairs.py --subq target/release/subq \
         --pair SUBQ_MODEL.onnx ORT_MODEL.onnx [--pair ...] [--rounds 15] [--runs 40] [--json]
 
+With `--against subq`, the second file of each pair is timed by subq too: the overhead of one
+export over another (e.g. subtensor over plain per-tensor) on our own engine, with the same
+pairing.
+
 A single long run of each engine, one after the other, is at the mercy of whatever else the host
 does during each run: on this 2-core shared machine the same file's median moves by ±30% between
 runs minutes apart. Here the two engines alternate in short blocks (`--runs` timed runs each,
@@ -55,6 +59,8 @@ def main():
     ap.add_argument("--runs", type=int, default=40, help="timed runs per block (default 40)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs before each block (default 5)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--against", choices=["ort", "subq"], default="ort",
+                    help="engine that times the second file of each pair (default ort)")
     ap.add_argument("--json", action="store_true", help="print a JSON list (one object per pair)")
     a = ap.parse_args()
     if a.rounds < 1 or a.runs < 1 or a.warmup < 0 or a.threads < 1:
@@ -66,18 +72,23 @@ def main():
 
     results = []
     for s_model, o_model in a.pair:
-        sess = ort_bench.make_session(o_model, a.threads, "default")
-        feeds = ort_bench.random_feeds(sess, np.random.default_rng(0x5EED))
+        if a.against == "ort":
+            sess = ort_bench.make_session(o_model, a.threads, "default")
+            feeds = ort_bench.random_feeds(sess, np.random.default_rng(0x5EED))
+            other = lambda: ort_median(sess, feeds, a.runs, a.warmup)  # noqa: E731
+        else:
+            other = lambda: subq_median(a.subq, o_model, a.runs, a.warmup, a.threads)  # noqa: E731
         s_ms, o_ms = [], []
         for r in range(a.rounds):
             s_ms.append(subq_median(a.subq, s_model, a.runs, a.warmup, a.threads))
-            o_ms.append(ort_median(sess, feeds, a.runs, a.warmup))
+            o_ms.append(other())
             print(f"bench_pairs: {os.path.basename(s_model)} / {os.path.basename(o_model)} round {r + 1}: "
                   f"{s_ms[-1]:.2f} / {o_ms[-1]:.2f} ms", file=sys.stderr, flush=True)
         ratios = np.array(s_ms) / np.array(o_ms)
         results.append({
             "subq_model": s_model,
             "ort_model": o_model,
+            "against": a.against,
             "rounds": a.rounds,
             "runs_per_block": a.runs,
             "threads": a.threads,
@@ -94,7 +105,8 @@ def main():
         json.dump(results, sys.stdout, indent=2)
         print()
         return
-    print("| subq file | ORT file | subq ms | ORT ms | ratio (median of rounds) | middle half | min–max |")
+    other = "ORT" if a.against == "ort" else "subq"
+    print(f"| subq file | {other} file | subq ms | {other} ms | ratio (median of rounds) | middle half | min–max |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {os.path.basename(r['subq_model'])} | {os.path.basename(r['ort_model'])} | {r['subq_median_ms']:.2f} | "
@@ -102,8 +114,8 @@ def main():
               f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
     print()
     print(f"{a.rounds} alternating rounds per pair, {a.runs} timed runs per block after {a.warmup} warm-up, batch 1, "
-          f"{a.threads} thread(s); ONNX Runtime {ort_bench.ort.__version__} CPU, default optimizations; "
-          f"{os.cpu_count()} cores.")
+          f"{a.threads} thread(s); " + (f"ONNX Runtime {ort_bench.ort.__version__} CPU, default optimizations; " if a.against == "ort" else "both files on subq; ")
+          + f"{os.cpu_count()} cores.")
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ fn conv_case(kind: u8) -> impl Strategy<Value = ConvCase> {
 }
 
 fn pointwise_case() -> impl Strategy<Value = ConvCase> {
-    (1usize..=160, 1usize..=40, 1usize..=12, 1usize..=12, 1usize..=2, any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<u64>()).prop_map(|(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
+    (1usize..=160, 1usize..=40, 1usize..=12, 1usize..=12, 1usize..=3, any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<u64>()).prop_map(|(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
         let g = ConvGeometry { in_c, in_h: h, in_w: w, out_c, out_h: h, out_w: w, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
         ConvCase { g, parts, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed }
     })
@@ -144,10 +144,12 @@ fn conv_data(c: &ConvCase) -> ConvData {
     let scale = (shift as f64).exp2();
     let parts = reals
         .iter()
-        .map(|r| {
+        .enumerate()
+        .map(|(pi, r)| {
             // A quarter of the cases have real 8-bit weights (rows spanning ≤ 255, as the
             // engine's are), a quarter trained-like ones (mostly |w − zw| ≤ 64, a few outliers).
-            let weight = match (c.extreme, (c.seed >> 1) & 3) {
+            // Chosen per part, so split convs mix parts with and without a byte form.
+            let weight = match (c.extreme, (c.seed >> (1 + 2 * pi)) & 3) {
                 (false, 0) => rng.weights8(g.out_c, per),
                 (false, 1) => rng.weights_sparse(g.out_c * per),
                 _ => rng.weights(g.out_c * per, c.extreme),
@@ -618,6 +620,7 @@ fn conv_threads_do_not_change_results() {
         (ConvGeometry { in_c: 40, in_h: 7, in_w: 7, out_c: 700, out_h: 7, out_w: 7, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
         (ConvGeometry { in_c: 3, in_h: 40, in_w: 40, out_c: 32, out_h: 20, out_w: 20, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
         (ConvGeometry { in_c: 40, in_h: 14, in_w: 14, out_c: 98, out_h: 14, out_w: 14, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 2),
+        (ConvGeometry { in_c: 96, in_h: 28, in_w: 28, out_c: 40, out_h: 28, out_w: 28, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 2),
         (ConvGeometry { in_c: 5, in_h: 30, in_w: 30, out_c: 20, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 1 }, 3),
         (ConvGeometry { in_c: 37, in_h: 30, in_w: 30, out_c: 37, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 37 }, 1),
         (ConvGeometry { in_c: 45, in_h: 14, in_w: 14, out_c: 45, out_h: 7, out_w: 7, kernel: [5, 5], strides: [2, 2], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 45 }, 2),
@@ -649,12 +652,13 @@ fn conv_threads_do_not_change_results() {
 /// weights), with and without the float output stage.
 #[test]
 fn conv_pointwise_engine_shapes_match_reference() {
-    let shapes = [(1152usize, 320usize, 7usize), (320, 1280, 7), (192, 1152, 7), (960, 160, 5), (160, 960, 5), (112, 672, 14), (64, 384, 10), (24, 144, 12), (1280, 1000, 1), (320, 40, 2)];
-    for (i, &(in_c, out_c, hw)) in shapes.iter().enumerate() {
+    // (in_c, out_c, side, parts): split layers (2–3 parts) take the byte GEMM for k ≥ 80.
+    let shapes = [(1152usize, 320usize, 7usize, 1usize), (320, 1280, 7, 1), (192, 1152, 7, 1), (960, 160, 5, 1), (160, 960, 5, 1), (112, 672, 14, 1), (64, 384, 10, 1), (24, 144, 12, 1), (1280, 1000, 1, 1), (320, 40, 2, 1), (240, 40, 28, 2), (480, 80, 14, 3), (672, 112, 14, 2), (40, 240, 28, 2)];
+    for (i, &(in_c, out_c, hw, parts)) in shapes.iter().enumerate() {
         let g = ConvGeometry { in_c, in_h: hw, in_w: hw, out_c, out_h: hw, out_w: hw, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
         // (seed >> 1) & 3: 0 = 8-bit rows, 1 = mostly small with outliers, 2 = full range.
         for seed in [1u64, 2, 5] {
-            let c = ConvCase { g, parts: 1, per_channel: i % 2 == 0, zp_in: 3 + 25 * i as i32, out_zp: 11 * i as i32, qmin: if seed == 5 { 17 } else { 0 }, qmax: 255, extreme: false, seed: seed + 8 * i as u64 };
+            let c = ConvCase { g, parts, per_channel: i % 2 == 0, zp_in: 3 + 25 * i as i32, out_zp: 11 * i as i32, qmin: if seed == 5 { 17 } else { 0 }, qmax: 255, extreme: false, seed: seed + 8 * i as u64 };
             check_conv(&c).unwrap_or_else(|e| panic!("{e}: {c:?}"));
         }
     }

@@ -287,7 +287,7 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
-                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, m, k as u128 * 255 * 255) };
+                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, m, k as u128 * 255 * 255), capped: float_capped(&e, m) };
                 return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
             }
             let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
@@ -308,9 +308,10 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
     Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8, st: ScalarStage },
-    /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
-    /// form take the i64 stage and the cap.
-    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8, st: ScalarStage, free: bool },
+    /// Bytes through a [`FloatEpilogue`] (rows relative to this block);
+    /// rows without a float form take the i64 stage and the cap. `free`: see
+    /// [`float_clamps_free`]; `capped`: some float row's cap is below 255.
+    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8, st: ScalarStage, free: bool, capped: bool },
     Acc(*mut i32),
 }
 
@@ -392,62 +393,89 @@ unsafe fn fin_eo<const FAST: bool>(f: &Fin, even: __m256i, odd: __m256i) -> __m2
     _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
 }
 
+/// One part's weights in a split GEMM: i16 pairs (packed A, the default) or the byte form of a
+/// pointwise part whose weights allow it (see [`Packed8`]). Both give the same exact i32 tile.
+#[derive(Clone, Copy)]
+enum PartA<'a> {
+    Wide(&'a [i16]),
+    Byte(&'a Packed8),
+}
+
+/// The B operand of a split GEMM: i16 panels `b16` (needed when a part is [`PartA::Wide`]) and
+/// byte panels `b8` of the uint8 `[k × n]` input `x` with zero-point `zx` (when a part is
+/// [`PartA::Byte`]); an unused form may be empty.
+#[derive(Clone, Copy)]
+struct PartsB<'a> {
+    b16: &'a [i16],
+    b8: &'a [u8],
+    x: &'a [u8],
+    zx: i32,
+}
+
 /// A split (multi-part) GEMM conv, output rows `r0..r1` (`r0` a multiple of [`MR`]; `out`
-/// holds just those rows): each part's tile is computed over the same B panel and the parts are
-/// summed in the epilogue, `clamp(zp + round_shift(bias[r] + Σ_p acc_p·mult[p·out_c + r]))`
+/// holds just those rows): each part's tile is computed over the same column panel and the
+/// parts are summed in the epilogue, `clamp(zp + round_shift(bias[r] + Σ_p acc_p·mult[p·out_c + r]))`
 /// (multipliers in i32 range), then capped at `cmax[r]`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_parts<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
-    let (kp, np) = (k.div_ceil(2), n.div_ceil(NR));
+unsafe fn gemm_parts<const P: usize>(a: [PartA; P], k: usize, b: PartsB, n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
+    let (kp, kq, np) = (k.div_ceil(2), k.div_ceil(4), n.div_ceil(NR));
     let mb = out_c.div_ceil(MR);
-    assert!(r0.is_multiple_of(MR) && r1 <= out_c && out.len() >= (r1 - r0) * n && b.len() >= np * kp * NR * 2 && mult.len() >= P * out_c && bias.len() >= out_c);
+    assert!(MR8 == MR && r0.is_multiple_of(MR) && r1 <= out_c && out.len() >= (r1 - r0) * n && mult.len() >= P * out_c && bias.len() >= out_c);
     assert!(cmax.is_none_or(|c| c.len() >= out_c));
     for ap in a.iter() {
-        assert!(ap.len() >= mb * kp * MR * 2);
+        match *ap {
+            PartA::Wide(w) => assert!(w.len() >= mb * kp * MR * 2 && b.b16.len() >= np * kp * NR * 2),
+            PartA::Byte(q) => {
+                assert!(q.m == out_c && q.k == k && q.a.len() >= mb * kq * MR8 * 4 && q.rowsum.len() >= out_c && q.rem_start.len() > out_c && q.rem.len() >= q.rem_start[out_c] as usize);
+                assert!(q.rem.iter().all(|&(kk, _)| (kk as usize) < k) && b.b8.len() >= np * kq * NR * 4 && b.x.len() >= k * n);
+            }
+        }
     }
     let msum: u128 = (0..P).map(|p| max_abs(&mult[p * out_c + r0..p * out_c + r1])).sum();
     let f = fin(shift, zp, qmin, qmax, requant_bound(&bias[r0..r1], msum, k as u128 * 255 * 255));
     if f.fast {
-        gemm_parts_loop::<P, true>(a, kp, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
+        gemm_parts_loop::<P, true>(a, kp, kq, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
     } else {
-        gemm_parts_loop::<P, false>(a, kp, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
+        gemm_parts_loop::<P, false>(a, kp, kq, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
     }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], f: &Fin, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
-    let np = n.div_ceil(NR);
-    for jp in 0..np {
-        let bp = b.as_ptr().add(jp * kp * NR * 2);
+unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [PartA; P], kp: usize, kq: usize, b: PartsB, n: usize, mult: &[i64], out_c: usize, bias: &[i64], f: &Fin, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
+    let x = b.x.as_ptr();
+    for jp in 0..n.div_ceil(NR) {
+        let bp16 = b.b16.as_ptr().wrapping_add(jp * kp * NR * 2);
+        let bp8 = b.b8.as_ptr().wrapping_add(jp * kq * NR * 4);
         let cols = NR.min(n - jp * NR);
         for ib in r0 / MR..r1.div_ceil(MR) {
-            let rows = MR.min(r1 - ib * MR);
+            let (row0, rows) = (ib * MR, MR.min(r1 - ib * MR));
             let mut c = [[[_mm256_setzero_si256(); 2]; MR]; P];
-            for p in 0..P {
-                let ap = (a[p].as_ptr() as *const i32).add(ib * kp * MR);
-                c[p] = if cols > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+            for (cp, ap) in c.iter_mut().zip(&a) {
+                *cp = match *ap {
+                    PartA::Wide(w) => {
+                        let ap = (w.as_ptr() as *const i32).add(ib * kp * MR);
+                        if cols > 8 { gemm_tile::<2>(ap, bp16, kp) } else { gemm_tile::<1>(ap, bp16, kp) }
+                    }
+                    PartA::Byte(q) => {
+                        let init = row_init8(q, row0, rows, b.zx);
+                        let ap = (q.a.as_ptr() as *const i32).add(ib * kq * MR8);
+                        if cols > 8 {
+                            let mut t = gemm8_tile::<2>(ap, bp8, kq, &init);
+                            gemm8_rem::<2>(&mut t, q, row0, rows, x, n, jp * NR, cols);
+                            t
+                        } else {
+                            let mut t = gemm8_tile::<1>(ap, bp8, kq, &init);
+                            gemm8_rem::<1>(&mut t, q, row0, rows, x, n, jp * NR, cols);
+                            t
+                        }
+                    }
+                };
             }
             for r in 0..rows {
-                let row = ib * MR + r;
-                let bias_r = *bias.get_unchecked(row);
-                let bv = _mm256_set1_epi64x(if FAST { bias_r.wrapping_add(f.off) } else { bias_r });
-                let mut v = [_mm256_setzero_si256(); 2];
-                for (h, vh) in v.iter_mut().enumerate() {
-                    let (mut e, mut o) = (bv, bv);
-                    for (p, cp) in c.iter().enumerate() {
-                        let mv = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + row));
-                        e = _mm256_add_epi64(e, _mm256_mul_epi32(cp[r][h], mv));
-                        o = _mm256_add_epi64(o, _mm256_mul_epi32(_mm256_srli_epi64(cp[r][h], 32), mv));
-                    }
-                    *vh = fin_eo::<FAST>(f, e, o);
-                }
-                let mut bytes = pack16(v[0], v[1]);
-                if let Some(cm) = cmax {
-                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
-                }
-                store_bytes(out.as_mut_ptr().add((row - r0) * n + jp * NR), bytes, cols, 0);
+                let bytes = parts_row_bytes::<P, FAST>(&c, r, row0 + r, mult, out_c, bias, f, cmax);
+                store_bytes(out.as_mut_ptr().add((row0 + r - r0) * n + jp * NR), bytes, cols, 0);
             }
         }
     }
@@ -456,7 +484,7 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [&[i16]; P], kp: 
 /// [`gemm_parts`] over all `out_c` rows, split over `tasks` row blocks.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, out: &mut [u8], tasks: usize) {
+unsafe fn gemm_parts_par<const P: usize>(a: [PartA; P], k: usize, b: PartsB, n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, out: &mut [u8], tasks: usize) {
     let mb = out_c.div_ceil(MR);
     let tasks = tasks.min(mb).max(1);
     let per = mb.div_ceil(tasks) * MR;
@@ -468,6 +496,30 @@ unsafe fn gemm_parts_par<const P: usize>(a: [&[i16]; P], k: usize, b: &[i16], n:
         // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
         unsafe { gemm_parts::<P>(a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, r0, r1, o) };
     });
+}
+
+/// Row `r` (output channel `row`) of the parts' tiles → 16 bytes:
+/// `min(clamp(zp + round_shift(bias[row] + Σ_p acc_p·mult[p·out_c + row])), cmax[row])`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn parts_row_bytes<const P: usize, const FAST: bool>(c: &[[[__m256i; 2]; MR]; P], r: usize, row: usize, mult: &[i64], out_c: usize, bias: &[i64], f: &Fin, cmax: Option<&[u8]>) -> __m128i {
+    let bias_r = *bias.get_unchecked(row);
+    let bv = _mm256_set1_epi64x(if FAST { bias_r.wrapping_add(f.off) } else { bias_r });
+    let mut v = [_mm256_setzero_si256(); 2];
+    for (h, vh) in v.iter_mut().enumerate() {
+        let (mut e, mut o) = (bv, bv);
+        for (p, cp) in c.iter().enumerate() {
+            let mv = _mm256_set1_epi64x(*mult.get_unchecked(p * out_c + row));
+            e = _mm256_add_epi64(e, _mm256_mul_epi32(cp[r][h], mv));
+            o = _mm256_add_epi64(o, _mm256_mul_epi32(_mm256_srli_epi64(cp[r][h], 32), mv));
+        }
+        *vh = fin_eo::<FAST>(f, e, o);
+    }
+    let bytes = pack16(v[0], v[1]);
+    match cmax {
+        Some(cm) => _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8)),
+        None => bytes,
+    }
 }
 
 #[inline(always)]
@@ -486,9 +538,10 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                 }
                 store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
-            GemmOut::Float { e, mult, bias, out, free, .. } => {
+            GemmOut::Float { e, mult, bias, out, free, capped, .. } => {
                 if *free && cols == 16 && r + 1 < rows && *e.ok.get_unchecked(row) && *e.ok.get_unchecked(row + 1) {
-                    // Two rows at once, without the clamps (see `float_free`).
+                    // Two rows at once: the saturating packs and a byte cap instead of the
+                    // float clamps (see `float_clamps_free`).
                     let cn = c.get_unchecked(r + 1);
                     let (s0, o0) = (_mm256_set1_ps(*e.scale.get_unchecked(row)), _mm256_set1_ps(*e.offset.get_unchecked(row)));
                     let (s1, o1) = (_mm256_set1_ps(*e.scale.get_unchecked(row + 1)), _mm256_set1_ps(*e.offset.get_unchecked(row + 1)));
@@ -496,6 +549,12 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
                     let q = _mm256_packs_epi32(float8_free(cn[0], s1, o1), float8_free(cn[1], s1, o1));
                     // Dwords of packus(p, q): row r = 0 4 1 5, row r + 1 = 2 6 3 7.
                     let t = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p, q), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                    let t = if *capped {
+                        let caps = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_set1_epi8(*e.cap.get_unchecked(row) as i8)), _mm_set1_epi8(*e.cap.get_unchecked(row + 1) as i8));
+                        _mm256_min_epu8(t, caps)
+                    } else {
+                        t
+                    };
                     _mm_storeu_si128(out.add(row * n + col) as *mut __m128i, _mm256_castsi256_si128(t));
                     _mm_storeu_si128(out.add((row + 1) * n + col) as *mut __m128i, _mm256_extracti128_si256(t, 1));
                     r += 2;
@@ -520,20 +579,27 @@ unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], 
     }
 }
 
-/// [`float8`] without the clamps, for a [`GemmOut::Float`] whose clamps are proven no-ops
-/// after the saturating packs (`free`): `trunc(y)` then i32 → i16 → u8 saturation equals
-/// `trunc(min(max(y, 0), 255))` whenever `|y| < 2^31` (negative → 0, ≥ 255 → 255).
+/// [`float8`] without the clamps, for a [`GemmOut::Float`] whose clamps the saturating packs
+/// and a byte cap can replace (`free`): `min(sat_u8(trunc(y)), hi)` equals
+/// `trunc(min(max(y, 0), hi))` for an integer `hi` in [0, 255] whenever `|y| < 2^31` (negative
+/// → 0; in [0, hi) truncation stays below `hi`; at or above `hi` → `hi`).
 #[inline(always)]
 unsafe fn float8_free(acc: __m256i, s: __m256, o: __m256) -> __m256i {
     _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o))
 }
 
 /// Whether the float stage's clamps can be dropped for every float row of `e` (see
-/// [`float8_free`]): `lo = 0`, `hi = 255`, and `|acc·scale + offset|` far below 2^31 for
-/// `|acc| ≤ acc_max`.
+/// [`float8_free`]): `lo = 0`, `hi` the row's byte cap, and `|acc·scale + offset|` far below
+/// 2^31 for `|acc| ≤ acc_max`. Equalized layers cap each channel below 255 (their rescaled
+/// ReLU6), so the cap is a byte min rather than a condition.
 fn float_clamps_free(e: &EpiRows, rows: usize, acc_max: u128) -> bool {
     let amax = acc_max as f64;
-    e.lo == 0.0 && (0..rows).all(|r| !e.ok[r] || (e.hi[r] == 255.0 && (e.scale[r].abs() as f64 * amax * 1.01 + e.offset[r].abs() as f64) < (1u64 << 30) as f64))
+    e.lo == 0.0 && (0..rows).all(|r| !e.ok[r] || (e.hi[r] == e.cap[r] as f32 && (e.scale[r].abs() as f64 * amax * 1.01 + e.offset[r].abs() as f64) < (1u64 << 30) as f64))
+}
+
+/// Whether some float row of `e` caps below 255 (else the clamp-free path needs no byte cap).
+fn float_capped(e: &EpiRows, rows: usize) -> bool {
+    (0..rows).any(|r| e.ok[r] && e.cap[r] < 255)
 }
 
 /// Columns of a panel holding `cols` valid ones that go through the 6×16 tile (0, 8 or 16);
@@ -903,7 +969,7 @@ unsafe fn gemm8_rows(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: 
     let st = ScalarStage { shift, zp, qmin, qmax };
     let (b, x) = (b.as_ptr(), x.as_ptr());
     if let Some(e) = epi {
-        let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, rows, k as u128 * 255 * 255) };
+        let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, rows, k as u128 * 255 * 255), capped: float_capped(&e, rows) };
         return if f.fast { gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst) } else { gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst) };
     }
     let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
@@ -1670,32 +1736,43 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             return;
         }
     }
-    // Split pointwise/dense (2–3 parts, one group): B packed once, parts summed in the epilogue.
+    // Split pointwise/dense (2–3 parts, one group): B packed once per form, parts summed in the
+    // epilogue. Pointwise parts with a byte form take the byte GEMM, the others i16 pairs.
     if (2..=3).contains(&parts.len()) && g.group == 1 && spatial > GEMV_MAX_N {
-        let mut ga: [&[i16]; 3] = [&[], &[], &[]];
+        let mut pa = [PartA::Wide(&[]); 3];
         for (i, part) in parts.iter().enumerate() {
-            if let PackedWeights::Gemm { data, .. } = &part.packed {
-                ga[i] = data;
+            match (&part.packed8, &part.packed) {
+                (Some(p8), _) if g.is_pointwise() => pa[i] = PartA::Byte(p8),
+                (_, PackedWeights::Gemm { data, .. }) => pa[i] = PartA::Wide(data),
+                _ => {}
             }
         }
-        let Scratch { cols, bpack, mult, .. } = &mut *scratch;
+        let Scratch { cols, bpack, bpack8, mult, .. } = &mut *scratch;
         mult.clear();
         for part in parts {
             mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
         }
-        if mult.iter().all(|&m| m == m as i32 as i64) && ga[..parts.len()].iter().all(|p| !p.is_empty()) {
-            if g.is_pointwise() {
+        let usable = pa[..parts.len()].iter().all(|p| !matches!(p, PartA::Wide(w) if w.is_empty()));
+        if mult.iter().all(|&m| m == m as i32 as i64) && usable {
+            let wide = pa[..parts.len()].iter().any(|p| matches!(p, PartA::Wide(_)));
+            bpack.clear();
+            bpack8.clear();
+            if wide && g.is_pointwise() {
                 pack_b_u8(input, zp_in, k, spatial, bpack);
-            } else {
+            } else if wide {
                 cols.resize(k * spatial, 0);
                 im2col_q(input, zp_in, g, 0, g.in_c, cols);
                 pack_b_i16(cols, k, spatial, bpack);
             }
+            if pa[..parts.len()].iter().any(|p| matches!(p, PartA::Byte(_))) {
+                pack_b8(input, k, spatial, bpack8);
+            }
+            let b = PartsB { b16: bpack, b8: bpack8, x: input, zx: zp_in };
             let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
-                gemm_parts_par::<2>([ga[0], ga[1]], k, bpack, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
+                gemm_parts_par::<2>([pa[0], pa[1]], k, b, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
             } else {
-                gemm_parts_par::<3>([ga[0], ga[1], ga[2]], k, bpack, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
+                gemm_parts_par::<3>([pa[0], pa[1], pa[2]], k, b, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
             }
             return;
         }
