@@ -137,10 +137,9 @@ impl Step {
                     format!("conv {}×{}", g.kernel[0], g.kernel[1])
                 };
                 let kind = if parts.len() > 1 { format!("{kind} ({} parts)", parts.len()) } else { kind };
-                let stride = if g.strides == [1, 1] { String::new() } else { format!(" /{}", g.strides[0]) };
-                (kind, format!("{}→{} @ {}×{}{stride}", g.in_c, g.out_c, g.out_h, g.out_w))
+                (kind, conv_detail(g))
             }
-            Step::ConvDequant { geom: g, .. } => ("conv/gemm, float output".into(), format!("{}→{} @ {}×{}", g.in_c, g.out_c, g.out_h, g.out_w)),
+            Step::ConvDequant { geom: g, .. } => ("conv/gemm, float output".into(), conv_detail(g)),
             Step::Quantize { .. } => ("quantize".into(), String::new()),
             Step::Dequantize { .. } => ("dequantize".into(), String::new()),
             Step::Add { .. } => ("add".into(), String::new()),
@@ -160,6 +159,12 @@ impl Step {
             Step::Float { args, .. } => args.iter().filter_map(|a| if let Arg::Slot(s) = a { Some(*s) } else { None }).collect(),
         }
     }
+}
+
+/// `in→out @ h×w` of a conv step, with ` /s` for a strided one.
+fn conv_detail(g: &ConvGeometry) -> String {
+    let stride = if g.strides == [1, 1] { String::new() } else { format!(" /{}", g.strides[0]) };
+    format!("{}→{} @ {}×{}{stride}", g.in_c, g.out_c, g.out_h, g.out_w)
 }
 
 fn err(n: &Node, reason: impl Into<String>) -> RuntimeError {
