@@ -149,11 +149,21 @@ fn conv_data(c: &ConvCase) -> ConvData {
             // A quarter of the cases have real 8-bit weights (rows spanning ≤ 255, as the
             // engine's are), a quarter trained-like ones (mostly |w − zw| ≤ 64, a few outliers).
             // Chosen per part, so split convs mix parts with and without a byte form.
-            let weight = match (c.extreme, (c.seed >> (1 + 2 * pi)) & 3) {
+            let mut weight = match (c.extreme, (c.seed >> (1 + 2 * pi)) & 3) {
                 (false, 0) => rng.weights8(g.out_c, per),
                 (false, 1) => rng.weights_sparse(g.out_c * per),
                 _ => rng.weights(g.out_c * per, c.extreme),
             };
+            // One case in 8: weights wider than one 8-bit grid, `d1·2^j + d2` (two parts on
+            // grids 2^j apart, merged), with the largest j whose accumulators stay exact in i32.
+            if (c.seed >> 20).is_multiple_of(8) {
+                if let Some(j) = (1..=6u32).rev().find(|&j| per as u64 * 255 * (255 << j) + per as u64 * 255 * 255 < 1 << 31) {
+                    let fine = rng.weights(weight.len(), c.extreme);
+                    for (d, f) in weight.iter_mut().zip(fine) {
+                        *d = (*d << j) + f;
+                    }
+                }
+            }
             let requant = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
             ConvPart::new(weight, requant, g)
         })

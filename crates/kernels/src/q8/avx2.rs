@@ -268,16 +268,18 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
 /// results to `sink` (rows relative to this group).
 #[target_feature(enable = "avx2")]
 pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink) {
-    gemm_packed_cmax(a, m, k, b, n, sink, None, None)
+    gemm_packed_cmax(a, m, k, b, n, sink, None, None, 255)
 }
 
-/// [`gemm_packed`], each output row `r` also capped at `cmax[r]` (requantizing sinks only).
+/// [`gemm_packed`], each output row `r` also capped at `cmax[r]` (requantizing sinks only), for
+/// weights with `|w − zw| ≤ wmax`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
+unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
-    let f = sink_fin(sink, k as u128 * 255 * 255);
+    let acc_max = k as u128 * 255 * wmax.max(255) as u128;
+    let f = sink_fin(sink, acc_max);
     let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
     match sink {
         Sink::Requant { mult, bias, out, shift, zp, qmin, qmax } => {
@@ -287,7 +289,7 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
-                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, m, k as u128 * 255 * 255), capped: float_capped(&e, m) };
+                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, m, acc_max), capped: float_capped(&e, m) };
                 return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
             }
             let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
@@ -397,7 +399,8 @@ unsafe fn fin_eo<const FAST: bool>(f: &Fin, even: __m256i, odd: __m256i) -> __m2
 /// pointwise part whose weights allow it (see [`Packed8`]). Both give the same exact i32 tile.
 #[derive(Clone, Copy)]
 enum PartA<'a> {
-    Wide(&'a [i16]),
+    /// Packed i16 weights and their largest `|w − zw|`.
+    Wide(&'a [i16], u32),
     Byte(&'a Packed8),
 }
 
@@ -425,7 +428,7 @@ unsafe fn gemm_parts<const P: usize>(a: [PartA; P], k: usize, b: PartsB, n: usiz
     assert!(cmax.is_none_or(|c| c.len() >= out_c));
     for ap in a.iter() {
         match *ap {
-            PartA::Wide(w) => assert!(w.len() >= mb * kp * MR * 2 && b.b16.len() >= np * kp * NR * 2),
+            PartA::Wide(w, _) => assert!(w.len() >= mb * kp * MR * 2 && b.b16.len() >= np * kp * NR * 2),
             PartA::Byte(q) => {
                 assert!(q.m == out_c && q.k == k && q.a.len() >= mb * kq * MR8 * 4 && q.rowsum.len() >= out_c && q.rem_start.len() > out_c && q.rem.len() >= q.rem_start[out_c] as usize);
                 assert!(q.rem.iter().all(|&(kk, _)| (kk as usize) < k) && b.b8.len() >= np * kq * NR * 4 && b.x.len() >= k * n);
@@ -433,7 +436,8 @@ unsafe fn gemm_parts<const P: usize>(a: [PartA; P], k: usize, b: PartsB, n: usiz
         }
     }
     let msum: u128 = (0..P).map(|p| max_abs(&mult[p * out_c + r0..p * out_c + r1])).sum();
-    let f = fin(shift, zp, qmin, qmax, requant_bound(&bias[r0..r1], msum, k as u128 * 255 * 255));
+    let wmax = a.iter().map(|p| if let PartA::Wide(_, wm) = p { *wm } else { 255 }).max().unwrap_or(255).max(255);
+    let f = fin(shift, zp, qmin, qmax, requant_bound(&bias[r0..r1], msum, k as u128 * 255 * wmax as u128));
     if f.fast {
         gemm_parts_loop::<P, true>(a, kp, kq, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
     } else {
@@ -454,7 +458,7 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [PartA; P], kp: u
             let mut c = [[[_mm256_setzero_si256(); 2]; MR]; P];
             for (cp, ap) in c.iter_mut().zip(&a) {
                 *cp = match *ap {
-                    PartA::Wide(w) => {
+                    PartA::Wide(w, _) => {
                         let ap = (w.as_ptr() as *const i32).add(ib * kp * MR);
                         if cols > 8 { gemm_tile::<2>(ap, bp16, kp) } else { gemm_tile::<1>(ap, bp16, kp) }
                     }
@@ -1532,14 +1536,14 @@ pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i
 /// are relative to `range.start`, its `mult`/`bias` indexed by absolute channel.
 #[target_feature(enable = "avx2")]
 pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink) {
-    depthwise_range_cmax::<P>(input, zp, pairs, g, range, plane, sink, None, None)
+    depthwise_range_cmax::<P>(input, zp, pairs, g, range, plane, sink, None, None, 255)
 }
 
 /// [`depthwise_range`], channel `c` also capped at `cmax[c]` (absolute index; requantizing
 /// sinks only).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
+unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let (ih, iw) = (g.in_h, g.in_w);
     let [kh, kw] = g.kernel;
     let kw2 = kw.div_ceil(2);
@@ -1558,7 +1562,7 @@ unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[
             }
             let pl = dw_plan(g, true);
             let msum: u128 = (0..P).map(|p| max_abs(&mult[p * g.out_c..(p + 1) * g.out_c])).sum();
-            let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, (kh * kw) as u128 * 255 * 255));
+            let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, (kh * kw) as u128 * 255 * wmax.max(255) as u128));
             assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
             assert!(epi.is_none() || (P == 1 && cmax.is_none()));
             assert!(epi.is_none_or(|e| e.fits(g.out_c)));
@@ -1640,7 +1644,7 @@ fn tasks_for(macs: usize) -> usize {
 /// must be `Sink::Requant` over all `out_c` channels.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
+unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let spatial = g.out_h * g.out_w;
     let chunk = g.out_c.div_ceil(tasks.max(1));
     match sink {
@@ -1651,21 +1655,21 @@ unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P
                 let mut plane = Vec::new();
                 let mut sink = Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out: o };
                 // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-                unsafe { depthwise_range_cmax::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink, cmax, epi) };
+                unsafe { depthwise_range_cmax::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink, cmax, epi, wmax) };
             });
         }
-        _ => depthwise_range_cmax::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink, cmax, epi),
+        _ => depthwise_range_cmax::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink, cmax, epi, wmax),
     }
 }
 
 /// [`gemm_packed`] with a requantizing sink, its output-channel blocks split over `tasks`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
+unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let mb = m.div_ceil(MR);
     let tasks = tasks.min(mb);
     if tasks <= 1 || n == 0 {
-        return gemm_packed_cmax(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out }, cmax, epi);
+        return gemm_packed_cmax(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out }, cmax, epi, wmax);
     }
     let per = mb.div_ceil(tasks) * MR;
     let ablk = k.div_ceil(2) * MR * 2;
@@ -1673,7 +1677,7 @@ unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i
         let (r0, r1) = (i * per, ((i + 1) * per).min(m));
         let mut sink = Sink::Requant { mult: &mult[r0..r1], bias: &bias[r0..r1], shift, zp, qmin, qmax, out: o };
         // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-        unsafe { gemm_packed_cmax(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink, cmax.map(|c| &c[r0..r1]), epi.map(|e| e.rows(r0..r1))) };
+        unsafe { gemm_packed_cmax(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink, cmax.map(|c| &c[r0..r1]), epi.map(|e| e.rows(r0..r1)), wmax) };
     });
 }
 
@@ -1725,13 +1729,14 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
         }
         let fits = mult.iter().all(|&m| m == m as i32 as i64);
+        let wmax = parts.iter().map(|p| p.wmax).max().unwrap_or(0);
         if fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) {
             let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
             let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
-                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks, cmax, None);
+                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks, cmax, None, wmax);
             } else {
-                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks, cmax, None);
+                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks, cmax, None, wmax);
             }
             return;
         }
@@ -1739,11 +1744,11 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
     // Split pointwise/dense (2–3 parts, one group): B packed once per form, parts summed in the
     // epilogue. Pointwise parts with a byte form take the byte GEMM, the others i16 pairs.
     if (2..=3).contains(&parts.len()) && g.group == 1 && spatial > GEMV_MAX_N {
-        let mut pa = [PartA::Wide(&[]); 3];
+        let mut pa = [PartA::Wide(&[], 0); 3];
         for (i, part) in parts.iter().enumerate() {
             match (&part.packed8, &part.packed) {
                 (Some(p8), _) if g.is_pointwise() => pa[i] = PartA::Byte(p8),
-                (_, PackedWeights::Gemm { data, .. }) => pa[i] = PartA::Wide(data),
+                (_, PackedWeights::Gemm { data, .. }) => pa[i] = PartA::Wide(data, part.wmax),
                 _ => {}
             }
         }
@@ -1752,9 +1757,9 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
         for part in parts {
             mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
         }
-        let usable = pa[..parts.len()].iter().all(|p| !matches!(p, PartA::Wide(w) if w.is_empty()));
+        let usable = pa[..parts.len()].iter().all(|p| !matches!(p, PartA::Wide(w, _) if w.is_empty()));
         if mult.iter().all(|&m| m == m as i32 as i64) && usable {
-            let wide = pa[..parts.len()].iter().any(|p| matches!(p, PartA::Wide(_)));
+            let wide = pa[..parts.len()].iter().any(|p| matches!(p, PartA::Wide(..)));
             bpack.clear();
             bpack8.clear();
             if wide && g.is_pointwise() {
@@ -1794,7 +1799,7 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             PackedWeights::Depthwise { pairs, .. } => {
                 if single {
                     let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
-                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi);
+                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi, part.wmax);
                     post_cap = None;
                 } else {
                     depthwise(input, zp_in, pairs, g, bpack, &mut Sink::Acc(&mut acc[..]));
@@ -1834,10 +1839,10 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
                     let a = &data[grp * blk..(grp + 1) * blk];
                     match sink {
                         Sink::Requant { mult, bias, out, .. } if g.group == 1 => {
-                            gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi);
+                            gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi, part.wmax);
                             post_cap = None;
                         }
-                        _ => gemm_packed(a, cout_g, k, bpack, spatial, &mut sink),
+                        _ => gemm_packed_cmax(a, cout_g, k, bpack, spatial, &mut sink, None, None, part.wmax),
                     }
                 }
             }

@@ -134,6 +134,10 @@ pub struct ConvPart {
     pub packed: PackedWeights,
     /// Pointwise convs: the byte-GEMM form, where the weights allow it.
     pub packed8: Option<Packed8>,
+    /// Largest `|w − zw|`: at most 255 for weights on one uint8 grid, but any i16 is accepted
+    /// (e.g. two parts on grids a power of two apart merged into one); the kernels derive their
+    /// accumulator bounds, and with them the fast rounding path, from it.
+    pub wmax: u32,
 }
 
 impl ConvPart {
@@ -141,7 +145,8 @@ impl ConvPart {
     pub fn new(weight: Vec<i16>, requant: Vec<Requant>, g: &ConvGeometry) -> ConvPart {
         let packed = PackedWeights::new(&weight, g);
         let packed8 = if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N && g.in_c >= BYTE_GEMM_MIN_K { Packed8::new(&weight, g.out_c, g.in_c) } else { None };
-        ConvPart { weight, requant, packed, packed8 }
+        let wmax = weight.iter().map(|d| d.unsigned_abs() as u32).max().unwrap_or(0);
+        ConvPart { weight, requant, packed, packed8, wmax }
     }
 }
 
