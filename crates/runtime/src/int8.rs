@@ -583,8 +583,7 @@ impl Int8Engine {
         for st in &mut steps {
             if let Step::Conv { parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = st {
                 if parts.len() == 1 {
-                    let r = &parts[0].requant;
-                    let mult: Vec<i64> = (0..geom.out_c).map(|c| if r.len() == 1 { r[0].multiplier } else { r[c].multiplier }).collect();
+                    let mult: Vec<i64> = (0..geom.out_c).map(|c| parts[0].multiplier(c)).collect();
                     *epi = FloatEpilogue::new(&mult, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref());
                 }
             }

@@ -57,6 +57,13 @@ fn requant_bound(bias: &[i64], mult_max_sum: u128, acc_max: u128) -> u128 {
     bias.iter().map(|b| b.unsigned_abs() as u128).max().unwrap_or(0) + mult_max_sum * acc_max
 }
 
+/// Largest `|Σ (x − zx)·d|` over `k` terms, `|x − zx| ≤ 255` and `|d| ≤ wmax`: the accumulator
+/// bound of the rounding path's proof. Never below the 8-bit bound (`wmax` 255), so layers of
+/// 8-bit weights keep the rounding path they always had.
+fn acc_max(k: usize, wmax: u32) -> u128 {
+    k as u128 * 255 * wmax.max(255) as u128
+}
+
 /// Largest `|mult|` of a slice.
 fn max_abs(m: &[i64]) -> u128 {
     m.iter().map(|v| v.unsigned_abs() as u128).max().unwrap_or(0)
@@ -278,7 +285,7 @@ pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, si
 unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
-    let acc_max = k as u128 * 255 * wmax.max(255) as u128;
+    let acc_max = acc_max(k, wmax);
     let f = sink_fin(sink, acc_max);
     let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
     match sink {
@@ -310,9 +317,9 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
     Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8, st: ScalarStage },
-    /// Bytes through a [`FloatEpilogue`] (rows relative to this block);
-    /// rows without a float form take the i64 stage and the cap. `free`: see
-    /// [`float_clamps_free`]; `capped`: some float row's cap is below 255.
+    /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
+    /// form take the i64 stage and the cap. `free`: see [`float_clamps_free`]; `capped`: some
+    /// float row's cap is below 255.
     Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8, st: ScalarStage, free: bool, capped: bool },
     Acc(*mut i32),
 }
@@ -436,8 +443,8 @@ unsafe fn gemm_parts<const P: usize>(a: [PartA; P], k: usize, b: PartsB, n: usiz
         }
     }
     let msum: u128 = (0..P).map(|p| max_abs(&mult[p * out_c + r0..p * out_c + r1])).sum();
-    let wmax = a.iter().map(|p| if let PartA::Wide(_, wm) = p { *wm } else { 255 }).max().unwrap_or(255).max(255);
-    let f = fin(shift, zp, qmin, qmax, requant_bound(&bias[r0..r1], msum, k as u128 * 255 * wmax as u128));
+    let wmax = a.iter().map(|p| if let PartA::Wide(_, wm) = p { *wm } else { 255 }).max().unwrap_or(255);
+    let f = fin(shift, zp, qmin, qmax, requant_bound(&bias[r0..r1], msum, acc_max(k, wmax)));
     if f.fast {
         gemm_parts_loop::<P, true>(a, kp, kq, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
     } else {
@@ -462,19 +469,7 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [PartA; P], kp: u
                         let ap = (w.as_ptr() as *const i32).add(ib * kp * MR);
                         if cols > 8 { gemm_tile::<2>(ap, bp16, kp) } else { gemm_tile::<1>(ap, bp16, kp) }
                     }
-                    PartA::Byte(q) => {
-                        let init = row_init8(q, row0, rows, b.zx);
-                        let ap = (q.a.as_ptr() as *const i32).add(ib * kq * MR8);
-                        if cols > 8 {
-                            let mut t = gemm8_tile::<2>(ap, bp8, kq, &init);
-                            gemm8_rem::<2>(&mut t, q, row0, rows, x, n, jp * NR, cols);
-                            t
-                        } else {
-                            let mut t = gemm8_tile::<1>(ap, bp8, kq, &init);
-                            gemm8_rem::<1>(&mut t, q, row0, rows, x, n, jp * NR, cols);
-                            t
-                        }
-                    }
+                    PartA::Byte(q) => gemm8_block(q, ib, rows, bp8, x, n, b.zx, jp * NR, cols),
                 };
             }
             for r in 0..rows {
@@ -899,6 +894,27 @@ unsafe fn gemm8_rem<const H: usize>(c: &mut [[__m256i; 2]; MR8], p8: &Packed8, r
     }
 }
 
+/// One byte-GEMM tile of rows `ib·MR8..` at column `col`, `width` ≤ 16 columns valid (8-column
+/// kernel for `width` ≤ 8): the row init, the `vpmaddubsw` products and the sparse remainder,
+/// i.e. the exact `Σ d·(x − zx)`. `bp` is the column panel of `p8`'s input `x`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm8_block(p8: &Packed8, ib: usize, rows: usize, bp: *const u8, x: *const u8, n: usize, zx: i32, col: usize, width: usize) -> [[__m256i; 2]; MR8] {
+    let kq = p8.k.div_ceil(4);
+    let row0 = ib * MR8;
+    let init = row_init8(p8, row0, rows, zx);
+    let ap = (p8.a.as_ptr() as *const i32).add(ib * kq * MR8);
+    if width > 8 {
+        let mut c = gemm8_tile::<2>(ap, bp, kq, &init);
+        gemm8_rem::<2>(&mut c, p8, row0, rows, x, n, col, width);
+        c
+    } else {
+        let mut c = gemm8_tile::<1>(ap, bp, kq, &init);
+        gemm8_rem::<1>(&mut c, p8, row0, rows, x, n, col, width);
+        c
+    }
+}
+
 /// [`gemm_loop`] for the byte GEMM: rows `r0..r1` of `p8` (`r0` a multiple of [`MR8`]; `dst`
 /// rows relative to `r0`), byte panels `b` of the uint8 `[k × n]` input `x` (zero-point `zx`).
 #[inline(always)]
@@ -921,17 +937,7 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8, r0: usize,
                 for ib in c0..c1 {
                     let row0 = ib * MR8;
                     let rows = MR8.min(r1 - row0);
-                    let init = row_init8(p8, row0, rows, zx);
-                    let ap = a.add(ib * kq * MR8);
-                    let c = if tc > 8 {
-                        let mut c = gemm8_tile::<2>(ap, bp, kq, &init);
-                        gemm8_rem::<2>(&mut c, p8, row0, rows, x, n, jp * NR, cols);
-                        c
-                    } else {
-                        let mut c = gemm8_tile::<1>(ap, bp, kq, &init);
-                        gemm8_rem::<1>(&mut c, p8, row0, rows, x, n, jp * NR, cols.min(8));
-                        c
-                    };
+                    let c = gemm8_block(p8, ib, rows, bp, x, n, zx, jp * NR, cols.min(tc));
                     gemm_store::<FAST, CAP>(&c, row0 - r0, rows, jp * NR, cols.min(tc), n, f, dst);
                 }
             }
@@ -969,11 +975,13 @@ unsafe fn gemm8_rows(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: 
     assert!(b.len() >= np * kq * NR * 4 && x.len() >= k * n && out.len() >= rows * n && mult.len() >= rows && bias.len() >= rows);
     assert!(cmax.is_none_or(|c| c.len() >= rows) && epi.is_none_or(|e| e.fits(rows)));
     let sink = Sink::Requant { mult, bias, shift, zp, qmin, qmax, out: &mut [] };
-    let f = sink_fin(&sink, k as u128 * 255 * 255);
+    // Byte-form weights are 8-bit (`Packed8::new` rejects wider ones).
+    let acc_max = acc_max(k, 255);
+    let f = sink_fin(&sink, acc_max);
     let st = ScalarStage { shift, zp, qmin, qmax };
     let (b, x) = (b.as_ptr(), x.as_ptr());
     if let Some(e) = epi {
-        let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, rows, k as u128 * 255 * 255), capped: float_capped(&e, rows) };
+        let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, rows, acc_max), capped: float_capped(&e, rows) };
         return if f.fast { gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst) } else { gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst) };
     }
     let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
@@ -1562,7 +1570,7 @@ unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[
             }
             let pl = dw_plan(g, true);
             let msum: u128 = (0..P).map(|p| max_abs(&mult[p * g.out_c..(p + 1) * g.out_c])).sum();
-            let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, (kh * kw) as u128 * 255 * wmax.max(255) as u128));
+            let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, acc_max(kh * kw, wmax)));
             assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
             assert!(epi.is_none() || (P == 1 && cmax.is_none()));
             assert!(epi.is_none_or(|e| e.fits(g.out_c)));
@@ -1715,8 +1723,18 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
     let cout_g = g.out_c / g.group;
     let k = g.weights_per_output();
     assert!(out.len() >= g.out_c * spatial && bias_fixed.len() >= g.out_c && input.len() >= g.in_c * g.in_h * g.in_w);
-    // Split depthwise (2–3 parts): one pass, shared padded planes and input loads.
-    if (2..=3).contains(&parts.len()) && g.is_depthwise() {
+    // Split layers (2–3 parts) fused in one kernel need every part's multipliers, part-major,
+    // within i32 (the kernels multiply them with `vpmuldq`).
+    let split = (2..=3).contains(&parts.len());
+    if split {
+        scratch.mult.clear();
+        for part in parts {
+            scratch.mult.extend((0..g.out_c).map(|c| part.multiplier(c)));
+        }
+    }
+    let split_fits = split && scratch.mult.iter().all(|&m| m == m as i32 as i64);
+    // Split depthwise: one pass, shared padded planes and input loads.
+    if split && g.is_depthwise() {
         let mut dw: [&[i32]; 3] = [&[], &[], &[]];
         for (i, part) in parts.iter().enumerate() {
             if let PackedWeights::Depthwise { pairs, .. } = &part.packed {
@@ -1724,13 +1742,8 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             }
         }
         let Scratch { bpack, mult, .. } = &mut *scratch;
-        mult.clear();
-        for part in parts {
-            mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
-        }
-        let fits = mult.iter().all(|&m| m == m as i32 as i64);
         let wmax = parts.iter().map(|p| p.wmax).max().unwrap_or(0);
-        if fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) {
+        if split_fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) {
             let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
             let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
@@ -1741,9 +1754,9 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             return;
         }
     }
-    // Split pointwise/dense (2–3 parts, one group): B packed once per form, parts summed in the
-    // epilogue. Pointwise parts with a byte form take the byte GEMM, the others i16 pairs.
-    if (2..=3).contains(&parts.len()) && g.group == 1 && spatial > GEMV_MAX_N {
+    // Split pointwise/dense (one group): B packed once per form, parts summed in the epilogue.
+    // Pointwise parts with a byte form take the byte GEMM, the others i16 pairs.
+    if split && g.group == 1 && spatial > GEMV_MAX_N {
         let mut pa = [PartA::Wide(&[], 0); 3];
         for (i, part) in parts.iter().enumerate() {
             match (&part.packed8, &part.packed) {
@@ -1753,12 +1766,8 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             }
         }
         let Scratch { cols, bpack, bpack8, mult, .. } = &mut *scratch;
-        mult.clear();
-        for part in parts {
-            mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
-        }
         let usable = pa[..parts.len()].iter().all(|p| !matches!(p, PartA::Wide(w, _) if w.is_empty()));
-        if mult.iter().all(|&m| m == m as i32 as i64) && usable {
+        if split_fits && usable {
             let wide = pa[..parts.len()].iter().any(|p| matches!(p, PartA::Wide(..)));
             bpack.clear();
             bpack8.clear();
@@ -1790,7 +1799,7 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
     let Scratch { cols, acc, fixed, bpack, bpack8, mult } = scratch;
     for (pi, part) in parts.iter().enumerate() {
         mult.clear();
-        mult.extend((0..g.out_c).map(|c| if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier }));
+        mult.extend((0..g.out_c).map(|c| part.multiplier(c)));
         if !single {
             // Every entry is overwritten by the kernels' `Sink::Acc`.
             acc.resize(g.out_c * spatial, 0);

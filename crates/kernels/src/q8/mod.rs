@@ -148,6 +148,12 @@ impl ConvPart {
         let wmax = weight.iter().map(|d| d.unsigned_abs() as u32).max().unwrap_or(0);
         ConvPart { weight, requant, packed, packed8, wmax }
     }
+
+    /// The requantization multiplier of output channel `c` (one for all channels, or per channel).
+    #[inline]
+    pub fn multiplier(&self, c: usize) -> i64 {
+        if self.requant.len() == 1 { self.requant[0].multiplier } else { self.requant[c].multiplier }
+    }
 }
 
 /// Integer convolution of one CHW uint8 image over one or more weight parts (subtensor split):
@@ -161,7 +167,7 @@ pub fn conv_q8_reference(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixe
     for part in parts {
         conv_acc_reference(input, zp_in, &part.weight, g, &mut scratch.acc, &mut scratch.cols);
         for c in 0..g.out_c {
-            let m = if part.requant.len() == 1 { part.requant[0].multiplier } else { part.requant[c].multiplier };
+            let m = part.multiplier(c);
             for (f, &a) in scratch.fixed[c * spatial..(c + 1) * spatial].iter_mut().zip(&scratch.acc[c * spatial..(c + 1) * spatial]) {
                 *f += a as i64 * m;
             }
