@@ -219,6 +219,21 @@ pub fn channel_group_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) ->
     best.expect("at least one candidate")
 }
 
+/// The residual part's grid: centred on zero point 128 with every stored value within 128 ± 64
+/// (129 of the 256 uint8 levels). The residual is W1's rounding error, so even this grid puts it
+/// ~75 dB under W, far below every other error in the model (the full 256 levels would add 6 dB
+/// nobody can see); in exchange the part fits the engine's byte GEMM whole (`vpmaddubsw`
+/// needs weight pairs with |d0| + |d1| ≤ 128), where a full-grid residual sent half its weights
+/// to the slower i16 path.
+fn residual_grid(lo: f32, hi: f32) -> QParams {
+    let absmax = lo.abs().max(hi.abs());
+    let scale = if absmax > 0.0 && absmax.is_finite() { absmax / RESIDUAL_HALF_LEVELS as f32 } else { 1.0 };
+    QParams::per_tensor(scale, 128, QuantRange::U8)
+}
+
+/// Half the span of [`residual_grid`] in steps.
+pub const RESIDUAL_HALF_LEVELS: i32 = 64;
+
 pub fn residual_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) -> Candidate {
     let (lo, hi) = min_max(w);
     let g1 = grid(lo, hi);
@@ -226,7 +241,10 @@ pub fn residual_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) -> Cand
     let w1 = fake_quantize(w, &g1);
     let w2: Vec<f32> = w.iter().zip(&w1).map(|(&x, &q)| x - q).collect();
     let (l2, h2) = min_max(&w2);
-    Candidate::score(w, Some(SplitKind::Residual), 1.0, vec![w1, w2], vec![g1, grid(l2, h2)], layout, m2)
+    // Only a pointwise or dense weight gains from the narrow grid (the byte GEMM); a depthwise
+    // or full conv kernel keeps the full one.
+    let g2 = if layout.taps == 1 && layout.in_per_group > 1 { residual_grid(l2, h2) } else { grid(l2, h2) };
+    Candidate::score(w, Some(SplitKind::Residual), 1.0, vec![w1, w2], vec![g1, g2], layout, m2)
 }
 
 pub fn split(kind: SplitKind, w: &[f32], layout: &WeightLayout, m2: &InputStats) -> Candidate {
@@ -278,6 +296,25 @@ mod tests {
         }
         // The residual split gives the second part a grid as fine as the first one's rounding.
         assert!(split(SplitKind::Residual, &w, &l, &m2).sqnr_db() > plain.sqnr_db() + 20.0);
+    }
+
+    /// The residual part lands within 128 ± 64 (the byte GEMM takes it whole) and uses that span:
+    /// its extreme values reach the edge, so no resolution is given away beyond the 7 bits.
+    #[test]
+    fn residual_part_uses_the_centred_seven_bit_span() {
+        let (w, depthwise) = depthwise_like();
+        // The same weights as 8 output channels of a 1×1 conv over 9 input channels.
+        let l = WeightLayout { out_channels: depthwise.out_channels, per_output: depthwise.per_output, in_per_group: depthwise.per_output, taps: 1, out_per_group: depthwise.out_channels };
+        let c = split(SplitKind::Residual, &w, &l, &stats(&[1.0; 9]));
+        let g = &c.params[1];
+        assert_eq!(g.zero_point, vec![128]);
+        let d: Vec<i32> = c.parts[1].iter().map(|&x| g.quantize_value(x, 0) - 128).collect();
+        let widest = d.iter().map(|v| v.abs()).max().unwrap();
+        assert_eq!(widest, RESIDUAL_HALF_LEVELS, "residual steps {d:?}");
+        // A depthwise kernel has no byte GEMM to gain: its residual keeps all 256 levels.
+        let c = split(SplitKind::Residual, &w, &depthwise, &stats(&[1.0; 8]));
+        let d = c.parts[1].iter().map(|&x| (c.params[1].quantize_value(x, 0) - c.params[1].zero_point[0]).abs()).max().unwrap();
+        assert!(d > 2 * RESIDUAL_HALF_LEVELS - 10, "depthwise residual spans only ±{d}");
     }
 
     fn stats(m2: &[f64]) -> InputStats {

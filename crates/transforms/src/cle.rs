@@ -57,7 +57,14 @@ pub(crate) fn find_pair(g: &mut Graph, first: usize) -> Result<Option<Pair>, Tra
     }
     let channels = g.initializers[&g.nodes[first].inputs[1]].shape[0];
     let Some(mut next) = sole_consumer(g, &g.nodes[first].outputs[0]) else { return Ok(None) };
+    // Only a clip that sits between two convs becomes Relu → Min: a clip before anything else
+    // (the head conv's ReLU6 before pooling) keeps its one bound, fused into its grid for free,
+    // instead of a Min over a per-channel bound tensor that repeats one value.
     if matches!(g.nodes[next].op, Op::Clip { min, max } if min == 0.0 && max.is_finite()) {
+        let feeds_conv = sole_consumer(g, &g.nodes[next].outputs[0]).is_some_and(|c| const_conv(g, &g.nodes[c]) && g.nodes[c].inputs[0] == g.nodes[next].outputs[0]);
+        if !feeds_conv {
+            return Ok(None);
+        }
         split_clip(g, next, channels)?;
     }
     let (mut relu, mut min) = (None, None);

@@ -79,6 +79,13 @@ fn cle_preserves_outputs_and_keeps_relu6_exact() {
         let clips_after = eq.nodes.iter().filter(|n| matches!(n.op, Op::Clip { .. })).count();
         let mins = eq.nodes.iter().filter(|n| matches!(n.op, Op::Min)).count();
         assert_eq!(clips_before, clips_after + mins, "{model}: a ReLU6 lost its bound");
+        // Only ReLU6s between two convs are rescaled; the head's (before pooling) keeps its Clip,
+        // whose one bound costs nothing, rather than a Min over a tensor of one repeated value.
+        assert!(clips_after >= 1, "{model}: the head's ReLU6 became a Min");
+        for n in eq.nodes.iter().filter(|n| matches!(n.op, Op::Min)) {
+            let feeds_conv = eq.nodes.iter().filter(|c| c.inputs.contains(&n.outputs[0])).all(|c| matches!(c.op, Op::Conv(_)));
+            assert!(feeds_conv, "{model}: bound {} does not feed a conv", n.name);
+        }
         // Scales are bounded (dead channels keep s = 1), so no bound explodes: at most 6 · 32 per
         // pass, two passes.
         for n in eq.nodes.iter().filter(|n| matches!(n.op, Op::Min)) {
