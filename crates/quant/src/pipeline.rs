@@ -51,7 +51,9 @@ pub struct QuantConfig {
     pub cle: bool,
     /// Quantize with and without CLE and keep the one whose logits are closer to FP32 on the
     /// calibration images (CLE helps EfficientNet-Lite0 and hurts MobileNetV2 under per-tensor
-    /// activations, so neither default fits both). Overrides `cle`.
+    /// activations, so neither default fits both). Overrides `cle`. Without images
+    /// (`data_free`) there is nothing to judge on, and CLE is on: the DFQ recipe, and better on
+    /// both bundled models (BENCHMARKS.md).
     pub cle_auto: bool,
     /// High-bias absorption after CLE: per-channel offsets that ReLU passes unchanged (the
     /// minimum seen on the calibration images) move into the next conv's bias. Off by default:
@@ -130,14 +132,14 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         return Ok((q, s));
     }
     let mut g = fp32.clone();
-    let prep = subq_transforms::prepare_for_quantization(&mut g).map_err(|e| QuantError::Invalid(e.to_string()))?;
-    if cfg.cle {
-        if cfg.data_free {
-            return Err(QuantError::Invalid("cross-layer equalization with --data-free is not supported (the BN statistics would need rescaling); drop one of them".into()));
-        }
-        subq_transforms::equalize(&mut g, cfg.cle_strength, 2).map_err(|e| QuantError::Invalid(e.to_string()))?;
+    let mut prep = subq_transforms::prepare_for_quantization(&mut g).map_err(|e| QuantError::Invalid(e.to_string()))?;
+    let cle = cfg.cle || (cfg.cle_auto && cfg.data_free);
+    if cle {
+        let (_, scales) = subq_transforms::equalize_with_scales(&mut g, cfg.cle_strength, 2).map_err(|e| QuantError::Invalid(e.to_string()))?;
+        // Data-free ranges and bias correction start from the BN statistics: they follow the channels.
+        subq_transforms::rescale_bn_stats(&mut prep.bn_stats, &scales);
     }
-    let cle_applied = cfg.cle;
+    let cle_applied = cle;
     let mut biases_absorbed = 0;
     if cfg.absorb_biases && !cfg.data_free && !inputs.is_empty() {
         let seen = calibrate_tensors(&g, inputs, ObserverKind::MinMax, false)?;

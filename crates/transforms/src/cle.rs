@@ -7,6 +7,8 @@
 //! not, so a clip bound is kept exact by rescaling it per channel: Clip(0, 6) becomes
 //! Min(Relu(x), bound[1,C,1,1]) with bound_i = 6 / s_i (never silently a plain ReLU).
 
+use std::collections::BTreeMap;
+
 use subq_ir::{Graph, Node, Op};
 use subq_tensor::Tensor;
 
@@ -107,31 +109,59 @@ fn ranges(w: &Tensor, group: usize) -> (Vec<f32>, Vec<f32>) {
     (per_out, per_in)
 }
 
+/// Per output channel, the factor CLE divided a conv's output by (all passes multiplied), keyed
+/// by the conv's output value. Statistics kept from before CLE (the folded BN layers' β and γ
+/// that data-free quantization starts from) scale by the same factors.
+pub type ChannelScales = BTreeMap<String, Vec<f32>>;
+
+/// Carry BN statistics through CLE: a channel whose output CLE divided by `s` is distributed as
+/// N(β/s, (γ/s)²).
+pub fn rescale_bn_stats(stats: &mut crate::bn_fold::BnStats, scales: &ChannelScales) {
+    for (value, s) in scales {
+        if let Some((beta, gamma)) = stats.get_mut(value) {
+            for ((b, g), si) in beta.iter_mut().zip(gamma.iter_mut()).zip(s) {
+                *b /= si;
+                *g /= si;
+            }
+        }
+    }
+}
+
 /// Equalize every conv pair `iterations` times. Returns the number of pairs equalized per pass.
 pub fn equalize(g: &mut Graph, strength: f32, iterations: usize) -> Result<usize, TransformError> {
+    equalize_with_scales(g, strength, iterations).map(|(pairs, _)| pairs)
+}
+
+/// [`equalize`], also returning the factors each equalized conv output was divided by.
+pub fn equalize_with_scales(g: &mut Graph, strength: f32, iterations: usize) -> Result<(usize, ChannelScales), TransformError> {
     let mut pairs_seen = 0;
+    let mut scales = ChannelScales::new();
     for _ in 0..iterations {
         pairs_seen = 0;
         let mut i = 0;
         while i < g.nodes.len() {
             if let Some(p) = find_pair(g, i)? {
-                apply(g, &p, strength);
+                if let Some(s) = apply(g, &p, strength) {
+                    let total = scales.entry(g.nodes[p.first].outputs[0].clone()).or_insert_with(|| vec![1.0; s.len()]);
+                    total.iter_mut().zip(&s).for_each(|(t, si)| *t *= si);
+                }
                 pairs_seen += 1;
             }
             i += 1;
         }
     }
     g.validate()?;
-    Ok(pairs_seen)
+    Ok((pairs_seen, scales))
 }
 
-fn apply(g: &mut Graph, p: &Pair, strength: f32) {
+/// Equalize one pair; returns the factors the first conv's output channels were divided by.
+fn apply(g: &mut Graph, p: &Pair, strength: f32) -> Option<Vec<f32>> {
     let group_of = |n: &Node| if let Op::Conv(c) = &n.op { c.group } else { 1 };
     let (w1_name, w2_name) = (g.nodes[p.first].inputs[1].clone(), g.nodes[p.second].inputs[1].clone());
     let (r1, _) = ranges(&g.initializers[&w1_name], group_of(&g.nodes[p.first]));
     let (_, r2) = ranges(&g.initializers[&w2_name], group_of(&g.nodes[p.second]));
     if r1.len() != r2.len() {
-        return;
+        return None;
     }
     // Channels whose first-conv weights are (nearly) all zero carry only their bias: scaling
     // them up would blow that constant up to dominate the whole tensor's activation range
@@ -179,4 +209,5 @@ fn apply(g: &mut Graph, p: &Pair, strength: f32) {
             *v /= si;
         }
     }
+    Some(s)
 }

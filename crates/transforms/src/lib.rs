@@ -9,7 +9,7 @@ pub mod pipeline;
 
 pub use bias_absorption::absorb_high_biases;
 pub use bn_fold::fold_batch_norms;
-pub use cle::equalize;
+pub use cle::{equalize, equalize_with_scales, rescale_bn_stats, ChannelScales};
 pub use dequantize::dequantize_qdq;
 pub use pad_fold::fold_pads;
 pub use pipeline::{prepare_for_quantization, PrepareReport};

@@ -125,6 +125,44 @@ fn observed_runs_of_an_equalized_graph_match_plain_runs() {
     }
 }
 
+/// The factors `equalize_with_scales` reports are the ones each conv output was really divided by
+/// (both passes together), so the BN statistics that data-free quantization starts from can follow
+/// the channels.
+#[test]
+fn cle_reports_how_each_conv_output_was_scaled() {
+    let model = "mobilenetv2_1.0_160_dogs";
+    let mut g = load(model);
+    let prep = subq_transforms::prepare_for_quantization(&mut g).unwrap();
+    let mut eq = g.clone();
+    let (_, scales) = subq_transforms::equalize_with_scales(&mut eq, 0.5, 2).unwrap();
+    assert!(scales.len() > 20, "only {} conv outputs scaled", scales.len());
+    let x = reference_inputs(model, 1).remove(0);
+    let observe = |graph: &Graph| {
+        let mut seen = std::collections::HashMap::new();
+        Fp32Executor::new(graph).run_observed(vec![x.clone()], &mut |name, t| {
+            seen.insert(name.to_string(), t.clone());
+        }).unwrap();
+        seen
+    };
+    let (before, after) = (observe(&g), observe(&eq));
+    let mut bn = prep.bn_stats.clone();
+    subq_transforms::rescale_bn_stats(&mut bn, &scales);
+    for (value, s) in &scales {
+        assert!(s.iter().any(|&v| (v - 1.0).abs() > 0.01), "{value}: all factors 1");
+        let (b, a) = (before[value].as_f32().unwrap(), after[value].as_f32().unwrap());
+        let inner = b.len() / s.len();
+        let peak = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (p, q)) in b.iter().zip(a).enumerate() {
+            assert!((p - q * s[i / inner]).abs() <= 1e-4 * peak, "{value}[{i}]: {p} before, {q} · {} after", s[i / inner]);
+        }
+        // Every scaled output was a folded BN's, and its statistics moved with it.
+        let ((b0, g0), (b1, g1)) = (&prep.bn_stats[value], &bn[value]);
+        for c in 0..s.len() {
+            assert!((b1[c] * s[c] - b0[c]).abs() <= 1e-5 * b0[c].abs().max(1.0) && (g1[c] * s[c] - g0[c]).abs() <= 1e-5 * g0[c].abs().max(1.0), "{value} channel {c}");
+        }
+    }
+}
+
 /// Per-channel minimum of every value over `inputs` (what the quantizer feeds high-bias absorption).
 fn channel_minimums(g: &Graph, inputs: &[Tensor]) -> std::collections::BTreeMap<String, Vec<f32>> {
     let exec = Fp32Executor::new(g);

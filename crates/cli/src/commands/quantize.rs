@@ -89,7 +89,8 @@ pub struct QuantOptions {
     #[arg(long, default_value_t = 5.0)]
     pub latency_budget: f64,
     /// Cross-layer equalization before calibration (ReLU6 bounds kept exact per channel).
-    /// Default for subtensor: tried both ways, the one closer to FP32 on calibration images kept.
+    /// Default for subtensor: tried both ways, the one closer to FP32 on calibration images kept;
+    /// with --data-free (no images to judge on) it is on.
     #[arg(long, conflicts_with = "no_cle")]
     pub cle: bool,
     /// No cross-layer equalization (subtensor otherwise decides automatically).
