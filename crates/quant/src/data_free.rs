@@ -50,10 +50,18 @@ struct Stats {
     var: Vec<f64>,
     lo: f64,
     hi: f64,
+    /// The range is [lo, hi] itself: the output of a fixed clip such as ReLU6 (and pooling over
+    /// one). BN's normal model has thin tails where trained ReLU6 layers saturate often:
+    /// EfficientNet-Lite0's head reaches 6 where mean + 4σ says 3.6, and clipping it there cost
+    /// 6.5 dB of logits SQNR (BENCHMARKS.md).
+    whole: bool,
 }
 
 impl Stats {
     fn range(&self) -> (f32, f32) {
+        if self.whole {
+            return (self.lo as f32, self.hi as f32);
+        }
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for (m, v) in self.mean.iter().zip(&self.var) {
             lo = lo.min(m - K_SIGMA * v.sqrt());
@@ -70,14 +78,14 @@ pub fn data_free_calibration(g: &Graph, bn: &BnStats, input_range: (f32, f32)) -
     let c_in = g.shape(input).map(|s| s[1]).unwrap_or(3);
     let (a, b) = (input_range.0 as f64, input_range.1 as f64);
     // Pixels taken as uniform over the input range.
-    st.insert(input.clone(), Stats { mean: vec![(a + b) / 2.0; c_in], var: vec![(b - a).powi(2) / 12.0; c_in], lo: a, hi: b });
+    st.insert(input.clone(), Stats { mean: vec![(a + b) / 2.0; c_in], var: vec![(b - a).powi(2) / 12.0; c_in], lo: a, hi: b, whole: false });
     for n in &g.nodes {
         let get = |v: &str| st.get(v).cloned().ok_or_else(|| QuantError::Invalid(format!("data-free: no statistics for '{v}' (input of node '{}')", n.name)));
         let out = &n.outputs[0];
         let s = match &n.op {
             Op::Conv(_) | Op::Gemm { .. } => {
                 if let Some((beta, gamma)) = bn.get(out) {
-                    Stats { mean: beta.iter().map(|&x| x as f64).collect(), var: gamma.iter().map(|&x| (x as f64).powi(2)).collect(), lo: f64::NEG_INFINITY, hi: f64::INFINITY }
+                    Stats { mean: beta.iter().map(|&x| x as f64).collect(), var: gamma.iter().map(|&x| (x as f64).powi(2)).collect(), lo: f64::NEG_INFINITY, hi: f64::INFINITY, whole: false }
                 } else {
                     let x = get(&n.inputs[0])?;
                     let w = g.initializer(&n.inputs[1]).ok_or_else(|| QuantError::Invalid(format!("data-free: weight of '{}' is not constant", n.name)))?;
@@ -98,7 +106,7 @@ pub fn data_free_calibration(g: &Graph, bn: &BnStats, input_range: (f32, f32)) -
                             var[o] += wj * wj * x.var[i];
                         }
                     }
-                    Stats { mean, var, lo: f64::NEG_INFINITY, hi: f64::INFINITY }
+                    Stats { mean, var, lo: f64::NEG_INFINITY, hi: f64::INFINITY, whole: false }
                 }
             }
             Op::Relu | Op::Clip { .. } => {
@@ -108,18 +116,19 @@ pub fn data_free_calibration(g: &Graph, bn: &BnStats, input_range: (f32, f32)) -
                     _ => (0.0, f64::INFINITY),
                 };
                 let (mean, var) = x.mean.iter().zip(&x.var).map(|(&m, &v)| clipped_normal(m, v, lo, hi)).unzip();
-                Stats { mean, var, lo: lo.max(x.lo), hi: hi.min(x.hi) }
+                let (lo, hi) = (lo.max(x.lo), hi.min(x.hi));
+                Stats { mean, var, lo, hi, whole: matches!(n.op, Op::Clip { .. }) && lo.is_finite() && hi.is_finite() }
             }
             Op::Min => {
                 let x = get(&n.inputs[0])?;
                 let bound = g.initializer(&n.inputs[1]).ok_or_else(|| QuantError::Invalid(format!("data-free: Min '{}' needs a constant bound", n.name)))?.to_f32_vec();
                 let bmax = bound.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
                 let (mean, var) = x.mean.iter().zip(&x.var).enumerate().map(|(c, (&m, &v))| clipped_normal(m, v, x.lo, bound[c.min(bound.len() - 1)] as f64)).unzip();
-                Stats { mean, var, lo: x.lo, hi: bmax.min(x.hi) }
+                Stats { mean, var, lo: x.lo, hi: bmax.min(x.hi), whole: false }
             }
             Op::Add => {
                 let (p, q) = (get(&n.inputs[0])?, get(&n.inputs[1])?);
-                Stats { mean: p.mean.iter().zip(&q.mean).map(|(a, b)| a + b).collect(), var: p.var.iter().zip(&q.var).map(|(a, b)| a + b).collect(), lo: p.lo + q.lo, hi: p.hi + q.hi }
+                Stats { mean: p.mean.iter().zip(&q.mean).map(|(a, b)| a + b).collect(), var: p.var.iter().zip(&q.var).map(|(a, b)| a + b).collect(), lo: p.lo + q.lo, hi: p.hi + q.hi, whole: false }
             }
             // Spatial correlation is unknown: pooling keeps the per-channel variance (a wide range errs
             // on the safe side of clipping).
