@@ -1,25 +1,12 @@
 //! Data-free quantization (no images: ranges and bias correction from BN statistics) on the
 //! bundled EfficientNet-Lite0, checked against real images it never saw.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{assets, images, logits_sqnr_db};
 use subq_onnx::{load_model, ImportOptions};
 use subq_quant::{QuantConfig, Scheme};
 use subq_runtime::Fp32Executor;
-use subq_tensor::Tensor;
-
-fn assets() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets")
-}
-
-fn reference_inputs(model: &str, count: usize) -> Vec<Tensor> {
-    let bytes = std::fs::read(assets().join("reference").join(format!("{model}.inputs.npy"))).unwrap();
-    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let data = npy.into_vec::<f32>().unwrap();
-    let per = data.len() / shape[0];
-    (0..count.min(shape[0])).map(|i| Tensor::f32(vec![1, shape[1], shape[2], shape[3]], data[i * per..(i + 1) * per].to_vec()).unwrap()).collect()
-}
 
 /// EfficientNet-Lite0's preprocessing, (x − 127) / 128.
 const INPUT_RANGE: (f32, f32) = (-127.0 / 128.0, 1.0);
@@ -50,17 +37,8 @@ fn data_free_subtensor_stays_close_to_fp32_on_real_images() {
     cfg.input_range = Some(INPUT_RANGE);
     let (q, summary) = subq_quant::quantize(&fp32, &[], &cfg, false).unwrap();
     assert!(summary.cle, "data-free subtensor should equalize by default");
-    let (reference, quantized) = (Fp32Executor::new(&fp32), Fp32Executor::new(&q));
-    let (mut signal, mut noise) = (0f64, 0f64);
-    for x in reference_inputs("efficientnet_lite0", 16) {
-        let r = reference.run(vec![x.clone()]).unwrap().remove(0);
-        let y = quantized.run(vec![x]).unwrap().remove(0);
-        for (a, b) in r.as_f32().unwrap().iter().zip(y.as_f32().unwrap()) {
-            signal += (*a as f64).powi(2);
-            noise += (*a as f64 - *b as f64).powi(2);
-        }
-    }
-    let sqnr = 10.0 * (signal / noise).log10();
-    eprintln!("data-free subtensor logits SQNR on 16 reference images: {sqnr:.2} dB");
+    let eval = images("eval", "efficientnet-lite", 224, 0..16);
+    let sqnr = logits_sqnr_db(&Fp32Executor::new(&fp32), &Fp32Executor::new(&q), &eval);
+    eprintln!("data-free subtensor logits SQNR on 16 evaluation images: {sqnr:.2} dB");
     assert!(sqnr > 17.0, "data-free subtensor logits SQNR {sqnr:.2} dB");
 }

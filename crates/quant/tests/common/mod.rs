@@ -1,9 +1,38 @@
-//! A small FP32 CNN built in code (no file needed) and a reproducible random stream, shared by
-//! the quantizer's integration tests.
+//! A small FP32 CNN built in code (no file needed), a reproducible random stream, and the
+//! bundled assets (images, logits SQNR against FP32), shared by the quantizer's integration tests.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+
+use subq_calib::{list_images, preprocess::Preprocess};
 use subq_ir::{Conv2d, Graph, Node, Op};
+use subq_runtime::Fp32Executor;
 use subq_tensor::{DType, Tensor};
+
+pub fn assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets")
+}
+
+/// Images `range` of the bundled folder `dir` (`calib` or `eval`), preprocessed with `preset`.
+pub fn images(dir: &str, preset: &str, size: usize, range: std::ops::Range<usize>) -> Vec<Tensor> {
+    let items = list_images(&assets().join("images").join(dir)).unwrap();
+    let pre = Preprocess::preset(preset).unwrap();
+    items[range].iter().map(|it| Tensor::f32(vec![1, 3, size, size], pre.load(&it.path, size, size).unwrap()).unwrap()).collect()
+}
+
+/// Logits SQNR (dB) of `model` against `reference` over `inputs`.
+pub fn logits_sqnr_db(reference: &Fp32Executor, model: &Fp32Executor, inputs: &[Tensor]) -> f64 {
+    let (mut signal, mut noise) = (0f64, 0f64);
+    for x in inputs {
+        let r = reference.run(vec![x.clone()]).unwrap().remove(0);
+        let q = model.run(vec![x.clone()]).unwrap().remove(0);
+        for (a, b) in r.as_f32().unwrap().iter().zip(q.as_f32().unwrap()) {
+            signal += (*a as f64).powi(2);
+            noise += (*a as f64 - *b as f64).powi(2);
+        }
+    }
+    10.0 * (signal / noise).log10()
+}
 
 /// xorshift64*: a reproducible stream from one seed (a failure is replayed from its seed).
 pub struct Rng(pub u64);
