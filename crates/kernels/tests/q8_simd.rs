@@ -154,8 +154,9 @@ fn conv_data(c: &ConvCase) -> ConvData {
                 (false, 1) => rng.weights_sparse(g.out_c * per),
                 _ => rng.weights(g.out_c * per, c.extreme),
             };
-            // One case in 8: weights wider than one 8-bit grid, `d1·2^j + d2` (two parts on
-            // grids 2^j apart, merged), with the largest j whose accumulators stay exact in i32.
+            // One case in 8: weights wider than one 8-bit grid, `d1·2^j + d2` (what two parts
+            // on grids 2^j apart would merge into), with the largest j whose accumulators stay
+            // exact in i32: the kernels must take their bounds from `ConvPart::wmax`.
             if (c.seed >> 20).is_multiple_of(8) {
                 if let Some(j) = (1..=6u32).rev().find(|&j| per as u64 * 255 * (255 << j) + per as u64 * 255 * 255 < 1 << 31) {
                     let fine = rng.weights(weight.len(), c.extreme);

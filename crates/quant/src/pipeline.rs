@@ -139,7 +139,6 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         // Data-free ranges and bias correction start from the BN statistics: they follow the channels.
         subq_transforms::rescale_bn_stats(&mut prep.bn_stats, &scales);
     }
-    let cle_applied = cle;
     let mut biases_absorbed = 0;
     if cfg.absorb_biases && !cfg.data_free && !inputs.is_empty() {
         let seen = calibrate_tensors(&g, inputs, ObserverKind::MinMax, false)?;
@@ -194,7 +193,7 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         summary.gptq_layers = summary.gptq_gain_db.len();
     }
     summary.fused_activations = plan.fused_activations.len();
-    summary.cle = cle_applied;
+    summary.cle = cle;
     summary.biases_absorbed = biases_absorbed;
     if cfg.bias_correction {
         summary.bias_corrected_layers = if cfg.data_free {

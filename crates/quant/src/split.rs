@@ -232,7 +232,7 @@ fn residual_grid(lo: f32, hi: f32) -> QParams {
 }
 
 /// Half the span of [`residual_grid`] in steps.
-pub const RESIDUAL_HALF_LEVELS: i32 = 64;
+const RESIDUAL_HALF_LEVELS: i32 = 64;
 
 pub fn residual_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) -> Candidate {
     let (lo, hi) = min_max(w);

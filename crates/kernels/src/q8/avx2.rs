@@ -272,7 +272,9 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
 }
 
 /// `acc = A · B` for packed A (one group: `m` rows, `k` deep) and packed B (`n` columns),
-/// results to `sink` (rows relative to this group).
+/// results to `sink` (rows relative to this group). A's weights are 8-bit (`|w − zw| ≤ 255`):
+/// the rounding path's accumulator bound assumes it (wider weights go through `conv_q8_epi`,
+/// which passes `ConvPart::wmax`).
 #[target_feature(enable = "avx2")]
 pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink) {
     gemm_packed_cmax(a, m, k, b, n, sink, None, None, 255)
@@ -1541,7 +1543,8 @@ pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i
 }
 
 /// [`depthwise_parts`] on channels `range` only: the sink's rows (output / accumulator rows)
-/// are relative to `range.start`, its `mult`/`bias` indexed by absolute channel.
+/// are relative to `range.start`, its `mult`/`bias` indexed by absolute channel. Weights are
+/// 8-bit (`|w − zw| ≤ 255`), as for [`gemm_packed`].
 #[target_feature(enable = "avx2")]
 pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink) {
     depthwise_range_cmax::<P>(input, zp, pairs, g, range, plane, sink, None, None, 255)

@@ -134,9 +134,9 @@ pub struct ConvPart {
     pub packed: PackedWeights,
     /// Pointwise convs: the byte-GEMM form, where the weights allow it.
     pub packed8: Option<Packed8>,
-    /// Largest `|w − zw|`: at most 255 for weights on one uint8 grid, but any i16 is accepted
-    /// (e.g. two parts on grids a power of two apart merged into one); the kernels derive their
-    /// accumulator bounds, and with them the fast rounding path, from it.
+    /// Largest `|w − zw|`: at most 255 for weights on one uint8 grid, but `ConvPart::new` accepts
+    /// any i16; the kernels derive their accumulator bounds, and with them the fast rounding
+    /// path, from it.
     pub wmax: u32,
 }
 
