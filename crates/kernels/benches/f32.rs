@@ -19,12 +19,41 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 
 fn gemm_crate(m: usize, kk: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     unsafe {
-        gemm::gemm(m, n, kk, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, kk as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+        gemm::gemm(
+            m,
+            n,
+            kk,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            kk as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
 /// (M = out channels, K = in channels, N = H·W) of EfficientNet-Lite0 pointwise convolutions.
-const PW: &[(usize, usize, usize)] = &[(16, 32, 112 * 112), (96, 16, 112 * 112), (24, 144, 56 * 56), (144, 24, 56 * 56), (240, 40, 28 * 28), (80, 480, 14 * 14), (1152, 192, 7 * 7), (1280, 320, 7 * 7)];
+const PW: &[(usize, usize, usize)] = &[
+    (16, 32, 112 * 112),
+    (96, 16, 112 * 112),
+    (24, 144, 56 * 56),
+    (144, 24, 56 * 56),
+    (240, 40, 28 * 28),
+    (80, 480, 14 * 14),
+    (1152, 192, 7 * 7),
+    (1280, 320, 7 * 7),
+];
 
 fn bench_gemm(c: &mut Criterion) {
     let mut grp = c.benchmark_group("pointwise_gemm");
@@ -33,14 +62,48 @@ fn bench_gemm(c: &mut Criterion) {
         let mut out = vec![0.0; m * n];
         grp.throughput(Throughput::Elements((m * kk * n) as u64));
         let id = format!("{m}x{kk}x{n}");
-        grp.bench_with_input(BenchmarkId::new("sgemm", &id), &(), |bch, _| bch.iter(|| k::sgemm(m, kk, n, &a, &b, &mut out, false)));
+        grp.bench_with_input(BenchmarkId::new("sgemm", &id), &(), |bch, _| {
+            bch.iter(|| k::sgemm(m, kk, n, &a, &b, &mut out, false))
+        });
         grp.bench_with_input(BenchmarkId::new("matrixmultiply", &id), &(), |bch, _| {
-            bch.iter(|| unsafe { matrixmultiply::sgemm(m, kk, n, 1.0, a.as_ptr(), kk as isize, 1, b.as_ptr(), n as isize, 1, 0.0, out.as_mut_ptr(), n as isize, 1) })
+            bch.iter(|| unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    kk,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    kk as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            })
         });
         grp.bench_with_input(BenchmarkId::new("gemm_epilogue", &id), &(), |bch, _| {
-            bch.iter(|| k::gemm::gemm_epilogue(k::gemm::best_isa(), m, kk, n, &a, &b, &mut out, None, &k::Epilogue::NONE, 0))
+            bch.iter(|| {
+                k::gemm::gemm_epilogue(
+                    k::gemm::best_isa(),
+                    m,
+                    kk,
+                    n,
+                    &a,
+                    &b,
+                    &mut out,
+                    None,
+                    &k::Epilogue::NONE,
+                    0,
+                )
+            })
         });
-        grp.bench_with_input(BenchmarkId::new("gemm_crate", &id), &(), |bch, _| bch.iter(|| gemm_crate(m, kk, n, &a, &b, &mut out)));
+        grp.bench_with_input(BenchmarkId::new("gemm_crate", &id), &(), |bch, _| {
+            bch.iter(|| gemm_crate(m, kk, n, &a, &b, &mut out))
+        });
     }
     grp.finish();
 }
@@ -48,7 +111,20 @@ fn bench_gemm(c: &mut Criterion) {
 fn geom(c: usize, hw: usize, k: usize, s: usize, dw: bool, out_c: usize) -> ConvGeometry {
     let pad = k / 2;
     let o = (hw + 2 * pad - k) / s + 1;
-    ConvGeometry { in_c: c, in_h: hw, in_w: hw, out_c, out_h: o, out_w: o, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pad, pad_left: pad, group: if dw { c } else { 1 } }
+    ConvGeometry {
+        in_c: c,
+        in_h: hw,
+        in_w: hw,
+        out_c,
+        out_h: o,
+        out_w: o,
+        kernel: [k, k],
+        strides: [s, s],
+        dilations: [1, 1],
+        pad_top: pad,
+        pad_left: pad,
+        group: if dw { c } else { 1 },
+    }
 }
 
 fn bench_conv(c: &mut Criterion) {
@@ -73,7 +149,52 @@ fn bench_conv(c: &mut Criterion) {
         let mut out = vec![0.0; g.out_c * g.out_h * g.out_w];
         let mut scratch = Vec::new();
         grp.throughput(Throughput::Elements(g.macs() as u64));
-        grp.bench_function(name, |b| b.iter(|| k::conv2d(&input, &w, Some(&bias), &g, &mut out, &mut scratch)));
+        grp.bench_function(name, |b| {
+            b.iter(|| k::conv2d(&input, &w, Some(&bias), &g, &mut out, &mut scratch))
+        });
+    }
+    grp.finish();
+}
+
+/// The two AVX2 depthwise kernels on the same layers (which one `conv2d` picks is
+/// `depthwise_blocked::prefers`; `--example depthwise_pick` times them paired on every shape).
+fn bench_depthwise_kernels(c: &mut Criterion) {
+    use k::depthwise::{depthwise_with, Isa};
+    if k::depthwise::best_isa() != Isa::Avx2Fma {
+        return;
+    }
+    let mut grp = c.benchmark_group("depthwise_kernels");
+    for (name, g) in [
+        ("dw3x3_s1_32x112", geom(32, 112, 3, 1, true, 32)),
+        ("dw5x5_s1_240x28", geom(240, 28, 5, 1, true, 240)),
+        ("dw5x5_s2_672x14", geom(672, 14, 5, 2, true, 672)),
+        ("dw5x5_s1_1152x7", geom(1152, 7, 5, 1, true, 1152)),
+    ] {
+        let input = data(g.in_c * g.in_h * g.in_w, 3);
+        let w = data(g.out_c * g.weights_per_output(), 4);
+        let bias = data(g.out_c, 5);
+        let mut out = vec![0.0; g.out_c * g.out_h * g.out_w];
+        let mut scratch = Vec::new();
+        grp.throughput(Throughput::Elements(g.macs() as u64));
+        for (kname, isa) in [
+            ("per_channel", Isa::Avx2Fma),
+            ("blocked", Isa::Avx2FmaBlocked),
+        ] {
+            grp.bench_with_input(BenchmarkId::new(kname, name), &(), |b, _| {
+                b.iter(|| {
+                    depthwise_with(
+                        isa,
+                        &input,
+                        &w,
+                        Some(&bias),
+                        &g,
+                        &k::Epilogue::NONE,
+                        &mut out,
+                        &mut scratch,
+                    )
+                })
+            });
+        }
     }
     grp.finish();
 }
@@ -81,6 +202,6 @@ fn bench_conv(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_secs(1));
-    targets = bench_gemm, bench_conv
+    targets = bench_gemm, bench_conv, bench_depthwise_kernels
 }
 criterion_main!(benches);

@@ -44,7 +44,12 @@ pub struct QParams {
 
 impl QParams {
     pub fn per_tensor(scale: f32, zero_point: i32, range: QuantRange) -> QParams {
-        QParams { scale: vec![scale], zero_point: vec![zero_point], axis: None, range }
+        QParams {
+            scale: vec![scale],
+            zero_point: vec![zero_point],
+            axis: None,
+            range,
+        }
     }
 
     pub fn is_per_tensor(&self) -> bool {
@@ -61,7 +66,9 @@ impl QParams {
             return QParams::per_tensor(1.0, 0, range);
         }
         let scale = span / (qmax - qmin) as f32;
-        let zp = (qmin as f32 - lo / scale).round().clamp(qmin as f32, qmax as f32) as i32;
+        let zp = (qmin as f32 - lo / scale)
+            .round()
+            .clamp(qmin as f32, qmax as f32) as i32;
         QParams::per_tensor(scale, zp, range)
     }
 
@@ -70,7 +77,11 @@ impl QParams {
         let (_, qmax) = range.bounds();
         let zp = if range == QuantRange::U8 { 128 } else { 0 };
         let qmax = if range == QuantRange::U8 { 127 } else { qmax };
-        let scale = if absmax > 0.0 && absmax.is_finite() { absmax / qmax as f32 } else { 1.0 };
+        let scale = if absmax > 0.0 && absmax.is_finite() {
+            absmax / qmax as f32
+        } else {
+            1.0
+        };
         QParams::per_tensor(scale, zp, range)
     }
 
@@ -87,18 +98,27 @@ impl QParams {
     }
 
     pub fn scale_at(&self, channel: usize) -> f32 {
-        if self.scale.len() == 1 { self.scale[0] } else { self.scale[channel] }
+        if self.scale.len() == 1 {
+            self.scale[0]
+        } else {
+            self.scale[channel]
+        }
     }
 
     pub fn zero_point_at(&self, channel: usize) -> i32 {
-        if self.zero_point.len() == 1 { self.zero_point[0] } else { self.zero_point[channel] }
+        if self.zero_point.len() == 1 {
+            self.zero_point[0]
+        } else {
+            self.zero_point[channel]
+        }
     }
 
     /// q = clamp(round_half_even(x / scale) + zp). Round-half-to-even is what ONNX
     /// QuantizeLinear specifies.
     pub fn quantize_value(&self, x: f32, channel: usize) -> i32 {
         let (qmin, qmax) = self.range.bounds();
-        let q = (x / self.scale_at(channel)).round_ties_even() as i64 + self.zero_point_at(channel) as i64;
+        let q = (x / self.scale_at(channel)).round_ties_even() as i64
+            + self.zero_point_at(channel) as i64;
         q.clamp(qmin as i64, qmax as i64) as i32
     }
 
@@ -136,11 +156,21 @@ mod tests {
 
     #[test]
     fn channel_of_follows_the_axis() {
-        let per_channel = QParams { scale: vec![1.0, 2.0, 3.0], zero_point: vec![0; 3], axis: Some(1), range: QuantRange::I8 };
+        let per_channel = QParams {
+            scale: vec![1.0, 2.0, 3.0],
+            zero_point: vec![0; 3],
+            axis: Some(1),
+            range: QuantRange::I8,
+        };
         // shape [2, 3, 2]: elements 0,1 → channel 0; 2,3 → 1; 4,5 → 2; then again for the next row.
-        let got: Vec<usize> = (0..12).map(|i| per_channel.channel_of(&[2, 3, 2], i)).collect();
+        let got: Vec<usize> = (0..12)
+            .map(|i| per_channel.channel_of(&[2, 3, 2], i))
+            .collect();
         assert_eq!(got, vec![0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]);
-        assert_eq!(QParams::per_tensor(1.0, 0, QuantRange::U8).channel_of(&[2, 3, 2], 7), 0);
+        assert_eq!(
+            QParams::per_tensor(1.0, 0, QuantRange::U8).channel_of(&[2, 3, 2], 7),
+            0
+        );
     }
 
     #[test]
