@@ -50,9 +50,10 @@ impl Tile {
 /// Whether the blocked kernel is the faster one for this depthwise geometry (dilation 1, as
 /// [`super::depthwise::supports`]). Measured on every depthwise shape of MobileNetV2 and
 /// EfficientNet-Lite0 (`cargo run --release -p subq-kernels --example depthwise_pick`,
-/// BENCHMARKS.md "FP32 depthwise"): blocked takes 0.36–0.96× the time on outputs up to 28
-/// columns wide, where the per-channel kernel's per-channel work and part-empty vectors weigh
-/// most, and 1.11–1.35× on outputs of 40 columns or more, where its transposes do.
+/// BENCHMARKS.md, "Session 8"): blocked takes 0.36–1.04× the time on outputs up to 28 columns
+/// wide (about even at 20×20 stride 1), where the per-channel kernel's per-channel work and
+/// part-empty vectors weigh most, and 1.1–1.4× on outputs of 40 columns or more, where its
+/// transposes do.
 pub fn prefers(g: &ConvGeometry) -> bool {
     g.out_w < 32
 }

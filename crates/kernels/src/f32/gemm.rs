@@ -560,6 +560,41 @@ mod tests {
             .collect()
     }
 
+    /// B larger than one packed chunk (k = 300: 10 panels per chunk, 25 panels here) with a
+    /// column tail, which runs with the last chunk's row panels: the proptest's sizes stay within
+    /// one chunk.
+    #[test]
+    fn several_chunks_with_a_column_tail_match_naive() {
+        let (m, k, n): (usize, usize, usize) = (13, 300, 16 * 25 + 5);
+        assert!(n.div_ceil(NR) > CHUNK_FLOATS / (k * NR));
+        let (a, b, bias) = (rnd_vec(m * k, 1), rnd_vec(k * n, 2), rnd_vec(m, 3));
+        let ep = Epilogue {
+            affine: None,
+            clamp: Some((-1.0, 1.0)),
+        };
+        let mut isas = vec![Isa::Scalar];
+        if best_isa() != Isa::Scalar {
+            isas.push(best_isa());
+        }
+        for isa in isas {
+            let mut got = vec![f32::NAN; m * n];
+            gemm_epilogue(isa, m, k, n, &a, &b, &mut got, Some(&bias), &ep, 0);
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f64 = (0..k)
+                        .map(|kk| a[i * k + kk] as f64 * b[kk * n + j] as f64)
+                        .sum();
+                    let want = (s as f32 + bias[i]).clamp(-1.0, 1.0);
+                    let x = got[i * n + j];
+                    assert!(
+                        (x - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{isa:?} [{i}, {j}] {x} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
         #[test]
