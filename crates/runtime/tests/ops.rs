@@ -1031,3 +1031,39 @@ fn executor_reports_non_f32_input_to_a_float_op_as_error() {
     let (g, feeds) = build(Op::Relu, vec![In("x", u8t(&[1, 2], &[1, 2]))]).unwrap();
     assert!(Fp32Executor::new(&g).run(feeds).is_err());
 }
+
+#[test]
+fn broadcast_operand_first_and_batch_wraps_the_channels() {
+    // Min([1,2,1,1] bound, x [2,2,2,1]): the bound broadcasts from the first input and its
+    // channel index restarts with the second image.
+    let x: Vec<f32> = (0..8).map(|v| v as f32).collect();
+    let y = run(
+        Op::Min,
+        vec![
+            Const("bound", f32t(&[1, 2, 1, 1], &[0.5, 2.5])),
+            In("x", f32t(&[2, 2, 2, 1], &x)),
+        ],
+    );
+    assert_close(
+        &y,
+        &[2, 2, 2, 1],
+        &[0., 0.5, 2., 2.5, 0.5, 0.5, 2.5, 2.5],
+        0.0,
+    );
+}
+
+#[test]
+fn broadcast_over_two_separate_axes_uses_the_general_path() {
+    // [2,1,3] + [2,4,3]: the first operand repeats along axis 1 only, between two varying axes.
+    let a: Vec<f32> = (0..6).map(|v| 100.0 * v as f32).collect();
+    let b: Vec<f32> = (0..24).map(|v| v as f32).collect();
+    let y = run(
+        Op::Add,
+        vec![
+            In("a", f32t(&[2, 1, 3], &a)),
+            Const("b", f32t(&[2, 4, 3], &b)),
+        ],
+    );
+    let want: Vec<f32> = (0..24).map(|i| b[i] + a[(i / 12) * 3 + i % 3]).collect();
+    assert_close(&y, &[2, 4, 3], &want, 0.0);
+}
