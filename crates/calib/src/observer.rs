@@ -152,10 +152,17 @@ impl Histogram {
     pub fn mse_range(&self) -> (f32, f32) {
         let (lo, hi) = (self.lo.min(0.0) as f64, self.hi.max(0.0) as f64);
         let fractions: Vec<f64> = (1..=100).map(|i| i as f64 / 100.0).collect();
+        // With nothing below zero (every ReLU output) all low fractions give the same low end:
+        // one evaluation gives the same result as a hundred.
+        let low_fractions = if lo == 0.0 {
+            &fractions[..1]
+        } else {
+            &fractions[..]
+        };
         let mut best = (f64::INFINITY, lo, hi);
         // Coarse joint search, then refine the low end with the high end fixed.
         for &fh in &fractions {
-            for &fl in fractions.iter().step_by(5) {
+            for &fl in low_fractions.iter().step_by(5) {
                 let (l, h) = (lo * fl, hi * fh);
                 if h - l <= 0.0 {
                     continue;
@@ -167,7 +174,7 @@ impl Histogram {
             }
         }
         let h = best.2;
-        for &fl in &fractions {
+        for &fl in low_fractions {
             let l = lo * fl;
             if h - l > 0.0 {
                 let e = self.quantization_error(l, h, 256);
