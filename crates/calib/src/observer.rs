@@ -34,11 +34,7 @@ pub struct MinMax {
 
 impl MinMax {
     pub fn observe(&mut self, data: &[f32]) {
-        let (lo, hi) = data
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
-                (a.min(x), b.max(x))
-            });
+        let (lo, hi) = data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
         if !self.seen {
             (self.min, self.max, self.seen) = (lo, hi, true);
         } else {
@@ -66,11 +62,7 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn new(lo: f32, hi: f32) -> Histogram {
-        Histogram {
-            lo,
-            hi: if hi > lo { hi } else { lo + 1e-6 },
-            counts: vec![0; HISTOGRAM_BINS],
-        }
+        Histogram { lo, hi: if hi > lo { hi } else { lo + 1e-6 }, counts: vec![0; HISTOGRAM_BINS] }
     }
 
     fn bin_width(&self) -> f64 {
@@ -119,10 +111,7 @@ impl Histogram {
                 break;
             }
         }
-        (
-            (self.lo as f64 + lo_bin as f64 * w) as f32,
-            (self.lo as f64 + (hi_bin + 1) as f64 * w) as f32,
-        )
+        ((self.lo as f64 + lo_bin as f64 * w) as f32, (self.lo as f64 + (hi_bin + 1) as f64 * w) as f32)
     }
 
     /// Expected squared error of quantizing the histogram's mass onto a `levels`-step grid over
@@ -154,11 +143,7 @@ impl Histogram {
         let fractions: Vec<f64> = (1..=100).map(|i| i as f64 / 100.0).collect();
         // With nothing below zero (every ReLU output) all low fractions give the same low end:
         // one evaluation gives the same result as a hundred.
-        let low_fractions = if lo == 0.0 {
-            &fractions[..1]
-        } else {
-            &fractions[..]
-        };
+        let low_fractions = if lo == 0.0 { &fractions[..1] } else { &fractions[..] };
         let mut best = (f64::INFINITY, lo, hi);
         // Coarse joint search, then refine the low end with the high end fixed.
         for &fh in &fractions {
@@ -219,9 +204,7 @@ mod tests {
         assert!(hi > 0.97, "uniform hi {hi}");
         // Bulk in [0, 0.5) plus one outlier at 50. Error(h) ≈ (50 − h)² + 1e5·(h/255)²/12, whose
         // minimum is at h = 50 / (1 + 1e5/(255²·12)) ≈ 44.3: one outlier is worth keeping mostly.
-        let mut tail: Vec<f32> = (0..100000)
-            .map(|i| ((i % 1000) as f32 / 1000.0) * 0.5)
-            .collect();
+        let mut tail: Vec<f32> = (0..100000).map(|i| ((i % 1000) as f32 / 1000.0) * 0.5).collect();
         tail.push(50.0);
         let mut h = Histogram::new(0.0, 50.0);
         h.observe(&tail);
@@ -229,9 +212,7 @@ mod tests {
         assert_eq!(lo, 0.0);
         assert!((43.0..46.0).contains(&hi), "tail hi {hi}");
         // The search finds the brute-force optimum over high ends (low end fixed at 0).
-        let brute = (1..=1000)
-            .map(|i| h.quantization_error(0.0, 50.0 * i as f64 / 1000.0, 256))
-            .fold(f64::INFINITY, f64::min);
+        let brute = (1..=1000).map(|i| h.quantization_error(0.0, 50.0 * i as f64 / 1000.0, 256)).fold(f64::INFINITY, f64::min);
         assert!(h.quantization_error(0.0, hi as f64, 256) <= brute * 1.01);
     }
 }

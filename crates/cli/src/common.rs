@@ -12,10 +12,7 @@ pub const PREPROCESS_KEY: &str = "subq.preprocess";
 
 pub fn load_graph(path: &Path) -> Result<Graph> {
     // The importer's errors already name the file.
-    Ok(subq_onnx::load_model(
-        path,
-        &subq_onnx::ImportOptions::default(),
-    )?)
+    Ok(subq_onnx::load_model(path, &subq_onnx::ImportOptions::default())?)
 }
 
 /// The FP32 graph to quantize. A QDQ model (say, ONNX Runtime's) is turned back into float first
@@ -24,9 +21,7 @@ pub fn load_graph(path: &Path) -> Result<Graph> {
 pub fn load_float_graph(path: &Path) -> Result<Graph> {
     let mut g = load_graph(path)?;
     if g.is_quantized() {
-        subq_transforms::dequantize_qdq(&mut g).with_context(|| {
-            format!("{}: turning the QDQ model back into float", path.display())
-        })?;
+        subq_transforms::dequantize_qdq(&mut g).with_context(|| format!("{}: turning the QDQ model back into float", path.display()))?;
         eprintln!(
             "note: {} is already quantized (QDQ); its weights were dequantized to float and its activation grids dropped, \
              and that float model is quantized again (and is the reference for agreement/SQNR). Start from the FP32 model if you have it.",
@@ -38,9 +33,7 @@ pub fn load_float_graph(path: &Path) -> Result<Graph> {
 
 /// Folder with the bundled models and images. Set at build time; `SUBQ_ASSETS` overrides it.
 pub fn assets_dir() -> PathBuf {
-    std::env::var_os("SUBQ_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
+    std::env::var_os("SUBQ_ASSETS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
 }
 
 #[derive(Args, Clone, Debug, Default)]
@@ -75,11 +68,7 @@ impl PreprocessArgs {
             (None, None) => bail!("no preprocessing known for this model: pass --preset ({}) or explicit --resize-mode/--mean/--std", Preprocess::PRESETS.join(", ")),
         };
         if let Some(m) = &self.resize_mode {
-            p.resize_mode = if m == "crop" {
-                ResizeMode::Crop
-            } else {
-                ResizeMode::Stretch
-            };
+            p.resize_mode = if m == "crop" { ResizeMode::Crop } else { ResizeMode::Stretch };
         }
         if let Some(r) = self.crop_ratio {
             if !(r > 0.0 && r <= 1.0) {
@@ -97,11 +86,7 @@ impl PreprocessArgs {
             p.std = [s[0], s[1], s[2]];
         }
         if let Some(c) = &self.channel_order {
-            p.channel_order = if c == "bgr" {
-                ChannelOrder::Bgr
-            } else {
-                ChannelOrder::Rgb
-            };
+            p.channel_order = if c == "bgr" { ChannelOrder::Bgr } else { ChannelOrder::Rgb };
         }
         Ok(p)
     }
@@ -114,15 +99,13 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
         print!("{text}");
         return Ok(());
     }
-    subq_onnx::write_atomically(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    subq_onnx::write_atomically(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 pub use subq_eval::schemes::pct;
 
 pub fn db(x: Option<f64>) -> String {
-    x.map(|v| format!("{v:.2} dB"))
-        .unwrap_or_else(|| "—".into())
+    x.map(|v| format!("{v:.2} dB")).unwrap_or_else(|| "—".into())
 }
 
 /// The error and its causes as "outer: inner: …" (like `{:#}`), skipping a cause that the message

@@ -7,12 +7,7 @@ mod common;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "subq",
-    version,
-    about = "Post-training int8 quantization for mobile CNNs (MobileNet, EfficientNet-Lite)",
-    long_about = "subq reads an FP32 ONNX model, analyses and quantizes it (per-tensor, per-channel or per-tensor with subtensor splits), writes a standard QDQ ONNX file and evaluates it on its own engines.\n\nStart with `subq demo` (bundled model and images), then `subq inspect --model M.onnx` and `subq eval --help`."
-)]
+#[command(name = "subq", version, about = "Post-training int8 quantization for mobile CNNs (MobileNet, EfficientNet-Lite)", long_about = "subq reads an FP32 ONNX model, analyses and quantizes it (per-tensor, per-channel or per-tensor with subtensor splits), writes a standard QDQ ONNX file and evaluates it on its own engines.\n\nStart with `subq demo` (bundled model and images), then `subq inspect --model M.onnx` and `subq eval --help`.")]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
@@ -45,9 +40,7 @@ fn main() {
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
         // Only fails if a pool already exists, which cannot happen this early.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
-            .build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
     }
     let result = match cli.command {
         Command::Eval(a) => commands::eval::run(a),

@@ -72,11 +72,7 @@ pub fn wilson95(successes: usize, n: usize) -> (f64, f64) {
 pub fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     // Stable sort by descending logit: ties keep the lower class first, as argmax does.
-    idx.sort_by(|&a, &b| {
-        logits[b]
-            .partial_cmp(&logits[a])
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    idx.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal));
     idx.truncate(k);
     idx
 }
@@ -120,13 +116,7 @@ impl Tally {
     }
 
     fn report(self, model: String, has_labels: bool, has_ref: bool) -> EvalReport {
-        let frac = |c: usize| {
-            if self.n == 0 {
-                0.0
-            } else {
-                c as f64 / self.n as f64
-            }
-        };
+        let frac = |c: usize| if self.n == 0 { 0.0 } else { c as f64 / self.n as f64 };
         let mut skipped = self.skipped;
         skipped.sort();
         EvalReport {
@@ -136,13 +126,7 @@ impl Tally {
             top1: has_labels.then(|| frac(self.top1)),
             top5: has_labels.then(|| frac(self.top5)),
             agreement: has_ref.then(|| frac(self.agree)),
-            sqnr_db: has_ref.then(|| {
-                if self.noise == 0.0 {
-                    f64::INFINITY
-                } else {
-                    10.0 * (self.signal / self.noise).log10()
-                }
-            }),
+            sqnr_db: has_ref.then(|| if self.noise == 0.0 { f64::INFINITY } else { 10.0 * (self.signal / self.noise).log10() }),
             reference_top1: (has_ref && has_labels).then(|| frac(self.ref_top1)),
             top1_ci95: has_labels.then(|| wilson95(self.top1, self.n)),
             agreement_ci95: has_ref.then(|| wilson95(self.agree, self.n)),
@@ -153,93 +137,59 @@ impl Tally {
 }
 
 fn progress_bar(len: usize, message: String, show: bool) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(len as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.set_message(message);
     bar
 }
 
-pub fn evaluate(
-    model: &dyn RunModel,
-    items: &[ImageItem],
-    opts: &EvalOptions,
-) -> Result<(EvalReport, Option<KeptTensors>), EvalError> {
+pub fn evaluate(model: &dyn RunModel, items: &[ImageItem], opts: &EvalOptions) -> Result<(EvalReport, Option<KeptTensors>), EvalError> {
     // Labels are resolved up front so that an unknown label fails before any inference.
     let labels: Vec<Option<usize>> = match opts.synsets {
-        Some(s) => items
-            .iter()
-            .map(|it| subq_calib::dataset::label_of(it, s).map(Some))
-            .collect::<Result<_, _>>()?,
+        Some(s) => items.iter().map(|it| subq_calib::dataset::label_of(it, s).map(Some)).collect::<Result<_, _>>()?,
         None => vec![None; items.len()],
     };
     let bar = progress_bar(items.len(), model.describe(), opts.progress);
     let tally = Mutex::new(Tally::default());
     // One slot per image (its input and logits), filled by whichever worker runs it.
     type Slot = Mutex<Option<(Vec<f32>, Vec<f32>)>>;
-    let kept: Vec<Slot> = if opts.keep_tensors {
-        items.iter().map(|_| Mutex::new(None)).collect()
-    } else {
-        Vec::new()
-    };
+    let kept: Vec<Slot> = if opts.keep_tensors { items.iter().map(|_| Mutex::new(None)).collect() } else { Vec::new() };
     // Each worker decodes its image and runs it, so decoding of one image overlaps inference of
     // another; the pool size is set by the caller (`--threads`).
-    items
-        .par_iter()
-        .zip(labels.par_iter())
-        .enumerate()
-        .try_for_each(|(index, (item, label))| -> Result<(), EvalError> {
-            let pixels = match opts.preprocess.load(&item.path, opts.height, opts.width) {
-                Ok(p) => p,
-                Err(e) if opts.skip_unreadable => {
-                    bar.println(format!("warning: skipping {e}"));
-                    tally
-                        .lock()
-                        .unwrap()
-                        .skipped
-                        .push(item.path.display().to_string());
-                    bar.inc(1);
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let kept_input = opts.keep_tensors.then(|| pixels.clone());
-            let input = Tensor::f32(vec![1, 3, opts.height, opts.width], pixels)
-                .map_err(|e| EvalError::Model(e.to_string()))?;
-            let reference = match opts.reference {
-                Some(r) => Some(r.run(input.clone())?),
-                None => None,
-            };
-            let out = model.run(input)?;
-            let logits = out.as_f32().map_err(|e| EvalError::Model(e.to_string()))?;
-            let reference = match &reference {
-                Some(r) => Some(r.as_f32().map_err(|e| EvalError::Model(e.to_string()))?),
-                None => None,
-            };
-            tally.lock().unwrap().add(logits, *label, reference);
-            if let Some(pixels) = kept_input {
-                *kept[index].lock().unwrap() = Some((pixels, logits.to_vec()));
+    items.par_iter().zip(labels.par_iter()).enumerate().try_for_each(|(index, (item, label))| -> Result<(), EvalError> {
+        let pixels = match opts.preprocess.load(&item.path, opts.height, opts.width) {
+            Ok(p) => p,
+            Err(e) if opts.skip_unreadable => {
+                bar.println(format!("warning: skipping {e}"));
+                tally.lock().unwrap().skipped.push(item.path.display().to_string());
+                bar.inc(1);
+                return Ok(());
             }
-            bar.inc(1);
-            Ok(())
-        })?;
+            Err(e) => return Err(e.into()),
+        };
+        let kept_input = opts.keep_tensors.then(|| pixels.clone());
+        let input = Tensor::f32(vec![1, 3, opts.height, opts.width], pixels).map_err(|e| EvalError::Model(e.to_string()))?;
+        let reference = match opts.reference {
+            Some(r) => Some(r.run(input.clone())?),
+            None => None,
+        };
+        let out = model.run(input)?;
+        let logits = out.as_f32().map_err(|e| EvalError::Model(e.to_string()))?;
+        let reference = match &reference {
+            Some(r) => Some(r.as_f32().map_err(|e| EvalError::Model(e.to_string()))?),
+            None => None,
+        };
+        tally.lock().unwrap().add(logits, *label, reference);
+        if let Some(pixels) = kept_input {
+            *kept[index].lock().unwrap() = Some((pixels, logits.to_vec()));
+        }
+        bar.inc(1);
+        Ok(())
+    })?;
     bar.finish_and_clear();
-    let report = tally.into_inner().unwrap().report(
-        model.describe(),
-        opts.synsets.is_some(),
-        opts.reference.is_some(),
-    );
+    let report = tally.into_inner().unwrap().report(model.describe(), opts.synsets.is_some(), opts.reference.is_some());
     let kept = opts.keep_tensors.then(|| {
-        let (inputs, logits) = kept
-            .into_iter()
-            .filter_map(|k| k.into_inner().unwrap())
-            .unzip();
+        let (inputs, logits) = kept.into_iter().filter_map(|k| k.into_inner().unwrap()).unzip();
         KeptTensors { inputs, logits }
     });
     Ok((report, kept))
@@ -252,11 +202,7 @@ pub fn npy_bytes(rows: &[Vec<f32>], row_shape: &[usize]) -> std::io::Result<Vec<
     let mut shape = vec![rows.len() as u64];
     shape.extend(row_shape.iter().map(|&d| d as u64));
     let mut bytes = Vec::new();
-    let mut w = npyz::WriteOptions::<f32>::new()
-        .default_dtype()
-        .shape(&shape)
-        .writer(std::io::Cursor::new(&mut bytes))
-        .begin_nd()?;
+    let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(&shape).writer(std::io::Cursor::new(&mut bytes)).begin_nd()?;
     for r in rows {
         w.extend(r.iter().copied())?;
     }
@@ -266,50 +212,28 @@ pub fn npy_bytes(rows: &[Vec<f32>], row_shape: &[usize]) -> std::io::Result<Vec<
 
 /// Scores of a model on already-decoded inputs, against labels and optionally reference logits
 /// (both indexed like `inputs`). Returns the report and the model's logits per input.
-pub fn evaluate_tensors(
-    model: &dyn RunModel,
-    inputs: &[Tensor],
-    labels: &[Option<usize>],
-    reference: Option<&[Vec<f32>]>,
-    progress: bool,
-) -> Result<(EvalReport, Vec<Vec<f32>>), EvalError> {
+pub fn evaluate_tensors(model: &dyn RunModel, inputs: &[Tensor], labels: &[Option<usize>], reference: Option<&[Vec<f32>]>, progress: bool) -> Result<(EvalReport, Vec<Vec<f32>>), EvalError> {
     let bar = progress_bar(inputs.len(), model.describe(), progress);
     let logits: Vec<Vec<f32>> = inputs
         .par_iter()
         .map(|x| {
             let out = model.run(x.clone())?;
             bar.inc(1);
-            Ok(out
-                .as_f32()
-                .map_err(|e| EvalError::Model(e.to_string()))?
-                .to_vec())
+            Ok(out.as_f32().map_err(|e| EvalError::Model(e.to_string()))?.to_vec())
         })
         .collect::<Result<_, EvalError>>()?;
     bar.finish_and_clear();
     let mut t = Tally::default();
     for (i, l) in logits.iter().enumerate() {
-        t.add(
-            l,
-            labels.get(i).copied().flatten(),
-            reference.and_then(|r| r.get(i)).map(|r| r.as_slice()),
-        );
+        t.add(l, labels.get(i).copied().flatten(), reference.and_then(|r| r.get(i)).map(|r| r.as_slice()));
     }
-    let report = t.report(
-        model.describe(),
-        labels.iter().any(|l| l.is_some()),
-        reference.is_some(),
-    );
+    let report = t.report(model.describe(), labels.iter().any(|l| l.is_some()), reference.is_some());
     Ok((report, logits))
 }
 
 /// Median wall time of `runs` single-image runs (after `warmup`), in milliseconds, on the
 /// calling thread.
-pub fn median_latency_ms(
-    model: &dyn RunModel,
-    input: &Tensor,
-    warmup: usize,
-    runs: usize,
-) -> Result<f64, EvalError> {
+pub fn median_latency_ms(model: &dyn RunModel, input: &Tensor, warmup: usize, runs: usize) -> Result<f64, EvalError> {
     for _ in 0..warmup {
         model.run(input.clone())?;
     }
@@ -340,10 +264,7 @@ mod tests {
         let (lo, hi) = wilson95(0, 10);
         assert!(lo == 0.0 && (hi - 0.2775).abs() < 1e-4, "{lo} {hi}");
         let (lo, hi) = wilson95(5, 10);
-        assert!(
-            (lo - 0.2366).abs() < 1e-4 && (hi - 0.7634).abs() < 1e-4,
-            "{lo} {hi}"
-        );
+        assert!((lo - 0.2366).abs() < 1e-4 && (hi - 0.7634).abs() < 1e-4, "{lo} {hi}");
         let (lo, hi) = wilson95(391, 400);
         assert!(lo < 391.0 / 400.0 && hi > 391.0 / 400.0 && hi < 1.0);
     }

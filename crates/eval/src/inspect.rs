@@ -34,14 +34,7 @@ pub struct ModelInfo {
 /// in rows of `rows_are_outputs` (Gemm with transB).
 pub fn channel_ranges(w: &[f32], out_c: usize) -> Vec<(f32, f32)> {
     let per = w.len() / out_c.max(1);
-    w.chunks(per.max(1))
-        .map(|c| {
-            c.iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
-                    (lo.min(x), hi.max(x))
-                })
-        })
-        .collect()
+    w.chunks(per.max(1)).map(|c| c.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))).collect()
 }
 
 pub fn inspect(g: &Graph) -> ModelInfo {
@@ -50,12 +43,7 @@ pub fn inspect(g: &Graph) -> ModelInfo {
         let input_shape = g.shape(&n.inputs[0]).unwrap_or(&[]).to_vec();
         let output_shape = g.shape(&n.outputs[0]).unwrap_or(&[]).to_vec();
         let weight = n.inputs.get(1).and_then(|w| g.initializer(w));
-        let params: usize = n
-            .inputs
-            .iter()
-            .filter_map(|i| g.initializer(i))
-            .map(|t| t.len())
-            .sum();
+        let params: usize = n.inputs.iter().filter_map(|i| g.initializer(i)).map(|t| t.len()).sum();
         let (kind, macs, out_c) = match &n.op {
             Op::Conv(c) => {
                 let w = g.shape(&n.inputs[1]).unwrap_or(&[0, 0, 0, 0]);
@@ -67,20 +55,12 @@ pub fn inspect(g: &Graph) -> ModelInfo {
                     "conv"
                 };
                 let spatial: usize = output_shape.iter().skip(2).product();
-                (
-                    format!("{kind} {}x{}/{}", c.kernel[0], c.kernel[1], c.strides[0]),
-                    w.iter().product::<usize>() * spatial,
-                    w[0],
-                )
+                (format!("{kind} {}x{}/{}", c.kernel[0], c.kernel[1], c.strides[0]), w.iter().product::<usize>() * spatial, w[0])
             }
             Op::Gemm { trans_b, .. } => {
                 let w = g.shape(&n.inputs[1]).unwrap_or(&[0, 0]);
                 let out_c = if *trans_b { w[0] } else { w[1] };
-                (
-                    "fully-connected".to_string(),
-                    w.iter().product::<usize>(),
-                    out_c,
-                )
+                ("fully-connected".to_string(), w.iter().product::<usize>(), out_c)
             }
             Op::MatMul => {
                 let w = g.shape(&n.inputs[1]).unwrap_or(&[0, 0]);
@@ -88,24 +68,8 @@ pub fn inspect(g: &Graph) -> ModelInfo {
             }
             other => (other.name().to_string(), 0, 0),
         };
-        let mut info = LayerInfo {
-            node: n.name.clone(),
-            op: n.op.name().to_string(),
-            kind,
-            input_shape,
-            output_shape,
-            params,
-            macs,
-            weight_min: None,
-            weight_max: None,
-            channel_range_max: None,
-            channel_range_min: None,
-            channel_range_spread: None,
-        };
-        if let (Some(w), true) = (
-            weight,
-            matches!(n.op, Op::Conv(_) | Op::Gemm { .. } | Op::MatMul),
-        ) {
+        let mut info = LayerInfo { node: n.name.clone(), op: n.op.name().to_string(), kind, input_shape, output_shape, params, macs, weight_min: None, weight_max: None, channel_range_max: None, channel_range_min: None, channel_range_spread: None };
+        if let (Some(w), true) = (weight, matches!(n.op, Op::Conv(_) | Op::Gemm { .. } | Op::MatMul)) {
             let wv = w.to_f32_vec();
             let (lo, hi) = w.min_max();
             info.weight_min = Some(lo);
@@ -117,10 +81,7 @@ pub fn inspect(g: &Graph) -> ModelInfo {
                 _ => false,
             };
             if rows_are_outputs && out_c > 0 {
-                let ranges: Vec<f32> = channel_ranges(&wv, out_c)
-                    .iter()
-                    .map(|(a, b)| b - a)
-                    .collect();
+                let ranges: Vec<f32> = channel_ranges(&wv, out_c).iter().map(|(a, b)| b - a).collect();
                 let mx = ranges.iter().cloned().fold(0.0, f32::max);
                 let mn = ranges.iter().cloned().fold(f32::INFINITY, f32::min);
                 info.channel_range_max = Some(mx);
@@ -133,10 +94,5 @@ pub fn inspect(g: &Graph) -> ModelInfo {
     let total_params = g.param_count();
     let total_macs = layers.iter().map(|l| l.macs).sum();
     let fp32_bytes = g.initializers.values().map(|t| t.size_bytes()).sum();
-    ModelInfo {
-        layers,
-        total_params,
-        total_macs,
-        fp32_bytes,
-    }
+    ModelInfo { layers, total_params, total_macs, fp32_bytes }
 }

@@ -29,11 +29,7 @@ pub fn spread(ranges: &[(f32, f32)]) -> f32 {
     let r: Vec<f32> = ranges.iter().map(|(a, b)| b - a).collect();
     let mx = r.iter().cloned().fold(0.0, f32::max);
     let mn = r.iter().cloned().fold(f32::INFINITY, f32::min);
-    if mn > 0.0 {
-        mx / mn
-    } else {
-        f32::INFINITY
-    }
+    if mn > 0.0 { mx / mn } else { f32::INFINITY }
 }
 
 /// Widest / median channel range: how many times coarser one per-tensor grid is for a typical
@@ -42,14 +38,8 @@ pub fn spread(ranges: &[(f32, f32)]) -> f32 {
 pub fn outlier_ratio(ranges: &[(f32, f32)]) -> f32 {
     let mut r: Vec<f32> = ranges.iter().map(|(a, b)| b - a).collect();
     r.sort_by(|a, b| a.total_cmp(b));
-    let (Some(&mx), Some(&med)) = (r.last(), r.get(r.len() / 2)) else {
-        return 1.0;
-    };
-    if med > 0.0 {
-        mx / med
-    } else {
-        f32::INFINITY
-    }
+    let (Some(&mx), Some(&med)) = (r.last(), r.get(r.len() / 2)) else { return 1.0 };
+    if med > 0.0 { mx / med } else { f32::INFINITY }
 }
 
 /// A spread for tables: "281×", "1.2e13×" for near-dead channels, "∞" for a dead one.
@@ -108,11 +98,7 @@ fn weight_channels(n: &subq_ir::Node, w: &Tensor) -> Option<usize> {
 pub fn layer_ranges(fp32: &Graph, cle_strength: f32) -> Result<Vec<LayerRanges>, EvalError> {
     let folded = prepared(fp32, None)?;
     let equalized = prepared(fp32, Some(cle_strength))?;
-    let kinds: HashMap<String, String> = inspect(&folded)
-        .layers
-        .into_iter()
-        .map(|l| (l.node, l.kind))
-        .collect();
+    let kinds: HashMap<String, String> = inspect(&folded).layers.into_iter().map(|l| (l.node, l.kind)).collect();
     let weights_of = |g: &Graph| -> HashMap<String, Vec<(f32, f32)>> {
         g.nodes
             .iter()
@@ -126,23 +112,13 @@ pub fn layer_ranges(fp32: &Graph, cle_strength: f32) -> Result<Vec<LayerRanges>,
     let after = weights_of(&equalized);
     let mut out = Vec::new();
     for n in &folded.nodes {
-        let Some(w) = n.inputs.get(1).and_then(|w| folded.initializer(w)) else {
-            continue;
-        };
-        let Some(c) = weight_channels(n, w) else {
-            continue;
-        };
+        let Some(w) = n.inputs.get(1).and_then(|w| folded.initializer(w)) else { continue };
+        let Some(c) = weight_channels(n, w) else { continue };
         let before = channel_ranges(&w.to_f32_vec(), c);
         out.push(LayerRanges {
             node: n.name.clone(),
-            kind: kinds
-                .get(&n.name)
-                .cloned()
-                .unwrap_or_else(|| n.op.name().to_string()),
-            equalized: after
-                .get(&n.name)
-                .cloned()
-                .unwrap_or_else(|| before.clone()),
+            kind: kinds.get(&n.name).cloned().unwrap_or_else(|| n.op.name().to_string()),
+            equalized: after.get(&n.name).cloned().unwrap_or_else(|| before.clone()),
             folded: before,
         });
     }
@@ -174,12 +150,7 @@ fn db(signal: f64, noise: f64) -> Option<f64> {
 /// graph, equalized when the scheme used CLE), by Conv/Gemm node name of `reference`. The QDQ
 /// graph runs on the FP32 executor as written (quantize → dequantize → float op), so every
 /// dequantized value can be read.
-pub fn layer_sqnr(
-    reference: &Graph,
-    qdq: &Graph,
-    inputs: &[Tensor],
-    bar: &ProgressBar,
-) -> Result<BTreeMap<String, LayerSqnr>, EvalError> {
+pub fn layer_sqnr(reference: &Graph, qdq: &Graph, inputs: &[Tensor], bar: &ProgressBar) -> Result<BTreeMap<String, LayerSqnr>, EvalError> {
     let q_values: HashSet<&str> = qdq.nodes.iter().map(|n| n.outputs[0].as_str()).collect();
     let consumers = reference.consumers();
     // Layer → (reference value, dequantized QDQ value) of its output activation, and the names
@@ -187,11 +158,7 @@ pub fn layer_sqnr(
     let mut act: Vec<(String, String, String)> = Vec::new();
     let mut weight_parts: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for n in &reference.nodes {
-        if !matches!(n.op, Op::Conv(_) | Op::Gemm { .. })
-            || reference
-                .initializer(n.inputs.get(1).map_or("", |s| s.as_str()))
-                .is_none()
-        {
+        if !matches!(n.op, Op::Conv(_) | Op::Gemm { .. }) || reference.initializer(n.inputs.get(1).map_or("", |s| s.as_str())).is_none() {
             continue;
         }
         let w = &n.inputs[1];
@@ -199,10 +166,7 @@ pub fn layer_sqnr(
         let parts: Vec<String> = if q_values.contains(single.as_str()) {
             vec![single]
         } else {
-            (0..)
-                .map(|i| format!("{w}_part{i}_dequantized"))
-                .take_while(|p| q_values.contains(p.as_str()))
-                .collect()
+            (0..).map(|i| format!("{w}_part{i}_dequantized")).take_while(|p| q_values.contains(p.as_str())).collect()
         };
         if !parts.is_empty() {
             weight_parts.insert(n.name.clone(), (w.clone(), parts));
@@ -221,36 +185,15 @@ pub fn layer_sqnr(
                 break;
             }
             match consumers.get(v.as_str()).map(|c| c.as_slice()) {
-                Some([c])
-                    if matches!(
-                        reference.nodes[*c].op,
-                        Op::Relu
-                            | Op::Clip { .. }
-                            | Op::Min
-                            | Op::Identity
-                            | Op::Flatten { .. }
-                            | Op::Reshape { .. }
-                    ) =>
-                {
-                    v = reference.nodes[*c].outputs[0].clone()
-                }
+                Some([c]) if matches!(reference.nodes[*c].op, Op::Relu | Op::Clip { .. } | Op::Min | Op::Identity | Op::Flatten { .. } | Op::Reshape { .. }) => v = reference.nodes[*c].outputs[0].clone(),
                 _ => break,
             }
         }
     }
     let wanted_ref: HashSet<&str> = act.iter().map(|(_, r, _)| r.as_str()).collect();
-    let wanted_q: HashMap<&str, &str> = act
-        .iter()
-        .map(|(_, r, q)| (q.as_str(), r.as_str()))
-        .collect();
-    let weight_values: HashSet<&str> = weight_parts
-        .values()
-        .flat_map(|(_, p)| p.iter().map(|s| s.as_str()))
-        .collect();
-    let (fexec, qexec) = (
-        subq_runtime::Fp32Executor::new(reference),
-        subq_runtime::Fp32Executor::new(qdq),
-    );
+    let wanted_q: HashMap<&str, &str> = act.iter().map(|(_, r, q)| (q.as_str(), r.as_str())).collect();
+    let weight_values: HashSet<&str> = weight_parts.values().flat_map(|(_, p)| p.iter().map(|s| s.as_str())).collect();
+    let (fexec, qexec) = (subq_runtime::Fp32Executor::new(reference), subq_runtime::Fp32Executor::new(qdq));
     type Sums = HashMap<String, (f64, f64)>;
     // Dequantized weights, from one run (they do not depend on the input).
     let mut weights: HashMap<String, Vec<f32>> = HashMap::new();
@@ -265,12 +208,8 @@ pub fn layer_sqnr(
             })?;
             let mut sums = Sums::new();
             qexec.run_observed(vec![x.clone()], &mut |name, t| {
-                let Some(r) = wanted_q.get(name).and_then(|r| ref_values.get(*r)) else {
-                    return;
-                };
-                let (Ok(a), Ok(b)) = (r.as_f32(), t.as_f32()) else {
-                    return;
-                };
+                let Some(r) = wanted_q.get(name).and_then(|r| ref_values.get(*r)) else { return };
+                let (Ok(a), Ok(b)) = (r.as_f32(), t.as_f32()) else { return };
                 let e = sums.entry(name.to_string()).or_default();
                 for (&p, &q) in a.iter().zip(b) {
                     e.0 += (p as f64) * (p as f64);
@@ -298,9 +237,7 @@ pub fn layer_sqnr(
     }
     let mut out: BTreeMap<String, LayerSqnr> = BTreeMap::new();
     for (node, (w, parts)) in &weight_parts {
-        let Some(orig) = reference.initializer(w) else {
-            continue;
-        };
+        let Some(orig) = reference.initializer(w) else { continue };
         let orig = orig.to_f32_vec();
         let mut sum = vec![0f32; orig.len()];
         let mut complete = true;
@@ -311,8 +248,7 @@ pub fn layer_sqnr(
             }
         }
         if complete {
-            out.entry(node.clone()).or_default().weight_db =
-                Some(subq_tensor::sqnr_db(&orig, &sum));
+            out.entry(node.clone()).or_default().weight_db = Some(subq_tensor::sqnr_db(&orig, &sum));
         }
     }
     for (node, _, q) in &act {
@@ -325,15 +261,8 @@ pub fn layer_sqnr(
 
 /// A progress bar in the style of the other long steps.
 pub fn progress_bar(len: usize, message: &str, show: bool) -> ProgressBar {
-    let bar = if show {
-        ProgressBar::new(len as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.set_message(message.to_string());
     bar
 }

@@ -10,9 +10,7 @@ pub mod report;
 pub mod schemes;
 pub mod sensitivity;
 
-pub use accuracy::{
-    evaluate, evaluate_tensors, median_latency_ms, npy_bytes, EvalOptions, EvalReport, KeptTensors,
-};
+pub use accuracy::{evaluate, evaluate_tensors, median_latency_ms, npy_bytes, EvalOptions, EvalReport, KeptTensors};
 pub use model::{engine_for, image_input_shape, RunModel};
 
 #[derive(Debug, thiserror::Error)]

@@ -33,11 +33,7 @@ pub struct SchemeRow {
 impl SchemeRow {
     /// The SQNR cell of the table ("—" for the FP32 row itself).
     pub fn sqnr_text(&self) -> String {
-        if self.sqnr_db.is_finite() {
-            format!("{:.2} dB", self.sqnr_db)
-        } else {
-            "—".into()
-        }
+        if self.sqnr_db.is_finite() { format!("{:.2} dB", self.sqnr_db) } else { "—".into() }
     }
 
     /// The "vs FP32" cell: images right only in this row / only in FP32 ("—" without labels and
@@ -87,8 +83,7 @@ pub fn scheme_configs() -> Vec<(&'static str, Option<QuantConfig>)> {
 
 /// A fraction as a percentage with two decimals, "—" when absent.
 pub fn pct(x: Option<f64>) -> String {
-    x.map(|v| format!("{:.2}%", 100.0 * v))
-        .unwrap_or_else(|| "—".into())
+    x.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "—".into())
 }
 
 /// The table as Markdown. "vs FP32" counts images whose top-1 is right only in this row (+)
@@ -100,20 +95,8 @@ pub fn markdown(rows: &[SchemeRow]) -> String {
         s.push('\n');
     }
     // Widest half-width (points) over the quantized rows.
-    let widest = |ci: fn(&SchemeRow) -> Option<(f64, f64)>| {
-        rows.iter()
-            .filter(|r| r.sqnr_db.is_finite())
-            .filter_map(ci)
-            .map(|(lo, hi)| 50.0 * (hi - lo))
-            .reduce(f64::max)
-    };
-    let widths: Vec<String> = [
-        ("top-1", widest(|r| r.top1_ci95)),
-        ("agreement", widest(|r| r.agreement_ci95)),
-    ]
-    .into_iter()
-    .filter_map(|(what, w)| w.map(|w| format!("{what} up to ±{w:.1} points")))
-    .collect();
+    let widest = |ci: fn(&SchemeRow) -> Option<(f64, f64)>| rows.iter().filter(|r| r.sqnr_db.is_finite()).filter_map(ci).map(|(lo, hi)| 50.0 * (hi - lo)).reduce(f64::max);
+    let widths: Vec<String> = [("top-1", widest(|r| r.top1_ci95)), ("agreement", widest(|r| r.agreement_ci95))].into_iter().filter_map(|(what, w)| w.map(|w| format!("{what} up to ±{w:.1} points"))).collect();
     if !widths.is_empty() {
         s += &format!("\n95% intervals on these images: {} (Wilson); differences of a few images are sampling noise.\n", widths.join(", "));
     }
@@ -122,19 +105,7 @@ pub fn markdown(rows: &[SchemeRow]) -> String {
 
 /// One row of [`markdown`]'s table (no header, no newline), e.g. for progress output.
 pub fn markdown_row(r: &SchemeRow) -> String {
-    format!(
-        "| {} | {} | {} | {} | {:.2}% | {} | {:.2} | {:.1} | {:.1} | {} |",
-        r.scheme,
-        pct(r.top1),
-        r.vs_fp32_text(),
-        pct(r.top5),
-        100.0 * r.agreement,
-        r.sqnr_text(),
-        r.latency_ms,
-        r.size_kb,
-        r.quantize_s,
-        r.split_layers
-    )
+    format!("| {} | {} | {} | {} | {:.2}% | {} | {:.2} | {:.1} | {:.1} | {} |", r.scheme, pct(r.top1), r.vs_fp32_text(), pct(r.top5), 100.0 * r.agreement, r.sqnr_text(), r.latency_ms, r.size_kb, r.quantize_s, r.split_layers)
 }
 
 /// Quantize `g` under every configuration of `configs` (calibrating on `calib`; data-free rows
@@ -150,16 +121,10 @@ pub fn run_schemes(
     progress: bool,
     mut on_row: impl FnMut(&SchemeResult),
 ) -> Result<Vec<SchemeResult>, EvalError> {
-    let one_thread = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .map_err(|e| EvalError::Model(e.to_string()))?;
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| EvalError::Model(e.to_string()))?;
     let mut reference: Option<Vec<Vec<f32>>> = None;
     let mut out = Vec::new();
-    let has_bn_statistics = g
-        .nodes
-        .iter()
-        .any(|n| matches!(n.op, subq_ir::Op::BatchNorm { .. }));
+    let has_bn_statistics = g.nodes.iter().any(|n| matches!(n.op, subq_ir::Op::BatchNorm { .. }));
     for (label, cfg) in configs {
         // Data-free quantization reads BatchNormalization statistics; a model without them (e.g.
         // one already folded, or a QDQ file turned back into float) gets no such row.
@@ -176,8 +141,7 @@ pub fn run_schemes(
                 let mut c = c.clone();
                 c.input_range = Some(input_range);
                 let inputs: &[Tensor] = if c.data_free { &[] } else { calib };
-                let (q, s) = quantize(g, inputs, &c, progress)
-                    .map_err(|e| EvalError::Model(format!("quantizing {label}: {e}")))?;
+                let (q, s) = quantize(g, inputs, &c, progress).map_err(|e| EvalError::Model(format!("quantizing {label}: {e}")))?;
                 (q, Some(s))
             }
         };
@@ -185,19 +149,9 @@ pub fn run_schemes(
             None => None,
             Some(ev) => {
                 let engine = engine_for(&graph)?;
-                let (report, logits) = evaluate_tensors(
-                    engine.as_ref(),
-                    ev.inputs,
-                    ev.labels,
-                    reference.as_deref(),
-                    progress,
-                )?;
-                let first = ev
-                    .inputs
-                    .first()
-                    .ok_or_else(|| EvalError::Model("no evaluation images".into()))?;
-                let latency = one_thread
-                    .install(|| median_latency_ms(engine.as_ref(), first, 3, ev.latency_runs))?;
+                let (report, logits) = evaluate_tensors(engine.as_ref(), ev.inputs, ev.labels, reference.as_deref(), progress)?;
+                let first = ev.inputs.first().ok_or_else(|| EvalError::Model("no evaluation images".into()))?;
+                let latency = one_thread.install(|| median_latency_ms(engine.as_ref(), first, 3, ev.latency_runs))?;
                 if reference.is_none() {
                     reference = Some(logits);
                 }
@@ -219,13 +173,7 @@ pub fn run_schemes(
                 })
             }
         };
-        let result = SchemeResult {
-            label: label.into(),
-            config: cfg,
-            graph,
-            summary,
-            row,
-        };
+        let result = SchemeResult { label: label.into(), config: cfg, graph, summary, row };
         on_row(&result);
         out.push(result);
     }
@@ -252,39 +200,21 @@ mod tests {
             images_gained: labelled.then_some(2),
             images_lost: labelled.then_some(1),
             top1_ci95: labelled.then(|| crate::accuracy::wilson95(356, n)),
-            agreement_ci95: Some(crate::accuracy::wilson95(
-                if sqnr_db.is_finite() { 392 } else { n },
-                n,
-            )),
+            agreement_ci95: Some(crate::accuracy::wilson95(if sqnr_db.is_finite() { 392 } else { n }, n)),
         }
     }
 
     #[test]
     fn markdown_has_the_vs_fp32_column_and_the_interval_note() {
-        let md = markdown(&[
-            row("FP32", f64::INFINITY, true),
-            row("subtensor", 21.8, true),
-        ]);
+        let md = markdown(&[row("FP32", f64::INFINITY, true), row("subtensor", 21.8, true)]);
         let lines: Vec<&str> = md.lines().collect();
-        assert!(
-            lines[0].starts_with("| scheme | top-1 | vs FP32 | top-5 | agreement | logits SQNR |"),
-            "{md}"
-        );
-        assert_eq!(
-            lines[2],
-            "| FP32 | 89.00% | — | 96.50% | 100.00% | — | 10.00 | 4829.7 | 1.0 | 5 |"
-        );
+        assert!(lines[0].starts_with("| scheme | top-1 | vs FP32 | top-5 | agreement | logits SQNR |"), "{md}");
+        assert_eq!(lines[2], "| FP32 | 89.00% | — | 96.50% | 100.00% | — | 10.00 | 4829.7 | 1.0 | 5 |");
         assert_eq!(lines[3], "| subtensor | 89.00% | +2 / −1 | 96.50% | 98.00% | 21.80 dB | 10.00 | 4829.7 | 1.0 | 5 |");
         // The FP32 row (agreement 100% by definition) does not widen the note's intervals.
         assert_eq!(lines[5], "95% intervals on these images: top-1 up to ±3.1 points, agreement up to ±1.4 points (Wilson); differences of a few images are sampling noise.");
-        let unlabelled = markdown(&[
-            row("FP32", f64::INFINITY, false),
-            row("subtensor", 21.8, false),
-        ]);
-        assert!(
-            unlabelled.contains("| subtensor | — | — | — | 98.00% |"),
-            "{unlabelled}"
-        );
+        let unlabelled = markdown(&[row("FP32", f64::INFINITY, false), row("subtensor", 21.8, false)]);
+        assert!(unlabelled.contains("| subtensor | — | — | — | 98.00% |"), "{unlabelled}");
         assert!(unlabelled.ends_with("\n95% intervals on these images: agreement up to ±1.4 points (Wilson); differences of a few images are sampling noise.\n"), "{unlabelled}");
     }
 }

@@ -37,10 +37,7 @@ fn invalid(e: impl std::fmt::Display) -> EvalError {
 
 fn logits_of(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Vec<f32>>, EvalError> {
     let exec = subq_runtime::Fp32Executor::new(g);
-    inputs
-        .par_iter()
-        .map(|x| Ok(exec.run(vec![x.clone()])?.remove(0).to_f32_vec()))
-        .collect()
+    inputs.par_iter().map(|x| Ok(exec.run(vec![x.clone()])?.remove(0).to_f32_vec())).collect()
 }
 
 fn logits_sqnr(reference: &[Vec<f32>], test: &[Vec<f32>]) -> f64 {
@@ -63,27 +60,14 @@ fn fake_quantize_value(g: &mut Graph, producer: usize, value: &str, q: &QParams)
     g.shapes.insert(quantized.clone(), shape);
     g.dtypes.insert(quantized.clone(), subq_tensor::DType::U8);
     let st = Tensor::scalar_f32(q.scale[0]);
-    let zt = Tensor {
-        shape: vec![],
-        data: TensorData::U8(vec![q.zero_point[0] as u8]),
-    };
+    let zt = Tensor { shape: vec![], data: TensorData::U8(vec![q.zero_point[0] as u8]) };
     for (name, t) in [(&scale, st), (&zp, zt)] {
         g.shapes.insert(name.clone(), vec![]);
         g.dtypes.insert(name.clone(), t.dtype());
         g.initializers.insert(name.clone(), t);
     }
-    let qn = Node {
-        name: format!("{value}__QuantizeLinear"),
-        op: Op::QuantizeLinear { axis: 1 },
-        inputs: vec![float, scale.clone(), zp.clone()],
-        outputs: vec![quantized.clone()],
-    };
-    let dqn = Node {
-        name: format!("{value}__DequantizeLinear"),
-        op: Op::DequantizeLinear { axis: 1 },
-        inputs: vec![quantized, scale, zp],
-        outputs: vec![value.to_string()],
-    };
+    let qn = Node { name: format!("{value}__QuantizeLinear"), op: Op::QuantizeLinear { axis: 1 }, inputs: vec![float, scale.clone(), zp.clone()], outputs: vec![quantized.clone()] };
+    let dqn = Node { name: format!("{value}__DequantizeLinear"), op: Op::DequantizeLinear { axis: 1 }, inputs: vec![quantized, scale, zp], outputs: vec![value.to_string()] };
     g.nodes.insert(producer + 1, qn);
     g.nodes.insert(producer + 2, dqn);
 }
@@ -91,31 +75,16 @@ fn fake_quantize_value(g: &mut Graph, producer: usize, value: &str, q: &QParams)
 /// Rank the Conv/Gemm layers of `fp32` by the logits SQNR of quantizing each one alone
 /// (worst first). Activation ranges are min/max over `inputs`, which are also the images the
 /// SQNR is measured on: calibration images, never evaluation ones.
-pub fn layer_sensitivity(
-    fp32: &Graph,
-    inputs: &[Tensor],
-    progress: bool,
-) -> Result<Vec<LayerSensitivity>, EvalError> {
+pub fn layer_sensitivity(fp32: &Graph, inputs: &[Tensor], progress: bool) -> Result<Vec<LayerSensitivity>, EvalError> {
     if inputs.is_empty() {
-        return Err(EvalError::Model(
-            "layer sensitivity needs at least one calibration image".into(),
-        ));
+        return Err(EvalError::Model("layer sensitivity needs at least one calibration image".into()));
     }
     let g = prepared(fp32, None)?;
     let calib = calibrate_tensors(&g, inputs, ObserverKind::MinMax, progress).map_err(invalid)?;
     let plan = make_plan(&g, &calib, WeightScheme::PerTensor).map_err(invalid)?;
     let reference = logits_of(&g, inputs)?;
-    let kinds: std::collections::HashMap<String, String> = crate::inspect::inspect(&g)
-        .layers
-        .into_iter()
-        .map(|l| (l.node, l.kind))
-        .collect();
-    let layers: Vec<usize> = (0..g.nodes.len())
-        .filter(|&i| {
-            matches!(g.nodes[i].op, Op::Conv(_) | Op::Gemm { .. })
-                && g.initializer(&g.nodes[i].inputs[1]).is_some()
-        })
-        .collect();
+    let kinds: std::collections::HashMap<String, String> = crate::inspect::inspect(&g).layers.into_iter().map(|l| (l.node, l.kind)).collect();
+    let layers: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i].op, Op::Conv(_) | Op::Gemm { .. }) && g.initializer(&g.nodes[i].inputs[1]).is_some()).collect();
     let consumers = g.consumers();
     let bar = progress_bar(layers.len(), "layer sensitivity", progress);
     let mut out = Vec::with_capacity(layers.len());
@@ -129,25 +98,17 @@ pub fn layer_sensitivity(
         let wv = w.to_f32_vec();
         let fq: Vec<f32> = wv.iter().map(|&x| wq.fake_quantize(x, 0)).collect();
         let weight_sqnr_db = subq_tensor::sqnr_db(&wv, &fq);
-        h.initializers.insert(
-            n.inputs[1].clone(),
-            Tensor::f32(w.shape.clone(), fq).map_err(invalid)?,
-        );
+        h.initializers.insert(n.inputs[1].clone(), Tensor::f32(w.shape.clone(), fq).map_err(invalid)?);
         // Activation: the value the int8 model quantizes after this layer (past fused ReLUs).
         let (mut producer, mut value) = (li, n.outputs[0].clone());
         while let Some([c]) = consumers.get(value.as_str()).map(|c| c.as_slice()) {
-            if !plan.fused_activations.contains_key(&g.nodes[*c].name) || g.outputs.contains(&value)
-            {
+            if !plan.fused_activations.contains_key(&g.nodes[*c].name) || g.outputs.contains(&value) {
                 break;
             }
             producer = *c;
             value = g.nodes[*c].outputs[0].clone();
         }
-        let aq = plan
-            .activations
-            .get(&value)
-            .cloned()
-            .ok_or_else(|| EvalError::Model(format!("no calibration range for '{value}'")))?;
+        let aq = plan.activations.get(&value).cloned().ok_or_else(|| EvalError::Model(format!("no calibration range for '{value}'")))?;
         fake_quantize_value(&mut h, producer, &value, &aq);
         let logits = logits_of(&h, inputs)?;
         let ranges = crate::inspect::channel_ranges(&wv, w.shape[0]);
@@ -167,12 +128,7 @@ pub fn layer_sensitivity(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    out.sort_by(|a, b| {
-        a.logits_sqnr_db
-            .partial_cmp(&b.logits_sqnr_db)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then_with(|| a.node.cmp(&b.node))
-    });
+    out.sort_by(|a, b| a.logits_sqnr_db.partial_cmp(&b.logits_sqnr_db).unwrap_or(std::cmp::Ordering::Equal).then_with(|| a.node.cmp(&b.node)));
     for (i, l) in out.iter_mut().enumerate() {
         l.rank = i + 1;
     }

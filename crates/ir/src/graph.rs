@@ -65,18 +65,12 @@ impl Graph {
         let used = |s: &str| {
             self.shapes.contains_key(s)
                 || self.initializers.contains_key(s)
-                || self
-                    .nodes
-                    .iter()
-                    .any(|n| n.name == s || n.outputs.iter().any(|o| o == s))
+                || self.nodes.iter().any(|n| n.name == s || n.outputs.iter().any(|o| o == s))
         };
         if !used(base) {
             return base.to_string();
         }
-        (1..)
-            .map(|i| format!("{base}_{i}"))
-            .find(|c| !used(c))
-            .expect("unbounded")
+        (1..).map(|i| format!("{base}_{i}")).find(|c| !used(c)).expect("unbounded")
     }
 
     /// Replace every read of `old` by `new` (node inputs and graph outputs).
@@ -103,8 +97,7 @@ impl Graph {
                 live.extend(n.inputs.iter().cloned());
             }
             let before = self.nodes.len();
-            self.nodes
-                .retain(|n| n.outputs.iter().any(|o| live.contains(o)));
+            self.nodes.retain(|n| n.outputs.iter().any(|o| live.contains(o)));
             if self.nodes.len() == before {
                 self.initializers.retain(|k, _| live.contains(k));
                 let keep: HashSet<String> = live
@@ -121,12 +114,8 @@ impl Graph {
 
     /// Reorder nodes topologically (stable: keeps the existing order where it is valid).
     pub fn toposort(&mut self) -> Result<(), IrError> {
-        let mut available: HashSet<String> = self
-            .inputs
-            .iter()
-            .chain(self.initializers.keys())
-            .cloned()
-            .collect();
+        let mut available: HashSet<String> =
+            self.inputs.iter().chain(self.initializers.keys()).cloned().collect();
         available.insert(String::new());
         let mut pending: Vec<Node> = std::mem::take(&mut self.nodes);
         let mut sorted = Vec::with_capacity(pending.len());
@@ -143,12 +132,7 @@ impl Graph {
             }
             if rest.len() == before {
                 let n = &rest[0];
-                let missing = n
-                    .inputs
-                    .iter()
-                    .find(|i| !available.contains(*i))
-                    .cloned()
-                    .unwrap_or_default();
+                let missing = n.inputs.iter().find(|i| !available.contains(*i)).cloned().unwrap_or_default();
                 self.nodes = sorted.into_iter().chain(rest).collect();
                 return Err(IrError::Undefined(missing));
             }
@@ -164,9 +148,7 @@ impl Graph {
         let mut defined: HashSet<&str> = HashSet::new();
         for i in &self.inputs {
             if self.initializers.contains_key(i) {
-                return Err(IrError::Graph(format!(
-                    "input '{i}' is also an initializer"
-                )));
+                return Err(IrError::Graph(format!("input '{i}' is also an initializer")));
             }
             if !defined.insert(i) {
                 return Err(IrError::Redefined(i.clone()));
@@ -179,17 +161,11 @@ impl Graph {
             let (lo, hi) = n.op.arity();
             let given = n.inputs.len();
             if given < lo || given > hi {
-                return Err(IrError::node(
-                    n,
-                    format!("takes {lo}..{hi} inputs, has {given}"),
-                ));
+                return Err(IrError::node(n, format!("takes {lo}..{hi} inputs, has {given}")));
             }
             for i in n.inputs.iter().filter(|s| !s.is_empty()) {
                 if !defined.contains(i.as_str()) {
-                    return Err(IrError::node(
-                        n,
-                        format!("input '{i}' is not defined before this node"),
-                    ));
+                    return Err(IrError::node(n, format!("input '{i}' is not defined before this node")));
                 }
             }
             for o in &n.outputs {
@@ -197,10 +173,7 @@ impl Graph {
                     return Err(IrError::Redefined(o.clone()));
                 }
                 if !self.shapes.contains_key(o) {
-                    return Err(IrError::node(
-                        n,
-                        format!("output '{o}' has no inferred shape"),
-                    ));
+                    return Err(IrError::node(n, format!("output '{o}' has no inferred shape")));
                 }
             }
         }
@@ -218,11 +191,6 @@ impl Graph {
     }
 
     pub fn is_quantized(&self) -> bool {
-        self.nodes.iter().any(|n| {
-            matches!(
-                n.op,
-                Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. }
-            )
-        })
+        self.nodes.iter().any(|n| matches!(n.op, Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. }))
     }
 }

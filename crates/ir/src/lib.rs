@@ -15,14 +15,8 @@ pub use shape::infer_shapes;
 #[derive(Debug, thiserror::Error)]
 pub enum IrError {
     #[error("node '{node}' ({op}): {reason}")]
-    Node {
-        node: String,
-        op: String,
-        reason: String,
-    },
-    #[error(
-        "value '{0}' is used but never produced (not a graph input, initializer or node output)"
-    )]
+    Node { node: String, op: String, reason: String },
+    #[error("value '{0}' is used but never produced (not a graph input, initializer or node output)")]
     Undefined(String),
     #[error("value '{0}' is produced twice")]
     Redefined(String),
@@ -32,10 +26,6 @@ pub enum IrError {
 
 impl IrError {
     pub fn node(node: &Node, reason: impl Into<String>) -> IrError {
-        IrError::Node {
-            node: node.name.clone(),
-            op: node.op.name().to_string(),
-            reason: reason.into(),
-        }
+        IrError::Node { node: node.name.clone(), op: node.op.name().to_string(), reason: reason.into() }
     }
 }

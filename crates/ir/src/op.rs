@@ -43,62 +43,34 @@ pub enum Op {
     /// inputs: X, W, [B]
     Conv(Conv2d),
     /// inputs: X, scale, bias, mean, var
-    BatchNorm {
-        epsilon: f32,
-    },
+    BatchNorm { epsilon: f32 },
     Relu,
-    Clip {
-        min: f32,
-        max: f32,
-    },
+    Clip { min: f32, max: f32 },
     Add,
     Mul,
     /// Element-wise minimum of two tensors (broadcasting). Per-channel ReLU6 bounds after
     /// cross-layer equalization are `Min(Relu(x), bound[1,C,1,1])`.
     Min,
     Sigmoid,
-    HardSigmoid {
-        alpha: f32,
-        beta: f32,
-    },
+    HardSigmoid { alpha: f32, beta: f32 },
     HardSwish,
     GlobalAveragePool,
     AveragePool(Pool2d),
     MaxPool(Pool2d),
     /// Constant-mode padding. `pads` = [x1_begin, x2_begin, …, x1_end, x2_end, …] as in ONNX.
-    Pad {
-        pads: Vec<i64>,
-        value: f32,
-    },
-    Flatten {
-        axis: i64,
-    },
-    Reshape {
-        shape: Vec<i64>,
-    },
+    Pad { pads: Vec<i64>, value: f32 },
+    Flatten { axis: i64 },
+    Reshape { shape: Vec<i64> },
     /// inputs: A, B, [C]
-    Gemm {
-        alpha: f32,
-        beta: f32,
-        trans_a: bool,
-        trans_b: bool,
-    },
+    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
     MatMul,
-    Concat {
-        axis: i64,
-    },
-    Softmax {
-        axis: i64,
-    },
+    Concat { axis: i64 },
+    Softmax { axis: i64 },
     Identity,
     /// inputs: x, y_scale, [y_zero_point]; per-axis when the scale has more than one element.
-    QuantizeLinear {
-        axis: i64,
-    },
+    QuantizeLinear { axis: i64 },
     /// inputs: x, x_scale, [x_zero_point]
-    DequantizeLinear {
-        axis: i64,
-    },
+    DequantizeLinear { axis: i64 },
 }
 
 impl Op {
@@ -148,12 +120,7 @@ impl Op {
     pub fn is_unary_elementwise(&self) -> bool {
         matches!(
             self,
-            Op::Relu
-                | Op::Clip { .. }
-                | Op::Sigmoid
-                | Op::HardSigmoid { .. }
-                | Op::HardSwish
-                | Op::Identity
+            Op::Relu | Op::Clip { .. } | Op::Sigmoid | Op::HardSigmoid { .. } | Op::HardSwish | Op::Identity
         )
     }
 }

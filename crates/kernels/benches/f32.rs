@@ -19,41 +19,12 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 
 fn gemm_crate(m: usize, kk: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            kk,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            kk as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+        gemm::gemm(m, n, kk, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, kk as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
     }
 }
 
 /// (M = out channels, K = in channels, N = H·W) of EfficientNet-Lite0 pointwise convolutions.
-const PW: &[(usize, usize, usize)] = &[
-    (16, 32, 112 * 112),
-    (96, 16, 112 * 112),
-    (24, 144, 56 * 56),
-    (144, 24, 56 * 56),
-    (240, 40, 28 * 28),
-    (80, 480, 14 * 14),
-    (1152, 192, 7 * 7),
-    (1280, 320, 7 * 7),
-];
+const PW: &[(usize, usize, usize)] = &[(16, 32, 112 * 112), (96, 16, 112 * 112), (24, 144, 56 * 56), (144, 24, 56 * 56), (240, 40, 28 * 28), (80, 480, 14 * 14), (1152, 192, 7 * 7), (1280, 320, 7 * 7)];
 
 fn bench_gemm(c: &mut Criterion) {
     let mut grp = c.benchmark_group("pointwise_gemm");
@@ -62,48 +33,14 @@ fn bench_gemm(c: &mut Criterion) {
         let mut out = vec![0.0; m * n];
         grp.throughput(Throughput::Elements((m * kk * n) as u64));
         let id = format!("{m}x{kk}x{n}");
-        grp.bench_with_input(BenchmarkId::new("sgemm", &id), &(), |bch, _| {
-            bch.iter(|| k::sgemm(m, kk, n, &a, &b, &mut out, false))
-        });
+        grp.bench_with_input(BenchmarkId::new("sgemm", &id), &(), |bch, _| bch.iter(|| k::sgemm(m, kk, n, &a, &b, &mut out, false)));
         grp.bench_with_input(BenchmarkId::new("matrixmultiply", &id), &(), |bch, _| {
-            bch.iter(|| unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    kk,
-                    n,
-                    1.0,
-                    a.as_ptr(),
-                    kk as isize,
-                    1,
-                    b.as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    out.as_mut_ptr(),
-                    n as isize,
-                    1,
-                )
-            })
+            bch.iter(|| unsafe { matrixmultiply::sgemm(m, kk, n, 1.0, a.as_ptr(), kk as isize, 1, b.as_ptr(), n as isize, 1, 0.0, out.as_mut_ptr(), n as isize, 1) })
         });
         grp.bench_with_input(BenchmarkId::new("gemm_epilogue", &id), &(), |bch, _| {
-            bch.iter(|| {
-                k::gemm::gemm_epilogue(
-                    k::gemm::best_isa(),
-                    m,
-                    kk,
-                    n,
-                    &a,
-                    &b,
-                    &mut out,
-                    None,
-                    &k::Epilogue::NONE,
-                    0,
-                )
-            })
+            bch.iter(|| k::gemm::gemm_epilogue(k::gemm::best_isa(), m, kk, n, &a, &b, &mut out, None, &k::Epilogue::NONE, 0))
         });
-        grp.bench_with_input(BenchmarkId::new("gemm_crate", &id), &(), |bch, _| {
-            bch.iter(|| gemm_crate(m, kk, n, &a, &b, &mut out))
-        });
+        grp.bench_with_input(BenchmarkId::new("gemm_crate", &id), &(), |bch, _| bch.iter(|| gemm_crate(m, kk, n, &a, &b, &mut out)));
     }
     grp.finish();
 }
@@ -111,20 +48,7 @@ fn bench_gemm(c: &mut Criterion) {
 fn geom(c: usize, hw: usize, k: usize, s: usize, dw: bool, out_c: usize) -> ConvGeometry {
     let pad = k / 2;
     let o = (hw + 2 * pad - k) / s + 1;
-    ConvGeometry {
-        in_c: c,
-        in_h: hw,
-        in_w: hw,
-        out_c,
-        out_h: o,
-        out_w: o,
-        kernel: [k, k],
-        strides: [s, s],
-        dilations: [1, 1],
-        pad_top: pad,
-        pad_left: pad,
-        group: if dw { c } else { 1 },
-    }
+    ConvGeometry { in_c: c, in_h: hw, in_w: hw, out_c, out_h: o, out_w: o, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pad, pad_left: pad, group: if dw { c } else { 1 } }
 }
 
 fn bench_conv(c: &mut Criterion) {
@@ -149,9 +73,7 @@ fn bench_conv(c: &mut Criterion) {
         let mut out = vec![0.0; g.out_c * g.out_h * g.out_w];
         let mut scratch = Vec::new();
         grp.throughput(Throughput::Elements(g.macs() as u64));
-        grp.bench_function(name, |b| {
-            b.iter(|| k::conv2d(&input, &w, Some(&bias), &g, &mut out, &mut scratch))
-        });
+        grp.bench_function(name, |b| b.iter(|| k::conv2d(&input, &w, Some(&bias), &g, &mut out, &mut scratch)));
     }
     grp.finish();
 }

@@ -19,30 +19,10 @@ fn data(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn geom(
-    in_c: usize,
-    hw: usize,
-    out_c: usize,
-    k: usize,
-    stride: usize,
-    group: usize,
-) -> ConvGeometry {
+fn geom(in_c: usize, hw: usize, out_c: usize, k: usize, stride: usize, group: usize) -> ConvGeometry {
     let pad = k / 2;
     let out = (hw + 2 * pad - k) / stride + 1;
-    ConvGeometry {
-        in_c,
-        in_h: hw,
-        in_w: hw,
-        out_c,
-        out_h: out,
-        out_w: out,
-        kernel: [k, k],
-        strides: [stride, stride],
-        dilations: [1, 1],
-        pad_top: pad,
-        pad_left: pad,
-        group,
-    }
+    ConvGeometry { in_c, in_h: hw, in_w: hw, out_c, out_h: out, out_w: out, kernel: [k, k], strides: [stride, stride], dilations: [1, 1], pad_top: pad, pad_left: pad, group }
 }
 
 fn conv(c: &mut Criterion) {
@@ -60,61 +40,17 @@ fn conv(c: &mut Criterion) {
         ("gemm_fc_1280to1000", geom(1280, 1, 1000, 1, 1, 1)),
     ];
     let mut grp = c.benchmark_group("conv_q8");
-    grp.sample_size(15)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
+    grp.sample_size(15).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     for (name, g) in cases {
         let input = data(g.in_c * g.in_h * g.in_w, 1);
-        let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2)
-            .iter()
-            .map(|&x| x as i16 - 128)
-            .collect();
-        let (rq, shift) = Requant::common(
-            &(0..g.out_c)
-                .map(|i| 0.001 + i as f64 * 1e-5)
-                .collect::<Vec<_>>(),
-        );
+        let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2).iter().map(|&x| x as i16 - 128).collect();
+        let (rq, shift) = Requant::common(&(0..g.out_c).map(|i| 0.001 + i as f64 * 1e-5).collect::<Vec<_>>());
         let parts = vec![ConvPart::new(w, rq, &g)];
         let bias = vec![12345i64 << 10; g.out_c];
         let mut out = vec![0u8; g.out_c * g.out_h * g.out_w];
         let mut s = Scratch::default();
-        grp.bench_function(BenchmarkId::new("reference", name), |b| {
-            b.iter(|| {
-                q8::conv_q8_reference(
-                    black_box(&input),
-                    3,
-                    &parts,
-                    &bias,
-                    shift,
-                    7,
-                    0,
-                    255,
-                    &g,
-                    &mut out,
-                    &mut s,
-                )
-            })
-        });
-        grp.bench_function(
-            BenchmarkId::new(format!("{:?}", q8::simd_level()), name),
-            |b| {
-                b.iter(|| {
-                    q8::conv_q8(
-                        black_box(&input),
-                        3,
-                        &parts,
-                        &bias,
-                        shift,
-                        7,
-                        0,
-                        255,
-                        &g,
-                        &mut out,
-                        &mut s,
-                    )
-                })
-            },
-        );
+        grp.bench_function(BenchmarkId::new("reference", name), |b| b.iter(|| q8::conv_q8_reference(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, &g, &mut out, &mut s)));
+        grp.bench_function(BenchmarkId::new(format!("{:?}", q8::simd_level()), name), |b| b.iter(|| q8::conv_q8(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, &g, &mut out, &mut s)));
     }
     grp.finish();
 }
@@ -122,64 +58,22 @@ fn conv(c: &mut Criterion) {
 fn elementwise(c: &mut Criterion) {
     let level = format!("{:?}", q8::simd_level());
     let mut grp = c.benchmark_group("elementwise_q8");
-    grp.sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
+    grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
     let n = 24 * 56 * 56;
     let (a, b) = (data(n, 3), data(n, 4));
     let mut out = vec![0u8; n];
     let (ms, shift) = Requant::common(&[0.7, 1.3]);
-    grp.bench_function("add/reference", |bch| {
-        bch.iter(|| {
-            q8::add_q8_reference(
-                black_box(&a),
-                120,
-                ms[0].multiplier,
-                &b,
-                130,
-                ms[1].multiplier,
-                shift,
-                128,
-                0,
-                255,
-                &mut out,
-            )
-        })
-    });
-    grp.bench_function(format!("add/{level}"), |bch| {
-        bch.iter(|| {
-            q8::add_q8(
-                black_box(&a),
-                120,
-                ms[0].multiplier,
-                &b,
-                130,
-                ms[1].multiplier,
-                shift,
-                128,
-                0,
-                255,
-                &mut out,
-            )
-        })
-    });
+    grp.bench_function("add/reference", |bch| bch.iter(|| q8::add_q8_reference(black_box(&a), 120, ms[0].multiplier, &b, 130, ms[1].multiplier, shift, 128, 0, 255, &mut out)));
+    grp.bench_function(format!("add/{level}"), |bch| bch.iter(|| q8::add_q8(black_box(&a), 120, ms[0].multiplier, &b, 130, ms[1].multiplier, shift, 128, 0, 255, &mut out)));
     let (c_, hw) = (1280, 49);
     let x = data(c_ * hw, 5);
     let r = Requant::new(0.9 / hw as f64);
     let mut o = vec![0u8; c_];
-    grp.bench_function("global_avg_pool/reference", |bch| {
-        bch.iter(|| q8::global_avg_pool_q8_reference(black_box(&x), c_, 10, r, 5, &mut o))
-    });
-    grp.bench_function(format!("global_avg_pool/{level}"), |bch| {
-        bch.iter(|| q8::global_avg_pool_q8(black_box(&x), c_, 10, r, 5, &mut o))
-    });
+    grp.bench_function("global_avg_pool/reference", |bch| bch.iter(|| q8::global_avg_pool_q8_reference(black_box(&x), c_, 10, r, 5, &mut o)));
+    grp.bench_function(format!("global_avg_pool/{level}"), |bch| bch.iter(|| q8::global_avg_pool_q8(black_box(&x), c_, 10, r, 5, &mut o)));
     let r = Requant::new(0.8);
-    grp.bench_function("requantize/reference", |bch| {
-        bch.iter(|| q8::requantize_u8_reference(black_box(&a), 10, r, 5, 5, 250, &mut out))
-    });
-    grp.bench_function("requantize/lut", |bch| {
-        bch.iter(|| q8::requantize_u8(black_box(&a), 10, r, 5, 5, 250, &mut out))
-    });
+    grp.bench_function("requantize/reference", |bch| bch.iter(|| q8::requantize_u8_reference(black_box(&a), 10, r, 5, 5, 250, &mut out)));
+    grp.bench_function("requantize/lut", |bch| bch.iter(|| q8::requantize_u8(black_box(&a), 10, r, 5, 5, 250, &mut out)));
     grp.finish();
 }
 
@@ -188,57 +82,24 @@ fn elementwise(c: &mut Criterion) {
 fn depthwise_parts(c: &mut Criterion) {
     let level = format!("{:?}", q8::simd_level());
     let mut grp = c.benchmark_group("depthwise_parts");
-    grp.sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
-    let cases = [
-        ("dw3x3s1_144_40", geom(144, 40, 144, 3, 1, 144)),
-        ("dw3x3s1_96_80", geom(96, 80, 96, 3, 1, 96)),
-        ("dw3x3s2_144_80", geom(144, 80, 144, 3, 2, 144)),
-    ];
+    grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let cases = [("dw3x3s1_144_40", geom(144, 40, 144, 3, 1, 144)), ("dw3x3s1_96_80", geom(96, 80, 96, 3, 1, 96)), ("dw3x3s2_144_80", geom(144, 80, 144, 3, 2, 144))];
     for (name, g) in cases {
         let input = data(g.in_c * g.in_h * g.in_w, 1);
         let mut out = vec![0u8; g.out_c * g.out_h * g.out_w];
         let mut s = Scratch::default();
         for nparts in [1usize, 2] {
-            let reals: Vec<f64> = (0..nparts * g.out_c)
-                .map(|i| 0.001 + i as f64 * 1e-5)
-                .collect();
+            let reals: Vec<f64> = (0..nparts * g.out_c).map(|i| 0.001 + i as f64 * 1e-5).collect();
             let (rq, shift) = Requant::common(&reals);
             let parts: Vec<ConvPart> = (0..nparts)
                 .map(|p| {
-                    let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2 + p as u64)
-                        .iter()
-                        .map(|&x| x as i16 - 128)
-                        .collect();
+                    let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2 + p as u64).iter().map(|&x| x as i16 - 128).collect();
                     ConvPart::new(w, rq[p * g.out_c..(p + 1) * g.out_c].to_vec(), &g)
                 })
                 .collect();
             let bias = vec![12345i64 << 10; g.out_c];
-            let label = format!(
-                "depthwise 3x3 s{} {} part{}/{}",
-                g.strides[0],
-                nparts,
-                if nparts > 1 { "s" } else { "" },
-                level
-            );
-            grp.bench_function(BenchmarkId::new(label, name), |b| {
-                b.iter(|| {
-                    q8::conv_q8(
-                        black_box(&input),
-                        3,
-                        &parts,
-                        &bias,
-                        shift,
-                        7,
-                        0,
-                        255,
-                        &g,
-                        &mut out,
-                        &mut s,
-                    )
-                })
-            });
+            let label = format!("depthwise 3x3 s{} {} part{}/{}", g.strides[0], nparts, if nparts > 1 { "s" } else { "" }, level);
+            grp.bench_function(BenchmarkId::new(label, name), |b| b.iter(|| q8::conv_q8(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, &g, &mut out, &mut s)));
         }
     }
     grp.finish();
@@ -250,70 +111,20 @@ fn depthwise_parts(c: &mut Criterion) {
 fn output_stage(c: &mut Criterion) {
     let level = format!("{:?}", q8::simd_level());
     let mut grp = c.benchmark_group("output_stage");
-    grp.sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
-    let cases = [
-        ("pw_16to96_80", geom(16, 80, 96, 1, 1, 1)),
-        ("pw_96to576_10", geom(96, 10, 576, 1, 1, 1)),
-        ("dw3x3s1_144_40", geom(144, 40, 144, 3, 1, 144)),
-        ("dw3x3s1_384_10", geom(384, 10, 384, 3, 1, 384)),
-    ];
+    grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let cases = [("pw_16to96_80", geom(16, 80, 96, 1, 1, 1)), ("pw_96to576_10", geom(96, 10, 576, 1, 1, 1)), ("dw3x3s1_144_40", geom(144, 40, 144, 3, 1, 144)), ("dw3x3s1_384_10", geom(384, 10, 384, 3, 1, 384))];
     for (name, g) in cases {
         let input = data(g.in_c * g.in_h * g.in_w, 1);
-        let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2)
-            .iter()
-            .map(|&x| x as i16 - 128)
-            .collect();
-        let (rq, shift) = Requant::common(
-            &(0..g.out_c)
-                .map(|i| 0.01 + i as f64 * 1e-5)
-                .collect::<Vec<_>>(),
-        );
+        let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2).iter().map(|&x| x as i16 - 128).collect();
+        let (rq, shift) = Requant::common(&(0..g.out_c).map(|i| 0.01 + i as f64 * 1e-5).collect::<Vec<_>>());
         let mult: Vec<i64> = rq.iter().map(|r| r.multiplier).collect();
         let parts = vec![ConvPart::new(w, rq, &g)];
         let bias = vec![12345i64 << 10; g.out_c];
         let epi = q8::FloatEpilogue::new(&mult, &bias, shift, 7, 0, 255, None);
         let mut out = vec![0u8; g.out_c * g.out_h * g.out_w];
         let mut s = Scratch::default();
-        grp.bench_function(BenchmarkId::new(format!("i64/{level}"), name), |b| {
-            b.iter(|| {
-                q8::conv_q8_epi(
-                    black_box(&input),
-                    3,
-                    &parts,
-                    &bias,
-                    shift,
-                    7,
-                    0,
-                    255,
-                    None,
-                    None,
-                    &g,
-                    &mut out,
-                    &mut s,
-                )
-            })
-        });
-        grp.bench_function(BenchmarkId::new(format!("float/{level}"), name), |b| {
-            b.iter(|| {
-                q8::conv_q8_epi(
-                    black_box(&input),
-                    3,
-                    &parts,
-                    &bias,
-                    shift,
-                    7,
-                    0,
-                    255,
-                    None,
-                    epi.as_ref(),
-                    &g,
-                    &mut out,
-                    &mut s,
-                )
-            })
-        });
+        grp.bench_function(BenchmarkId::new(format!("i64/{level}"), name), |b| b.iter(|| q8::conv_q8_epi(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, None, None, &g, &mut out, &mut s)));
+        grp.bench_function(BenchmarkId::new(format!("float/{level}"), name), |b| b.iter(|| q8::conv_q8_epi(black_box(&input), 3, &parts, &bias, shift, 7, 0, 255, None, epi.as_ref(), &g, &mut out, &mut s)));
     }
     grp.finish();
 }

@@ -29,13 +29,7 @@ impl ConvGeometry {
         self.group > 1 && self.group == self.in_c && self.group == self.out_c
     }
     pub fn is_pointwise(&self) -> bool {
-        self.group == 1
-            && self.kernel == [1, 1]
-            && self.strides == [1, 1]
-            && self.pad_top == 0
-            && self.pad_left == 0
-            && self.out_h == self.in_h
-            && self.out_w == self.in_w
+        self.group == 1 && self.kernel == [1, 1] && self.strides == [1, 1] && self.pad_top == 0 && self.pad_left == 0 && self.out_h == self.in_h && self.out_w == self.in_w
     }
     /// Weights per output channel: (in_c / group) · kh · kw.
     pub fn weights_per_output(&self) -> usize {
@@ -48,25 +42,11 @@ impl ConvGeometry {
     /// For kernel offset `k` along one axis, the range of output positions whose input position
     /// `o·stride − pad + k·dilation` falls inside `[0, in_len)`.
     #[inline]
-    pub fn valid_range(
-        out_len: usize,
-        in_len: usize,
-        stride: usize,
-        pad: usize,
-        k_off: usize,
-    ) -> (usize, usize) {
+    pub fn valid_range(out_len: usize, in_len: usize, stride: usize, pad: usize, k_off: usize) -> (usize, usize) {
         // o·s + k_off − pad ≥ 0  ⇔  o ≥ ceil((pad − k_off) / s)
-        let lo = if pad > k_off {
-            (pad - k_off).div_ceil(stride)
-        } else {
-            0
-        };
+        let lo = if pad > k_off { (pad - k_off).div_ceil(stride) } else { 0 };
         // o·s + k_off − pad ≤ in_len − 1
-        let hi = if in_len + pad > k_off {
-            ((in_len - 1 + pad - k_off) / stride + 1).min(out_len)
-        } else {
-            0
-        };
+        let hi = if in_len + pad > k_off { ((in_len - 1 + pad - k_off) / stride + 1).min(out_len) } else { 0 };
         (lo.min(hi), hi)
     }
 }
@@ -78,15 +58,7 @@ impl ConvGeometry {
 /// Each row of a patch plane is its padded border plus one contiguous (stride 1) or strided run
 /// of the input row, so the compiler vectorizes the copy: filling every plane first and
 /// bounds-checking each element cost 11 instructions per value of the stem conv.
-pub fn im2col_with<S: Copy, D: Copy>(
-    input: &[S],
-    g: &ConvGeometry,
-    c_begin: usize,
-    c_count: usize,
-    cols: &mut [D],
-    pad: D,
-    convert: impl Fn(S) -> D,
-) {
+pub fn im2col_with<S: Copy, D: Copy>(input: &[S], g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [D], pad: D, convert: impl Fn(S) -> D) {
     let (oh, ow, ih, iw) = (g.out_h, g.out_w, g.in_h, g.in_w);
     let [kh, kw] = g.kernel;
     let (sy, sx) = (g.strides[0], g.strides[1]);

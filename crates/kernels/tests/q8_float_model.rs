@@ -12,13 +12,9 @@ fn q(real: f64, scale: f64, zp: i32) -> i64 {
 }
 
 fn lcg(seed: u64) -> impl FnMut() -> u64 {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         s >> 33
     }
 }
@@ -34,64 +30,16 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (
-        (
-            1usize..4,
-            1usize..5,
-            1usize..4,
-            prop_oneof![Just(1usize), Just(3), Just(5)],
-            1usize..3,
-            0usize..3,
-            3usize..10,
-            3usize..10,
-        ),
-        (
-            any::<bool>(),
-            any::<u64>(),
-            any::<bool>(),
-            0i32..256,
-            0i32..256,
-            prop_oneof![Just(0i32), 1..256],
-        ),
-    )
-        .prop_map(
-            |(
-                (groups, cin_g, cout_g, k, stride, pad, h, w),
-                (depthwise, seed, per_channel, zp_in, zp_out, zp_w),
-            )| {
-                let (group, in_c, out_c) = if depthwise {
-                    (groups * cin_g, groups * cin_g, groups * cin_g)
-                } else {
-                    (groups, groups * cin_g, groups * cout_g)
-                };
-                let pad = pad.min(k - 1);
-                let (h, w) = (h.max(k), w.max(k));
-                let out_h = (h + 2 * pad - k) / stride + 1;
-                let out_w = (w + 2 * pad - k) / stride + 1;
-                let g = ConvGeometry {
-                    in_c,
-                    in_h: h,
-                    in_w: w,
-                    out_c,
-                    out_h,
-                    out_w,
-                    kernel: [k, k],
-                    strides: [stride, stride],
-                    dilations: [1, 1],
-                    pad_top: pad,
-                    pad_left: pad,
-                    group,
-                };
-                Case {
-                    g,
-                    seed,
-                    per_channel,
-                    zp_in,
-                    zp_out,
-                    zp_w,
-                }
-            },
-        )
+    ((1usize..4, 1usize..5, 1usize..4, prop_oneof![Just(1usize), Just(3), Just(5)], 1usize..3, 0usize..3, 3usize..10, 3usize..10), (any::<bool>(), any::<u64>(), any::<bool>(), 0i32..256, 0i32..256, prop_oneof![Just(0i32), 1..256]))
+        .prop_map(|((groups, cin_g, cout_g, k, stride, pad, h, w), (depthwise, seed, per_channel, zp_in, zp_out, zp_w))| {
+            let (group, in_c, out_c) = if depthwise { (groups * cin_g, groups * cin_g, groups * cin_g) } else { (groups, groups * cin_g, groups * cout_g) };
+            let pad = pad.min(k - 1);
+            let (h, w) = (h.max(k), w.max(k));
+            let out_h = (h + 2 * pad - k) / stride + 1;
+            let out_w = (w + 2 * pad - k) / stride + 1;
+            let g = ConvGeometry { in_c, in_h: h, in_w: w, out_c, out_h, out_w, kernel: [k, k], strides: [stride, stride], dilations: [1, 1], pad_top: pad, pad_left: pad, group };
+            Case { g, seed, per_channel, zp_in, zp_out, zp_w }
+        })
 }
 
 proptest! {

@@ -21,35 +21,11 @@ impl Rng {
         lo + (self.next() % (hi - lo + 1) as u64) as i64
     }
     fn bytes(&mut self, n: usize, extreme: bool) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                if extreme {
-                    if self.next() & 1 == 0 {
-                        0
-                    } else {
-                        255
-                    }
-                } else {
-                    self.next() as u8
-                }
-            })
-            .collect()
+        (0..n).map(|_| if extreme { if self.next() & 1 == 0 { 0 } else { 255 } } else { self.next() as u8 }).collect()
     }
     /// `w − zw` for uint8 or int8 weights: [−255, 255].
     fn weights(&mut self, n: usize, extreme: bool) -> Vec<i16> {
-        (0..n)
-            .map(|_| {
-                if extreme {
-                    if self.next() & 1 == 0 {
-                        -255
-                    } else {
-                        255
-                    }
-                } else {
-                    self.range(-255, 255) as i16
-                }
-            })
-            .collect()
+        (0..n).map(|_| if extreme { if self.next() & 1 == 0 { -255 } else { 255 } } else { self.range(-255, 255) as i16 }).collect()
     }
     /// `m` rows of `k` weights `w − zw` from uint8 `w`, one zero-point `zw` per row (as the
     /// engine sees 8-bit weights: each row spans at most 255).
@@ -74,20 +50,9 @@ impl Rng {
                 let big = self.range(-127, 127);
                 let room = 128 - big.abs();
                 let pair = [big, self.range(-room, room)];
-                w.extend(
-                    if self.next() & 1 == 0 {
-                        pair
-                    } else {
-                        [pair[1], pair[0]]
-                    }
-                    .map(|d| d as i16),
-                );
+                w.extend(if self.next() & 1 == 0 { pair } else { [pair[1], pair[0]] }.map(|d| d as i16));
             } else {
-                w.push(if self.next().is_multiple_of(64) {
-                    self.range(-255, 255) as i16
-                } else {
-                    self.range(-64, 64) as i16
-                });
+                w.push(if self.next().is_multiple_of(64) { self.range(-255, 255) as i16 } else { self.range(-64, 64) as i16 });
             }
         }
         w.truncate(n);
@@ -95,9 +60,7 @@ impl Rng {
     }
     fn real(&mut self) -> f64 {
         // log-uniform in [1e-6, 20]
-        (1e-6f64.ln()
-            + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (20f64.ln() - 1e-6f64.ln()))
-        .exp()
+        (1e-6f64.ln() + (self.next() >> 11) as f64 / (1u64 << 53) as f64 * (20f64.ln() - 1e-6f64.ln())).exp()
     }
 }
 
@@ -122,134 +85,44 @@ fn conv_case(kind: u8) -> impl Strategy<Value = ConvCase> {
         (1usize..=2, 1usize..=2),             // dilations
         (1usize..=19, 1usize..=37),           // input size
         (0usize..=4, 0usize..=4, 0usize..=4, 0usize..=4),
-        (
-            1usize..=3,
-            any::<bool>(),
-            0i32..=255,
-            0i32..=255,
-            0i32..=120,
-            130i32..=255,
-        ),
+        (1usize..=3, any::<bool>(), 0i32..=255, 0i32..=255, 0i32..=120, 130i32..=255),
         (any::<bool>(), any::<u64>(), 0u8..8),
     )
-        .prop_filter_map(
-            "empty output",
-            move |(
-                (grp, ci, co),
-                (kh, kw),
-                (sy, sx),
-                (dy, dx),
-                (ih, iw),
-                (pt, pl, pb, pr),
-                (parts, per_channel, zp_in, out_zp, qmin, qmax),
-                (extreme, seed, shape),
-            )| {
-                // `shape` biases toward the shapes the engine meets: stride 1/2, dilation 1, odd
-                // kernels with "same" padding.
-                let (
-                    mut kh,
-                    mut kw,
-                    mut sy,
-                    mut sx,
-                    mut dy,
-                    mut dx,
-                    mut pt,
-                    mut pl,
-                    mut pb,
-                    mut pr,
-                ) = (kh, kw, sy, sx, dy, dx, pt, pl, pb, pr);
-                if shape < 5 {
-                    let k = [1, 3, 5, 3, 5][shape as usize];
-                    (kh, kw, dy, dx) = (k, k, 1, 1);
-                    (sy, sx) = if shape >= 3 { (2, 2) } else { (1, 1) };
-                    (pt, pl, pb, pr) = (k / 2, k / 2, k / 2, k / 2);
-                    if sy == 2 && seed & 1 == 1 {
-                        (pt, pl) = ((k - 1) / 2, (k - 1) / 2);
-                        (pb, pr) = (k / 2, k / 2);
-                    }
+        .prop_filter_map("empty output", move |((grp, ci, co), (kh, kw), (sy, sx), (dy, dx), (ih, iw), (pt, pl, pb, pr), (parts, per_channel, zp_in, out_zp, qmin, qmax), (extreme, seed, shape))| {
+            // `shape` biases toward the shapes the engine meets: stride 1/2, dilation 1, odd
+            // kernels with "same" padding.
+            let (mut kh, mut kw, mut sy, mut sx, mut dy, mut dx, mut pt, mut pl, mut pb, mut pr) = (kh, kw, sy, sx, dy, dx, pt, pl, pb, pr);
+            if shape < 5 {
+                let k = [1, 3, 5, 3, 5][shape as usize];
+                (kh, kw, dy, dx) = (k, k, 1, 1);
+                (sy, sx) = if shape >= 3 { (2, 2) } else { (1, 1) };
+                (pt, pl, pb, pr) = (k / 2, k / 2, k / 2, k / 2);
+                if sy == 2 && seed & 1 == 1 {
+                    (pt, pl) = ((k - 1) / 2, (k - 1) / 2);
+                    (pb, pr) = (k / 2, k / 2);
                 }
-                let (in_c, out_c, group) = match kind {
-                    0 => (ci * grp, co * grp, 1),   // dense
-                    1 => (ci * 3, ci * 3, ci * 3),  // depthwise
-                    _ => (ci * grp, co * grp, grp), // grouped
-                };
-                let (hp, wp) = (ih + pt + pb, iw + pl + pr);
-                let (ek, ekw) = (dy * (kh - 1) + 1, dx * (kw - 1) + 1);
-                if hp < ek || wp < ekw || pt >= ek || pl >= ekw {
-                    return None;
-                }
-                let (oh, ow) = ((hp - ek) / sy + 1, (wp - ekw) / sx + 1);
-                let g = ConvGeometry {
-                    in_c,
-                    in_h: ih,
-                    in_w: iw,
-                    out_c,
-                    out_h: oh,
-                    out_w: ow,
-                    kernel: [kh, kw],
-                    strides: [sy, sx],
-                    dilations: [dy, dx],
-                    pad_top: pt,
-                    pad_left: pl,
-                    group,
-                };
-                Some(ConvCase {
-                    g,
-                    parts,
-                    per_channel,
-                    zp_in,
-                    out_zp,
-                    qmin,
-                    qmax,
-                    extreme,
-                    seed,
-                })
-            },
-        )
+            }
+            let (in_c, out_c, group) = match kind {
+                0 => (ci * grp, co * grp, 1),   // dense
+                1 => (ci * 3, ci * 3, ci * 3), // depthwise
+                _ => (ci * grp, co * grp, grp), // grouped
+            };
+            let (hp, wp) = (ih + pt + pb, iw + pl + pr);
+            let (ek, ekw) = (dy * (kh - 1) + 1, dx * (kw - 1) + 1);
+            if hp < ek || wp < ekw || pt >= ek || pl >= ekw {
+                return None;
+            }
+            let (oh, ow) = ((hp - ek) / sy + 1, (wp - ekw) / sx + 1);
+            let g = ConvGeometry { in_c, in_h: ih, in_w: iw, out_c, out_h: oh, out_w: ow, kernel: [kh, kw], strides: [sy, sx], dilations: [dy, dx], pad_top: pt, pad_left: pl, group };
+            Some(ConvCase { g, parts, per_channel, zp_in, out_zp, qmin, qmax, extreme, seed })
+        })
 }
 
 fn pointwise_case() -> impl Strategy<Value = ConvCase> {
-    (
-        1usize..=160,
-        1usize..=40,
-        1usize..=12,
-        1usize..=12,
-        1usize..=3,
-        any::<bool>(),
-        0i32..=255,
-        0i32..=255,
-        any::<bool>(),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
-                let g = ConvGeometry {
-                    in_c,
-                    in_h: h,
-                    in_w: w,
-                    out_c,
-                    out_h: h,
-                    out_w: w,
-                    kernel: [1, 1],
-                    strides: [1, 1],
-                    dilations: [1, 1],
-                    pad_top: 0,
-                    pad_left: 0,
-                    group: 1,
-                };
-                ConvCase {
-                    g,
-                    parts,
-                    per_channel,
-                    zp_in,
-                    out_zp,
-                    qmin: 0,
-                    qmax: 255,
-                    extreme,
-                    seed,
-                }
-            },
-        )
+    (1usize..=160, 1usize..=40, 1usize..=12, 1usize..=12, 1usize..=3, any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<u64>()).prop_map(|(in_c, out_c, h, w, parts, per_channel, zp_in, out_zp, extreme, seed)| {
+        let g = ConvGeometry { in_c, in_h: h, in_w: w, out_c, out_h: h, out_w: w, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
+        ConvCase { g, parts, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed }
+    })
 }
 
 struct ConvData {
@@ -265,9 +138,7 @@ fn conv_data(c: &ConvCase) -> ConvData {
     let input = rng.bytes(g.in_c * g.in_h * g.in_w, c.extreme);
     let per = g.weights_per_output();
     let nreq = if c.per_channel { g.out_c } else { 1 };
-    let reals: Vec<Vec<f64>> = (0..c.parts)
-        .map(|_| (0..nreq).map(|_| rng.real()).collect())
-        .collect();
+    let reals: Vec<Vec<f64>> = (0..c.parts).map(|_| (0..nreq).map(|_| rng.real()).collect()).collect();
     let flat: Vec<f64> = reals.iter().flatten().copied().collect();
     let (_, shift) = Requant::common(&flat);
     let scale = (shift as f64).exp2();
@@ -287,35 +158,19 @@ fn conv_data(c: &ConvCase) -> ConvData {
             // on grids 2^j apart would merge into), with the largest j whose accumulators stay
             // exact in i32: the kernels must take their bounds from `ConvPart::wmax`.
             if (c.seed >> 20).is_multiple_of(8) {
-                if let Some(j) = (1..=6u32)
-                    .rev()
-                    .find(|&j| per as u64 * 255 * (255 << j) + per as u64 * 255 * 255 < 1 << 31)
-                {
+                if let Some(j) = (1..=6u32).rev().find(|&j| per as u64 * 255 * (255 << j) + per as u64 * 255 * 255 < 1 << 31) {
                     let fine = rng.weights(weight.len(), c.extreme);
                     for (d, f) in weight.iter_mut().zip(fine) {
                         *d = (*d << j) + f;
                     }
                 }
             }
-            let requant = r
-                .iter()
-                .map(|&m| Requant {
-                    multiplier: (m * scale).round() as i64,
-                    shift,
-                })
-                .collect();
+            let requant = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
             ConvPart::new(weight, requant, g)
         })
         .collect();
-    let bias = (0..g.out_c)
-        .map(|_| (rng.range(-100_000, 100_000) as f64 * flat[0] * scale) as i64)
-        .collect();
-    ConvData {
-        input,
-        parts,
-        bias,
-        shift,
-    }
+    let bias = (0..g.out_c).map(|_| (rng.range(-100_000, 100_000) as f64 * flat[0] * scale) as i64).collect();
+    ConvData { input, parts, bias, shift }
 }
 
 fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
@@ -327,82 +182,26 @@ fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
         f(&mut out, &mut Scratch::default());
         out
     };
-    let want = run(&|o, s| {
-        q8::conv_q8_reference(
-            &d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s,
-        )
-    });
-    let got = run(&|o, s| {
-        q8::conv_q8(
-            &d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s,
-        )
-    });
+    let want = run(&|o, s| q8::conv_q8_reference(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s));
+    let got = run(&|o, s| q8::conv_q8(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s));
     prop_assert_eq!(&got, &want, "dispatched conv, {:?}", g);
-    let got = run(&|o, s| {
-        q8::conv_q8_portable(
-            &d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s,
-        )
-    });
+    let got = run(&|o, s| q8::conv_q8_portable(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, o, s));
     prop_assert_eq!(&got, &want, "portable conv, {:?}", g);
     // With a per-channel cap (fused into the AVX2 epilogues): the reference output, capped.
     let mut rng = Rng(c.seed ^ 0x9e37_79b9_7f4a_7c15 | 1);
-    let cmax: Vec<u8> = (0..g.out_c)
-        .map(|_| {
-            if rng.next().is_multiple_of(4) {
-                255
-            } else {
-                rng.next() as u8
-            }
-        })
-        .collect();
+    let cmax: Vec<u8> = (0..g.out_c).map(|_| if rng.next().is_multiple_of(4) { 255 } else { rng.next() as u8 }).collect();
     let mut capped = want.clone();
     q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
-    let got = run(&|o, s| {
-        q8::conv_q8_clamped(
-            &d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, g, o, s,
-        )
-    });
+    let got = run(&|o, s| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, g, o, s));
     prop_assert_eq!(&got, &capped, "capped conv, {:?}", g);
     // The float output stage, wherever it is provably exact: same bytes, capped or not.
     if d.parts.len() == 1 {
         let r = &d.parts[0].requant;
-        let mult: Vec<i64> = (0..g.out_c)
-            .map(|i| {
-                if r.len() == 1 {
-                    r[0].multiplier
-                } else {
-                    r[i].multiplier
-                }
-            })
-            .collect();
+        let mult: Vec<i64> = (0..g.out_c).map(|i| if r.len() == 1 { r[0].multiplier } else { r[i].multiplier }).collect();
         for (cap, expect) in [(None, &want), (Some(&cmax[..]), &capped)] {
-            if let Some(e) =
-                q8::FloatEpilogue::new(&mult, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap)
-            {
-                let got = run(&|o, s| {
-                    q8::conv_q8_epi(
-                        &d.input,
-                        c.zp_in,
-                        &d.parts,
-                        &d.bias,
-                        d.shift,
-                        c.out_zp,
-                        c.qmin,
-                        c.qmax,
-                        cap,
-                        Some(&e),
-                        g,
-                        o,
-                        s,
-                    )
-                });
-                prop_assert_eq!(
-                    &got,
-                    expect,
-                    "float output stage (cap {}), {:?}",
-                    cap.is_some(),
-                    g
-                );
+            if let Some(e) = q8::FloatEpilogue::new(&mult, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap) {
+                let got = run(&|o, s| q8::conv_q8_epi(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap, Some(&e), g, o, s));
+                prop_assert_eq!(&got, expect, "float output stage (cap {}), {:?}", cap.is_some(), g);
             }
         }
     }
@@ -412,12 +211,7 @@ fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
         let mut s = Scratch::default();
         for _ in 0..2 {
             let mut out = vec![0x55u8; n];
-            unsafe {
-                q8::avx2::conv_q8(
-                    &d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g,
-                    &mut out, &mut s,
-                )
-            };
+            unsafe { q8::avx2::conv_q8(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, &mut out, &mut s) };
             prop_assert_eq!(&out, &want, "avx2 conv, {:?}", g);
         }
     }
@@ -429,29 +223,16 @@ fn check_conv(c: &ConvCase) -> Result<(), TestCaseError> {
 fn check_conv_acc(c: &ConvCase) -> Result<(), TestCaseError> {
     let d = conv_data(c);
     let (mut want, mut cols) = (vec![3i32; 5], vec![-2i16; 7]);
-    q8::conv_acc_reference(
-        &d.input,
-        c.zp_in,
-        &d.parts[0].weight,
-        &c.g,
-        &mut want,
-        &mut cols,
-    );
+    q8::conv_acc_reference(&d.input, c.zp_in, &d.parts[0].weight, &c.g, &mut want, &mut cols);
     let mut got = vec![-9i32; 11];
-    let mut scratch = Scratch {
-        cols: vec![5i16; 3],
-        ..Default::default()
-    };
+    let mut scratch = Scratch { cols: vec![5i16; 3], ..Default::default() };
     q8::conv_acc(&d.input, c.zp_in, &d.parts[0], &c.g, &mut got, &mut scratch);
     prop_assert_eq!(got, want);
     Ok(())
 }
 
 fn cfg(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases, ..ProptestConfig::default() }
 }
 
 proptest! {
@@ -550,22 +331,8 @@ proptest! {
 
 /// The reference output stage of one channel (the single-part conv's epilogue, then the cap).
 #[allow(clippy::too_many_arguments)]
-fn stage_reference(
-    acc: i32,
-    m: i64,
-    bias: i64,
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    cap: u8,
-) -> u8 {
-    (q8::clamp_u8(
-        zp as i64 + q8::round_shift(bias + acc as i64 * m, shift),
-        qmin,
-        qmax,
-    ))
-    .min(cap)
+fn stage_reference(acc: i32, m: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, cap: u8) -> u8 {
+    (q8::clamp_u8(zp as i64 + q8::round_shift(bias + acc as i64 * m, shift), qmin, qmax)).min(cap)
 }
 
 proptest! {
@@ -610,24 +377,11 @@ fn float_stage_exists_for_typical_layers() {
         let real = 0.005 * (1.0 + (rng.next() % 1000) as f64 / 50.0);
         let r = Requant::new(real);
         let bias = (rng.range(-300_000, 300_000) as f64 / 1000.0 * (r.shift as f64).exp2()) as i64;
-        if q8::FloatEpilogue::new(
-            &[r.multiplier],
-            &[bias],
-            r.shift,
-            rng.range(0, 255) as i32,
-            0,
-            255,
-            None,
-        )
-        .is_some()
-        {
+        if q8::FloatEpilogue::new(&[r.multiplier], &[bias], r.shift, rng.range(0, 255) as i32, 0, 255, None).is_some() {
             built += 1;
         }
     }
-    assert!(
-        built >= 150,
-        "float stage built for only {built} of 200 channels"
-    );
+    assert!(built >= 150, "float stage built for only {built} of 200 channels");
 }
 
 /// Subtensor-split depthwise (2 parts, also 3): stride 1 and 2, 3×3 and 5×5, "same" and
@@ -639,58 +393,21 @@ fn conv_depthwise_split_parts_match_reference() {
     for parts in [2usize, 3] {
         for k in [3usize, 5] {
             for s in [1usize, 2] {
-                for &(h, w) in &[
-                    (1usize, 1usize),
-                    (5, 7),
-                    (9, 16),
-                    (12, 17),
-                    (16, 33),
-                    (23, 40),
-                ] {
+                for &(h, w) in &[(1usize, 1usize), (5, 7), (9, 16), (12, 17), (16, 33), (23, 40)] {
                     for asym in [false, true] {
                         if asym && s == 1 {
                             continue;
                         }
-                        let (pt, pb) = if asym {
-                            ((k - 1) / 2, k / 2)
-                        } else {
-                            (k / 2, k / 2)
-                        };
+                        let (pt, pb) = if asym { ((k - 1) / 2, k / 2) } else { (k / 2, k / 2) };
                         if h + pt + pb < k || w + pt + pb < k {
                             continue;
                         }
                         let (oh, ow) = ((h + pt + pb - k) / s + 1, (w + pt + pb - k) / s + 1);
-                        for (per_channel, extreme) in [(false, false), (true, false), (true, true)]
-                        {
-                            seed = seed
-                                .wrapping_mul(6364136223846793005)
-                                .wrapping_add(1442695040888963407);
+                        for (per_channel, extreme) in [(false, false), (true, false), (true, true)] {
+                            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                             let ch = 1 + (seed >> 40) as usize % 7;
-                            let g = ConvGeometry {
-                                in_c: ch,
-                                in_h: h,
-                                in_w: w,
-                                out_c: ch,
-                                out_h: oh,
-                                out_w: ow,
-                                kernel: [k, k],
-                                strides: [s, s],
-                                dilations: [1, 1],
-                                pad_top: pt,
-                                pad_left: pt,
-                                group: ch,
-                            };
-                            let c = ConvCase {
-                                g,
-                                parts,
-                                per_channel,
-                                zp_in: (seed >> 8) as i32 & 255,
-                                out_zp: (seed >> 16) as i32 & 255,
-                                qmin: 0,
-                                qmax: 255,
-                                extreme,
-                                seed,
-                            };
+                            let g = ConvGeometry { in_c: ch, in_h: h, in_w: w, out_c: ch, out_h: oh, out_w: ow, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pt, pad_left: pt, group: ch };
+                            let c = ConvCase { g, parts, per_channel, zp_in: (seed >> 8) as i32 & 255, out_zp: (seed >> 16) as i32 & 255, qmin: 0, qmax: 255, extreme, seed };
                             check_conv(&c).unwrap_or_else(|e| panic!("{e}: {c:?}"));
                         }
                     }
@@ -866,45 +583,13 @@ mod avx2 {
         if !have() {
             return;
         }
-        let accs: Vec<i32> = vec![
-            0,
-            1,
-            -1,
-            2,
-            -2,
-            3,
-            -3,
-            1 << 20,
-            -(1 << 20),
-            16_581_375,
-            -16_581_375,
-            i32::MAX / 4,
-            i32::MIN / 4,
-            12345,
-            -12345,
-            7,
-        ];
-        for &(mult, shift) in &[
-            (1i64 << 29, 30u32),
-            ((1 << 30) - 1, 62),
-            (1 << 29, 0),
-            (536_870_913, 31),
-            (1 << 29, 29),
-            (805_306_368, 40),
-        ] {
+        let accs: Vec<i32> = vec![0, 1, -1, 2, -2, 3, -3, 1 << 20, -(1 << 20), 16_581_375, -16_581_375, i32::MAX / 4, i32::MIN / 4, 12345, -12345, 7];
+        for &(mult, shift) in &[(1i64 << 29, 30u32), ((1 << 30) - 1, 62), (1 << 29, 0), (536_870_913, 31), (1 << 29, 29), (805_306_368, 40)] {
             for &bias in &[0i64, 1, -1, 1 << 40, -(1 << 40)] {
                 for &(zp, lo, hi) in &[(0, 0, 255), (128, 0, 255), (255, 0, 255), (10, 3, 200)] {
-                    let want: Vec<u8> = accs
-                        .iter()
-                        .map(|&a| {
-                            (zp as i64 + q8::round_shift(bias + a as i64 * mult, shift))
-                                .clamp(lo as i64, hi as i64) as u8
-                        })
-                        .collect();
+                    let want: Vec<u8> = accs.iter().map(|&a| (zp as i64 + q8::round_shift(bias + a as i64 * mult, shift)).clamp(lo as i64, hi as i64) as u8).collect();
                     let mut got = vec![0u8; accs.len()];
-                    unsafe {
-                        q8::avx2::requant_row(&accs, mult, bias, shift, zp, lo, hi, &mut got)
-                    };
+                    unsafe { q8::avx2::requant_row(&accs, mult, bias, shift, zp, lo, hi, &mut got) };
                     assert_eq!(got, want, "mult {mult} shift {shift} bias {bias} zp {zp}");
                 }
             }
@@ -924,41 +609,12 @@ fn conv_depthwise_engine_shapes_match_reference() {
                     if hw == 112 && parts > 1 {
                         continue;
                     }
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let (pt, pb) = if s == 2 && seed & 1 == 1 {
-                        ((k - 1) / 2, k / 2)
-                    } else {
-                        (k / 2, k / 2)
-                    };
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let (pt, pb) = if s == 2 && seed & 1 == 1 { ((k - 1) / 2, k / 2) } else { (k / 2, k / 2) };
                     let o = (hw + pt + pb - k) / s + 1;
                     let ch = 1 + (seed >> 40) as usize % 4;
-                    let g = ConvGeometry {
-                        in_c: ch,
-                        in_h: hw,
-                        in_w: hw,
-                        out_c: ch,
-                        out_h: o,
-                        out_w: o,
-                        kernel: [k, k],
-                        strides: [s, s],
-                        dilations: [1, 1],
-                        pad_top: pt,
-                        pad_left: pt,
-                        group: ch,
-                    };
-                    let c = ConvCase {
-                        g,
-                        parts,
-                        per_channel: seed & 2 == 2,
-                        zp_in: (seed >> 8) as i32 & 255,
-                        out_zp: (seed >> 16) as i32 & 255,
-                        qmin: 0,
-                        qmax: 255,
-                        extreme: seed & 4 == 4,
-                        seed,
-                    };
+                    let g = ConvGeometry { in_c: ch, in_h: hw, in_w: hw, out_c: ch, out_h: o, out_w: o, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pt, pad_left: pt, group: ch };
+                    let c = ConvCase { g, parts, per_channel: seed & 2 == 2, zp_in: (seed >> 8) as i32 & 255, out_zp: (seed >> 16) as i32 & 255, qmin: 0, qmax: 255, extreme: seed & 4 == 4, seed };
                     check_conv(&c).unwrap_or_else(|e| panic!("{e}: {c:?}"));
                 }
             }
@@ -971,229 +627,31 @@ fn conv_depthwise_engine_shapes_match_reference() {
 #[test]
 fn conv_threads_do_not_change_results() {
     let shapes = [
-        (
-            ConvGeometry {
-                in_c: 24,
-                in_h: 28,
-                in_w: 28,
-                out_c: 88,
-                out_h: 28,
-                out_w: 28,
-                kernel: [1, 1],
-                strides: [1, 1],
-                dilations: [1, 1],
-                pad_top: 0,
-                pad_left: 0,
-                group: 1,
-            },
-            1,
-        ),
-        (
-            ConvGeometry {
-                in_c: 40,
-                in_h: 7,
-                in_w: 7,
-                out_c: 700,
-                out_h: 7,
-                out_w: 7,
-                kernel: [1, 1],
-                strides: [1, 1],
-                dilations: [1, 1],
-                pad_top: 0,
-                pad_left: 0,
-                group: 1,
-            },
-            1,
-        ),
-        (
-            ConvGeometry {
-                in_c: 3,
-                in_h: 40,
-                in_w: 40,
-                out_c: 32,
-                out_h: 20,
-                out_w: 20,
-                kernel: [3, 3],
-                strides: [2, 2],
-                dilations: [1, 1],
-                pad_top: 0,
-                pad_left: 0,
-                group: 1,
-            },
-            1,
-        ),
-        (
-            ConvGeometry {
-                in_c: 40,
-                in_h: 14,
-                in_w: 14,
-                out_c: 98,
-                out_h: 14,
-                out_w: 14,
-                kernel: [1, 1],
-                strides: [1, 1],
-                dilations: [1, 1],
-                pad_top: 0,
-                pad_left: 0,
-                group: 1,
-            },
-            2,
-        ),
-        (
-            ConvGeometry {
-                in_c: 96,
-                in_h: 28,
-                in_w: 28,
-                out_c: 40,
-                out_h: 28,
-                out_w: 28,
-                kernel: [1, 1],
-                strides: [1, 1],
-                dilations: [1, 1],
-                pad_top: 0,
-                pad_left: 0,
-                group: 1,
-            },
-            2,
-        ),
-        (
-            ConvGeometry {
-                in_c: 5,
-                in_h: 30,
-                in_w: 30,
-                out_c: 20,
-                out_h: 30,
-                out_w: 30,
-                kernel: [3, 3],
-                strides: [1, 1],
-                dilations: [1, 1],
-                pad_top: 1,
-                pad_left: 1,
-                group: 1,
-            },
-            3,
-        ),
-        (
-            ConvGeometry {
-                in_c: 37,
-                in_h: 30,
-                in_w: 30,
-                out_c: 37,
-                out_h: 30,
-                out_w: 30,
-                kernel: [3, 3],
-                strides: [1, 1],
-                dilations: [1, 1],
-                pad_top: 1,
-                pad_left: 1,
-                group: 37,
-            },
-            1,
-        ),
-        (
-            ConvGeometry {
-                in_c: 45,
-                in_h: 14,
-                in_w: 14,
-                out_c: 45,
-                out_h: 7,
-                out_w: 7,
-                kernel: [5, 5],
-                strides: [2, 2],
-                dilations: [1, 1],
-                pad_top: 1,
-                pad_left: 1,
-                group: 45,
-            },
-            2,
-        ),
-        (
-            ConvGeometry {
-                in_c: 50,
-                in_h: 14,
-                in_w: 14,
-                out_c: 50,
-                out_h: 14,
-                out_w: 14,
-                kernel: [3, 3],
-                strides: [1, 1],
-                dilations: [1, 1],
-                pad_top: 1,
-                pad_left: 1,
-                group: 50,
-            },
-            3,
-        ),
+        (ConvGeometry { in_c: 24, in_h: 28, in_w: 28, out_c: 88, out_h: 28, out_w: 28, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 40, in_h: 7, in_w: 7, out_c: 700, out_h: 7, out_w: 7, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 3, in_h: 40, in_w: 40, out_c: 32, out_h: 20, out_w: 20, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
+        (ConvGeometry { in_c: 40, in_h: 14, in_w: 14, out_c: 98, out_h: 14, out_w: 14, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 2),
+        (ConvGeometry { in_c: 96, in_h: 28, in_w: 28, out_c: 40, out_h: 28, out_w: 28, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 2),
+        (ConvGeometry { in_c: 5, in_h: 30, in_w: 30, out_c: 20, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 1 }, 3),
+        (ConvGeometry { in_c: 37, in_h: 30, in_w: 30, out_c: 37, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 37 }, 1),
+        (ConvGeometry { in_c: 45, in_h: 14, in_w: 14, out_c: 45, out_h: 7, out_w: 7, kernel: [5, 5], strides: [2, 2], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 45 }, 2),
+        (ConvGeometry { in_c: 50, in_h: 14, in_w: 14, out_c: 50, out_h: 14, out_w: 14, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 50 }, 3),
     ];
     for (i, (g, parts)) in shapes.into_iter().enumerate() {
-        let c = ConvCase {
-            g,
-            parts,
-            per_channel: i % 2 == 0,
-            zp_in: 100 + i as i32,
-            out_zp: 20 * i as i32,
-            qmin: 0,
-            qmax: 255,
-            extreme: false,
-            seed: 77 + i as u64,
-        };
+        let c = ConvCase { g, parts, per_channel: i % 2 == 0, zp_in: 100 + i as i32, out_zp: 20 * i as i32, qmin: 0, qmax: 255, extreme: false, seed: 77 + i as u64 };
         let d = conv_data(&c);
         let n = g.out_c * g.out_h * g.out_w;
         let mut want = vec![0u8; n];
-        q8::conv_q8_reference(
-            &d.input,
-            c.zp_in,
-            &d.parts,
-            &d.bias,
-            d.shift,
-            c.out_zp,
-            c.qmin,
-            c.qmax,
-            &g,
-            &mut want,
-            &mut Scratch::default(),
-        );
+        q8::conv_q8_reference(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &g, &mut want, &mut Scratch::default());
         for threads in 1..=3 {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut got = vec![0x5Au8; n];
-            pool.install(|| {
-                q8::conv_q8(
-                    &d.input,
-                    c.zp_in,
-                    &d.parts,
-                    &d.bias,
-                    d.shift,
-                    c.out_zp,
-                    c.qmin,
-                    c.qmax,
-                    &g,
-                    &mut got,
-                    &mut Scratch::default(),
-                )
-            });
+            pool.install(|| q8::conv_q8(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &g, &mut got, &mut Scratch::default()));
             assert_eq!(got, want, "{threads} threads, {g:?}");
             let cmax: Vec<u8> = (0..g.out_c).map(|i| (97 * i % 256) as u8).collect();
             let mut capped = want.clone();
             q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
-            pool.install(|| {
-                q8::conv_q8_clamped(
-                    &d.input,
-                    c.zp_in,
-                    &d.parts,
-                    &d.bias,
-                    d.shift,
-                    c.out_zp,
-                    c.qmin,
-                    c.qmax,
-                    &cmax,
-                    &g,
-                    &mut got,
-                    &mut Scratch::default(),
-                )
-            });
+            pool.install(|| q8::conv_q8_clamped(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, &cmax, &g, &mut got, &mut Scratch::default()));
             assert_eq!(got, capped, "{threads} threads, capped, {g:?}");
         }
     }
@@ -1206,50 +664,12 @@ fn conv_threads_do_not_change_results() {
 #[test]
 fn conv_pointwise_engine_shapes_match_reference() {
     // (in_c, out_c, side, parts): split layers (2–3 parts) take the byte GEMM for k ≥ 80.
-    let shapes = [
-        (1152usize, 320usize, 7usize, 1usize),
-        (320, 1280, 7, 1),
-        (192, 1152, 7, 1),
-        (960, 160, 5, 1),
-        (160, 960, 5, 1),
-        (112, 672, 14, 1),
-        (64, 384, 10, 1),
-        (24, 144, 12, 1),
-        (1280, 1000, 1, 1),
-        (320, 40, 2, 1),
-        (240, 40, 28, 2),
-        (480, 80, 14, 3),
-        (672, 112, 14, 2),
-        (40, 240, 28, 2),
-    ];
+    let shapes = [(1152usize, 320usize, 7usize, 1usize), (320, 1280, 7, 1), (192, 1152, 7, 1), (960, 160, 5, 1), (160, 960, 5, 1), (112, 672, 14, 1), (64, 384, 10, 1), (24, 144, 12, 1), (1280, 1000, 1, 1), (320, 40, 2, 1), (240, 40, 28, 2), (480, 80, 14, 3), (672, 112, 14, 2), (40, 240, 28, 2)];
     for (i, &(in_c, out_c, hw, parts)) in shapes.iter().enumerate() {
-        let g = ConvGeometry {
-            in_c,
-            in_h: hw,
-            in_w: hw,
-            out_c,
-            out_h: hw,
-            out_w: hw,
-            kernel: [1, 1],
-            strides: [1, 1],
-            dilations: [1, 1],
-            pad_top: 0,
-            pad_left: 0,
-            group: 1,
-        };
+        let g = ConvGeometry { in_c, in_h: hw, in_w: hw, out_c, out_h: hw, out_w: hw, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
         // (seed >> 1) & 3: 0 = 8-bit rows, 1 = mostly small with outliers, 2 = full range.
         for seed in [1u64, 2, 5] {
-            let c = ConvCase {
-                g,
-                parts,
-                per_channel: i % 2 == 0,
-                zp_in: 3 + 25 * i as i32,
-                out_zp: 11 * i as i32,
-                qmin: if seed == 5 { 17 } else { 0 },
-                qmax: 255,
-                extreme: false,
-                seed: seed + 8 * i as u64,
-            };
+            let c = ConvCase { g, parts, per_channel: i % 2 == 0, zp_in: 3 + 25 * i as i32, out_zp: 11 * i as i32, qmin: if seed == 5 { 17 } else { 0 }, qmax: 255, extreme: false, seed: seed + 8 * i as u64 };
             check_conv(&c).unwrap_or_else(|e| panic!("{e}: {c:?}"));
         }
     }

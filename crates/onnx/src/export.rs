@@ -8,9 +8,7 @@ use prost::Message;
 use subq_ir::{Graph, Op};
 use subq_tensor::{DType, Tensor, TensorData};
 
-use crate::proto::{
-    self, attribute_type as at, data_type as dt, AttributeProto, NodeProto, TensorProto,
-};
+use crate::proto::{self, attribute_type as at, data_type as dt, AttributeProto, NodeProto, TensorProto};
 use crate::OnnxError;
 
 fn dtype_code(d: DType) -> i32 {
@@ -41,28 +39,13 @@ pub(crate) fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
 }
 
 fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: at::INTS,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: at::INTS, ints: v.to_vec(), ..Default::default() }
 }
 fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: at::INT,
-        i: v,
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: at::INT, i: v, ..Default::default() }
 }
 fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: at::FLOAT,
-        f: v,
-        ..Default::default()
-    }
+    AttributeProto { name: name.into(), r#type: at::FLOAT, f: v, ..Default::default() }
 }
 fn usizes(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&x| x as i64).collect()
@@ -74,21 +57,12 @@ fn value_info(name: &str, dtype: DType, shape: &[usize]) -> proto::ValueInfoProt
         .enumerate()
         .map(|(i, &d)| proto::Dimension {
             // The batch dimension stays symbolic so that ONNX Runtime can run any batch size.
-            value: Some(if i == 0 {
-                proto::DimValue::DimParam("N".into())
-            } else {
-                proto::DimValue::DimValue(d as i64)
-            }),
+            value: Some(if i == 0 { proto::DimValue::DimParam("N".into()) } else { proto::DimValue::DimValue(d as i64) }),
         })
         .collect();
     proto::ValueInfoProto {
         name: name.into(),
-        r#type: Some(proto::TypeProto {
-            tensor_type: Some(proto::TensorTypeProto {
-                elem_type: dtype_code(dtype),
-                shape: Some(proto::TensorShapeProto { dim }),
-            }),
-        }),
+        r#type: Some(proto::TypeProto { tensor_type: Some(proto::TensorTypeProto { elem_type: dtype_code(dtype), shape: Some(proto::TensorShapeProto { dim }) }) }),
         doc_string: String::new(),
     }
 }
@@ -136,31 +110,12 @@ pub fn export_model(g: &Graph) -> Vec<u8> {
                 attribute.push(ints("strides", &usizes(&p.strides)));
             }
             Op::Pad { pads, value } => {
-                add_const(
-                    "pads",
-                    Tensor {
-                        shape: vec![pads.len()],
-                        data: TensorData::I64(pads.clone()),
-                    },
-                    &mut inputs,
-                );
+                add_const("pads", Tensor { shape: vec![pads.len()], data: TensorData::I64(pads.clone()) }, &mut inputs);
                 add_const("value", Tensor::scalar_f32(*value), &mut inputs);
             }
             Op::Flatten { axis } => attribute.push(int("axis", *axis)),
-            Op::Reshape { shape } => add_const(
-                "shape",
-                Tensor {
-                    shape: vec![shape.len()],
-                    data: TensorData::I64(shape.clone()),
-                },
-                &mut inputs,
-            ),
-            Op::Gemm {
-                alpha,
-                beta,
-                trans_a,
-                trans_b,
-            } => {
+            Op::Reshape { shape } => add_const("shape", Tensor { shape: vec![shape.len()], data: TensorData::I64(shape.clone()) }, &mut inputs),
+            Op::Gemm { alpha, beta, trans_a, trans_b } => {
                 attribute.push(float("alpha", *alpha));
                 attribute.push(float("beta", *beta));
                 attribute.push(int("transA", *trans_a as i64));
@@ -168,76 +123,27 @@ pub fn export_model(g: &Graph) -> Vec<u8> {
             }
             Op::Concat { axis } | Op::Softmax { axis } => attribute.push(int("axis", *axis)),
             Op::QuantizeLinear { axis } | Op::DequantizeLinear { axis } => {
-                let per_axis = n
-                    .inputs
-                    .get(1)
-                    .and_then(|s| g.initializers.get(s))
-                    .is_some_and(|t| t.len() > 1);
+                let per_axis = n.inputs.get(1).and_then(|s| g.initializers.get(s)).is_some_and(|t| t.len() > 1);
                 if per_axis {
                     attribute.push(int("axis", *axis));
                 }
             }
-            Op::Relu
-            | Op::Add
-            | Op::Mul
-            | Op::Min
-            | Op::Sigmoid
-            | Op::HardSwish
-            | Op::GlobalAveragePool
-            | Op::MatMul
-            | Op::Identity => {}
+            Op::Relu | Op::Add | Op::Mul | Op::Min | Op::Sigmoid | Op::HardSwish | Op::GlobalAveragePool | Op::MatMul | Op::Identity => {}
         }
-        nodes.push(NodeProto {
-            input: inputs,
-            output: n.outputs.clone(),
-            name: n.name.clone(),
-            op_type: n.op.name().into(),
-            attribute,
-            ..Default::default()
-        });
+        nodes.push(NodeProto { input: inputs, output: n.outputs.clone(), name: n.name.clone(), op_type: n.op.name().into(), attribute, ..Default::default() });
     }
-    let mut initializer: Vec<TensorProto> = g
-        .initializers
-        .iter()
-        .map(|(k, t)| tensor_proto(k, t))
-        .collect();
+    let mut initializer: Vec<TensorProto> = g.initializers.iter().map(|(k, t)| tensor_proto(k, t)).collect();
     initializer.extend(extra_inits);
     let io = |names: &[String]| -> Vec<proto::ValueInfoProto> {
-        names
-            .iter()
-            .map(|v| {
-                value_info(
-                    v,
-                    g.dtypes.get(v).copied().unwrap_or(DType::F32),
-                    g.shape(v).unwrap_or(&[]),
-                )
-            })
-            .collect()
+        names.iter().map(|v| value_info(v, g.dtypes.get(v).copied().unwrap_or(DType::F32), g.shape(v).unwrap_or(&[]))).collect()
     };
     let model = proto::ModelProto {
         ir_version: 8,
-        opset_import: vec![proto::OperatorSetIdProto {
-            domain: String::new(),
-            version: g.opset.max(13),
-        }],
+        opset_import: vec![proto::OperatorSetIdProto { domain: String::new(), version: g.opset.max(13) }],
         producer_name: "subq".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        graph: Some(proto::GraphProto {
-            node: nodes,
-            name: g.name.clone(),
-            initializer,
-            input: io(&g.inputs),
-            output: io(&g.outputs),
-            ..Default::default()
-        }),
-        metadata_props: g
-            .metadata
-            .iter()
-            .map(|(k, v)| proto::StringStringEntryProto {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
+        graph: Some(proto::GraphProto { node: nodes, name: g.name.clone(), initializer, input: io(&g.inputs), output: io(&g.outputs), ..Default::default() }),
+        metadata_props: g.metadata.iter().map(|(k, v)| proto::StringStringEntryProto { key: k.clone(), value: v.clone() }).collect(),
         ..Default::default()
     };
     model.encode_to_vec()
@@ -251,18 +157,9 @@ pub fn save_model(g: &Graph, path: &Path) -> Result<(), OnnxError> {
 }
 
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
-    let err = |reason: String| OnnxError::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| err("not a file path".into()))?
-        .to_string_lossy();
+    let err = |reason: String| OnnxError::Write { path: path.to_path_buf(), reason };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| err("not a file path".into()))?.to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;

@@ -5,9 +5,7 @@ use prost::Message;
 use subq_ir::{AutoPad, Conv2d, Graph, Node, Op, Pool2d};
 use subq_tensor::{DType, Tensor, TensorData};
 
-use crate::proto::{
-    self, attribute_type as at, data_type as dt, AttributeProto, NodeProto, TensorProto,
-};
+use crate::proto::{self, attribute_type as at, data_type as dt, AttributeProto, NodeProto, TensorProto};
 use crate::{OnnxError, MAX_OPSET, MIN_OPSET};
 
 #[derive(Clone, Debug)]
@@ -23,10 +21,7 @@ impl Default for ImportOptions {
 }
 
 pub fn load_model(path: &Path, opts: &ImportOptions) -> Result<Graph, OnnxError> {
-    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| OnnxError::Io { path: path.to_path_buf(), source })?;
     import_model(&bytes, path, opts)
 }
 
@@ -34,38 +29,22 @@ pub fn load_model(path: &Path, opts: &ImportOptions) -> Result<Graph, OnnxError>
 /// error messages.
 pub fn import_model(bytes: &[u8], path: &Path, opts: &ImportOptions) -> Result<Graph, OnnxError> {
     let path = path.to_path_buf();
-    let model = proto::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let model = proto::ModelProto::decode(bytes).map_err(|e| OnnxError::Decode { path: path.clone(), reason: e.to_string() })?;
     let opset = model
         .opset_import
         .iter()
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .unwrap_or(0);
-    let gp = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| OnnxError::NoGraph { path: path.clone() })?;
+    let gp = model.graph.as_ref().ok_or_else(|| OnnxError::NoGraph { path: path.clone() })?;
     if gp.node.is_empty() && gp.output.is_empty() {
         // A protobuf that happens to decode (prost is lenient) but is not a model.
-        return Err(OnnxError::Decode {
-            path,
-            reason: "graph has no nodes and no outputs".into(),
-        });
+        return Err(OnnxError::Decode { path, reason: "graph has no nodes and no outputs".into() });
     }
     if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
         return Err(OnnxError::Opset { path, opset });
     }
-    let mut imp = Importer {
-        path: path.clone(),
-        opset,
-        g: Graph {
-            opset,
-            ..Default::default()
-        },
-    };
+    let mut imp = Importer { path: path.clone(), opset, g: Graph { opset, ..Default::default() } };
     imp.g.name = gp.name.clone();
     for t in &gp.initializer {
         let tensor = imp.tensor(t)?;
@@ -84,33 +63,14 @@ pub fn import_model(bytes: &[u8], path: &Path, opts: &ImportOptions) -> Result<G
     // Constants folded into an op (Clip bounds, Pad amounts, Reshape shape, Dropout ratio) are no
     // longer read by any node: drop them, or every export → import round trip would add another
     // copy (the exporter re-emits them under the node's name).
-    let read: std::collections::HashSet<&String> = imp
-        .g
-        .nodes
-        .iter()
-        .flat_map(|n| &n.inputs)
-        .chain(&imp.g.outputs)
-        .collect();
-    let unread: Vec<String> = imp
-        .g
-        .initializers
-        .keys()
-        .filter(|k| !read.contains(k))
-        .cloned()
-        .collect();
+    let read: std::collections::HashSet<&String> = imp.g.nodes.iter().flat_map(|n| &n.inputs).chain(&imp.g.outputs).collect();
+    let unread: Vec<String> = imp.g.initializers.keys().filter(|k| !read.contains(k)).cloned().collect();
     for k in unread {
         imp.g.initializers.remove(&k);
     }
-    imp.g.metadata = model
-        .metadata_props
-        .iter()
-        .map(|e| (e.key.clone(), e.value.clone()))
-        .collect::<BTreeMap<_, _>>();
+    imp.g.metadata = model.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect::<BTreeMap<_, _>>();
     let mut g = imp.g;
-    let wrap = |source| OnnxError::Ir {
-        path: path.clone(),
-        source,
-    };
+    let wrap = |source| OnnxError::Ir { path: path.clone(), source };
     g.toposort().map_err(wrap)?;
     subq_ir::infer_shapes(&mut g).map_err(wrap)?;
     g.validate().map_err(wrap)?;
@@ -124,47 +84,27 @@ struct Importer {
 }
 
 fn le_chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-    raw.chunks_exact(N)
-        .map(|c| f(c.try_into().expect("chunk size")))
-        .collect()
+    raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk size"))).collect()
 }
 
 impl Importer {
     fn tensor_err(&self, name: &str, reason: impl Into<String>) -> OnnxError {
-        OnnxError::Tensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-            reason: reason.into(),
-        }
+        OnnxError::Tensor { path: self.path.clone(), name: name.to_string(), reason: reason.into() }
     }
 
     fn tensor(&self, t: &TensorProto) -> Result<Tensor, OnnxError> {
         if t.data_location == 1 || !t.external_data.is_empty() {
-            return Err(self.tensor_err(
-                &t.name,
-                "external data files are not supported; save the model with its weights inside",
-            ));
+            return Err(self.tensor_err(&t.name, "external data files are not supported; save the model with its weights inside"));
         }
         if t.dims.iter().any(|&d| d < 0) {
             return Err(self.tensor_err(&t.name, format!("negative dimension in {:?}", t.dims)));
         }
         let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-        let n = shape
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| self.tensor_err(&t.name, "too many elements"))?;
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| self.tensor_err(&t.name, "too many elements"))?;
         let raw = &t.raw_data;
         let check_raw = |size: usize| -> Result<(), OnnxError> {
             if raw.len() != n * size {
-                return Err(self.tensor_err(
-                    &t.name,
-                    format!(
-                        "raw_data has {} bytes, shape {:?} needs {}",
-                        raw.len(),
-                        shape,
-                        n * size
-                    ),
-                ));
+                return Err(self.tensor_err(&t.name, format!("raw_data has {} bytes, shape {:?} needs {}", raw.len(), shape, n * size)));
             }
             Ok(())
         };
@@ -210,28 +150,13 @@ impl Importer {
         if let Some(t) = self.g.initializers.get(value) {
             return Some(t.shape.clone());
         }
-        let dq = self
-            .g
-            .nodes
-            .iter()
-            .find(|n| n.outputs[0] == value && matches!(n.op, Op::DequantizeLinear { .. }))?;
-        self.g
-            .initializers
-            .get(&dq.inputs[0])
-            .map(|t| t.shape.clone())
+        let dq = self.g.nodes.iter().find(|n| n.outputs[0] == value && matches!(n.op, Op::DequantizeLinear { .. }))?;
+        self.g.initializers.get(&dq.inputs[0]).map(|t| t.shape.clone())
     }
 
     fn graph_input(&mut self, vi: &proto::ValueInfoProto, batch: usize) -> Result<(), OnnxError> {
-        let err = |reason: String| OnnxError::Input {
-            path: self.path.clone(),
-            name: vi.name.clone(),
-            reason,
-        };
-        let tt = vi
-            .r#type
-            .as_ref()
-            .and_then(|t| t.tensor_type.as_ref())
-            .ok_or_else(|| err("is not a tensor".into()))?;
+        let err = |reason: String| OnnxError::Input { path: self.path.clone(), name: vi.name.clone(), reason };
+        let tt = vi.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).ok_or_else(|| err("is not a tensor".into()))?;
         let dtype = match tt.elem_type {
             dt::FLOAT => DType::F32,
             dt::UINT8 => DType::U8,
@@ -240,22 +165,14 @@ impl Importer {
             dt::INT32 => DType::I32,
             other => return Err(err(format!("element type {other} is not supported"))),
         };
-        let dims = tt
-            .shape
-            .as_ref()
-            .map(|s| s.dim.as_slice())
-            .unwrap_or_default();
+        let dims = tt.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or_default();
         let mut shape = Vec::with_capacity(dims.len());
         for (i, d) in dims.iter().enumerate() {
             match &d.value {
                 Some(proto::DimValue::DimValue(v)) if *v > 0 => shape.push(*v as usize),
                 // Only the leading (batch) dimension may be symbolic: everything else must be static.
                 _ if i == 0 => shape.push(batch),
-                _ => {
-                    return Err(err(format!(
-                        "dimension {i} is not a fixed size; subq needs static spatial sizes"
-                    )))
-                }
+                _ => return Err(err(format!("dimension {i} is not a fixed size; subq needs static spatial sizes"))),
             }
         }
         self.g.inputs.push(vi.name.clone());
@@ -265,113 +182,50 @@ impl Importer {
     }
 
     fn node(&mut self, n: &NodeProto) -> Result<(), OnnxError> {
-        let name = if n.name.is_empty() {
-            format!(
-                "{}_{}",
-                n.op_type,
-                n.output.first().cloned().unwrap_or_default()
-            )
-        } else {
-            n.name.clone()
-        };
-        let node_err = |reason: String| OnnxError::Node {
-            path: self.path.clone(),
-            node: name.clone(),
-            op_type: n.op_type.clone(),
-            opset: self.opset,
-            reason,
-        };
+        let name = if n.name.is_empty() { format!("{}_{}", n.op_type, n.output.first().cloned().unwrap_or_default()) } else { n.name.clone() };
+        let node_err = |reason: String| OnnxError::Node { path: self.path.clone(), node: name.clone(), op_type: n.op_type.clone(), opset: self.opset, reason };
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
-            return Err(OnnxError::UnsupportedOp {
-                path: self.path.clone(),
-                node: name,
-                op_type: n.op_type.clone(),
-                domain: format!("{}:", n.domain),
-                opset: self.opset,
-            });
+            return Err(OnnxError::UnsupportedOp { path: self.path.clone(), node: name, op_type: n.op_type.clone(), domain: format!("{}:", n.domain), opset: self.opset });
         }
-        let attrs = Attrs {
-            list: &n.attribute,
-            err: &node_err,
-        };
+        let attrs = Attrs { list: &n.attribute, err: &node_err };
         let mut inputs = n.input.clone();
         let mut outputs = n.output.clone();
         // Reads a constant input (an initializer) that configures the op; None when omitted.
         let const_input = |i: usize| -> Result<Option<Tensor>, OnnxError> {
             match n.input.get(i).filter(|s| !s.is_empty()) {
                 None => Ok(None),
-                Some(v) => self
-                    .g
-                    .initializers
-                    .get(v)
-                    .cloned()
-                    .map(Some)
-                    .ok_or_else(|| {
-                        node_err(format!(
-                            "input '{v}' must be a constant (initializer or Constant node)"
-                        ))
-                    }),
+                Some(v) => self.g.initializers.get(v).cloned().map(Some).ok_or_else(|| node_err(format!("input '{v}' must be a constant (initializer or Constant node)"))),
             }
         };
         let op = match n.op_type.as_str() {
             "Constant" => {
-                attrs.allow(&[
-                    "value",
-                    "value_float",
-                    "value_floats",
-                    "value_int",
-                    "value_ints",
-                ])?;
+                attrs.allow(&["value", "value_float", "value_floats", "value_int", "value_ints"])?;
                 let t = if let Some(a) = attrs.get("value") {
-                    let tp =
-                        a.t.as_ref()
-                            .ok_or_else(|| node_err("value attribute holds no tensor".into()))?;
+                    let tp = a.t.as_ref().ok_or_else(|| node_err("value attribute holds no tensor".into()))?;
                     self.tensor(tp)?
                 } else if let Some(a) = attrs.get("value_float") {
                     Tensor::scalar_f32(a.f)
                 } else if let Some(a) = attrs.get("value_floats") {
                     Tensor::f32(vec![a.floats.len()], a.floats.clone()).expect("len")
                 } else if let Some(a) = attrs.get("value_int") {
-                    Tensor {
-                        shape: vec![],
-                        data: TensorData::I64(vec![a.i]),
-                    }
+                    Tensor { shape: vec![], data: TensorData::I64(vec![a.i]) }
                 } else if let Some(a) = attrs.get("value_ints") {
-                    Tensor {
-                        shape: vec![a.ints.len()],
-                        data: TensorData::I64(a.ints.clone()),
-                    }
+                    Tensor { shape: vec![a.ints.len()], data: TensorData::I64(a.ints.clone()) }
                 } else {
-                    return Err(node_err(
-                        "Constant without a supported value attribute".into(),
-                    ));
+                    return Err(node_err("Constant without a supported value attribute".into()));
                 };
-                let out = n
-                    .output
-                    .first()
-                    .ok_or_else(|| node_err("no output".into()))?;
+                let out = n.output.first().ok_or_else(|| node_err("no output".into()))?;
                 self.g.initializers.insert(out.clone(), t);
                 return Ok(());
             }
             "Conv" => {
-                attrs.allow(&[
-                    "kernel_shape",
-                    "strides",
-                    "dilations",
-                    "pads",
-                    "auto_pad",
-                    "group",
-                ])?;
+                attrs.allow(&["kernel_shape", "strides", "dilations", "pads", "auto_pad", "group"])?;
                 let w_shape = n.input.get(1).and_then(|w| self.constant_shape(w)).ok_or_else(|| node_err("weight must be a constant (an initializer, possibly behind DequantizeLinear)".into()))?;
                 if w_shape.len() != 4 {
-                    return Err(node_err(format!(
-                        "only 2-D convolutions are supported (weight shape {w_shape:?})"
-                    )));
+                    return Err(node_err(format!("only 2-D convolutions are supported (weight shape {w_shape:?})")));
                 }
                 if w_shape.contains(&0) {
-                    return Err(node_err(format!(
-                        "weight shape {w_shape:?} has a zero dimension"
-                    )));
+                    return Err(node_err(format!("weight shape {w_shape:?} has a zero dimension")));
                 }
                 let kernel = attrs.pair("kernel_shape", [w_shape[2], w_shape[3]])?;
                 Op::Conv(Conv2d {
@@ -386,14 +240,10 @@ impl Importer {
             "BatchNormalization" => {
                 attrs.allow(&["epsilon", "momentum", "training_mode", "spatial"])?;
                 if attrs.int("training_mode", 0)? != 0 {
-                    return Err(node_err(
-                        "training_mode=1 is not supported (inference only)".into(),
-                    ));
+                    return Err(node_err("training_mode=1 is not supported (inference only)".into()));
                 }
                 outputs.truncate(1);
-                Op::BatchNorm {
-                    epsilon: attrs.float("epsilon", 1e-5)?,
-                }
+                Op::BatchNorm { epsilon: attrs.float("epsilon", 1e-5)? }
             }
             "Relu" => {
                 attrs.allow(&[])?;
@@ -408,23 +258,16 @@ impl Importer {
                 } else {
                     attrs.allow(&[])?;
                     if let Some(t) = const_input(1)? {
-                        min = *t
-                            .to_f32_vec()
-                            .first()
-                            .ok_or_else(|| node_err("empty min".into()))?;
+                        min = *t.to_f32_vec().first().ok_or_else(|| node_err("empty min".into()))?;
                     }
                     if let Some(t) = const_input(2)? {
-                        max = *t
-                            .to_f32_vec()
-                            .first()
-                            .ok_or_else(|| node_err("empty max".into()))?;
+                        max = *t.to_f32_vec().first().ok_or_else(|| node_err("empty max".into()))?;
                     }
                     inputs.truncate(1);
                 }
                 Op::Clip { min, max }
             }
-            "Add" | "Mul" | "Min" | "Sigmoid" | "HardSwish" | "GlobalAveragePool" | "MatMul"
-            | "Identity" => {
+            "Add" | "Mul" | "Min" | "Sigmoid" | "HardSwish" | "GlobalAveragePool" | "MatMul" | "Identity" => {
                 attrs.allow(&[])?;
                 match n.op_type.as_str() {
                     "Add" => Op::Add,
@@ -446,39 +289,20 @@ impl Importer {
             }
             "HardSigmoid" => {
                 attrs.allow(&["alpha", "beta"])?;
-                Op::HardSigmoid {
-                    alpha: attrs.float("alpha", 0.2)?,
-                    beta: attrs.float("beta", 0.5)?,
-                }
+                Op::HardSigmoid { alpha: attrs.float("alpha", 0.2)?, beta: attrs.float("beta", 0.5)? }
             }
             "AveragePool" | "MaxPool" => {
-                attrs.allow(&[
-                    "kernel_shape",
-                    "strides",
-                    "pads",
-                    "auto_pad",
-                    "count_include_pad",
-                    "ceil_mode",
-                    "dilations",
-                    "storage_order",
-                ])?;
+                attrs.allow(&["kernel_shape", "strides", "pads", "auto_pad", "count_include_pad", "ceil_mode", "dilations", "storage_order"])?;
                 if attrs.pair("dilations", [1, 1])? != [1, 1] {
-                    return Err(node_err(
-                        "pooling dilations other than 1 are not supported".into(),
-                    ));
+                    return Err(node_err("pooling dilations other than 1 are not supported".into()));
                 }
                 if attrs.int("storage_order", 0)? != 0 {
                     return Err(node_err("storage_order=1 is not supported".into()));
                 }
                 outputs.truncate(1);
-                let kernel = attrs
-                    .get("kernel_shape")
-                    .map(|a| a.ints.clone())
-                    .ok_or_else(|| node_err("kernel_shape is required".into()))?;
+                let kernel = attrs.get("kernel_shape").map(|a| a.ints.clone()).ok_or_else(|| node_err("kernel_shape is required".into()))?;
                 if kernel.len() != 2 || kernel.iter().any(|&k| k <= 0) {
-                    return Err(node_err(format!(
-                        "only 2-D pooling is supported (kernel_shape {kernel:?})"
-                    )));
+                    return Err(node_err(format!("only 2-D pooling is supported (kernel_shape {kernel:?})")));
                 }
                 let p = Pool2d {
                     kernel: [kernel[0] as usize, kernel[1] as usize],
@@ -488,42 +312,24 @@ impl Importer {
                     count_include_pad: attrs.int("count_include_pad", 0)? != 0,
                     ceil_mode: attrs.int("ceil_mode", 0)? != 0,
                 };
-                if n.op_type == "AveragePool" {
-                    Op::AveragePool(p)
-                } else {
-                    Op::MaxPool(p)
-                }
+                if n.op_type == "AveragePool" { Op::AveragePool(p) } else { Op::MaxPool(p) }
             }
             "Pad" => {
                 let mode = attrs.string("mode", "constant")?;
                 if mode != "constant" {
-                    return Err(node_err(format!(
-                        "Pad mode '{mode}' is not supported (only constant)"
-                    )));
+                    return Err(node_err(format!("Pad mode '{mode}' is not supported (only constant)")));
                 }
                 let (pads, value) = if self.opset < 11 {
                     attrs.allow(&["mode", "pads", "value"])?;
-                    (
-                        attrs
-                            .get("pads")
-                            .map(|a| a.ints.clone())
-                            .unwrap_or_default(),
-                        attrs.float("value", 0.0)?,
-                    )
+                    (attrs.get("pads").map(|a| a.ints.clone()).unwrap_or_default(), attrs.float("value", 0.0)?)
                 } else {
                     attrs.allow(&["mode"])?;
-                    let pads = const_input(1)?
-                        .ok_or_else(|| node_err("pads input is required".into()))?
-                        .to_i64_vec();
-                    let value = const_input(2)?
-                        .and_then(|t| t.to_f32_vec().first().copied())
-                        .unwrap_or(0.0);
+                    let pads = const_input(1)?.ok_or_else(|| node_err("pads input is required".into()))?.to_i64_vec();
+                    let value = const_input(2)?.and_then(|t| t.to_f32_vec().first().copied()).unwrap_or(0.0);
                     let pads = match const_input(3)? {
                         None => pads,
                         Some(axes) => {
-                            let rank = self.g.shapes.get(&n.input[0]).map(|s| s.len()).ok_or_else(
-                                || node_err("Pad with axes needs a known input rank".into()),
-                            )?;
+                            let rank = self.g.shapes.get(&n.input[0]).map(|s| s.len()).ok_or_else(|| node_err("Pad with axes needs a known input rank".into()))?;
                             let mut full = vec![0i64; 2 * rank];
                             let axes = axes.to_i64_vec();
                             for (j, &a) in axes.iter().enumerate() {
@@ -541,85 +347,46 @@ impl Importer {
                     (pads, value)
                 };
                 if pads.iter().any(|&p| p < 0) {
-                    return Err(node_err(
-                        "negative pads (cropping) are not supported".into(),
-                    ));
+                    return Err(node_err("negative pads (cropping) are not supported".into()));
                 }
                 Op::Pad { pads, value }
             }
             "Flatten" => {
                 attrs.allow(&["axis"])?;
-                Op::Flatten {
-                    axis: attrs.int("axis", 1)?,
-                }
+                Op::Flatten { axis: attrs.int("axis", 1)? }
             }
             "Reshape" => {
                 attrs.allow(&["allowzero"])?;
                 if attrs.int("allowzero", 0)? != 0 {
                     return Err(node_err("allowzero=1 is not supported".into()));
                 }
-                let shape = const_input(1)?
-                    .ok_or_else(|| node_err("shape input is required".into()))?
-                    .to_i64_vec();
+                let shape = const_input(1)?.ok_or_else(|| node_err("shape input is required".into()))?.to_i64_vec();
                 inputs.truncate(1);
                 Op::Reshape { shape }
             }
             "Gemm" => {
                 attrs.allow(&["alpha", "beta", "transA", "transB"])?;
-                Op::Gemm {
-                    alpha: attrs.float("alpha", 1.0)?,
-                    beta: attrs.float("beta", 1.0)?,
-                    trans_a: attrs.int("transA", 0)? != 0,
-                    trans_b: attrs.int("transB", 0)? != 0,
-                }
+                Op::Gemm { alpha: attrs.float("alpha", 1.0)?, beta: attrs.float("beta", 1.0)?, trans_a: attrs.int("transA", 0)? != 0, trans_b: attrs.int("transB", 0)? != 0 }
             }
             "Concat" => {
                 attrs.allow(&["axis"])?;
-                Op::Concat {
-                    axis: attrs
-                        .get("axis")
-                        .map(|a| a.i)
-                        .ok_or_else(|| node_err("axis is required".into()))?,
-                }
+                Op::Concat { axis: attrs.get("axis").map(|a| a.i).ok_or_else(|| node_err("axis is required".into()))? }
             }
             "Softmax" => {
                 attrs.allow(&["axis"])?;
-                Op::Softmax {
-                    axis: attrs.int("axis", if self.opset < 13 { 1 } else { -1 })?,
-                }
+                Op::Softmax { axis: attrs.int("axis", if self.opset < 13 { 1 } else { -1 })? }
             }
             "QuantizeLinear" | "DequantizeLinear" => {
                 attrs.allow(&["axis"])?;
                 let axis = attrs.int("axis", 1)?;
-                if n.op_type == "QuantizeLinear" {
-                    Op::QuantizeLinear { axis }
-                } else {
-                    Op::DequantizeLinear { axis }
-                }
+                if n.op_type == "QuantizeLinear" { Op::QuantizeLinear { axis } } else { Op::DequantizeLinear { axis } }
             }
-            _ => {
-                return Err(OnnxError::UnsupportedOp {
-                    path: self.path.clone(),
-                    node: name,
-                    op_type: n.op_type.clone(),
-                    domain: String::new(),
-                    opset: self.opset,
-                })
-            }
+            _ => return Err(OnnxError::UnsupportedOp { path: self.path.clone(), node: name, op_type: n.op_type.clone(), domain: String::new(), opset: self.opset }),
         };
-        let node = Node {
-            name: name.clone(),
-            op,
-            inputs,
-            outputs,
-        };
+        let node = Node { name: name.clone(), op, inputs, outputs };
         let (lo, hi) = node.op.arity();
         if node.inputs.len() < lo || node.inputs.len() > hi || node.outputs.len() != 1 {
-            return Err(node_err(format!(
-                "expects {lo}..{hi} inputs and one output, has {} and {}",
-                node.inputs.len(),
-                node.outputs.len()
-            )));
+            return Err(node_err(format!("expects {lo}..{hi} inputs and one output, has {} and {}", node.inputs.len(), node.outputs.len())));
         }
         self.g.nodes.push(node);
         Ok(())
@@ -663,9 +430,7 @@ impl<F: Fn(String) -> OnnxError> Attrs<'_, F> {
     fn string(&self, name: &str, default: &str) -> Result<String, OnnxError> {
         match self.get(name) {
             None => Ok(default.to_string()),
-            Some(a) if a.r#type == at::STRING || a.r#type == 0 => {
-                Ok(String::from_utf8_lossy(&a.s).into_owned())
-            }
+            Some(a) if a.r#type == at::STRING || a.r#type == 0 => Ok(String::from_utf8_lossy(&a.s).into_owned()),
             Some(_) => Err((self.err)(format!("attribute '{name}' must be a string"))),
         }
     }
@@ -673,29 +438,16 @@ impl<F: Fn(String) -> OnnxError> Attrs<'_, F> {
     fn pair(&self, name: &str, default: [usize; 2]) -> Result<[usize; 2], OnnxError> {
         match self.get(name) {
             None => Ok(default),
-            Some(a) if a.ints.len() == 2 && a.ints.iter().all(|&v| v > 0) => {
-                Ok([a.ints[0] as usize, a.ints[1] as usize])
-            }
-            Some(a) => Err((self.err)(format!(
-                "attribute '{name}' = {:?}: expected two positive values (2-D)",
-                a.ints
-            ))),
+            Some(a) if a.ints.len() == 2 && a.ints.iter().all(|&v| v > 0) => Ok([a.ints[0] as usize, a.ints[1] as usize]),
+            Some(a) => Err((self.err)(format!("attribute '{name}' = {:?}: expected two positive values (2-D)", a.ints))),
         }
     }
 
     fn pads4(&self, name: &str) -> Result<[usize; 4], OnnxError> {
         match self.get(name) {
             None => Ok([0; 4]),
-            Some(a) if a.ints.len() == 4 && a.ints.iter().all(|&v| v >= 0) => Ok([
-                a.ints[0] as usize,
-                a.ints[1] as usize,
-                a.ints[2] as usize,
-                a.ints[3] as usize,
-            ]),
-            Some(a) => Err((self.err)(format!(
-                "attribute '{name}' = {:?}: expected four non-negative values",
-                a.ints
-            ))),
+            Some(a) if a.ints.len() == 4 && a.ints.iter().all(|&v| v >= 0) => Ok([a.ints[0] as usize, a.ints[1] as usize, a.ints[2] as usize, a.ints[3] as usize]),
+            Some(a) => Err((self.err)(format!("attribute '{name}' = {:?}: expected four non-negative values", a.ints))),
         }
     }
 

@@ -8,11 +8,7 @@ use proptest::prelude::*;
 use subq_onnx::{import_model, ImportOptions};
 
 fn model_bytes() -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../assets/models/mobilenetv2_1.0_160_dogs.ort_qdq_per_tensor.onnx"),
-    )
-    .unwrap()
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/models/mobilenetv2_1.0_160_dogs.ort_qdq_per_tensor.onnx")).unwrap()
 }
 
 #[derive(Debug, Clone)]
@@ -26,25 +22,10 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     // Positions are fractions of the file so that every region (header, graph, weights) is hit.
     prop_oneof![
-        (0.0f64..1.0, 1u8..=255).prop_map(|(f, mask)| Mutation::Flip {
-            at: (f * 1e9) as usize,
-            mask
-        }),
-        (0.0f64..1.0, prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(f, bytes)| {
-            Mutation::Overwrite {
-                at: (f * 1e9) as usize,
-                bytes,
-            }
-        }),
-        (0.0f64..1.0).prop_map(|f| Mutation::Truncate {
-            len: (f * 1e9) as usize
-        }),
-        (0.0f64..1.0, prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(f, bytes)| {
-            Mutation::Insert {
-                at: (f * 1e9) as usize,
-                bytes,
-            }
-        }),
+        (0.0f64..1.0, 1u8..=255).prop_map(|(f, mask)| Mutation::Flip { at: (f * 1e9) as usize, mask }),
+        (0.0f64..1.0, prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(f, bytes)| Mutation::Overwrite { at: (f * 1e9) as usize, bytes }),
+        (0.0f64..1.0).prop_map(|f| Mutation::Truncate { len: (f * 1e9) as usize }),
+        (0.0f64..1.0, prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(f, bytes)| Mutation::Insert { at: (f * 1e9) as usize, bytes }),
     ]
 }
 

@@ -90,51 +90,29 @@ impl ChannelMoments {
     }
 
     pub fn mean_sq(&self) -> Vec<f64> {
-        self.sum_sq
-            .iter()
-            .map(|s| s / self.count.max(1.0))
-            .collect()
+        self.sum_sq.iter().map(|s| s / self.count.max(1.0)).collect()
     }
 }
 
 fn bar(len: usize, msg: &str, show: bool) -> ProgressBar {
-    let b = if show {
-        ProgressBar::new(len as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    b.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let b = if show { ProgressBar::new(len as u64) } else { ProgressBar::hidden() };
+    b.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     b.set_message(msg.to_string());
     b
 }
 
 /// Decode the calibration images once (they are reused by every pass).
-pub fn load_inputs(
-    g: &Graph,
-    items: &[ImageItem],
-    opts: &CalibOptions,
-) -> Result<(Vec<Tensor>, Vec<String>), QuantError> {
-    let shape = g
-        .shape(&g.inputs[0])
-        .ok_or_else(|| QuantError::Invalid("model input has no shape".into()))?
-        .to_vec();
+pub fn load_inputs(g: &Graph, items: &[ImageItem], opts: &CalibOptions) -> Result<(Vec<Tensor>, Vec<String>), QuantError> {
+    let shape = g.shape(&g.inputs[0]).ok_or_else(|| QuantError::Invalid("model input has no shape".into()))?.to_vec();
     if shape.len() != 4 || shape[1] != 3 {
-        return Err(QuantError::Invalid(format!(
-            "model input has shape {shape:?}; calibration needs an N×3×H×W image input"
-        )));
+        return Err(QuantError::Invalid(format!("model input has shape {shape:?}; calibration needs an N×3×H×W image input")));
     }
     let (h, w) = (shape[2], shape[3]);
     let b = bar(items.len(), "decoding calibration images", opts.progress);
     let loaded: Vec<Result<Tensor, (String, subq_calib::CalibError)>> = items
         .par_iter()
         .map(|it| {
-            let r = opts
-                .preprocess
-                .load(&it.path, h, w)
-                .map(|px| Tensor::f32(vec![1, 3, h, w], px).expect("3·h·w values"));
+            let r = opts.preprocess.load(&it.path, h, w).map(|px| Tensor::f32(vec![1, 3, h, w], px).expect("3·h·w values"));
             b.inc(1);
             r.map_err(|e| (it.path.display().to_string(), e))
         })
@@ -149,19 +127,13 @@ pub fn load_inputs(
         }
     }
     if inputs.is_empty() {
-        return Err(QuantError::Invalid(
-            "no calibration image could be used".into(),
-        ));
+        return Err(QuantError::Invalid("no calibration image could be used".into()));
     }
     Ok((inputs, skipped))
 }
 
 /// Calibrate on images (decoded with `opts.preprocess`).
-pub fn calibrate(
-    g: &Graph,
-    items: &[ImageItem],
-    opts: &CalibOptions,
-) -> Result<Calibration, QuantError> {
+pub fn calibrate(g: &Graph, items: &[ImageItem], opts: &CalibOptions) -> Result<Calibration, QuantError> {
     let (inputs, skipped) = load_inputs(g, items, opts)?;
     let mut c = calibrate_tensors(g, &inputs, opts.observer, opts.progress)?;
     c.skipped = skipped;
@@ -173,12 +145,7 @@ pub fn calibrate(
 /// images always give byte-identical models.
 const CHUNKS: usize = 8;
 
-fn chunked<T: Send>(
-    inputs: &[Tensor],
-    bar: &ProgressBar,
-    work: impl Fn(&Tensor, &mut T) -> Result<(), QuantError> + Sync,
-    fresh: impl Fn() -> T + Sync,
-) -> Result<Vec<T>, QuantError> {
+fn chunked<T: Send>(inputs: &[Tensor], bar: &ProgressBar, work: impl Fn(&Tensor, &mut T) -> Result<(), QuantError> + Sync, fresh: impl Fn() -> T + Sync) -> Result<Vec<T>, QuantError> {
     let size = inputs.len().div_ceil(CHUNKS).max(1);
     inputs
         .par_chunks(size)
@@ -194,12 +161,7 @@ fn chunked<T: Send>(
 }
 
 /// Calibrate on already-preprocessed input tensors.
-pub fn calibrate_tensors(
-    g: &Graph,
-    inputs: &[Tensor],
-    observer: ObserverKind,
-    progress: bool,
-) -> Result<Calibration, QuantError> {
+pub fn calibrate_tensors(g: &Graph, inputs: &[Tensor], observer: ObserverKind, progress: bool) -> Result<Calibration, QuantError> {
     let exec = Fp32Executor::new(g);
     let input_name = g.inputs[0].clone();
     type Pass1 = (BTreeMap<String, MinMax>, BTreeMap<String, ChannelMoments>);
@@ -209,9 +171,7 @@ pub fn calibrate_tensors(
         inputs,
         &b,
         |x, (mm, mo): &mut Pass1| {
-            mm.entry(input_name.clone())
-                .or_default()
-                .observe(x.as_f32().expect("f32 input"));
+            mm.entry(input_name.clone()).or_default().observe(x.as_f32().expect("f32 input"));
             mo.entry(input_name.clone()).or_default().observe(x);
             exec.run_observed(vec![x.clone()], &mut |name, t| {
                 if let Ok(v) = t.as_f32() {
@@ -234,27 +194,16 @@ pub fn calibrate_tensors(
         }
     }
     let ranges = if !observer.needs_histogram() {
-        minmax
-            .iter()
-            .map(|(k, m)| (k.clone(), (m.min, m.max)))
-            .collect()
+        minmax.iter().map(|(k, m)| (k.clone(), (m.min, m.max))).collect()
     } else {
         // Pass 2: histograms over the pass-1 ranges.
-        let fresh = || -> BTreeMap<String, Histogram> {
-            minmax
-                .iter()
-                .map(|(k, m)| (k.clone(), Histogram::new(m.min.min(0.0), m.max.max(0.0))))
-                .collect()
-        };
+        let fresh = || -> BTreeMap<String, Histogram> { minmax.iter().map(|(k, m)| (k.clone(), Histogram::new(m.min.min(0.0), m.max.max(0.0)))).collect() };
         let b = bar(inputs.len(), "calibrating (histograms)", progress);
         let partials = chunked(
             inputs,
             &b,
             |x, local: &mut BTreeMap<String, Histogram>| {
-                local
-                    .get_mut(&input_name)
-                    .expect("input observed")
-                    .observe(x.as_f32().expect("f32"));
+                local.get_mut(&input_name).expect("input observed").observe(x.as_f32().expect("f32"));
                 exec.run_observed(vec![x.clone()], &mut |name, t| {
                     if let (Ok(v), Some(h)) = (t.as_f32(), local.get_mut(name)) {
                         h.observe(v);
@@ -282,10 +231,5 @@ pub fn calibrate_tensors(
             })
             .collect()
     };
-    Ok(Calibration {
-        ranges,
-        moments,
-        images: inputs.len(),
-        skipped: Vec::new(),
-    })
+    Ok(Calibration { ranges, moments, images: inputs.len(), skipped: Vec::new() })
 }

@@ -29,32 +29,16 @@ fn cdf(x: f64) -> f64 {
 pub fn clipped_normal(mu: f64, var: f64, a: f64, b: f64) -> (f64, f64) {
     let s = var.sqrt().max(1e-12);
     let (al, be) = ((a - mu) / s, (b - mu) / s);
-    let (pa, pb) = (
-        if a.is_finite() { cdf(al) } else { 0.0 },
-        if b.is_finite() { cdf(be) } else { 1.0 },
-    );
-    let (da, db) = (
-        if a.is_finite() { pdf(al) } else { 0.0 },
-        if b.is_finite() { pdf(be) } else { 0.0 },
-    );
+    let (pa, pb) = (if a.is_finite() { cdf(al) } else { 0.0 }, if b.is_finite() { cdf(be) } else { 1.0 });
+    let (da, db) = (if a.is_finite() { pdf(al) } else { 0.0 }, if b.is_finite() { pdf(be) } else { 0.0 });
     let z = pb - pa;
     // E[X; a<X<b] and E[X²; a<X<b] of the untruncated normal.
     let m1 = mu * z + s * (da - db);
     let ta = if a.is_finite() { al * da } else { 0.0 };
     let tb = if b.is_finite() { be * db } else { 0.0 };
     let m2 = (mu * mu + var) * z + 2.0 * mu * s * (da - db) + var * (ta - tb);
-    let (ea, eb) = (
-        if a.is_finite() { a * pa } else { 0.0 },
-        if b.is_finite() { b * (1.0 - pb) } else { 0.0 },
-    );
-    let (ea2, eb2) = (
-        if a.is_finite() { a * a * pa } else { 0.0 },
-        if b.is_finite() {
-            b * b * (1.0 - pb)
-        } else {
-            0.0
-        },
-    );
+    let (ea, eb) = (if a.is_finite() { a * pa } else { 0.0 }, if b.is_finite() { b * (1.0 - pb) } else { 0.0 });
+    let (ea2, eb2) = (if a.is_finite() { a * a * pa } else { 0.0 }, if b.is_finite() { b * b * (1.0 - pb) } else { 0.0 });
     let mean = m1 + ea + eb;
     let second = m2 + ea2 + eb2;
     (mean, (second - mean * mean).max(0.0))
@@ -88,35 +72,15 @@ impl Stats {
 }
 
 /// A [`Calibration`] computed from BN statistics and the input's value range.
-pub fn data_free_calibration(
-    g: &Graph,
-    bn: &BnStats,
-    input_range: (f32, f32),
-) -> Result<Calibration, QuantError> {
+pub fn data_free_calibration(g: &Graph, bn: &BnStats, input_range: (f32, f32)) -> Result<Calibration, QuantError> {
     let mut st: BTreeMap<String, Stats> = BTreeMap::new();
     let input = &g.inputs[0];
     let c_in = g.shape(input).map(|s| s[1]).unwrap_or(3);
     let (a, b) = (input_range.0 as f64, input_range.1 as f64);
     // Pixels taken as uniform over the input range.
-    st.insert(
-        input.clone(),
-        Stats {
-            mean: vec![(a + b) / 2.0; c_in],
-            var: vec![(b - a).powi(2) / 12.0; c_in],
-            lo: a,
-            hi: b,
-            whole: false,
-        },
-    );
+    st.insert(input.clone(), Stats { mean: vec![(a + b) / 2.0; c_in], var: vec![(b - a).powi(2) / 12.0; c_in], lo: a, hi: b, whole: false });
     for n in &g.nodes {
-        let get = |v: &str| {
-            st.get(v).cloned().ok_or_else(|| {
-                QuantError::Invalid(format!(
-                    "data-free: no statistics for '{v}' (input of node '{}')",
-                    n.name
-                ))
-            })
-        };
+        let get = |v: &str| st.get(v).cloned().ok_or_else(|| QuantError::Invalid(format!("data-free: no statistics for '{v}' (input of node '{}')", n.name)));
         let out = &n.outputs[0];
         let s = match &n.op {
             Op::Conv(_) | Op::Gemm { .. } => {
@@ -176,20 +140,7 @@ pub fn data_free_calibration(
     let mut c = Calibration::default();
     for (k, s) in st {
         c.ranges.insert(k.clone(), s.range());
-        c.moments.insert(
-            k,
-            ChannelMoments {
-                count: 1.0,
-                sum: s.mean.clone(),
-                sum_sq: s.mean.iter().zip(&s.var).map(|(m, v)| v + m * m).collect(),
-                min: s
-                    .mean
-                    .iter()
-                    .zip(&s.var)
-                    .map(|(m, v)| (m - 3.0 * v.sqrt()) as f32)
-                    .collect(),
-            },
-        );
+        c.moments.insert(k, ChannelMoments { count: 1.0, sum: s.mean.clone(), sum_sq: s.mean.iter().zip(&s.var).map(|(m, v)| v + m * m).collect(), min: s.mean.iter().zip(&s.var).map(|(m, v)| (m - 3.0 * v.sqrt()) as f32).collect() });
     }
     Ok(c)
 }

@@ -68,54 +68,20 @@ fn target_of(g: &Graph, n: &Node) -> Option<Target> {
             if i.len() != 4 || o.len() != 4 || w.shape.len() != 4 {
                 return None;
             }
-            let geometry = ConvGeometry {
-                in_c: i[1],
-                in_h: i[2],
-                in_w: i[3],
-                out_c: o[1],
-                out_h: o[2],
-                out_w: o[3],
-                kernel: c.kernel,
-                strides: c.strides,
-                dilations: c.dilations,
-                pad_top: c.pads[0],
-                pad_left: c.pads[1],
-                group: c.group,
-            };
+            let geometry = ConvGeometry { in_c: i[1], in_h: i[2], in_w: i[3], out_c: o[1], out_h: o[2], out_w: o[3], kernel: c.kernel, strides: c.strides, dilations: c.dilations, pad_top: c.pads[0], pad_left: c.pads[1], group: c.group };
             let taps = c.kernel[0] * c.kernel[1];
             let shape = if c.group == 1 {
-                Shape::Dense {
-                    features: i[1] * taps,
-                }
+                Shape::Dense { features: i[1] * taps }
             } else if geometry.is_depthwise() {
-                Shape::Depthwise {
-                    channels: i[1],
-                    taps,
-                }
+                Shape::Depthwise { channels: i[1], taps }
             } else {
                 return None;
             };
-            Some(Target {
-                node: n.name.clone(),
-                input: n.inputs[0].clone(),
-                shape,
-                geometry: Some(geometry),
-                features_by_outputs: false,
-            })
+            Some(Target { node: n.name.clone(), input: n.inputs[0].clone(), shape, geometry: Some(geometry), features_by_outputs: false })
         }
-        Op::Gemm {
-            trans_a: false,
-            trans_b,
-            ..
-        } if w.shape.len() == 2 => {
+        Op::Gemm { trans_a: false, trans_b, .. } if w.shape.len() == 2 => {
             let features = g.shapes.get(&n.inputs[0])?.iter().skip(1).product();
-            Some(Target {
-                node: n.name.clone(),
-                input: n.inputs[0].clone(),
-                shape: Shape::Dense { features },
-                geometry: None,
-                features_by_outputs: !trans_b,
-            })
+            Some(Target { node: n.name.clone(), input: n.inputs[0].clone(), shape: Shape::Dense { features }, geometry: None, features_by_outputs: !trans_b })
         }
         _ => None,
     }
@@ -132,14 +98,8 @@ struct Moments {
 
 impl Moments {
     fn merge(&mut self, other: Moments) {
-        self.gram
-            .iter_mut()
-            .zip(other.gram)
-            .for_each(|(p, q)| *p += q);
-        self.sums
-            .iter_mut()
-            .zip(other.sums)
-            .for_each(|(p, q)| *p += q);
+        self.gram.iter_mut().zip(other.gram).for_each(|(p, q)| *p += q);
+        self.sums.iter_mut().zip(other.sums).for_each(|(p, q)| *p += q);
         self.count += other.count;
     }
 
@@ -148,45 +108,24 @@ impl Moments {
     /// rounding to minimize. (With the raw second moment, the rounding spent itself on the mean
     /// shift: −1.4 dB logits SQNR on EfficientNet-Lite0 instead of a gain.)
     fn covariance(&self, b: usize, n: usize) -> Vec<f64> {
-        let (gram, sums) = (
-            &self.gram[b * n * n..(b + 1) * n * n],
-            &self.sums[b * n..(b + 1) * n],
-        );
+        let (gram, sums) = (&self.gram[b * n * n..(b + 1) * n * n], &self.sums[b * n..(b + 1) * n]);
         let c = self.count.max(1.0);
-        (0..n * n)
-            .map(|idx| gram[idx] / c - (sums[idx / n] / c) * (sums[idx % n] / c))
-            .collect()
+        (0..n * n).map(|idx| gram[idx] / c - (sums[idx / n] / c) * (sums[idx % n] / c)).collect()
     }
 }
 
 /// [`Moments`] of every target's input over `inputs`, from one FP32 pass per image.
-fn second_moments(
-    g: &Graph,
-    targets: &[Target],
-    inputs: &[Tensor],
-) -> Result<Vec<Moments>, QuantError> {
-    let by_input: BTreeMap<&str, Vec<usize>> =
-        targets
-            .iter()
-            .enumerate()
-            .fold(BTreeMap::new(), |mut m, (i, t)| {
-                m.entry(t.input.as_str()).or_insert_with(Vec::new).push(i);
-                m
-            });
+fn second_moments(g: &Graph, targets: &[Target], inputs: &[Tensor]) -> Result<Vec<Moments>, QuantError> {
+    let by_input: BTreeMap<&str, Vec<usize>> = targets.iter().enumerate().fold(BTreeMap::new(), |mut m, (i, t)| {
+        m.entry(t.input.as_str()).or_insert_with(Vec::new).push(i);
+        m
+    });
     let zeros = || -> Vec<Moments> {
         targets
             .iter()
             .map(|t| match t.shape {
-                Shape::Dense { features } => Moments {
-                    gram: vec![0.0; features * features],
-                    sums: vec![0.0; features],
-                    count: 0.0,
-                },
-                Shape::Depthwise { channels, taps } => Moments {
-                    gram: vec![0.0; channels * taps * taps],
-                    sums: vec![0.0; channels * taps],
-                    count: 0.0,
-                },
+                Shape::Dense { features } => Moments { gram: vec![0.0; features * features], sums: vec![0.0; features], count: 0.0 },
+                Shape::Depthwise { channels, taps } => Moments { gram: vec![0.0; channels * taps * taps], sums: vec![0.0; channels * taps], count: 0.0 },
             })
             .collect()
     };
@@ -197,23 +136,14 @@ fn second_moments(
             let mut scratch = Vec::new();
             let mut gram = Vec::new();
             exec.run_observed(vec![x.clone()], &mut |name, t| {
-                let (Some(ids), Ok(data)) = (by_input.get(name), t.as_f32()) else {
-                    return;
-                };
+                let (Some(ids), Ok(data)) = (by_input.get(name), t.as_f32()) else { return };
                 for &i in ids {
                     let tgt = &targets[i];
                     match (tgt.shape, &tgt.geometry) {
                         (Shape::Dense { features }, None) => {
                             // Gemm at batch 1: the input row itself.
                             let m = &mut acc[i];
-                            add_gram(
-                                &mut m.gram,
-                                &mut m.sums,
-                                &data[..features],
-                                features,
-                                1,
-                                &mut gram,
-                            );
+                            add_gram(&mut m.gram, &mut m.sums, &data[..features], features, 1, &mut gram);
                             m.count += 1.0;
                         }
                         (Shape::Dense { features }, Some(geo)) => {
@@ -226,14 +156,7 @@ fn second_moments(
                                 &scratch
                             };
                             let m = &mut acc[i];
-                            add_gram(
-                                &mut m.gram,
-                                &mut m.sums,
-                                cols,
-                                features,
-                                positions,
-                                &mut gram,
-                            );
+                            add_gram(&mut m.gram, &mut m.sums, cols, features, positions, &mut gram);
                             m.count += positions as f64;
                         }
                         (Shape::Depthwise { channels, taps }, Some(geo)) => {
@@ -242,20 +165,11 @@ fn second_moments(
                             let m = &mut acc[i];
                             for c in 0..channels {
                                 subq_kernels::f32::im2col(data, geo, c, 1, &mut scratch);
-                                add_gram(
-                                    &mut m.gram[c * taps * taps..(c + 1) * taps * taps],
-                                    &mut m.sums[c * taps..(c + 1) * taps],
-                                    &scratch,
-                                    taps,
-                                    positions,
-                                    &mut gram,
-                                );
+                                add_gram(&mut m.gram[c * taps * taps..(c + 1) * taps * taps], &mut m.sums[c * taps..(c + 1) * taps], &scratch, taps, positions, &mut gram);
                             }
                             m.count += positions as f64;
                         }
-                        (Shape::Depthwise { .. }, None) => {
-                            unreachable!("depthwise targets carry a geometry")
-                        }
+                        (Shape::Depthwise { .. }, None) => unreachable!("depthwise targets carry a geometry"),
                     }
                 }
             })?;
@@ -272,45 +186,18 @@ fn second_moments(
 
 /// h += A·Aᵀ and sums += A·1 for A = `rows` × `cols` (row-major f32): one SGEMM in f32 per
 /// image, summed in f64.
-fn add_gram(
-    h: &mut [f64],
-    sums: &mut [f64],
-    a: &[f32],
-    rows: usize,
-    cols: usize,
-    gram: &mut Vec<f32>,
-) {
+fn add_gram(h: &mut [f64], sums: &mut [f64], a: &[f32], rows: usize, cols: usize, gram: &mut Vec<f32>) {
     gram.clear();
     gram.resize(rows * rows, 0.0);
     // SAFETY: A is rows×cols with strides (cols, 1); Aᵀ reads it with strides (1, cols); the
     // output is rows×rows. All within the slices' lengths.
     assert!(a.len() >= rows * cols);
     unsafe {
-        matrixmultiply::sgemm(
-            rows,
-            cols,
-            rows,
-            1.0,
-            a.as_ptr(),
-            cols as isize,
-            1,
-            a.as_ptr(),
-            1,
-            cols as isize,
-            0.0,
-            gram.as_mut_ptr(),
-            rows as isize,
-            1,
-        );
+        matrixmultiply::sgemm(rows, cols, rows, 1.0, a.as_ptr(), cols as isize, 1, a.as_ptr(), 1, cols as isize, 0.0, gram.as_mut_ptr(), rows as isize, 1);
     }
-    h.iter_mut()
-        .zip(gram.iter())
-        .for_each(|(x, &y)| *x += y as f64);
+    h.iter_mut().zip(gram.iter()).for_each(|(x, &y)| *x += y as f64);
     for (r, s) in sums.iter_mut().enumerate().take(rows) {
-        *s += a[r * cols..(r + 1) * cols]
-            .iter()
-            .map(|&v| v as f64)
-            .sum::<f64>();
+        *s += a[r * cols..(r + 1) * cols].iter().map(|&v| v as f64).sum::<f64>();
     }
 }
 
@@ -381,46 +268,23 @@ fn cholesky_lower(a: &[f64], n: usize) -> Option<Vec<f64>> {
 /// errors pushed onto weights beyond a clipped grid only saturate, so each row keeps whichever of
 /// feedback and round-to-nearest has the smaller output error δᵀHδ. Returns the summed output
 /// error of round-to-nearest and of the result, or None when H is unusable.
-fn round_rows(
-    w: &mut [f32],
-    rows: usize,
-    n: usize,
-    h: &[f64],
-    q: &QParams,
-    channel_of: impl Fn(usize) -> usize,
-) -> Option<(f64, f64)> {
+fn round_rows(w: &mut [f32], rows: usize, n: usize, h: &[f64], q: &QParams, channel_of: impl Fn(usize) -> usize) -> Option<(f64, f64)> {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
-    let hp: Vec<f64> = (0..n * n)
-        .map(|idx| h[order[idx / n] * n + order[idx % n]])
-        .collect();
+    let hp: Vec<f64> = (0..n * n).map(|idx| h[order[idx / n] * n + order[idx % n]]).collect();
     let u = inverse_cholesky_upper(&hp, n)?;
-    let mut wp: Vec<f32> = (0..rows * n)
-        .map(|idx| w[(idx / n) * n + order[idx % n]])
-        .collect();
+    let mut wp: Vec<f32> = (0..rows * n).map(|idx| w[(idx / n) * n + order[idx % n]]).collect();
     round_with_feedback(&mut wp, rows, n, &u, q, &channel_of);
     let (mut before, mut after) = (0.0, 0.0);
-    let output_error = |delta: &[f64]| -> f64 {
-        (0..n)
-            .map(|i| delta[i] * (0..n).map(|j| h[i * n + j] * delta[j]).sum::<f64>())
-            .sum()
-    };
+    let output_error = |delta: &[f64]| -> f64 { (0..n).map(|i| delta[i] * (0..n).map(|j| h[i * n + j] * delta[j]).sum::<f64>()).sum() };
     for r in 0..rows {
         let row = &mut w[r * n..(r + 1) * n];
         let mut fed = vec![0f32; n];
         for (k, &v) in wp[r * n..(r + 1) * n].iter().enumerate() {
             fed[order[k]] = v;
         }
-        let nearest: Vec<f32> = row
-            .iter()
-            .map(|&x| q.fake_quantize(x, channel_of(r)))
-            .collect();
-        let delta = |v: &[f32]| -> Vec<f64> {
-            v.iter()
-                .zip(row.iter())
-                .map(|(a, b)| *a as f64 - *b as f64)
-                .collect()
-        };
+        let nearest: Vec<f32> = row.iter().map(|&x| q.fake_quantize(x, channel_of(r))).collect();
+        let delta = |v: &[f32]| -> Vec<f64> { v.iter().zip(row.iter()).map(|(a, b)| *a as f64 - *b as f64).collect() };
         let (e_fed, e_nearest) = (output_error(&delta(&fed)), output_error(&delta(&nearest)));
         before += e_nearest;
         after += e_fed.min(e_nearest);
@@ -432,14 +296,7 @@ fn round_rows(
 /// Round `w` (rows × n, row-major) onto `q`'s grid feature by feature, pushing each error onto
 /// the remaining features through U (see [`inverse_cholesky_upper`]). `channel_of(row)` picks the
 /// grid for per-channel parameters.
-fn round_with_feedback(
-    w: &mut [f32],
-    rows: usize,
-    n: usize,
-    u: &[f64],
-    q: &QParams,
-    channel_of: &impl Fn(usize) -> usize,
-) {
+fn round_with_feedback(w: &mut [f32], rows: usize, n: usize, u: &[f64], q: &QParams, channel_of: &impl Fn(usize) -> usize) {
     for r in 0..rows {
         let row = &mut w[r * n..(r + 1) * n];
         let ch = channel_of(r);
@@ -460,11 +317,7 @@ fn round_with_feedback(
 /// measured on `inputs` (FP32 activations of `g`, the graph the plan was made for). Returns, per
 /// layer rounded this way, its node and the drop of its output error against round-to-nearest
 /// (dB, on the calibration second moments).
-pub fn apply(
-    g: &Graph,
-    plan: &mut QuantPlan,
-    inputs: &[Tensor],
-) -> Result<Vec<(String, f64)>, QuantError> {
+pub fn apply(g: &Graph, plan: &mut QuantPlan, inputs: &[Tensor]) -> Result<Vec<(String, f64)>, QuantError> {
     let targets: Vec<Target> = g
         .nodes
         .iter()
@@ -482,19 +335,9 @@ pub fn apply(
         .map(|(t, m)| round_layer(plan, t, m))
         .collect();
     let mut gains = Vec::new();
-    for RoundedLayer {
-        node,
-        part,
-        values,
-        errors: (before, after),
-    } in done.into_iter().flatten()
-    {
+    for RoundedLayer { node, part, values, errors: (before, after) } in done.into_iter().flatten() {
         plan.weights.get_mut(&node).expect("planned layer")[part].values = values;
-        let gain = if after > 0.0 && before > 0.0 {
-            10.0 * (before / after).log10()
-        } else {
-            0.0
-        };
+        let gain = if after > 0.0 && before > 0.0 { 10.0 * (before / after).log10() } else { 0.0 };
         gains.push((node, gain));
     }
     Ok(gains)
@@ -512,17 +355,11 @@ struct RoundedLayer {
 /// The new values of one layer's finest part, or None when H is not usable.
 fn round_layer(plan: &QuantPlan, t: &Target, m: &Moments) -> Option<RoundedLayer> {
     let parts = plan.weights.get(&t.node)?;
-    let finest = (0..parts.len())
-        .min_by(|&a, &b| parts[a].params.scale[0].total_cmp(&parts[b].params.scale[0]))?;
+    let finest = (0..parts.len()).min_by(|&a, &b| parts[a].params.scale[0].total_cmp(&parts[b].params.scale[0]))?;
     let part = &parts[finest];
     // What this part must carry: the whole weight minus the other parts as they will be stored.
     let mut target: Vec<f32> = part.values.to_f32_vec();
-    for other in parts
-        .iter()
-        .enumerate()
-        .filter(|(k, _)| *k != finest)
-        .map(|(_, o)| o)
-    {
+    for other in parts.iter().enumerate().filter(|(k, _)| *k != finest).map(|(_, o)| o) {
         let vals = other.values.to_f32_vec();
         let shape = &other.values.shape;
         for (i, (x, v)) in target.iter_mut().zip(&vals).enumerate() {
@@ -539,9 +376,7 @@ fn round_layer(plan: &QuantPlan, t: &Target, m: &Moments) -> Option<RoundedLayer
             if t.features_by_outputs {
                 // [K, N]: round the transpose, one row per output.
                 let (k, cols) = (shape[0], shape[1]);
-                let mut tr: Vec<f32> = (0..cols * k)
-                    .map(|idx| target[(idx % k) * cols + idx / k])
-                    .collect();
+                let mut tr: Vec<f32> = (0..cols * k).map(|idx| target[(idx % k) * cols + idx / k]).collect();
                 let per_tensor = q.is_per_tensor();
                 errors = round_rows(&mut tr, cols, k, h, q, |r| if per_tensor { 0 } else { r })?;
                 for (idx, v) in tr.iter().enumerate() {
@@ -553,44 +388,24 @@ fn round_layer(plan: &QuantPlan, t: &Target, m: &Moments) -> Option<RoundedLayer
                 if !q.is_per_tensor() && !axis0 {
                     return None;
                 }
-                errors = round_rows(&mut target, rows, features, h, q, |r| {
-                    if q.is_per_tensor() {
-                        0
-                    } else {
-                        r
-                    }
-                })?;
+                errors = round_rows(&mut target, rows, features, h, q, |r| if q.is_per_tensor() { 0 } else { r })?;
             }
         }
         Shape::Depthwise { channels, taps } => {
             for c in 0..channels {
                 // A channel whose H is unusable is rounded to nearest.
                 let (hc, wc) = (m.covariance(c, taps), &mut target[c * taps..(c + 1) * taps]);
-                match round_rows(
-                    wc,
-                    1,
-                    taps,
-                    &hc,
-                    q,
-                    |_| if q.is_per_tensor() { 0 } else { c },
-                ) {
+                match round_rows(wc, 1, taps, &hc, q, |_| if q.is_per_tensor() { 0 } else { c }) {
                     Some((b, a)) => {
                         errors.0 += b;
                         errors.1 += a;
                     }
-                    None => wc.iter_mut().for_each(|x| {
-                        *x = q.fake_quantize(*x, if q.is_per_tensor() { 0 } else { c })
-                    }),
+                    None => wc.iter_mut().for_each(|x| *x = q.fake_quantize(*x, if q.is_per_tensor() { 0 } else { c })),
                 }
             }
         }
     }
-    Some(RoundedLayer {
-        node: t.node.clone(),
-        part: finest,
-        values: Tensor::f32(shape, target).ok()?,
-        errors,
-    })
+    Some(RoundedLayer { node: t.node.clone(), part: finest, values: Tensor::f32(shape, target).ok()?, errors })
 }
 
 #[cfg(test)]
@@ -610,11 +425,7 @@ mod tests {
         for i in 0..2 {
             for j in 0..2 {
                 let s: f64 = (0..2).map(|k| u[k * 2 + i] * u[k * 2 + j]).sum();
-                assert!(
-                    (s - inv[i * 2 + j]).abs() < 1e-12,
-                    "({i},{j}): {s} vs {}",
-                    inv[i * 2 + j]
-                );
+                assert!((s - inv[i * 2 + j]).abs() < 1e-12, "({i},{j}): {s} vs {}", inv[i * 2 + j]);
             }
         }
         assert_eq!(u[2], 0.0, "U is upper triangular");
@@ -626,17 +437,10 @@ mod tests {
         let (n, samples) = (8, 400);
         let mut seed = 7u64;
         let mut rnd = || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 33) as f64 / (1u64 << 31) as f64) - 0.5
         };
-        let xs: Vec<Vec<f64>> = (0..samples)
-            .map(|_| {
-                let common = rnd();
-                (0..n).map(|_| common + 0.2 * rnd()).collect()
-            })
-            .collect();
+        let xs: Vec<Vec<f64>> = (0..samples).map(|_| { let common = rnd(); (0..n).map(|_| common + 0.2 * rnd()).collect() }).collect();
         let mut h = vec![0.0; n * n];
         for x in &xs {
             for i in 0..n {
@@ -653,23 +457,9 @@ mod tests {
         let mut fed = w.clone();
         let (e_before, e_after) = round_rows(&mut fed, rows, n, &h, &q, |_| 0).unwrap();
         assert!(e_after <= e_before);
-        assert!(
-            fed.iter()
-                .all(|&v| (q.fake_quantize(v, 0) - v).abs() < 1e-7),
-            "every value lies on the grid"
-        );
+        assert!(fed.iter().all(|&v| (q.fake_quantize(v, 0) - v).abs() < 1e-7), "every value lies on the grid");
         let out_err = |v: &[f32]| -> f64 {
-            let row_err = |r: usize| {
-                xs.iter()
-                    .map(|x| {
-                        x.iter()
-                            .enumerate()
-                            .map(|(i, xi)| xi * (v[r * n + i] as f64 - w[r * n + i] as f64))
-                            .sum::<f64>()
-                            .powi(2)
-                    })
-                    .sum::<f64>()
-            };
+            let row_err = |r: usize| xs.iter().map(|x| x.iter().enumerate().map(|(i, xi)| xi * (v[r * n + i] as f64 - w[r * n + i] as f64)).sum::<f64>().powi(2)).sum::<f64>();
             (0..rows).map(row_err).sum()
         };
         let (e_near, e_fed) = (out_err(&nearest), out_err(&fed));

@@ -27,5 +27,5 @@ pub enum QuantError {
     #[error("{0}")]
     Invalid(String),
 }
-pub use pipeline::{quantize, QuantConfig, QuantSummary, Scheme};
 pub use subtensor::{make_subtensor_plan, LayerDecision, SubtensorOptions, SubtensorPlan};
+pub use pipeline::{quantize, QuantConfig, QuantSummary, Scheme};

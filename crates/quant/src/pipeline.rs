@@ -80,27 +80,7 @@ pub struct QuantConfig {
 impl QuantConfig {
     pub fn new(scheme: Scheme) -> QuantConfig {
         let sub = scheme == Scheme::Subtensor;
-        QuantConfig {
-            scheme,
-            observer: if sub {
-                ObserverKind::Mse
-            } else {
-                ObserverKind::MinMax
-            },
-            subtensor: SubtensorOptions::default(),
-            split: sub,
-            bias_correction: sub,
-            bias_correction_images: 100,
-            cle: false,
-            cle_auto: sub,
-            absorb_biases: false,
-            cle_strength: 0.5,
-            data_free: false,
-            probe_splits: false,
-            input_range: None,
-            gptq: false,
-            quantize_outputs: false,
-        }
+        QuantConfig { scheme, observer: if sub { ObserverKind::Mse } else { ObserverKind::MinMax }, subtensor: SubtensorOptions::default(), split: sub, bias_correction: sub, bias_correction_images: 100, cle: false, cle_auto: sub, absorb_biases: false, cle_strength: 0.5, data_free: false, probe_splits: false, input_range: None, gptq: false, quantize_outputs: false }
     }
 }
 
@@ -133,12 +113,7 @@ pub struct QuantSummary {
     pub layers: Vec<LayerDecision>,
 }
 
-pub fn quantize(
-    fp32: &Graph,
-    inputs: &[Tensor],
-    cfg: &QuantConfig,
-    progress: bool,
-) -> Result<(Graph, QuantSummary), QuantError> {
+pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bool) -> Result<(Graph, QuantSummary), QuantError> {
     let started = Instant::now();
     if cfg.cle_auto && !cfg.data_free {
         let mut off = cfg.clone();
@@ -150,41 +125,29 @@ pub fn quantize(
         let (q_on, s_on) = quantize(fp32, inputs, &on, progress)?;
         // Judge on (a few of) the calibration images: never on evaluation data.
         let probe = &inputs[..inputs.len().min(16)];
-        let (a, b) = (
-            calib_sqnr(fp32, &q_off, probe)?,
-            calib_sqnr(fp32, &q_on, probe)?,
-        );
+        let (a, b) = (calib_sqnr(fp32, &q_off, probe)?, calib_sqnr(fp32, &q_on, probe)?);
         let (q, mut s) = if b > a { (q_on, s_on) } else { (q_off, s_off) };
         s.cle_choice_sqnr_db = Some((a, b));
         s.seconds = started.elapsed().as_secs_f64();
         return Ok((q, s));
     }
     let mut g = fp32.clone();
-    let mut prep = subq_transforms::prepare_for_quantization(&mut g)
-        .map_err(|e| QuantError::Invalid(e.to_string()))?;
+    let mut prep = subq_transforms::prepare_for_quantization(&mut g).map_err(|e| QuantError::Invalid(e.to_string()))?;
     let cle = cfg.cle || (cfg.cle_auto && cfg.data_free);
     if cle {
-        let (_, scales) = subq_transforms::equalize_with_scales(&mut g, cfg.cle_strength, 2)
-            .map_err(|e| QuantError::Invalid(e.to_string()))?;
+        let (_, scales) = subq_transforms::equalize_with_scales(&mut g, cfg.cle_strength, 2).map_err(|e| QuantError::Invalid(e.to_string()))?;
         // Data-free ranges and bias correction start from the BN statistics: they follow the channels.
         subq_transforms::rescale_bn_stats(&mut prep.bn_stats, &scales);
     }
     let mut biases_absorbed = 0;
     if cfg.absorb_biases && !cfg.data_free && !inputs.is_empty() {
         let seen = calibrate_tensors(&g, inputs, ObserverKind::MinMax, false)?;
-        let lower: std::collections::BTreeMap<String, Vec<f32>> =
-            seen.moments.into_iter().map(|(k, m)| (k, m.min)).collect();
-        biases_absorbed = subq_transforms::absorb_high_biases(&mut g, &lower)
-            .map_err(|e| QuantError::Invalid(e.to_string()))?;
+        let lower: std::collections::BTreeMap<String, Vec<f32>> = seen.moments.into_iter().map(|(k, m)| (k, m.min)).collect();
+        biases_absorbed = subq_transforms::absorb_high_biases(&mut g, &lower).map_err(|e| QuantError::Invalid(e.to_string()))?;
     }
     let reference = g.clone();
     let calib = if cfg.data_free {
-        let range = cfg.input_range.ok_or_else(|| {
-            QuantError::Invalid(
-                "data-free quantization needs the input value range (from the preprocessing)"
-                    .into(),
-            )
-        })?;
+        let range = cfg.input_range.ok_or_else(|| QuantError::Invalid("data-free quantization needs the input value range (from the preprocessing)".into()))?;
         if prep.bn_stats.is_empty() {
             return Err(QuantError::Invalid("data-free quantization needs BatchNormalization statistics and this model has none; calibrate with images".into()));
         }
@@ -195,19 +158,8 @@ pub fn quantize(
         }
         calibrate_tensors(&g, inputs, cfg.observer, progress)?
     };
-    let observer = if cfg.data_free {
-        "BN statistics (data-free)".to_string()
-    } else {
-        format!("{:?}", cfg.observer)
-    };
-    let mut summary = QuantSummary {
-        scheme: cfg.scheme.name().into(),
-        observer,
-        calibration_images: if cfg.data_free { 0 } else { inputs.len() },
-        batch_norms_folded: prep.batch_norms_folded,
-        pads_folded: prep.pads_folded,
-        ..Default::default()
-    };
+    let observer = if cfg.data_free { "BN statistics (data-free)".to_string() } else { format!("{:?}", cfg.observer) };
+    let mut summary = QuantSummary { scheme: cfg.scheme.name().into(), observer, calibration_images: if cfg.data_free { 0 } else { inputs.len() }, batch_norms_folded: prep.batch_norms_folded, pads_folded: prep.pads_folded, ..Default::default() };
     let mut plan = match cfg.scheme {
         Scheme::Subtensor => {
             let mut opts = cfg.subtensor.clone();
@@ -217,15 +169,8 @@ pub fn quantize(
             // Probe splits on the model output with a few calibration images (not with data-free).
             let probe_inputs = &inputs[..inputs.len().min(8)];
             let fp32_logits = reference_logits(&g, probe_inputs)?;
-            let measure = |p: &crate::QuantPlan| -> Result<f64, QuantError> {
-                Ok(logits_error(&build_qdq_graph(&g, p)?, probe_inputs, &fp32_logits)?.1)
-            };
-            let probe: Option<crate::subtensor::Probe> =
-                if probe_inputs.is_empty() || !cfg.probe_splits {
-                    None
-                } else {
-                    Some(&measure)
-                };
+            let measure = |p: &crate::QuantPlan| -> Result<f64, QuantError> { Ok(logits_error(&build_qdq_graph(&g, p)?, probe_inputs, &fp32_logits)?.1) };
+            let probe: Option<crate::subtensor::Probe> = if probe_inputs.is_empty() || !cfg.probe_splits { None } else { Some(&measure) };
             let sp = make_subtensor_plan(&g, &calib, &opts, probe)?;
             summary.split_layers = sp.layers.iter().filter(|l| l.split.is_some()).count();
             summary.extra_weight_bytes = sp.extra_bytes;
@@ -266,32 +211,16 @@ pub fn quantize(
 /// The FP32 graph's logits on `inputs`.
 fn reference_logits(fp32: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, QuantError> {
     let exec = subq_runtime::Fp32Executor::new(fp32);
-    inputs
-        .iter()
-        .map(|x| {
-            exec.run(vec![x.clone()])
-                .map(|mut o| o.remove(0))
-                .map_err(Into::into)
-        })
-        .collect()
+    inputs.iter().map(|x| exec.run(vec![x.clone()]).map(|mut o| o.remove(0)).map_err(Into::into)).collect()
 }
 
 /// Signal and noise power of the int8 engine running `q` on `inputs` against `reference` logits.
-fn logits_error(
-    q: &Graph,
-    inputs: &[Tensor],
-    reference: &[Tensor],
-) -> Result<(f64, f64), QuantError> {
+fn logits_error(q: &Graph, inputs: &[Tensor], reference: &[Tensor]) -> Result<(f64, f64), QuantError> {
     let e = subq_runtime::Int8Engine::new(q)?;
     let (mut signal, mut noise) = (0f64, 0f64);
     for (x, r) in inputs.iter().zip(reference) {
         let y = e.run(x.clone())?.remove(0);
-        for (p, q) in r
-            .as_f32()
-            .map_err(|e| QuantError::Invalid(e.to_string()))?
-            .iter()
-            .zip(y.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?)
-        {
+        for (p, q) in r.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?.iter().zip(y.as_f32().map_err(|e| QuantError::Invalid(e.to_string()))?) {
             signal += (*p as f64).powi(2);
             noise += ((p - q) as f64).powi(2);
         }

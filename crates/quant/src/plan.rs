@@ -79,12 +79,7 @@ pub fn keep_outputs_float(g: &Graph, plan: &mut QuantPlan) -> usize {
                     kept += 1;
                     break;
                 }
-                Op::Identity | Op::Flatten { .. } | Op::Reshape { .. }
-                    if consumers
-                        .get(n.inputs[0].as_str())
-                        .is_some_and(|c| c.len() == 1)
-                        && !g.outputs.contains(&n.inputs[0]) =>
-                {
+                Op::Identity | Op::Flatten { .. } | Op::Reshape { .. } if consumers.get(n.inputs[0].as_str()).is_some_and(|c| c.len() == 1) && !g.outputs.contains(&n.inputs[0]) => {
                     value = n.inputs[0].clone();
                     chain.push(value.clone());
                 }
@@ -123,16 +118,8 @@ pub fn weight_params(w: &Tensor, axis: usize, scheme: WeightScheme) -> QParams {
                 let c = (i / inner) % channels;
                 absmax[c] = absmax[c].max(x.abs());
             }
-            let scale: Vec<f32> = absmax
-                .iter()
-                .map(|&m| QParams::symmetric(m, QuantRange::I8Narrow).scale[0])
-                .collect();
-            QParams {
-                zero_point: vec![0; channels],
-                scale,
-                axis: Some(axis),
-                range: QuantRange::I8Narrow,
-            }
+            let scale: Vec<f32> = absmax.iter().map(|&m| QParams::symmetric(m, QuantRange::I8Narrow).scale[0]).collect();
+            QParams { zero_point: vec![0; channels], scale, axis: Some(axis), range: QuantRange::I8Narrow }
         }
     }
 }
@@ -150,18 +137,10 @@ fn fusable(op: &Op, q: &QParams) -> bool {
 }
 
 /// Decide every tensor's parameters for an FP32 graph (BatchNorm already folded).
-pub fn make_plan(
-    g: &Graph,
-    calib: &Calibration,
-    scheme: WeightScheme,
-) -> Result<QuantPlan, QuantError> {
+pub fn make_plan(g: &Graph, calib: &Calibration, scheme: WeightScheme) -> Result<QuantPlan, QuantError> {
     let mut plan = QuantPlan::default();
     let act = |name: &str| -> Result<QParams, QuantError> {
-        let (lo, hi) = calib
-            .ranges
-            .get(name)
-            .copied()
-            .ok_or_else(|| QuantError::Invalid(format!("no calibration range for '{name}'")))?;
+        let (lo, hi) = calib.ranges.get(name).copied().ok_or_else(|| QuantError::Invalid(format!("no calibration range for '{name}'")))?;
         Ok(QParams::asymmetric(lo, hi, QuantRange::U8))
     };
     for i in &g.inputs {
@@ -176,16 +155,10 @@ pub fn make_plan(
         if !matches!(n.op, Op::Min) || !g.initializers.contains_key(&n.inputs[1]) {
             continue;
         }
-        let Some(&ri) = producers.get(n.inputs[0].as_str()) else {
-            continue;
-        };
+        let Some(&ri) = producers.get(n.inputs[0].as_str()) else { continue };
         let r = &g.nodes[ri];
-        let sole = |v: &str| {
-            consumers.get(v).is_some_and(|c| c.len() == 1) && !g.outputs.iter().any(|o| o == v)
-        };
-        let from_conv = producers
-            .get(r.inputs[0].as_str())
-            .is_some_and(|&p| matches!(g.nodes[p].op, Op::Conv(_) | Op::Gemm { .. }));
+        let sole = |v: &str| consumers.get(v).is_some_and(|c| c.len() == 1) && !g.outputs.iter().any(|o| o == v);
+        let from_conv = producers.get(r.inputs[0].as_str()).is_some_and(|&p| matches!(g.nodes[p].op, Op::Conv(_) | Op::Gemm { .. }));
         if matches!(r.op, Op::Relu) && sole(&n.inputs[0]) && sole(&r.inputs[0]) && from_conv {
             relu_grid_from.insert(r.name.clone(), n.outputs[0].clone());
         }
@@ -194,56 +167,28 @@ pub fn make_plan(
         let out = &n.outputs[0];
         let params = match n.op {
             // Shape-only ops and max pooling keep their input's grid: no requantization needed.
-            Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity | Op::MaxPool(_) => plan
-                .activations
-                .get(&n.inputs[0])
-                .cloned()
-                .map_or_else(|| act(out), Ok)?,
+            Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity | Op::MaxPool(_) => plan.activations.get(&n.inputs[0]).cloned().map_or_else(|| act(out), Ok)?,
             _ => act(out)?,
         };
         plan.activations.insert(out.clone(), params.clone());
         if matches!(n.op, Op::Conv(_) | Op::Gemm { .. }) {
-            let w = g.initializer(&n.inputs[1]).ok_or_else(|| {
-                QuantError::Invalid(format!("node '{}': weight is not a constant", n.name))
-            })?;
+            let w = g.initializer(&n.inputs[1]).ok_or_else(|| QuantError::Invalid(format!("node '{}': weight is not a constant", n.name)))?;
             let p = weight_params(w, output_axis(&n.op), scheme);
-            plan.weights.insert(
-                n.name.clone(),
-                vec![WeightPart {
-                    values: w.clone(),
-                    params: p,
-                }],
-            );
+            plan.weights.insert(n.name.clone(), vec![WeightPart { values: w.clone(), params: p }]);
         }
         if let Some(min_out) = relu_grid_from.get(&n.name) {
             let q = act(min_out)?;
-            if fusable(
-                &n.op,
-                &QParams {
-                    scale: q.scale.clone(),
-                    zero_point: q.zero_point.clone(),
-                    axis: None,
-                    range: q.range,
-                },
-            ) && q.zero_point[0] == 0
-            {
+            if fusable(&n.op, &QParams { scale: q.scale.clone(), zero_point: q.zero_point.clone(), axis: None, range: q.range }) && q.zero_point[0] == 0 {
                 plan.fused_activations.insert(n.name.clone(), ());
-                let min_node = g
-                    .nodes
-                    .iter()
-                    .find(|m| m.inputs[0] == n.outputs[0])
-                    .expect("Min reads the Relu");
+                let min_node = g.nodes.iter().find(|m| m.inputs[0] == n.outputs[0]).expect("Min reads the Relu");
                 plan.attached_bounds.insert(min_node.name.clone(), ());
             }
             continue;
         }
         if matches!(n.op, Op::Relu | Op::Clip { .. }) {
             let src = &n.inputs[0];
-            let sole_use = consumers.get(src.as_str()).is_some_and(|c| c.len() == 1)
-                && !g.outputs.contains(src);
-            let from_op = producers
-                .get(src.as_str())
-                .is_some_and(|&p| matches!(g.nodes[p].op, Op::Conv(_) | Op::Gemm { .. } | Op::Add));
+            let sole_use = consumers.get(src.as_str()).is_some_and(|c| c.len() == 1) && !g.outputs.contains(src);
+            let from_op = producers.get(src.as_str()).is_some_and(|&p| matches!(g.nodes[p].op, Op::Conv(_) | Op::Gemm { .. } | Op::Add));
             if sole_use && from_op && fusable(&n.op, &params) {
                 plan.fused_activations.insert(n.name.clone(), ());
             }

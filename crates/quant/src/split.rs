@@ -22,11 +22,7 @@ pub enum SplitKind {
 }
 
 impl SplitKind {
-    pub const ALL: [SplitKind; 3] = [
-        SplitKind::Outlier,
-        SplitKind::ChannelGroup,
-        SplitKind::Residual,
-    ];
+    pub const ALL: [SplitKind; 3] = [SplitKind::Outlier, SplitKind::ChannelGroup, SplitKind::Residual];
 }
 
 /// How a weight is laid out relative to the channels of its input: for output channel o and
@@ -55,12 +51,7 @@ impl WeightLayout {
 /// after BN folding a channel's magnitude says little about its importance downstream (the next
 /// layer was trained on the normalized channel), and a per-tensor grid fails precisely on the
 /// small channels that a power-weighted sum would hide. Channels without signal are skipped.
-pub fn output_error(
-    w: &[f32],
-    wq: &[f32],
-    layout: &WeightLayout,
-    stats: &InputStats,
-) -> (f64, f64) {
+pub fn output_error(w: &[f32], wq: &[f32], layout: &WeightLayout, stats: &InputStats) -> (f64, f64) {
     let mean_sq = &stats.mean_sq;
     let (mut nsr, mut counted) = (0f64, 0usize);
     for o in 0..layout.out_channels {
@@ -69,10 +60,7 @@ pub fn output_error(
         let (mut err, mut sig) = (0f64, stats.bias_sq.get(o).copied().unwrap_or(0.0));
         for j in 0..layout.per_output {
             let idx = o * layout.per_output + j;
-            let m2 = mean_sq
-                .get(layout.input_channel(o, j))
-                .copied()
-                .unwrap_or(1.0);
+            let m2 = mean_sq.get(layout.input_channel(o, j)).copied().unwrap_or(1.0);
             let d = (w[idx] - wq[idx]) as f64;
             err += d * d * m2;
             sig += (w[idx] as f64).powi(2) * m2;
@@ -103,10 +91,7 @@ pub fn fake_quantize(w: &[f32], q: &QParams) -> Vec<f32> {
 }
 
 fn min_max(w: &[f32]) -> (f32, f32) {
-    w.iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        })
+    w.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)))
 }
 
 /// A scored way of representing one weight tensor.
@@ -127,25 +112,10 @@ impl Candidate {
     }
 
     pub fn into_parts(self, shape: &[usize]) -> Vec<WeightPart> {
-        self.parts
-            .into_iter()
-            .zip(self.params)
-            .map(|(v, p)| WeightPart {
-                values: Tensor::f32(shape.to_vec(), v).expect("same shape"),
-                params: p,
-            })
-            .collect()
+        self.parts.into_iter().zip(self.params).map(|(v, p)| WeightPart { values: Tensor::f32(shape.to_vec(), v).expect("same shape"), params: p }).collect()
     }
 
-    fn score(
-        w: &[f32],
-        kind: Option<SplitKind>,
-        clip: f32,
-        parts: Vec<Vec<f32>>,
-        params: Vec<QParams>,
-        layout: &WeightLayout,
-        m2: &InputStats,
-    ) -> Candidate {
+    fn score(w: &[f32], kind: Option<SplitKind>, clip: f32, parts: Vec<Vec<f32>>, params: Vec<QParams>, layout: &WeightLayout, m2: &InputStats) -> Candidate {
         let mut sum = vec![0f32; w.len()];
         for (p, q) in parts.iter().zip(&params) {
             for (s, v) in sum.iter_mut().zip(fake_quantize(p, q)) {
@@ -153,14 +123,7 @@ impl Candidate {
             }
         }
         let (error, signal) = output_error(w, &sum, layout, m2);
-        Candidate {
-            kind,
-            clip,
-            parts,
-            params,
-            error,
-            signal,
-        }
+        Candidate { kind, clip, parts, params, error, signal }
     }
 }
 
@@ -172,11 +135,7 @@ pub fn output_mse_ratio(w: &[f32], wq: &[f32], layout: &WeightLayout, stats: &In
     for o in 0..layout.out_channels {
         for j in 0..layout.per_output {
             let idx = o * layout.per_output + j;
-            let m2 = stats
-                .mean_sq
-                .get(layout.input_channel(o, j))
-                .copied()
-                .unwrap_or(1.0);
+            let m2 = stats.mean_sq.get(layout.input_channel(o, j)).copied().unwrap_or(1.0);
             err += ((w[idx] - wq[idx]) as f64).powi(2) * m2;
             sig += (w[idx] as f64).powi(2) * m2;
         }
@@ -188,15 +147,7 @@ pub fn output_mse_ratio(w: &[f32], wq: &[f32], layout: &WeightLayout, stats: &In
 /// that minimizes the layer-output MSE: the weight-clipping analysis. Returns (full range, best).
 pub fn clipped_single(w: &[f32], layout: &WeightLayout, m2: &InputStats) -> (Candidate, Candidate) {
     let (lo, hi) = min_max(w);
-    let full = Candidate::score(
-        w,
-        None,
-        1.0,
-        vec![w.to_vec()],
-        vec![grid(lo, hi)],
-        layout,
-        m2,
-    );
+    let full = Candidate::score(w, None, 1.0, vec![w.to_vec()], vec![grid(lo, hi)], layout, m2);
     let mse = |f: f32| output_mse_ratio(w, &fake_quantize(w, &grid(lo * f, hi * f)), layout, m2);
     let (mut best_f, mut best_e) = (1.0f32, mse(1.0));
     for i in 1..=50 {
@@ -211,15 +162,7 @@ pub fn clipped_single(w: &[f32], layout: &WeightLayout, m2: &InputStats) -> (Can
     if best_e > 0.8 * mse(1.0) {
         best_f = 1.0;
     }
-    let best = Candidate::score(
-        w,
-        None,
-        best_f,
-        vec![w.to_vec()],
-        vec![grid(lo * best_f, hi * best_f)],
-        layout,
-        m2,
-    );
+    let best = Candidate::score(w, None, best_f, vec![w.to_vec()], vec![grid(lo * best_f, hi * best_f)], layout, m2);
     (full, best)
 }
 
@@ -237,15 +180,7 @@ pub fn outlier_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) -> Candi
         let w2: Vec<f32> = w.iter().zip(&w1).map(|(a, b)| a - b).collect();
         let (l1, h1) = min_max(&w1);
         let (l2, h2) = min_max(&w2);
-        let c = Candidate::score(
-            w,
-            Some(SplitKind::Outlier),
-            1.0,
-            vec![w1, w2],
-            vec![grid(l1, h1), grid(l2, h2)],
-            layout,
-            m2,
-        );
+        let c = Candidate::score(w, Some(SplitKind::Outlier), 1.0, vec![w1, w2], vec![grid(l1, h1), grid(l2, h2)], layout, m2);
         if best.as_ref().is_none_or(|b| c.error < b.error) {
             best = Some(c);
         }
@@ -272,27 +207,11 @@ pub fn channel_group_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) ->
         for &o in &order[..k] {
             in_first[o] = true;
         }
-        let w1: Vec<f32> = w
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| if in_first[i / per] { x } else { 0.0 })
-            .collect();
-        let w2: Vec<f32> = w
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| if in_first[i / per] { 0.0 } else { x })
-            .collect();
+        let w1: Vec<f32> = w.iter().enumerate().map(|(i, &x)| if in_first[i / per] { x } else { 0.0 }).collect();
+        let w2: Vec<f32> = w.iter().enumerate().map(|(i, &x)| if in_first[i / per] { 0.0 } else { x }).collect();
         let (l1, h1) = min_max(&w1);
         let (l2, h2) = min_max(&w2);
-        let c = Candidate::score(
-            w,
-            Some(SplitKind::ChannelGroup),
-            1.0,
-            vec![w1, w2],
-            vec![grid(l1, h1), grid(l2, h2)],
-            layout,
-            m2,
-        );
+        let c = Candidate::score(w, Some(SplitKind::ChannelGroup), 1.0, vec![w1, w2], vec![grid(l1, h1), grid(l2, h2)], layout, m2);
         if best.as_ref().is_none_or(|b| c.error < b.error) {
             best = Some(c);
         }
@@ -308,11 +227,7 @@ pub fn channel_group_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) ->
 /// to the slower i16 path.
 fn residual_grid(lo: f32, hi: f32) -> QParams {
     let absmax = lo.abs().max(hi.abs());
-    let scale = if absmax > 0.0 && absmax.is_finite() {
-        absmax / RESIDUAL_HALF_LEVELS as f32
-    } else {
-        1.0
-    };
+    let scale = if absmax > 0.0 && absmax.is_finite() { absmax / RESIDUAL_HALF_LEVELS as f32 } else { 1.0 };
     QParams::per_tensor(scale, 128, QuantRange::U8)
 }
 
@@ -328,20 +243,8 @@ pub fn residual_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) -> Cand
     let (l2, h2) = min_max(&w2);
     // Only a pointwise or dense weight gains from the narrow grid (the byte GEMM); a depthwise
     // or full conv kernel keeps the full one.
-    let g2 = if layout.taps == 1 && layout.in_per_group > 1 {
-        residual_grid(l2, h2)
-    } else {
-        grid(l2, h2)
-    };
-    Candidate::score(
-        w,
-        Some(SplitKind::Residual),
-        1.0,
-        vec![w1, w2],
-        vec![g1, g2],
-        layout,
-        m2,
-    )
+    let g2 = if layout.taps == 1 && layout.in_per_group > 1 { residual_grid(l2, h2) } else { grid(l2, h2) };
+    Candidate::score(w, Some(SplitKind::Residual), 1.0, vec![w1, w2], vec![g1, g2], layout, m2)
 }
 
 pub fn split(kind: SplitKind, w: &[f32], layout: &WeightLayout, m2: &InputStats) -> Candidate {
@@ -358,23 +261,12 @@ mod tests {
 
     fn depthwise_like() -> (Vec<f32>, WeightLayout) {
         // 8 channels of 9 taps; channel ranges span 1000×, as after BN folding in MobileNetV2.
-        let w: Vec<f32> = (0..72)
-            .map(|i| {
-                let c = i / 9;
-                let mag = 10f32.powf(c as f32 * 3.0 / 7.0) * 1e-3;
-                mag * (((i * 7919) % 17) as f32 / 8.0 - 1.0)
-            })
-            .collect();
-        (
-            w,
-            WeightLayout {
-                out_channels: 8,
-                per_output: 9,
-                in_per_group: 1,
-                taps: 9,
-                out_per_group: 1,
-            },
-        )
+        let w: Vec<f32> = (0..72).map(|i| {
+            let c = i / 9;
+            let mag = 10f32.powf(c as f32 * 3.0 / 7.0) * 1e-3;
+            mag * (((i * 7919) % 17) as f32 / 8.0 - 1.0)
+        }).collect();
+        (w, WeightLayout { out_channels: 8, per_output: 9, in_per_group: 1, taps: 9, out_per_group: 1 })
     }
 
     #[test]
@@ -395,17 +287,11 @@ mod tests {
         let (w, l) = depthwise_like();
         let m2 = stats(&[1.0; 8]);
         let (plain, clipped) = clipped_single(&w, &l, &m2);
-        let mse = |c: &Candidate| {
-            output_mse_ratio(&w, &fake_quantize(&c.parts[0], &c.params[0]), &l, &m2)
-        };
+        let mse = |c: &Candidate| output_mse_ratio(&w, &fake_quantize(&c.parts[0], &c.params[0]), &l, &m2);
         assert!(mse(&clipped) <= mse(&plain));
         for kind in SplitKind::ALL {
             let c = split(kind, &w, &l, &m2);
-            eprintln!(
-                "{kind:?}: {:.1} dB vs one grid {:.1} dB",
-                c.sqnr_db(),
-                plain.sqnr_db()
-            );
+            eprintln!("{kind:?}: {:.1} dB vs one grid {:.1} dB", c.sqnr_db(), plain.sqnr_db());
             assert!(c.error < plain.error, "{kind:?} did not help");
         }
         // The residual split gives the second part a grid as fine as the first one's rounding.
@@ -418,69 +304,35 @@ mod tests {
     fn residual_part_uses_the_centred_seven_bit_span() {
         let (w, depthwise) = depthwise_like();
         // The same weights as 8 output channels of a 1×1 conv over 9 input channels.
-        let l = WeightLayout {
-            out_channels: depthwise.out_channels,
-            per_output: depthwise.per_output,
-            in_per_group: depthwise.per_output,
-            taps: 1,
-            out_per_group: depthwise.out_channels,
-        };
+        let l = WeightLayout { out_channels: depthwise.out_channels, per_output: depthwise.per_output, in_per_group: depthwise.per_output, taps: 1, out_per_group: depthwise.out_channels };
         let c = split(SplitKind::Residual, &w, &l, &stats(&[1.0; 9]));
         let g = &c.params[1];
         assert_eq!(g.zero_point, vec![128]);
-        let d: Vec<i32> = c.parts[1]
-            .iter()
-            .map(|&x| g.quantize_value(x, 0) - 128)
-            .collect();
+        let d: Vec<i32> = c.parts[1].iter().map(|&x| g.quantize_value(x, 0) - 128).collect();
         let widest = d.iter().map(|v| v.abs()).max().unwrap();
         assert_eq!(widest, RESIDUAL_HALF_LEVELS, "residual steps {d:?}");
         // A depthwise kernel has no byte GEMM to gain: its residual keeps all 256 levels.
         let c = split(SplitKind::Residual, &w, &depthwise, &stats(&[1.0; 8]));
-        let d = c.parts[1]
-            .iter()
-            .map(|&x| (c.params[1].quantize_value(x, 0) - c.params[1].zero_point[0]).abs())
-            .max()
-            .unwrap();
-        assert!(
-            d > 2 * RESIDUAL_HALF_LEVELS - 10,
-            "depthwise residual spans only ±{d}"
-        );
+        let d = c.parts[1].iter().map(|&x| (c.params[1].quantize_value(x, 0) - c.params[1].zero_point[0]).abs()).max().unwrap();
+        assert!(d > 2 * RESIDUAL_HALF_LEVELS - 10, "depthwise residual spans only ±{d}");
     }
 
     fn stats(m2: &[f64]) -> InputStats {
-        InputStats {
-            mean_sq: m2.to_vec(),
-            bias_sq: vec![],
-        }
+        InputStats { mean_sq: m2.to_vec(), bias_sq: vec![] }
     }
 
     #[test]
     fn error_is_weighted_by_input_energy_and_averaged_over_channels() {
         // One channel: error 0.25·4 against signal 4 + 1.
-        let l = WeightLayout {
-            out_channels: 1,
-            per_output: 2,
-            in_per_group: 2,
-            taps: 1,
-            out_per_group: 1,
-        };
+        let l = WeightLayout { out_channels: 1, per_output: 2, in_per_group: 2, taps: 1, out_per_group: 1 };
         let (e, s) = output_error(&[1.0, 1.0], &[0.5, 1.0], &l, &stats(&[4.0, 1.0]));
         assert_eq!((e, s), (1.0 / 5.0, 1.0));
         // Two depthwise channels, 100× apart: the small one's relative error counts as much.
-        let l = WeightLayout {
-            out_channels: 2,
-            per_output: 1,
-            in_per_group: 1,
-            taps: 1,
-            out_per_group: 1,
-        };
+        let l = WeightLayout { out_channels: 2, per_output: 1, in_per_group: 1, taps: 1, out_per_group: 1 };
         let (e, _) = output_error(&[100.0, 1.0], &[100.0, 0.5], &l, &stats(&[1.0, 1.0]));
         assert!((e - 0.125).abs() < 1e-12);
         // … unless its output is mostly bias: then its error hardly counts.
-        let with_bias = InputStats {
-            mean_sq: vec![1.0, 1.0],
-            bias_sq: vec![0.0, 99.0],
-        };
+        let with_bias = InputStats { mean_sq: vec![1.0, 1.0], bias_sq: vec![0.0, 99.0] };
         let (e, _) = output_error(&[100.0, 1.0], &[100.0, 0.5], &l, &with_bias);
         assert!((e - 0.25 / 100.0 / 2.0).abs() < 1e-12);
     }

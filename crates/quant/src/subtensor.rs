@@ -22,12 +22,7 @@ pub struct SubtensorOptions {
 
 impl Default for SubtensorOptions {
     fn default() -> Self {
-        SubtensorOptions {
-            kinds: SplitKind::ALL.to_vec(),
-            clip_weights: true,
-            size_budget: 0.01,
-            latency_budget: 0.05,
-        }
+        SubtensorOptions { kinds: SplitKind::ALL.to_vec(), clip_weights: true, size_budget: 0.01, latency_budget: 0.05 }
     }
 }
 
@@ -57,40 +52,18 @@ pub struct SubtensorPlan {
     pub total_macs: usize,
 }
 
-fn layout_of(
-    g: &Graph,
-    n: &subq_ir::Node,
-    w: &subq_tensor::Tensor,
-) -> Option<(WeightLayout, usize)> {
+fn layout_of(g: &Graph, n: &subq_ir::Node, w: &subq_tensor::Tensor) -> Option<(WeightLayout, usize)> {
     match &n.op {
         Op::Conv(c) => {
             let out_c = w.shape[0];
             let taps = w.shape[2] * w.shape[3];
             let per_output = w.len() / out_c;
             let spatial: usize = g.shape(&n.outputs[0])?.iter().skip(2).product();
-            Some((
-                WeightLayout {
-                    out_channels: out_c,
-                    per_output,
-                    in_per_group: w.shape[1],
-                    taps,
-                    out_per_group: out_c / c.group,
-                },
-                w.len() * spatial,
-            ))
+            Some((WeightLayout { out_channels: out_c, per_output, in_per_group: w.shape[1], taps, out_per_group: out_c / c.group }, w.len() * spatial))
         }
         Op::Gemm { trans_b: true, .. } => {
             let (nn, k) = (w.shape[0], w.shape[1]);
-            Some((
-                WeightLayout {
-                    out_channels: nn,
-                    per_output: k,
-                    in_per_group: k,
-                    taps: 1,
-                    out_per_group: nn,
-                },
-                nn * k,
-            ))
+            Some((WeightLayout { out_channels: nn, per_output: k, in_per_group: k, taps: 1, out_per_group: nn }, nn * k))
         }
         _ => None,
     }
@@ -111,12 +84,7 @@ pub type Probe<'a> = &'a dyn Fn(&QuantPlan) -> Result<f64, QuantError>;
 const SPLIT_OUTPUT_STAGE_MACS: usize = 7;
 const SPLIT_OUTPUT_STAGE_MACS_DEPTHWISE: usize = 19;
 
-pub fn make_subtensor_plan(
-    g: &Graph,
-    calib: &Calibration,
-    opts: &SubtensorOptions,
-    probe: Option<Probe>,
-) -> Result<SubtensorPlan, QuantError> {
+pub fn make_subtensor_plan(g: &Graph, calib: &Calibration, opts: &SubtensorOptions, probe: Option<Probe>) -> Result<SubtensorPlan, QuantError> {
     let mut plan = make_plan(g, calib, WeightScheme::PerTensor)?;
     struct Option_ {
         node: String,
@@ -133,49 +101,21 @@ pub fn make_subtensor_plan(
     let mut options = Vec::new();
     let (mut total_bytes, mut total_macs) = (0usize, 0usize);
     for n in &g.nodes {
-        let Some(w) = n.inputs.get(1).and_then(|w| g.initializer(w)) else {
-            continue;
-        };
+        let Some(w) = n.inputs.get(1).and_then(|w| g.initializer(w)) else { continue };
         if !matches!(n.op, Op::Conv(_) | Op::Gemm { .. }) {
             continue;
         }
         total_bytes += w.len() + 4 * w.shape[output_axis(&n.op)];
-        let Some((layout, macs)) = layout_of(g, n, w) else {
-            continue;
-        };
+        let Some((layout, macs)) = layout_of(g, n, w) else { continue };
         total_macs += macs;
         let wv = w.to_f32_vec();
-        let mean_sq = calib
-            .moments
-            .get(&n.inputs[0])
-            .map(|m| m.mean_sq())
-            .unwrap_or_else(|| {
-                vec![1.0; layout.in_per_group * (layout.out_channels / layout.out_per_group)]
-            });
-        let bias_sq = n
-            .inputs
-            .get(2)
-            .filter(|s| !s.is_empty())
-            .and_then(|b| g.initializer(b))
-            .map(|t| t.to_f32_vec().iter().map(|&b| (b as f64).powi(2)).collect())
-            .unwrap_or_default();
+        let mean_sq = calib.moments.get(&n.inputs[0]).map(|m| m.mean_sq()).unwrap_or_else(|| vec![1.0; layout.in_per_group * (layout.out_channels / layout.out_per_group)]);
+        let bias_sq = n.inputs.get(2).filter(|s| !s.is_empty()).and_then(|b| g.initializer(b)).map(|t| t.to_f32_vec().iter().map(|&b| (b as f64).powi(2)).collect()).unwrap_or_default();
         let m2 = &crate::split::InputStats { mean_sq, bias_sq };
         let (plain, clipped) = clipped_single(&wv, &layout, m2);
-        let base = if opts.clip_weights && clipped.clip < 1.0 {
-            clipped.clone()
-        } else {
-            plain.clone()
-        };
-        let splits: Vec<Candidate> = opts
-            .kinds
-            .iter()
-            .map(|&k| split(k, &wv, &layout, m2))
-            .collect();
-        let best = splits
-            .iter()
-            .filter(|c| c.error < base.error)
-            .min_by(|a, b| a.error.partial_cmp(&b.error).unwrap())
-            .cloned();
+        let base = if opts.clip_weights && clipped.clip < 1.0 { clipped.clone() } else { plain.clone() };
+        let splits: Vec<Candidate> = opts.kinds.iter().map(|&k| split(k, &wv, &layout, m2)).collect();
+        let best = splits.iter().filter(|c| c.error < base.error).min_by(|a, b| a.error.partial_cmp(&b.error).unwrap()).cloned();
         let kind = match &n.op {
             Op::Conv(c) if c.group > 1 && c.group == w.shape[0] => "depthwise",
             Op::Conv(c) if c.kernel == [1, 1] => "pointwise",
@@ -190,12 +130,7 @@ pub fn make_subtensor_plan(
             sqnr_per_tensor_db: plain.sqnr_db(),
             clip: base.clip,
             sqnr_clipped_db: clipped.sqnr_db(),
-            sqnr_split_db: opts
-                .kinds
-                .iter()
-                .copied()
-                .zip(splits.iter().map(|c| c.sqnr_db()))
-                .collect(),
+            sqnr_split_db: opts.kinds.iter().copied().zip(splits.iter().map(|c| c.sqnr_db())).collect(),
             split: None,
             final_sqnr_db: base.sqnr_db(),
             reason: String::new(),
@@ -204,20 +139,8 @@ pub fn make_subtensor_plan(
         // quarter of its MACs, since one input pass feeds all parts, chose 10 / 8 splits that
         // measured +8.7% / +8.6% instructions per image: over the 5% budget.)
         let outputs = macs / (w.len() / w.shape[0].max(1)).max(1);
-        let per_output = if kind == "depthwise" {
-            SPLIT_OUTPUT_STAGE_MACS_DEPTHWISE
-        } else {
-            SPLIT_OUTPUT_STAGE_MACS
-        };
-        options.push(Option_ {
-            node: n.name.clone(),
-            base,
-            best,
-            cost_bytes: w.len(),
-            cost_macs: macs,
-            cost_latency: macs + per_output * outputs,
-            shape: w.shape.clone(),
-        });
+        let per_output = if kind == "depthwise" { SPLIT_OUTPUT_STAGE_MACS_DEPTHWISE } else { SPLIT_OUTPUT_STAGE_MACS };
+        options.push(Option_ { node: n.name.clone(), base, best, cost_bytes: w.len(), cost_macs: macs, cost_latency: macs + per_output * outputs, shape: w.shape.clone() });
     }
     // With a probe, each candidate split is measured on the model's output (the others left
     // unsplit): the per-layer estimate ranks layers within one layer type well but does not say
@@ -227,9 +150,7 @@ pub fn make_subtensor_plan(
         Some(measure) => {
             let mut base_plan = plan.clone();
             for o in &options {
-                base_plan
-                    .weights
-                    .insert(o.node.clone(), o.base.clone().into_parts(&o.shape));
+                base_plan.weights.insert(o.node.clone(), o.base.clone().into_parts(&o.shape));
             }
             let base_noise = measure(&base_plan)?;
             let mut gains = Vec::with_capacity(options.len());
@@ -238,8 +159,7 @@ pub fn make_subtensor_plan(
                     None => 0.0,
                     Some(b) => {
                         let mut p = base_plan.clone();
-                        p.weights
-                            .insert(o.node.clone(), b.clone().into_parts(&o.shape));
+                        p.weights.insert(o.node.clone(), b.clone().into_parts(&o.shape));
                         base_noise - measure(&p)?
                     }
                 });
@@ -251,31 +171,14 @@ pub fn make_subtensor_plan(
     // probed, else the layer's own noise-to-signal ratio).
     let byte_budget = (opts.size_budget * total_bytes as f64) as usize;
     let mac_budget = (opts.latency_budget * total_macs as f64) as usize;
-    let mut order: Vec<usize> = (0..options.len())
-        .filter(|&i| options[i].best.is_some() && measured.as_ref().is_none_or(|m| m[i] > 0.0))
-        .collect();
-    let index_of: std::collections::HashMap<&str, usize> = options
-        .iter()
-        .enumerate()
-        .map(|(i, o)| (o.node.as_str(), i))
-        .collect();
+    let mut order: Vec<usize> = (0..options.len()).filter(|&i| options[i].best.is_some() && measured.as_ref().is_none_or(|m| m[i] > 0.0)).collect();
+    let index_of: std::collections::HashMap<&str, usize> = options.iter().enumerate().map(|(i, o)| (o.node.as_str(), i)).collect();
     let gain = |o: &Option_| match &measured {
         Some(m) => m[index_of[o.node.as_str()]],
-        None => {
-            (o.base.error - o.best.as_ref().map_or(o.base.error, |b| b.error))
-                / o.base.signal.max(1e-30)
-        }
+        None => (o.base.error - o.best.as_ref().map_or(o.base.error, |b| b.error)) / o.base.signal.max(1e-30),
     };
-    let cost = |o: &Option_| {
-        (o.cost_bytes as f64 / byte_budget.max(1) as f64)
-            .max(o.cost_latency as f64 / mac_budget.max(1) as f64)
-    };
-    order.sort_by(|&a, &b| {
-        (gain(&options[b]) / cost(&options[b]))
-            .partial_cmp(&(gain(&options[a]) / cost(&options[a])))
-            .unwrap()
-            .then(a.cmp(&b))
-    });
+    let cost = |o: &Option_| (o.cost_bytes as f64 / byte_budget.max(1) as f64).max(o.cost_latency as f64 / mac_budget.max(1) as f64);
+    order.sort_by(|&a, &b| (gain(&options[b]) / cost(&options[b])).partial_cmp(&(gain(&options[a]) / cost(&options[a]))).unwrap().then(a.cmp(&b)));
     let (mut used_bytes, mut used_macs, mut used_latency) = (0usize, 0usize, 0usize);
     let mut chosen = vec![false; options.len()];
     for i in order {
@@ -292,18 +195,12 @@ pub fn make_subtensor_plan(
         let cand = if chosen[i] {
             let b = o.best.expect("chosen only with a split");
             d.split = b.kind;
-            d.reason = format!(
-                "split: noise/signal {:.2e} → {:.2e}",
-                o.base.error / o.base.signal,
-                b.error / b.signal
-            );
+            d.reason = format!("split: noise/signal {:.2e} → {:.2e}", o.base.error / o.base.signal, b.error / b.signal);
             b
         } else {
             d.reason = match (&o.best, &measured) {
                 (None, _) => "no split lowers the error".into(),
-                (Some(_), Some(m)) if m[i] <= 0.0 => {
-                    "splitting does not lower the output error".into()
-                }
+                (Some(_), Some(m)) if m[i] <= 0.0 => "splitting does not lower the output error".into(),
                 (Some(_), _) => "outside the size/latency budget".into(),
             };
             o.base
@@ -311,12 +208,5 @@ pub fn make_subtensor_plan(
         d.final_sqnr_db = cand.sqnr_db();
         plan.weights.insert(o.node, cand.into_parts(&o.shape));
     }
-    Ok(SubtensorPlan {
-        plan,
-        layers,
-        extra_bytes: used_bytes,
-        extra_macs: used_macs,
-        total_bytes,
-        total_macs,
-    })
+    Ok(SubtensorPlan { plan, layers, extra_bytes: used_bytes, extra_macs: used_macs, total_bytes, total_macs })
 }

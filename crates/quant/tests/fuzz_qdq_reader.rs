@@ -66,17 +66,8 @@ fn mutate(mut b: Vec<u8>, rng: &mut Rng) -> Vec<u8> {
 /// Everything the QDQ reader does with a file: import, lower for the int8 engine, run both
 /// engines. Errors are fine; panics are not (the caller catches them).
 fn exercise(bytes: &[u8]) {
-    let Ok(g) = import_model(bytes, Path::new("fuzz.onnx"), &ImportOptions::default()) else {
-        return;
-    };
-    let Some(shape) = g
-        .inputs
-        .first()
-        .and_then(|i| g.shape(i))
-        .map(|s| s.to_vec())
-    else {
-        return;
-    };
+    let Ok(g) = import_model(bytes, Path::new("fuzz.onnx"), &ImportOptions::default()) else { return };
+    let Some(shape) = g.inputs.first().and_then(|i| g.shape(i)).map(|s| s.to_vec()) else { return };
     // A mutated input shape may legitimately ask for a huge tensor; the fuzzer does not feed it.
     let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if shape.len() != 4 || elements.is_none_or(|e| e == 0 || e > 1 << 16) {
@@ -95,10 +86,7 @@ fn crash_dir() -> PathBuf {
 
 #[test]
 fn mutated_qdq_models_never_panic() {
-    let seconds: u64 = std::env::var("SUBQ_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let seconds: u64 = std::env::var("SUBQ_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let seed = seed_qdq_bytes();
     // The unmutated seed must go all the way through, or the fuzzer would only test rejection.
     let g = import_model(&seed, Path::new("seed.onnx"), &ImportOptions::default()).unwrap();
@@ -106,30 +94,19 @@ fn mutated_qdq_models_never_panic() {
     assert_eq!(e.run(input(99)).unwrap()[0].shape, vec![1, 5]);
     // A new stream each run (CI explores further every time); `SUBQ_FUZZ_SEED` replays one, and
     // a crashing input is saved as a file anyway.
-    let base: u64 = std::env::var("SUBQ_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let base: u64 = std::env::var("SUBQ_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64));
     eprintln!("fuzz: SUBQ_FUZZ_SEED={base}");
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut cases, mut imported) = (0u64, 0u64);
     while Instant::now() < deadline {
         let case_seed = base ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(cases + 1);
         let bytes = mutate(seed.clone(), &mut Rng(case_seed));
-        imported +=
-            import_model(&bytes, Path::new("fuzz.onnx"), &ImportOptions::default()).is_ok() as u64;
+        imported += import_model(&bytes, Path::new("fuzz.onnx"), &ImportOptions::default()).is_ok() as u64;
         if std::panic::catch_unwind(|| exercise(&bytes)).is_err() {
             std::fs::create_dir_all(crash_dir()).unwrap();
             let path = crash_dir().join(format!("crash-{case_seed:016x}.onnx"));
             std::fs::write(&path, &bytes).unwrap();
-            panic!(
-                "QDQ reader panicked on case seed {case_seed:#x}; input saved to {}",
-                path.display()
-            );
+            panic!("QDQ reader panicked on case seed {case_seed:#x}; input saved to {}", path.display());
         }
         cases += 1;
     }
@@ -145,11 +122,7 @@ fn known_crashes_stay_fixed() {
         let path = e.unwrap().path();
         if path.extension().is_some_and(|x| x == "onnx") {
             let bytes = std::fs::read(&path).unwrap();
-            assert!(
-                std::panic::catch_unwind(|| exercise(&bytes)).is_ok(),
-                "{} panics again",
-                path.display()
-            );
+            assert!(std::panic::catch_unwind(|| exercise(&bytes)).is_ok(), "{} panics again", path.display());
             replayed += 1;
         }
     }

@@ -35,80 +35,20 @@ enum Arg {
 }
 
 enum Step {
-    Quantize {
-        input: usize,
-        output: usize,
-        grid: Grid,
-    },
-    Dequantize {
-        input: usize,
-        output: usize,
-        grid: Grid,
-    },
+    Quantize { input: usize, output: usize, grid: Grid },
+    Dequantize { input: usize, output: usize, grid: Grid },
     /// `cmax`: per-channel upper clamp fused into the conv (an equalized ReLU6 bound). `epi`:
     /// the same output stage in f32 when it is proven exact (single-part convs; set last).
-    Conv {
-        input: usize,
-        output: usize,
-        zp_in: i32,
-        parts: Vec<ConvPart>,
-        bias_fixed: Vec<i64>,
-        shift: u32,
-        out: Grid,
-        qmin: i32,
-        qmax: i32,
-        cmax: Option<Vec<u8>>,
-        epi: Option<FloatEpilogue>,
-        geom: ConvGeometry,
-        out_shape_per_image: Vec<usize>,
-    },
+    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, cmax: Option<Vec<u8>>, epi: Option<FloatEpilogue>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
     /// A conv/Gemm whose output stays float (a graph output such as the logits): exact i32
     /// accumulators, then `y = scale[c]·(acc + bias_q[c])` with `scale = s_in·s_w[c]`, i.e. the
     /// written semantics (dequantized inputs and int32 bias) without rounding to a grid.
-    ConvDequant {
-        input: usize,
-        output: usize,
-        zp_in: i32,
-        part: ConvPart,
-        scale: Vec<f64>,
-        bias: Vec<f64>,
-        geom: ConvGeometry,
-        out_shape_per_image: Vec<usize>,
-    },
-    Add {
-        a: usize,
-        b: usize,
-        output: usize,
-        za: i32,
-        zb: i32,
-        ma: i64,
-        mb: i64,
-        shift: u32,
-        out: Grid,
-    },
-    GlobalAvgPool {
-        input: usize,
-        output: usize,
-        zp_in: i32,
-        requant: Requant,
-        out: Grid,
-    },
+    ConvDequant { input: usize, output: usize, zp_in: i32, part: ConvPart, scale: Vec<f64>, bias: Vec<f64>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
+    Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid },
+    GlobalAvgPool { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid },
     /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
-    Requantize {
-        input: usize,
-        output: usize,
-        zp_in: i32,
-        requant: Requant,
-        out: Grid,
-        qmin: i32,
-        qmax: i32,
-        shape: Option<Vec<usize>>,
-    },
-    Float {
-        node: Node,
-        args: Vec<Arg>,
-        output: usize,
-    },
+    Requantize { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid, qmin: i32, qmax: i32, shape: Option<Vec<usize>> },
+    Float { node: Node, args: Vec<Arg>, output: usize },
     /// Per-channel upper clamp in place (an equalized ReLU6 bound after a conv): exact, since
     /// quantization is monotone, Q(min(x, b_c)) = min(Q(x), Q(b_c)).
     ClampChannels { slot: usize, qmax: Vec<u8> },
@@ -150,20 +90,7 @@ impl RunState {
     /// A buffer of `len` bytes (contents unspecified: every kernel writes all of its output).
     fn buffer(&mut self, len: usize) -> Vec<u8> {
         // Best fit among buffers already large enough, else the largest (it will grow).
-        let pick = self
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i)
-            .or_else(|| {
-                self.free
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, b)| b.capacity())
-                    .map(|(i, _)| i)
-            });
+        let pick = self.free.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i).or_else(|| self.free.iter().enumerate().max_by_key(|(_, b)| b.capacity()).map(|(i, _)| i));
         let mut b = match pick {
             Some(i) => self.free.swap_remove(i),
             None => Vec::new(),
@@ -185,13 +112,7 @@ impl RunState {
     fn recycle(&mut self, slot: usize) {
         if let Some(Value::Q { mut data, .. }) = self.vals[slot].take() {
             let key = data.as_ptr() as usize;
-            let hw = self
-                .written
-                .get(&key)
-                .copied()
-                .unwrap_or(0)
-                .max(data.len())
-                .min(data.capacity());
+            let hw = self.written.get(&key).copied().unwrap_or(0).max(data.len()).min(data.capacity());
             // SAFETY: u8 has no drop and every byte below `hw` of this allocation was written
             // by an earlier use (shortening a Vec<u8> leaves its bytes as they were).
             unsafe { data.set_len(hw) };
@@ -215,11 +136,7 @@ impl Step {
                 } else {
                     format!("conv {}×{}", g.kernel[0], g.kernel[1])
                 };
-                let kind = if parts.len() > 1 {
-                    format!("{kind} ({} parts)", parts.len())
-                } else {
-                    kind
-                };
+                let kind = if parts.len() > 1 { format!("{kind} ({} parts)", parts.len()) } else { kind };
                 (kind, conv_detail(g))
             }
             Step::ConvDequant { geom: g, .. } => ("conv/gemm, float output".into(), conv_detail(g)),
@@ -236,38 +153,22 @@ impl Step {
     /// Value slots this step reads.
     fn inputs(&self) -> Vec<usize> {
         match self {
-            Step::Quantize { input, .. }
-            | Step::Dequantize { input, .. }
-            | Step::Conv { input, .. }
-            | Step::ConvDequant { input, .. }
-            | Step::GlobalAvgPool { input, .. }
-            | Step::Requantize { input, .. } => vec![*input],
+            Step::Quantize { input, .. } | Step::Dequantize { input, .. } | Step::Conv { input, .. } | Step::ConvDequant { input, .. } | Step::GlobalAvgPool { input, .. } | Step::Requantize { input, .. } => vec![*input],
             Step::Add { a, b, .. } => vec![*a, *b],
             Step::ClampChannels { slot, .. } => vec![*slot],
-            Step::Float { args, .. } => args
-                .iter()
-                .filter_map(|a| if let Arg::Slot(s) = a { Some(*s) } else { None })
-                .collect(),
+            Step::Float { args, .. } => args.iter().filter_map(|a| if let Arg::Slot(s) = a { Some(*s) } else { None }).collect(),
         }
     }
 }
 
 /// `in→out @ h×w` of a conv step, with ` /s` for a strided one.
 fn conv_detail(g: &ConvGeometry) -> String {
-    let stride = if g.strides == [1, 1] {
-        String::new()
-    } else {
-        format!(" /{}", g.strides[0])
-    };
+    let stride = if g.strides == [1, 1] { String::new() } else { format!(" /{}", g.strides[0]) };
     format!("{}→{} @ {}×{}{stride}", g.in_c, g.out_c, g.out_h, g.out_w)
 }
 
 fn err(n: &Node, reason: impl Into<String>) -> RuntimeError {
-    RuntimeError::Node {
-        node: n.name.clone(),
-        op: n.op.name().into(),
-        reason: reason.into(),
-    }
+    RuntimeError::Node { node: n.name.clone(), op: n.op.name().into(), reason: reason.into() }
 }
 
 /// (scale, zero-point in the u8 domain, was int8) of a per-tensor Q/DQ node.
@@ -276,24 +177,13 @@ fn node_grid(g: &Graph, n: &Node) -> Option<(Grid, bool)> {
     if scale.len() != 1 {
         return None;
     }
-    let (zp, int8) = match n
-        .inputs
-        .get(2)
-        .filter(|s| !s.is_empty())
-        .and_then(|z| g.initializer(z))
-    {
+    let (zp, int8) = match n.inputs.get(2).filter(|s| !s.is_empty()).and_then(|z| g.initializer(z)) {
         Some(z) if z.dtype() == DType::I8 => (z.to_i32_vec()[0] + 128, true),
         Some(z) if z.dtype() == DType::U8 => (z.to_i32_vec()[0], false),
         Some(_) => return None,
         None => (0, false),
     };
-    Some((
-        Grid {
-            scale: scale.to_f32_vec()[0],
-            zp,
-        },
-        int8,
-    ))
+    Some((Grid { scale: scale.to_f32_vec()[0], zp }, int8))
 }
 
 /// A constant DequantizeLinear: integer values and their parameters.
@@ -306,56 +196,24 @@ impl ConstDq {
     /// `w − zw` as i16 (weights of `out_c` output channels, OIHW order): what the kernels multiply.
     fn minus_zero_point(&self, out_c: usize) -> Vec<i16> {
         let per = self.values.len() / out_c;
-        self.values
-            .to_i32_vec()
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| (v - self.params.zero_point_at(i / per)) as i16)
-            .collect()
+        self.values.to_i32_vec().iter().enumerate().map(|(i, &v)| (v - self.params.zero_point_at(i / per)) as i16).collect()
     }
 }
 
 fn const_dq(g: &Graph, n: &Node) -> Option<ConstDq> {
     let values = g.initializer(&n.inputs[0])?.clone();
     let scale = g.initializer(&n.inputs[1])?.to_f32_vec();
-    let zero_point = n
-        .inputs
-        .get(2)
-        .filter(|s| !s.is_empty())
-        .and_then(|z| g.initializer(z))
-        .map(|z| z.to_i32_vec())
-        .unwrap_or_else(|| vec![0; scale.len()]);
-    let Op::DequantizeLinear { axis } = n.op else {
-        return None;
-    };
+    let zero_point = n.inputs.get(2).filter(|s| !s.is_empty()).and_then(|z| g.initializer(z)).map(|z| z.to_i32_vec()).unwrap_or_else(|| vec![0; scale.len()]);
+    let Op::DequantizeLinear { axis } = n.op else { return None };
     let rank = values.shape.len() as i64;
     let axis = if axis < 0 { axis + rank } else { axis } as usize;
-    let range = if values.dtype() == DType::U8 {
-        subq_tensor::QuantRange::U8
-    } else {
-        subq_tensor::QuantRange::I8
-    };
-    Some(ConstDq {
-        values,
-        params: QParams {
-            axis: (scale.len() > 1).then_some(axis),
-            scale,
-            zero_point,
-            range,
-        },
-    })
+    let range = if values.dtype() == DType::U8 { subq_tensor::QuantRange::U8 } else { subq_tensor::QuantRange::I8 };
+    Some(ConstDq { values, params: QParams { axis: (scale.len() > 1).then_some(axis), scale, zero_point, range } })
 }
 
 fn dequantize_const(c: &ConstDq) -> Tensor {
     let v = c.values.to_i32_vec();
-    let out = v
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| {
-            c.params
-                .dequantize_value(q, c.params.channel_of(&c.values.shape, i))
-        })
-        .collect();
+    let out = v.iter().enumerate().map(|(i, &q)| c.params.dequantize_value(q, c.params.channel_of(&c.values.shape, i))).collect();
     Tensor::f32(c.values.shape.clone(), out).expect("same shape")
 }
 
@@ -378,10 +236,7 @@ impl<'g> Lowering<'g> {
     fn constant(&self, name: &str) -> Option<Vec<f32>> {
         match self.g.initializer(name) {
             Some(t) => Some(t.to_f32_vec()),
-            None => self
-                .const_dqs
-                .get(name)
-                .map(|c| dequantize_const(c).to_f32_vec()),
+            None => self.const_dqs.get(name).map(|c| dequantize_const(c).to_f32_vec()),
         }
     }
 
@@ -390,19 +245,13 @@ impl<'g> Lowering<'g> {
     }
 
     fn sole_reader(&self, value: &str, reader: &Node) -> bool {
-        !self.g.outputs.iter().any(|o| o == value)
-            && self
-                .consumers
-                .get(value)
-                .is_some_and(|c| c.len() == 1 && self.g.nodes[c[0]].name == reader.name)
+        !self.g.outputs.iter().any(|o| o == value) && self.consumers.get(value).is_some_and(|c| c.len() == 1 && self.g.nodes[c[0]].name == reader.name)
     }
 
     /// If `value` is a DequantizeLinear of a quantized activation: (quantized value, its grid).
     fn activation_dq(&self, value: &str) -> Option<(&'g str, Grid)> {
         let n = self.producer(value)?;
-        if !matches!(n.op, Op::DequantizeLinear { .. })
-            || self.g.initializers.contains_key(&n.inputs[0])
-        {
+        if !matches!(n.op, Op::DequantizeLinear { .. }) || self.g.initializers.contains_key(&n.inputs[0]) {
             return None;
         }
         let (grid, _) = node_grid(self.g, n)?;
@@ -413,17 +262,7 @@ impl<'g> Lowering<'g> {
     /// Returns (activation source, input grid, weight parts as (int weights OIHW, params),
     /// real bias, geometry, per-image output shape).
     #[allow(clippy::type_complexity)]
-    fn conv_like(
-        &self,
-        n: &'g Node,
-    ) -> Option<(
-        &'g str,
-        Grid,
-        ConstDq,
-        Option<Vec<f64>>,
-        ConvGeometry,
-        Vec<usize>,
-    )> {
+    fn conv_like(&self, n: &'g Node) -> Option<(&'g str, Grid, ConstDq, Option<Vec<f64>>, ConvGeometry, Vec<usize>)> {
         let (src, grid) = self.activation_dq(&n.inputs[0])?;
         let w_node = self.producer(&n.inputs[1])?;
         let mut w = const_dq(self.g, w_node)?;
@@ -437,30 +276,9 @@ impl<'g> Lowering<'g> {
         let (geom, out_shape) = match &n.op {
             Op::Conv(c) => {
                 let out = self.g.shape(&n.outputs[0])?;
-                (
-                    ConvGeometry {
-                        in_c: in_shape[1],
-                        in_h: in_shape[2],
-                        in_w: in_shape[3],
-                        out_c: out[1],
-                        out_h: out[2],
-                        out_w: out[3],
-                        kernel: c.kernel,
-                        strides: c.strides,
-                        dilations: c.dilations,
-                        pad_top: c.pads[0],
-                        pad_left: c.pads[1],
-                        group: c.group,
-                    },
-                    out[1..].to_vec(),
-                )
+                (ConvGeometry { in_c: in_shape[1], in_h: in_shape[2], in_w: in_shape[3], out_c: out[1], out_h: out[2], out_w: out[3], kernel: c.kernel, strides: c.strides, dilations: c.dilations, pad_top: c.pads[0], pad_left: c.pads[1], group: c.group }, out[1..].to_vec())
             }
-            Op::Gemm {
-                alpha,
-                beta,
-                trans_a: false,
-                trans_b,
-            } if *alpha == 1.0 && *beta == 1.0 && in_shape.len() == 2 => {
+            Op::Gemm { alpha, beta, trans_a: false, trans_b } if *alpha == 1.0 && *beta == 1.0 && in_shape.len() == 2 => {
                 if !trans_b {
                     // Store as [N, K] so every output channel's weights are contiguous.
                     let (k, nn) = (w.values.shape[0], w.values.shape[1]);
@@ -470,56 +288,25 @@ impl<'g> Lowering<'g> {
                         DType::U8 => TensorData::U8(t.iter().map(|&x| x as u8).collect()),
                         _ => TensorData::I8(t.iter().map(|&x| x as i8).collect()),
                     };
-                    w.values = Tensor {
-                        shape: vec![nn, k],
-                        data,
-                    };
+                    w.values = Tensor { shape: vec![nn, k], data };
                     if w.params.axis.is_some() {
                         w.params.axis = Some(0);
                     }
                 }
                 let k = in_shape[1];
                 let nn = w.values.shape[0];
-                (
-                    ConvGeometry {
-                        in_c: k,
-                        in_h: 1,
-                        in_w: 1,
-                        out_c: nn,
-                        out_h: 1,
-                        out_w: 1,
-                        kernel: [1, 1],
-                        strides: [1, 1],
-                        dilations: [1, 1],
-                        pad_top: 0,
-                        pad_left: 0,
-                        group: 1,
-                    },
-                    vec![nn],
-                )
+                (ConvGeometry { in_c: k, in_h: 1, in_w: 1, out_c: nn, out_h: 1, out_w: 1, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, vec![nn])
             }
             _ => return None,
         };
         let bias = match n.inputs.get(2).filter(|s| !s.is_empty()) {
             None => None,
             Some(b) => match self.g.initializer(b) {
-                Some(t) => Some(
-                    t.to_f32_vec()
-                        .iter()
-                        .map(|&x| x as f64)
-                        .collect::<Vec<f64>>(),
-                ),
+                Some(t) => Some(t.to_f32_vec().iter().map(|&x| x as f64).collect::<Vec<f64>>()),
                 None => {
                     let c = const_dq(self.g, self.producer(b)?)?;
                     let q = c.values.to_i32_vec();
-                    Some(
-                        q.iter()
-                            .enumerate()
-                            .map(|(i, &v)| {
-                                (v - c.params.zero_point_at(i)) as f64 * c.params.scale_at(i) as f64
-                            })
-                            .collect(),
-                    )
+                    Some(q.iter().enumerate().map(|(i, &v)| (v - c.params.zero_point_at(i)) as f64 * c.params.scale_at(i) as f64).collect())
                 }
             },
         };
@@ -552,22 +339,13 @@ impl<'g> Lowering<'g> {
             lowered.push(self.conv_like(n)?);
         }
         let (src, in_grid, _, _, geom, out_shape) = &lowered[0];
-        if lowered
-            .iter()
-            .any(|l| l.0 != *src || l.1 != *in_grid || l.4 != *geom)
-        {
+        if lowered.iter().any(|l| l.0 != *src || l.1 != *in_grid || l.4 != *geom) {
             return None;
         }
         // Real multipliers s_in·s_w[c]/s_out of every part and channel, on one common shift.
         let reals: Vec<Vec<f64>> = lowered
             .iter()
-            .map(|l| {
-                (0..geom.out_c)
-                    .map(|c| {
-                        in_grid.scale as f64 * l.2.params.scale_at(c) as f64 / out.scale as f64
-                    })
-                    .collect()
-            })
+            .map(|l| (0..geom.out_c).map(|c| in_grid.scale as f64 * l.2.params.scale_at(c) as f64 / out.scale as f64).collect())
             .collect();
         let flat: Vec<f64> = reals.iter().flatten().copied().collect();
         let (_, shift) = Requant::common(&flat);
@@ -577,13 +355,7 @@ impl<'g> Lowering<'g> {
         for (l, r) in lowered.iter().zip(&reals) {
             let w = &l.2;
             let weight = w.minus_zero_point(geom.out_c);
-            let requant: Vec<Requant> = r
-                .iter()
-                .map(|&m| Requant {
-                    multiplier: (m * scale).round() as i64,
-                    shift,
-                })
-                .collect();
+            let requant: Vec<Requant> = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
             if let Some(b) = &l.3 {
                 for c in 0..geom.out_c {
                     bias_fixed[c] += (b[c] / out.scale as f64 * scale).round() as i64;
@@ -591,21 +363,7 @@ impl<'g> Lowering<'g> {
             }
             conv_parts.push(ConvPart::new(weight, requant, geom));
         }
-        let step = Step::Conv {
-            input: usize::MAX,
-            output: usize::MAX,
-            zp_in: in_grid.zp,
-            parts: conv_parts,
-            bias_fixed,
-            shift,
-            out,
-            qmin: 0,
-            qmax: 255,
-            cmax: None,
-            epi: None,
-            geom: *geom,
-            out_shape_per_image: out_shape.clone(),
-        };
+        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, cmax: None, epi: None, geom: *geom, out_shape_per_image: out_shape.clone() };
         Some((src, step))
     }
 }
@@ -617,17 +375,9 @@ fn q_of(grid: Grid, real: f32) -> i32 {
 impl Int8Engine {
     pub fn new(g: &Graph) -> Result<Int8Engine, RuntimeError> {
         if g.inputs.len() != 1 {
-            return Err(RuntimeError::Other(
-                "the int8 engine runs models with one input".into(),
-            ));
+            return Err(RuntimeError::Other("the int8 engine runs models with one input".into()));
         }
-        let mut lw = Lowering {
-            g,
-            producers: g.producers(),
-            consumers: g.consumers(),
-            const_dqs: HashMap::new(),
-            slot_of: HashMap::new(),
-        };
+        let mut lw = Lowering { g, producers: g.producers(), consumers: g.consumers(), const_dqs: HashMap::new(), slot_of: HashMap::new() };
         for n in &g.nodes {
             if matches!(n.op, Op::DequantizeLinear { .. }) {
                 if let Some(c) = const_dq(g, n) {
@@ -639,33 +389,20 @@ impl Int8Engine {
         let mut int_steps: HashMap<usize, (Vec<String>, Step)> = HashMap::new();
         let mut channel_bounds: HashMap<usize, Vec<u8>> = HashMap::new();
         let mut absorbed: HashSet<usize> = HashSet::new();
-        let index: HashMap<&str, usize> = g
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i))
-            .collect();
+        let index: HashMap<&str, usize> = g.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
         for (qi, qn) in g.nodes.iter().enumerate() {
             if !matches!(qn.op, Op::QuantizeLinear { .. }) {
                 continue;
             }
-            let Some((out, _int8)) = node_grid(g, qn) else {
-                continue;
-            };
+            let Some((out, _int8)) = node_grid(g, qn) else { continue };
             let x = &qn.inputs[0];
             let Some(p) = lw.producer(x) else { continue };
             if !lw.sole_reader(x, qn) {
                 continue;
             }
             let lowered: Option<(Vec<&str>, Vec<&Node>, Step)> = match &p.op {
-                Op::Conv(_) | Op::Gemm { .. } | Op::Add
-                    if lw.conv_parts(x, qn).is_some() || matches!(p.op, Op::Gemm { .. }) =>
-                {
-                    let parts = if matches!(p.op, Op::Gemm { .. }) {
-                        vec![p]
-                    } else {
-                        lw.conv_parts(x, qn).expect("checked")
-                    };
+                Op::Conv(_) | Op::Gemm { .. } | Op::Add if lw.conv_parts(x, qn).is_some() || matches!(p.op, Op::Gemm { .. }) => {
+                    let parts = if matches!(p.op, Op::Gemm { .. }) { vec![p] } else { lw.conv_parts(x, qn).expect("checked") };
                     lw.build_conv(&parts, out).map(|(src, step)| {
                         let mut covered: Vec<&Node> = parts.clone();
                         // The Adds of a split are absorbed too.
@@ -683,25 +420,18 @@ impl Int8Engine {
                         (vec![src], covered, step)
                     })
                 }
-                Op::Min
-                    if lw.constant(&p.inputs[1]).is_some()
-                        && lw.conv_parts(&p.inputs[0], p).is_some() =>
-                {
+                Op::Min if lw.constant(&p.inputs[1]).is_some() && lw.conv_parts(&p.inputs[0], p).is_some() => {
                     let parts = lw.conv_parts(&p.inputs[0], p).expect("checked");
                     let bound = lw.constant(&p.inputs[1]).expect("checked");
                     lw.build_conv(&parts, out).and_then(|(src, step)| {
-                        let Step::Conv { geom, .. } = &step else {
-                            return None;
-                        };
+                        let Step::Conv { geom, .. } = &step else { return None };
                         if bound.len() != geom.out_c {
                             return None;
                         }
-                        channel_bounds
-                            .insert(qi, bound.iter().map(|&b| q_of(out, b) as u8).collect());
+                        channel_bounds.insert(qi, bound.iter().map(|&b| q_of(out, b) as u8).collect());
                         let mut covered: Vec<&Node> = parts.clone();
                         covered.push(p);
-                        let mut frontier: Vec<&Node> =
-                            lw.producer(&p.inputs[0]).into_iter().collect();
+                        let mut frontier: Vec<&Node> = lw.producer(&p.inputs[0]).into_iter().collect();
                         while let Some(a) = frontier.pop() {
                             if matches!(a.op, Op::Add) {
                                 covered.push(a);
@@ -712,32 +442,10 @@ impl Int8Engine {
                     })
                 }
                 Op::Add => {
-                    match (
-                        lw.activation_dq(&p.inputs[0]),
-                        lw.activation_dq(&p.inputs[1]),
-                    ) {
-                        (Some((a, ga)), Some((b, gb)))
-                            if g.shape(&p.inputs[0]) == g.shape(&p.inputs[1]) =>
-                        {
-                            let (ms, shift) = Requant::common(&[
-                                ga.scale as f64 / out.scale as f64,
-                                gb.scale as f64 / out.scale as f64,
-                            ]);
-                            Some((
-                                vec![a, b],
-                                vec![p],
-                                Step::Add {
-                                    a: 0,
-                                    b: 0,
-                                    output: 0,
-                                    za: ga.zp,
-                                    zb: gb.zp,
-                                    ma: ms[0].multiplier,
-                                    mb: ms[1].multiplier,
-                                    shift,
-                                    out,
-                                },
-                            ))
+                    match (lw.activation_dq(&p.inputs[0]), lw.activation_dq(&p.inputs[1])) {
+                        (Some((a, ga)), Some((b, gb))) if g.shape(&p.inputs[0]) == g.shape(&p.inputs[1]) => {
+                            let (ms, shift) = Requant::common(&[ga.scale as f64 / out.scale as f64, gb.scale as f64 / out.scale as f64]);
+                            Some((vec![a, b], vec![p], Step::Add { a: 0, b: 0, output: 0, za: ga.zp, zb: gb.zp, ma: ms[0].multiplier, mb: ms[1].multiplier, shift, out }))
                         }
                         _ => None,
                     }
@@ -746,51 +454,17 @@ impl Int8Engine {
                     let shape = g.shape(&p.inputs[0])?;
                     let hw: usize = shape[2..].iter().product();
                     let r = Requant::new(ga.scale as f64 / (out.scale as f64 * hw as f64));
-                    Some((
-                        vec![a],
-                        vec![p],
-                        Step::GlobalAvgPool {
-                            input: 0,
-                            output: 0,
-                            zp_in: ga.zp,
-                            requant: r,
-                            out,
-                        },
-                    ))
+                    Some((vec![a], vec![p], Step::GlobalAvgPool { input: 0, output: 0, zp_in: ga.zp, requant: r, out }))
                 }),
-                Op::Relu
-                | Op::Clip { .. }
-                | Op::Flatten { .. }
-                | Op::Reshape { .. }
-                | Op::Identity => lw.activation_dq(&p.inputs[0]).map(|(a, ga)| {
+                Op::Relu | Op::Clip { .. } | Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity => lw.activation_dq(&p.inputs[0]).map(|(a, ga)| {
                     let (qmin, qmax) = match p.op {
                         Op::Relu => (q_of(out, 0.0), 255),
-                        Op::Clip { min, max } => (
-                            if min.is_finite() { q_of(out, min) } else { 0 },
-                            if max.is_finite() { q_of(out, max) } else { 255 },
-                        ),
+                        Op::Clip { min, max } => (if min.is_finite() { q_of(out, min) } else { 0 }, if max.is_finite() { q_of(out, max) } else { 255 }),
                         _ => (0, 255),
                     };
-                    let shape = if matches!(p.op, Op::Flatten { .. } | Op::Reshape { .. }) {
-                        g.shape(&p.outputs[0]).map(|s| s[1..].to_vec())
-                    } else {
-                        None
-                    };
+                    let shape = if matches!(p.op, Op::Flatten { .. } | Op::Reshape { .. }) { g.shape(&p.outputs[0]).map(|s| s[1..].to_vec()) } else { None };
                     let r = Requant::new(ga.scale as f64 / out.scale as f64);
-                    (
-                        vec![a],
-                        vec![p],
-                        Step::Requantize {
-                            input: 0,
-                            output: 0,
-                            zp_in: ga.zp,
-                            requant: r,
-                            out,
-                            qmin,
-                            qmax,
-                            shape,
-                        },
-                    )
+                    (vec![a], vec![p], Step::Requantize { input: 0, output: 0, zp_in: ga.zp, requant: r, out, qmin, qmax, shape })
                 }),
                 _ => None,
             };
@@ -807,52 +481,28 @@ impl Int8Engine {
             if !matches!(n.op, Op::Conv(_) | Op::Gemm { .. }) || absorbed.contains(&ci) {
                 continue;
             }
-            let read_by_quantize = lw.consumers.get(n.outputs[0].as_str()).is_some_and(|cs| {
-                cs.iter()
-                    .any(|&c| matches!(g.nodes[c].op, Op::QuantizeLinear { .. }))
-            });
+            let read_by_quantize = lw.consumers.get(n.outputs[0].as_str()).is_some_and(|cs| cs.iter().any(|&c| matches!(g.nodes[c].op, Op::QuantizeLinear { .. })));
             if read_by_quantize {
                 continue;
             }
-            let Some((src, grid, w, bias, geom, out_shape)) = lw.conv_like(n) else {
-                continue;
-            };
+            let Some((src, grid, w, bias, geom, out_shape)) = lw.conv_like(n) else { continue };
             let weight = w.minus_zero_point(geom.out_c);
-            let scale: Vec<f64> = (0..geom.out_c)
-                .map(|c| grid.scale as f64 * w.params.scale_at(c) as f64)
-                .collect();
+            let scale: Vec<f64> = (0..geom.out_c).map(|c| grid.scale as f64 * w.params.scale_at(c) as f64).collect();
             // No requantization: the part's multipliers are unused.
             let part = ConvPart::new(weight, Vec::new(), &geom);
-            let step = Step::ConvDequant {
-                input: 0,
-                output: 0,
-                zp_in: grid.zp,
-                part,
-                scale,
-                bias: bias.unwrap_or_else(|| vec![0.0; geom.out_c]),
-                geom,
-                out_shape_per_image: out_shape,
-            };
+            let step = Step::ConvDequant { input: 0, output: 0, zp_in: grid.zp, part, scale, bias: bias.unwrap_or_else(|| vec![0.0; geom.out_c]), geom, out_shape_per_image: out_shape };
             absorbed.insert(ci);
             int_steps.insert(ci, (vec![src.to_string()], step));
         }
         // Which activation DequantizeLinear outputs are still read in float.
         let float_readers_of = |value: &str| -> bool {
-            g.outputs.iter().any(|o| o == value)
-                || lw.consumers.get(value).is_some_and(|cs| {
-                    cs.iter()
-                        .any(|&c| !absorbed.contains(&c) && !int_steps.contains_key(&c))
-                })
+            g.outputs.iter().any(|o| o == value) || lw.consumers.get(value).is_some_and(|cs| cs.iter().any(|&c| !absorbed.contains(&c) && !int_steps.contains_key(&c)))
         };
         let needed_dq: HashSet<usize> = g
             .nodes
             .iter()
             .enumerate()
-            .filter(|(_, n)| {
-                matches!(n.op, Op::DequantizeLinear { .. })
-                    && !lw.const_dqs.contains_key(&n.outputs[0])
-                    && float_readers_of(&n.outputs[0])
-            })
+            .filter(|(_, n)| matches!(n.op, Op::DequantizeLinear { .. }) && !lw.const_dqs.contains_key(&n.outputs[0]) && float_readers_of(&n.outputs[0]))
             .map(|(i, _)| i)
             .collect();
         // Pass 2: emit steps in graph order.
@@ -864,24 +514,11 @@ impl Int8Engine {
                 let output = lw.slot(&n.outputs[0]);
                 let ins: Vec<usize> = srcs.iter().map(|s| lw.slot(s)).collect();
                 match &mut step {
-                    Step::Conv {
-                        input, output: o, ..
-                    }
-                    | Step::ConvDequant {
-                        input, output: o, ..
-                    }
-                    | Step::GlobalAvgPool {
-                        input, output: o, ..
-                    }
-                    | Step::Requantize {
-                        input, output: o, ..
-                    } => {
+                    Step::Conv { input, output: o, .. } | Step::ConvDequant { input, output: o, .. } | Step::GlobalAvgPool { input, output: o, .. } | Step::Requantize { input, output: o, .. } => {
                         *input = ins[0];
                         *o = output;
                     }
-                    Step::Add {
-                        a, b, output: o, ..
-                    } => {
+                    Step::Add { a, b, output: o, .. } => {
                         *a = ins[0];
                         *b = ins[1];
                         *o = output;
@@ -893,10 +530,7 @@ impl Int8Engine {
                         Step::Conv { cmax, .. } => *cmax = Some(bound),
                         _ => {
                             steps.push(step);
-                            steps.push(Step::ClampChannels {
-                                slot: output,
-                                qmax: bound,
-                            });
+                            steps.push(Step::ClampChannels { slot: output, qmax: bound });
                             continue;
                         }
                     }
@@ -910,27 +544,15 @@ impl Int8Engine {
             match n.op {
                 Op::DequantizeLinear { .. } => {
                     if needed_dq.contains(&i) {
-                        let (grid, _) = node_grid(g, n).ok_or_else(|| {
-                            err(n, "per-axis activation quantization is not supported")
-                        })?;
+                        let (grid, _) = node_grid(g, n).ok_or_else(|| err(n, "per-axis activation quantization is not supported"))?;
                         let (input, output) = (lw.slot(&n.inputs[0]), lw.slot(&n.outputs[0]));
-                        steps.push(Step::Dequantize {
-                            input,
-                            output,
-                            grid,
-                        });
+                        steps.push(Step::Dequantize { input, output, grid });
                     }
                 }
                 Op::QuantizeLinear { .. } => {
-                    let (grid, _) = node_grid(g, n).ok_or_else(|| {
-                        err(n, "per-axis activation quantization is not supported")
-                    })?;
+                    let (grid, _) = node_grid(g, n).ok_or_else(|| err(n, "per-axis activation quantization is not supported"))?;
                     let (input, output) = (lw.slot(&n.inputs[0]), lw.slot(&n.outputs[0]));
-                    steps.push(Step::Quantize {
-                        input,
-                        output,
-                        grid,
-                    });
+                    steps.push(Step::Quantize { input, output, grid });
                 }
                 _ => {
                     // Shape-only ops move float values without arithmetic: not worth a warning.
@@ -953,57 +575,21 @@ impl Int8Engine {
                         })
                         .collect();
                     let output = lw.slot(&n.outputs[0]);
-                    steps.push(Step::Float {
-                        node: n.clone(),
-                        args,
-                        output,
-                    });
+                    steps.push(Step::Float { node: n.clone(), args, output });
                 }
             }
         }
         // Float output stages, now that every conv's cap is known (`None` where not provably exact).
         for st in &mut steps {
-            if let Step::Conv {
-                parts,
-                bias_fixed,
-                shift,
-                out,
-                qmin,
-                qmax,
-                cmax,
-                epi,
-                geom,
-                ..
-            } = st
-            {
+            if let Step::Conv { parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = st {
                 if parts.len() == 1 {
                     let mult: Vec<i64> = (0..geom.out_c).map(|c| parts[0].multiplier(c)).collect();
-                    *epi = FloatEpilogue::new(
-                        &mult,
-                        bias_fixed,
-                        *shift,
-                        out.zp,
-                        *qmin,
-                        *qmax,
-                        cmax.as_deref(),
-                    );
+                    *epi = FloatEpilogue::new(&mult, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref());
                 }
             }
         }
         let output_slots: Vec<usize> = g.outputs.iter().map(|o| lw.slot(o)).collect();
-        let int_count = steps
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s,
-                    Step::Conv { .. }
-                        | Step::ConvDequant { .. }
-                        | Step::Add { .. }
-                        | Step::GlobalAvgPool { .. }
-                        | Step::Requantize { .. }
-                )
-            })
-            .count();
+        let int_count = steps.iter().filter(|s| matches!(s, Step::Conv { .. } | Step::ConvDequant { .. } | Step::Add { .. } | Step::GlobalAvgPool { .. } | Step::Requantize { .. })).count();
         let slots = lw.slot_of.len();
         let mut last_read = vec![None; slots];
         for (i, st) in steps.iter().enumerate() {
@@ -1019,16 +605,7 @@ impl Int8Engine {
                 }
             }
         }
-        Ok(Int8Engine {
-            steps,
-            slots,
-            input_slot,
-            output_slots,
-            float_ops,
-            int_steps: int_count,
-            release,
-            pool: Mutex::new(Vec::new()),
-        })
+        Ok(Int8Engine { steps, slots, input_slot, output_slots, float_ops, int_steps: int_count, release, pool: Mutex::new(Vec::new()) })
     }
 
     /// Ops that run in FP32 (between dequantize and quantize) because no integer kernel covers
@@ -1048,11 +625,7 @@ impl Int8Engine {
 
     /// [`Int8Engine::run`] that also adds each step's wall time (seconds) to `times[i]`
     /// (`times` is resized to the number of steps; see [`Int8Engine::step_labels`]).
-    pub fn run_profiled(
-        &self,
-        input: Tensor,
-        times: &mut Vec<f64>,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
+    pub fn run_profiled(&self, input: Tensor, times: &mut Vec<f64>) -> Result<Vec<Tensor>, RuntimeError> {
         times.resize(self.steps.len(), 0.0);
         self.run_timed(input, Some(times))
     }
@@ -1062,17 +635,8 @@ impl Int8Engine {
         self.steps.iter().map(Step::label).collect()
     }
 
-    fn run_timed(
-        &self,
-        input: Tensor,
-        times: Option<&mut Vec<f64>>,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
-        let mut st = self
-            .pool
-            .lock()
-            .map(|mut p| p.pop())
-            .unwrap_or_default()
-            .unwrap_or_default();
+    fn run_timed(&self, input: Tensor, times: Option<&mut Vec<f64>>) -> Result<Vec<Tensor>, RuntimeError> {
+        let mut st = self.pool.lock().map(|mut p| p.pop()).unwrap_or_default().unwrap_or_default();
         st.vals.clear();
         st.vals.resize_with(self.slots, || None);
         st.vals[self.input_slot] = Some(Value::F(input));
@@ -1088,233 +652,91 @@ impl Int8Engine {
         result
     }
 
-    fn run_steps(
-        &self,
-        st: &mut RunState,
-        mut times: Option<&mut Vec<f64>>,
-    ) -> Result<Vec<Tensor>, RuntimeError> {
+    fn run_steps(&self, st: &mut RunState, mut times: Option<&mut Vec<f64>>) -> Result<Vec<Tensor>, RuntimeError> {
         for (i, (step, release)) in self.steps.iter().zip(&self.release).enumerate() {
             let t0 = times.is_some().then(std::time::Instant::now);
             match step {
-                Step::Quantize {
-                    input,
-                    output,
-                    grid,
-                } => {
-                    let Some(Value::F(t)) = &st.vals[*input] else {
-                        return Err(RuntimeError::Other("quantize of a non-float value".into()));
-                    };
+                Step::Quantize { input, output, grid } => {
+                    let Some(Value::F(t)) = &st.vals[*input] else { return Err(RuntimeError::Other("quantize of a non-float value".into())) };
                     let x = t.as_f32().map_err(|e| RuntimeError::Other(e.to_string()))?;
                     let shape = t.shape.clone();
                     let n = x.len();
                     let mut data = st.buffer(n);
-                    let Some(Value::F(t)) = &st.vals[*input] else {
-                        unreachable!()
-                    };
+                    let Some(Value::F(t)) = &st.vals[*input] else { unreachable!() };
                     let x = t.as_f32().map_err(|e| RuntimeError::Other(e.to_string()))?;
                     // Same rounding as QuantizeLinear; int8 grids arrive already shifted into uint8.
                     q8::quantize_f32(x, grid.scale, grid.zp, &mut data);
                     st.vals[*output] = Some(Value::Q { shape, data });
                 }
-                Step::Dequantize {
-                    input,
-                    output,
-                    grid,
-                } => {
-                    let Some(Value::Q { shape, data }) = &st.vals[*input] else {
-                        return Err(RuntimeError::Other(
-                            "dequantize of a non-quantized value".into(),
-                        ));
-                    };
-                    let f = data
-                        .iter()
-                        .map(|&q| (q as i32 - grid.zp) as f32 * grid.scale)
-                        .collect();
-                    st.vals[*output] =
-                        Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
+                Step::Dequantize { input, output, grid } => {
+                    let Some(Value::Q { shape, data }) = &st.vals[*input] else { return Err(RuntimeError::Other("dequantize of a non-quantized value".into())) };
+                    let f = data.iter().map(|&q| (q as i32 - grid.zp) as f32 * grid.scale).collect();
+                    st.vals[*output] = Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
                 }
-                Step::Conv {
-                    input,
-                    output,
-                    zp_in,
-                    parts,
-                    bias_fixed,
-                    shift,
-                    out,
-                    qmin,
-                    qmax,
-                    cmax,
-                    epi,
-                    geom,
-                    out_shape_per_image,
-                } => {
-                    let Some(Value::Q { shape, .. }) = &st.vals[*input] else {
-                        return Err(RuntimeError::Other("conv input is not quantized".into()));
-                    };
+                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, out_shape_per_image } => {
+                    let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
                     let images = shape[0];
-                    let (isz, osz) = (
-                        geom.in_c * geom.in_h * geom.in_w,
-                        geom.out_c * geom.out_h * geom.out_w,
-                    );
+                    let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
                     let mut o = st.buffer(images * osz);
                     let RunState { vals, scratch, .. } = &mut *st;
-                    let Some(Value::Q { data, .. }) = &vals[*input] else {
-                        unreachable!()
-                    };
+                    let Some(Value::Q { data, .. }) = &vals[*input] else { unreachable!() };
                     for b in 0..images {
-                        let (x, y) = (
-                            &data[b * isz..(b + 1) * isz],
-                            &mut o[b * osz..(b + 1) * osz],
-                        );
-                        q8::conv_q8_epi(
-                            x,
-                            *zp_in,
-                            parts,
-                            bias_fixed,
-                            *shift,
-                            out.zp,
-                            *qmin,
-                            *qmax,
-                            cmax.as_deref(),
-                            epi.as_ref(),
-                            geom,
-                            y,
-                            scratch,
-                        );
+                        let (x, y) = (&data[b * isz..(b + 1) * isz], &mut o[b * osz..(b + 1) * osz]);
+                        q8::conv_q8_epi(x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref(), epi.as_ref(), geom, y, scratch);
                     }
                     let mut s = vec![images];
                     s.extend_from_slice(out_shape_per_image);
                     st.vals[*output] = Some(Value::Q { shape: s, data: o });
                 }
-                Step::ConvDequant {
-                    input,
-                    output,
-                    zp_in,
-                    part,
-                    scale,
-                    bias,
-                    geom,
-                    out_shape_per_image,
-                } => {
-                    let Some(Value::Q { shape, .. }) = &st.vals[*input] else {
-                        return Err(RuntimeError::Other("conv input is not quantized".into()));
-                    };
+                Step::ConvDequant { input, output, zp_in, part, scale, bias, geom, out_shape_per_image } => {
+                    let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
                     let images = shape[0];
-                    let (isz, spatial) =
-                        (geom.in_c * geom.in_h * geom.in_w, geom.out_h * geom.out_w);
+                    let (isz, spatial) = (geom.in_c * geom.in_h * geom.in_w, geom.out_h * geom.out_w);
                     let mut y = Vec::with_capacity(images * geom.out_c * spatial);
                     let RunState { vals, scratch, .. } = &mut *st;
-                    let Some(Value::Q { data, .. }) = &vals[*input] else {
-                        unreachable!()
-                    };
+                    let Some(Value::Q { data, .. }) = &vals[*input] else { unreachable!() };
                     let mut acc = std::mem::take(&mut scratch.acc);
                     for b in 0..images {
-                        q8::conv_acc(
-                            &data[b * isz..(b + 1) * isz],
-                            *zp_in,
-                            part,
-                            geom,
-                            &mut acc,
-                            scratch,
-                        );
-                        y.extend(acc.iter().enumerate().map(|(i, &a)| {
-                            (a as f64 * scale[i / spatial] + bias[i / spatial]) as f32
-                        }));
+                        q8::conv_acc(&data[b * isz..(b + 1) * isz], *zp_in, part, geom, &mut acc, scratch);
+                        y.extend(acc.iter().enumerate().map(|(i, &a)| (a as f64 * scale[i / spatial] + bias[i / spatial]) as f32));
                     }
                     scratch.acc = acc;
                     let mut s = vec![images];
                     s.extend_from_slice(out_shape_per_image);
-                    st.vals[*output] = Some(Value::F(
-                        Tensor::f32(s, y).map_err(|e| RuntimeError::Other(e.to_string()))?,
-                    ));
+                    st.vals[*output] = Some(Value::F(Tensor::f32(s, y).map_err(|e| RuntimeError::Other(e.to_string()))?));
                 }
-                Step::Add {
-                    a,
-                    b,
-                    output,
-                    za,
-                    zb,
-                    ma,
-                    mb,
-                    shift,
-                    out,
-                } => {
-                    let (Some(Value::Q { shape, data: da }), Some(Value::Q { .. })) =
-                        (&st.vals[*a], &st.vals[*b])
-                    else {
-                        return Err(RuntimeError::Other("add inputs are not quantized".into()));
-                    };
+                Step::Add { a, b, output, za, zb, ma, mb, shift, out } => {
+                    let (Some(Value::Q { shape, data: da }), Some(Value::Q { .. })) = (&st.vals[*a], &st.vals[*b]) else { return Err(RuntimeError::Other("add inputs are not quantized".into())) };
                     let (shape, n) = (shape.clone(), da.len());
                     let mut o = st.buffer(n);
-                    let (Some(Value::Q { data: da, .. }), Some(Value::Q { data: db, .. })) =
-                        (&st.vals[*a], &st.vals[*b])
-                    else {
-                        unreachable!()
-                    };
+                    let (Some(Value::Q { data: da, .. }), Some(Value::Q { data: db, .. })) = (&st.vals[*a], &st.vals[*b]) else { unreachable!() };
                     q8::add_q8(da, *za, *ma, db, *zb, *mb, *shift, out.zp, 0, 255, &mut o);
                     st.vals[*output] = Some(Value::Q { shape, data: o });
                 }
-                Step::GlobalAvgPool {
-                    input,
-                    output,
-                    zp_in,
-                    requant,
-                    out,
-                } => {
-                    let Some(Value::Q { shape, data }) = &st.vals[*input] else {
-                        return Err(RuntimeError::Other("pool input is not quantized".into()));
-                    };
+                Step::GlobalAvgPool { input, output, zp_in, requant, out } => {
+                    let Some(Value::Q { shape, data }) = &st.vals[*input] else { return Err(RuntimeError::Other("pool input is not quantized".into())) };
                     let (n, c) = (shape[0], shape[1]);
                     let per = data.len() / n;
                     let mut o = st.buffer(n * c);
-                    let Some(Value::Q { data, .. }) = &st.vals[*input] else {
-                        unreachable!()
-                    };
+                    let Some(Value::Q { data, .. }) = &st.vals[*input] else { unreachable!() };
                     for b in 0..n {
-                        q8::global_avg_pool_q8(
-                            &data[b * per..(b + 1) * per],
-                            c,
-                            *zp_in,
-                            *requant,
-                            out.zp,
-                            &mut o[b * c..(b + 1) * c],
-                        );
+                        q8::global_avg_pool_q8(&data[b * per..(b + 1) * per], c, *zp_in, *requant, out.zp, &mut o[b * c..(b + 1) * c]);
                     }
-                    st.vals[*output] = Some(Value::Q {
-                        shape: vec![n, c, 1, 1],
-                        data: o,
-                    });
+                    st.vals[*output] = Some(Value::Q { shape: vec![n, c, 1, 1], data: o });
                 }
-                Step::Requantize {
-                    input,
-                    output,
-                    zp_in,
-                    requant,
-                    out,
-                    qmin,
-                    qmax,
-                    shape: new_shape,
-                } => {
-                    let Some(Value::Q { shape, data }) = &st.vals[*input] else {
-                        return Err(RuntimeError::Other("input is not quantized".into()));
-                    };
+                Step::Requantize { input, output, zp_in, requant, out, qmin, qmax, shape: new_shape } => {
+                    let Some(Value::Q { shape, data }) = &st.vals[*input] else { return Err(RuntimeError::Other("input is not quantized".into())) };
                     let s = match new_shape {
-                        Some(ns) => std::iter::once(shape[0])
-                            .chain(ns.iter().copied())
-                            .collect(),
+                        Some(ns) => std::iter::once(shape[0]).chain(ns.iter().copied()).collect(),
                         None => shape.clone(),
                     };
                     let mut o = st.buffer(data.len());
-                    let Some(Value::Q { data, .. }) = &st.vals[*input] else {
-                        unreachable!()
-                    };
+                    let Some(Value::Q { data, .. }) = &st.vals[*input] else { unreachable!() };
                     q8::requantize_u8(data, *zp_in, *requant, out.zp, *qmin, *qmax, &mut o);
                     st.vals[*output] = Some(Value::Q { shape: s, data: o });
                 }
                 Step::ClampChannels { slot, qmax } => {
-                    let Some(Value::Q { shape, data }) = &mut st.vals[*slot] else {
-                        return Err(RuntimeError::Other("clamp of a non-quantized value".into()));
-                    };
+                    let Some(Value::Q { shape, data }) = &mut st.vals[*slot] else { return Err(RuntimeError::Other("clamp of a non-quantized value".into())) };
                     let inner: usize = shape[2..].iter().product();
                     q8::clamp_channels_u8(data, inner, qmax);
                 }
@@ -1346,10 +768,7 @@ impl Int8Engine {
             .iter()
             .map(|&s| match st.vals[s].take() {
                 Some(Value::F(t)) => Ok(t),
-                Some(Value::Q { shape, data }) => Ok(Tensor {
-                    shape,
-                    data: TensorData::U8(data),
-                }),
+                Some(Value::Q { shape, data }) => Ok(Tensor { shape, data: TensorData::U8(data) }),
                 None => Err(RuntimeError::Other("graph output was not computed".into())),
             })
             .collect()

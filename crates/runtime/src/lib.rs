@@ -10,17 +10,9 @@ pub use int8::Int8Engine;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("node '{node}' ({op}): {reason}")]
-    Node {
-        node: String,
-        op: String,
-        reason: String,
-    },
+    Node { node: String, op: String, reason: String },
     #[error("input '{name}': expected shape {expected:?}, got {actual:?}")]
-    InputShape {
-        name: String,
-        expected: Vec<usize>,
-        actual: Vec<usize>,
-    },
+    InputShape { name: String, expected: Vec<usize>, actual: Vec<usize> },
     #[error("missing graph input '{0}'")]
     MissingInput(String),
     #[error("{0}")]

@@ -8,30 +8,19 @@ use subq_onnx::{load_model, ImportOptions};
 use subq_runtime::Fp32Executor;
 use subq_tensor::Tensor;
 
+
 /// Runs `model` on the reference inputs of `inputs_of` and compares with `logits` file.
 /// Returns (max |diff|, max |logit|, top-1 matches).
 fn compare(model: &str, inputs_of: &str, logits: &str) -> (f32, f32, usize) {
-    let g = load_model(
-        &assets().join("models").join(model),
-        &ImportOptions::default(),
-    )
-    .unwrap();
-    let (shape, x) = read_npy(
-        &assets()
-            .join("reference")
-            .join(format!("{inputs_of}.inputs.npy")),
-    );
+    let g = load_model(&assets().join("models").join(model), &ImportOptions::default()).unwrap();
+    let (shape, x) = read_npy(&assets().join("reference").join(format!("{inputs_of}.inputs.npy")));
     let (lshape, expected) = read_npy(&assets().join("reference").join(logits));
     let exec = Fp32Executor::new(&g);
     let per = x.len() / shape[0];
     let classes = lshape[1];
     let (mut max_diff, mut max_logit, mut top1) = (0f32, 0f32, 0);
     for i in 0..shape[0] {
-        let input = Tensor::f32(
-            vec![1, shape[1], shape[2], shape[3]],
-            x[i * per..(i + 1) * per].to_vec(),
-        )
-        .unwrap();
+        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
         let out = exec.run(vec![input]).unwrap().remove(0);
         let got = out.as_f32().unwrap();
         let want = &expected[i * classes..(i + 1) * classes];
@@ -46,11 +35,7 @@ fn compare(model: &str, inputs_of: &str, logits: &str) -> (f32, f32, usize) {
 
 #[test]
 fn efficientnet_lite0_matches_onnxruntime() {
-    let (d, m, top1) = compare(
-        "efficientnet_lite0.onnx",
-        "efficientnet_lite0",
-        "efficientnet_lite0.logits.npy",
-    );
+    let (d, m, top1) = compare("efficientnet_lite0.onnx", "efficientnet_lite0", "efficientnet_lite0.logits.npy");
     eprintln!("efficientnet_lite0: max|diff| {d:.2e}, max|logit| {m:.2}");
     assert!(d <= 1e-3 * m, "max diff {d} > 1e-3 × {m}");
     assert_eq!(top1, 8);
@@ -58,11 +43,7 @@ fn efficientnet_lite0_matches_onnxruntime() {
 
 #[test]
 fn mobilenetv2_dogs_matches_onnxruntime() {
-    let (d, m, top1) = compare(
-        "mobilenetv2_1.0_160_dogs.onnx",
-        "mobilenetv2_1.0_160_dogs",
-        "mobilenetv2_1.0_160_dogs.logits.npy",
-    );
+    let (d, m, top1) = compare("mobilenetv2_1.0_160_dogs.onnx", "mobilenetv2_1.0_160_dogs", "mobilenetv2_1.0_160_dogs.logits.npy");
     eprintln!("mobilenetv2: max|diff| {d:.2e}, max|logit| {m:.2}");
     assert!(d <= 1e-3 * m, "max diff {d} > 1e-3 × {m}");
     assert_eq!(top1, 8);
@@ -74,11 +55,7 @@ fn mobilenetv2_dogs_matches_onnxruntime() {
 fn ort_qdq_files_written_semantics() {
     for model in ["efficientnet_lite0", "mobilenetv2_1.0_160_dogs"] {
         for scheme in ["per_tensor", "per_channel"] {
-            let (d, m, top1) = compare(
-                &format!("{model}.ort_qdq_{scheme}.onnx"),
-                model,
-                &format!("{model}.ort_qdq_{scheme}.logits.npy"),
-            );
+            let (d, m, top1) = compare(&format!("{model}.ort_qdq_{scheme}.onnx"), model, &format!("{model}.ort_qdq_{scheme}.logits.npy"));
             eprintln!("{model} {scheme}: max|diff| {d:.3}, max|logit| {m:.2}, top-1 {top1}/8");
             assert!(top1 >= 7, "{model} {scheme}: top-1 agreement {top1}/8");
         }

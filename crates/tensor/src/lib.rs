@@ -51,11 +51,7 @@ pub enum TensorData {
 #[derive(Debug, thiserror::Error)]
 pub enum TensorError {
     #[error("shape {shape:?} holds {expected} elements but {actual} were given")]
-    LengthMismatch {
-        shape: Vec<usize>,
-        expected: usize,
-        actual: usize,
-    },
+    LengthMismatch { shape: Vec<usize>, expected: usize, actual: usize },
     #[error("expected a {expected} tensor, found {actual}")]
     WrongType { expected: DType, actual: DType },
 }
@@ -76,11 +72,7 @@ impl Tensor {
         let t = Tensor { shape, data };
         let (expected, actual) = (numel(&t.shape), t.len());
         if expected != actual {
-            return Err(TensorError::LengthMismatch {
-                shape: t.shape,
-                expected,
-                actual,
-            });
+            return Err(TensorError::LengthMismatch { shape: t.shape, expected, actual });
         }
         Ok(t)
     }
@@ -91,17 +83,11 @@ impl Tensor {
 
     pub fn zeros_f32(shape: Vec<usize>) -> Tensor {
         let n = numel(&shape);
-        Tensor {
-            shape,
-            data: TensorData::F32(vec![0.0; n]),
-        }
+        Tensor { shape, data: TensorData::F32(vec![0.0; n]) }
     }
 
     pub fn scalar_f32(v: f32) -> Tensor {
-        Tensor {
-            shape: vec![],
-            data: TensorData::F32(vec![v]),
-        }
+        Tensor { shape: vec![], data: TensorData::F32(vec![v]) }
     }
 
     pub fn dtype(&self) -> DType {
@@ -135,10 +121,7 @@ impl Tensor {
     pub fn as_f32(&self) -> Result<&[f32], TensorError> {
         match &self.data {
             TensorData::F32(v) => Ok(v),
-            _ => Err(TensorError::WrongType {
-                expected: DType::F32,
-                actual: self.dtype(),
-            }),
+            _ => Err(TensorError::WrongType { expected: DType::F32, actual: self.dtype() }),
         }
     }
 
@@ -146,10 +129,7 @@ impl Tensor {
         let actual = self.dtype();
         match &mut self.data {
             TensorData::F32(v) => Ok(v),
-            _ => Err(TensorError::WrongType {
-                expected: DType::F32,
-                actual,
-            }),
+            _ => Err(TensorError::WrongType { expected: DType::F32, actual }),
         }
     }
 
@@ -184,9 +164,7 @@ impl Tensor {
     pub fn min_max(&self) -> (f32, f32) {
         self.to_f32_vec()
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
-                (lo.min(x), hi.max(x))
-            })
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
     }
 }
 

@@ -45,12 +45,7 @@ pub struct QParams {
 
 impl QParams {
     pub fn per_tensor(scale: f32, zero_point: i32, range: QuantRange) -> QParams {
-        QParams {
-            scale: vec![scale],
-            zero_point: vec![zero_point],
-            axis: None,
-            range,
-        }
+        QParams { scale: vec![scale], zero_point: vec![zero_point], axis: None, range }
     }
 
     pub fn is_per_tensor(&self) -> bool {
@@ -67,9 +62,7 @@ impl QParams {
             return QParams::per_tensor(1.0, 0, range);
         }
         let scale = span / (qmax - qmin) as f32;
-        let zp = (qmin as f32 - lo / scale)
-            .round()
-            .clamp(qmin as f32, qmax as f32) as i32;
+        let zp = (qmin as f32 - lo / scale).round().clamp(qmin as f32, qmax as f32) as i32;
         QParams::per_tensor(scale, zp, range)
     }
 
@@ -78,11 +71,7 @@ impl QParams {
         let (_, qmax) = range.bounds();
         let zp = if range == QuantRange::U8 { 128 } else { 0 };
         let qmax = if range == QuantRange::U8 { 127 } else { qmax };
-        let scale = if absmax > 0.0 && absmax.is_finite() {
-            absmax / qmax as f32
-        } else {
-            1.0
-        };
+        let scale = if absmax > 0.0 && absmax.is_finite() { absmax / qmax as f32 } else { 1.0 };
         QParams::per_tensor(scale, zp, range)
     }
 
@@ -101,20 +90,12 @@ impl QParams {
 
     #[inline]
     pub fn scale_at(&self, channel: usize) -> f32 {
-        if self.scale.len() == 1 {
-            self.scale[0]
-        } else {
-            self.scale[channel]
-        }
+        if self.scale.len() == 1 { self.scale[0] } else { self.scale[channel] }
     }
 
     #[inline]
     pub fn zero_point_at(&self, channel: usize) -> i32 {
-        if self.zero_point.len() == 1 {
-            self.zero_point[0]
-        } else {
-            self.zero_point[channel]
-        }
+        if self.zero_point.len() == 1 { self.zero_point[0] } else { self.zero_point[channel] }
     }
 
     /// q = clamp(round_half_even(x / scale) + zp). Round-half-to-even is what ONNX
@@ -122,8 +103,7 @@ impl QParams {
     #[inline]
     pub fn quantize_value(&self, x: f32, channel: usize) -> i32 {
         let (qmin, qmax) = self.range.bounds();
-        let q =
-            round_ties_even(x / self.scale_at(channel)) as i64 + self.zero_point_at(channel) as i64;
+        let q = round_ties_even(x / self.scale_at(channel)) as i64 + self.zero_point_at(channel) as i64;
         q.clamp(qmin as i64, qmax as i64) as i32
     }
 
@@ -168,20 +148,10 @@ mod tests {
         };
         for bits in (0..=u32::MAX).step_by(251) {
             let x = f32::from_bits(bits);
-            assert!(
-                same(x),
-                "{x:e} ({bits:#x}): {} vs {}",
-                round_ties_even(x),
-                x.round_ties_even()
-            );
+            assert!(same(x), "{x:e} ({bits:#x}): {} vs {}", round_ties_even(x), x.round_ties_even());
         }
         for k in -70_000i32..70_000 {
-            for x in [
-                k as f32 + 0.5,
-                k as f32 - 0.5,
-                k as f32 + 0.499_999_97,
-                k as f32 * 61.0 + 0.5,
-            ] {
+            for x in [k as f32 + 0.5, k as f32 - 0.5, k as f32 + 0.499_999_97, k as f32 * 61.0 + 0.5] {
                 assert!(same(x), "{x}");
             }
         }
@@ -209,21 +179,11 @@ mod tests {
 
     #[test]
     fn channel_of_follows_the_axis() {
-        let per_channel = QParams {
-            scale: vec![1.0, 2.0, 3.0],
-            zero_point: vec![0; 3],
-            axis: Some(1),
-            range: QuantRange::I8,
-        };
+        let per_channel = QParams { scale: vec![1.0, 2.0, 3.0], zero_point: vec![0; 3], axis: Some(1), range: QuantRange::I8 };
         // shape [2, 3, 2]: elements 0,1 → channel 0; 2,3 → 1; 4,5 → 2; then again for the next row.
-        let got: Vec<usize> = (0..12)
-            .map(|i| per_channel.channel_of(&[2, 3, 2], i))
-            .collect();
+        let got: Vec<usize> = (0..12).map(|i| per_channel.channel_of(&[2, 3, 2], i)).collect();
         assert_eq!(got, vec![0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2]);
-        assert_eq!(
-            QParams::per_tensor(1.0, 0, QuantRange::U8).channel_of(&[2, 3, 2], 7),
-            0
-        );
+        assert_eq!(QParams::per_tensor(1.0, 0, QuantRange::U8).channel_of(&[2, 3, 2], 7), 0);
     }
 
     #[test]

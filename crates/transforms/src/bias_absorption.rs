@@ -20,18 +20,11 @@ use crate::TransformError;
 /// Absorb per-channel offsets. `lower_bounds` maps a conv's output value (the pre-activation)
 /// to a per-channel lower bound of it; channels with a bound ≤ 0 are left alone. Returns the
 /// number of conv pairs changed.
-pub fn absorb_high_biases(
-    g: &mut Graph,
-    lower_bounds: &BTreeMap<String, Vec<f32>>,
-) -> Result<usize, TransformError> {
+pub fn absorb_high_biases(g: &mut Graph, lower_bounds: &BTreeMap<String, Vec<f32>>) -> Result<usize, TransformError> {
     let mut changed = 0;
     let mut i = 0;
     while i < g.nodes.len() {
-        let candidate = g.nodes[i]
-            .outputs
-            .first()
-            .and_then(|o| lower_bounds.get(o))
-            .cloned();
+        let candidate = g.nodes[i].outputs.first().and_then(|o| lower_bounds.get(o)).cloned();
         let Some(lower) = candidate else {
             i += 1;
             continue;
@@ -41,83 +34,41 @@ pub fn absorb_high_biases(
             i += 1;
             continue;
         };
-        let Op::Conv(second) = &g.nodes[pair.second].op else {
-            unreachable!("find_pair returns convs")
-        };
+        let Op::Conv(second) = &g.nodes[pair.second].op else { unreachable!("find_pair returns convs") };
         let second_group = second.group;
-        if second.pads.iter().any(|&p| p != 0)
-            || g.nodes[pair.first]
-                .inputs
-                .get(2)
-                .is_none_or(|b| b.is_empty())
-        {
+        if second.pads.iter().any(|&p| p != 0) || g.nodes[pair.first].inputs.get(2).is_none_or(|b| b.is_empty()) {
             i += 1;
             continue;
         }
         let channels = g.initializers[&g.nodes[pair.first].inputs[1]].shape[0];
         if lower.len() != channels {
-            return Err(TransformError::Node {
-                pass: "bias-absorption",
-                node: g.nodes[i].name.clone(),
-                reason: format!("{} lower bounds for {channels} channels", lower.len()),
-            });
+            return Err(TransformError::Node { pass: "bias-absorption", node: g.nodes[i].name.clone(), reason: format!("{} lower bounds for {channels} channels", lower.len()) });
         }
         // With a ReLU6 bound b the channel output is min(x, b); absorbing c ≤ b keeps it exact
         // (min(x − c, b − c) + c), so c is capped at the bound.
-        let bound = pair
-            .min
-            .map(|m| g.initializers[&g.nodes[m].inputs[1]].to_f32_vec());
-        let c: Vec<f32> = (0..channels)
-            .map(|k| {
-                lower[k]
-                    .max(0.0)
-                    .min(bound.as_ref().map_or(f32::INFINITY, |b| b[k]))
-            })
-            .collect();
+        let bound = pair.min.map(|m| g.initializers[&g.nodes[m].inputs[1]].to_f32_vec());
+        let c: Vec<f32> = (0..channels).map(|k| lower[k].max(0.0).min(bound.as_ref().map_or(f32::INFINITY, |b| b[k]))).collect();
         if c.iter().all(|&v| v == 0.0) {
             i += 1;
             continue;
         }
         let b1 = g.nodes[pair.first].inputs[2].clone();
-        for (v, ck) in g
-            .initializers
-            .get_mut(&b1)
-            .expect("bias")
-            .as_f32_mut()
-            .expect("float bias")
-            .iter_mut()
-            .zip(&c)
-        {
+        for (v, ck) in g.initializers.get_mut(&b1).expect("bias").as_f32_mut().expect("float bias").iter_mut().zip(&c) {
             *v -= ck;
         }
         if let Some(m) = pair.min {
             let name = g.nodes[m].inputs[1].clone();
-            for (v, ck) in g
-                .initializers
-                .get_mut(&name)
-                .expect("bound")
-                .as_f32_mut()
-                .expect("float bound")
-                .iter_mut()
-                .zip(&c)
-            {
+            for (v, ck) in g.initializers.get_mut(&name).expect("bound").as_f32_mut().expect("float bound").iter_mut().zip(&c) {
                 *v -= ck;
             }
         }
-        let shift = second_bias_shift(
-            &g.initializers[&g.nodes[pair.second].inputs[1]],
-            second_group,
-            &c,
-        );
+        let shift = second_bias_shift(&g.initializers[&g.nodes[pair.second].inputs[1]], second_group, &c);
         let second_node = pair.second;
         let bias_name = match g.nodes[second_node].inputs.get(2).filter(|b| !b.is_empty()) {
             Some(b) => b.clone(),
             None => {
                 let name = g.fresh_name(&format!("{}_bias", g.nodes[second_node].name));
-                g.initializers.insert(
-                    name.clone(),
-                    Tensor::f32(vec![shift.len()], vec![0.0; shift.len()]).expect("len"),
-                );
+                g.initializers.insert(name.clone(), Tensor::f32(vec![shift.len()], vec![0.0; shift.len()]).expect("len"));
                 g.shapes.insert(name.clone(), vec![shift.len()]);
                 g.dtypes.insert(name.clone(), subq_tensor::DType::F32);
                 g.nodes[second_node].inputs.resize(2, String::new());
@@ -125,15 +76,7 @@ pub fn absorb_high_biases(
                 name
             }
         };
-        for (v, s) in g
-            .initializers
-            .get_mut(&bias_name)
-            .expect("bias")
-            .as_f32_mut()
-            .expect("float bias")
-            .iter_mut()
-            .zip(&shift)
-        {
+        for (v, s) in g.initializers.get_mut(&bias_name).expect("bias").as_f32_mut().expect("float bias").iter_mut().zip(&shift) {
             *v += *s as f32;
         }
         changed += 1;
@@ -151,14 +94,7 @@ fn second_bias_shift(w: &Tensor, group: usize, c: &[f32]) -> Vec<f64> {
     (0..o)
         .map(|oc| {
             let grp = oc / (o / group);
-            (0..i)
-                .map(|ic| {
-                    c[grp * i + ic] as f64
-                        * (0..taps)
-                            .map(|t| v[(oc * i + ic) * taps + t] as f64)
-                            .sum::<f64>()
-                })
-                .sum()
+            (0..i).map(|ic| c[grp * i + ic] as f64 * (0..taps).map(|t| v[(oc * i + ic) * taps + t] as f64).sum::<f64>()).sum()
         })
         .collect()
 }

@@ -26,13 +26,7 @@ fn sole_consumer(g: &Graph, value: &str) -> Option<usize> {
     if g.outputs.iter().any(|o| o == value) {
         return None;
     }
-    let c: Vec<usize> = g
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.inputs.iter().any(|i| i == value))
-        .map(|(i, _)| i)
-        .collect();
+    let c: Vec<usize> = g.nodes.iter().enumerate().filter(|(_, n)| n.inputs.iter().any(|i| i == value)).map(|(i, _)| i).collect();
     (c.len() == 1).then(|| c[0])
 }
 
@@ -42,43 +36,20 @@ fn const_conv(g: &Graph, n: &Node) -> bool {
 
 /// Replace Clip(0, m) after a conv by Relu → Min(m per channel) so bounds can be rescaled.
 fn split_clip(g: &mut Graph, clip: usize, channels: usize) -> Result<(), TransformError> {
-    let Op::Clip { min, max } = g.nodes[clip].op else {
-        unreachable!()
-    };
+    let Op::Clip { min, max } = g.nodes[clip].op else { unreachable!() };
     if min != 0.0 || !max.is_finite() {
-        return Err(TransformError::Node {
-            pass: "cle",
-            node: g.nodes[clip].name.clone(),
-            reason: "only Clip(0, m) can be equalized".into(),
-        });
+        return Err(TransformError::Node { pass: "cle", node: g.nodes[clip].name.clone(), reason: "only Clip(0, m) can be equalized".into() });
     }
     let n = g.nodes[clip].clone();
     let relu_out = g.fresh_name(&format!("{}_relu", n.outputs[0]));
     let bound = g.fresh_name(&format!("{}_bound", n.name));
-    g.initializers.insert(
-        bound.clone(),
-        Tensor::f32(vec![1, channels, 1, 1], vec![max; channels]).expect("len"),
-    );
+    g.initializers.insert(bound.clone(), Tensor::f32(vec![1, channels, 1, 1], vec![max; channels]).expect("len"));
     g.shapes.insert(bound.clone(), vec![1, channels, 1, 1]);
     g.dtypes.insert(bound.clone(), subq_tensor::DType::F32);
-    g.shapes
-        .insert(relu_out.clone(), g.shapes[&n.outputs[0]].clone());
+    g.shapes.insert(relu_out.clone(), g.shapes[&n.outputs[0]].clone());
     g.dtypes.insert(relu_out.clone(), subq_tensor::DType::F32);
-    g.nodes[clip] = Node {
-        name: format!("{}_relu", n.name),
-        op: Op::Relu,
-        inputs: n.inputs.clone(),
-        outputs: vec![relu_out.clone()],
-    };
-    g.nodes.insert(
-        clip + 1,
-        Node {
-            name: n.name.clone(),
-            op: Op::Min,
-            inputs: vec![relu_out, bound],
-            outputs: n.outputs.clone(),
-        },
-    );
+    g.nodes[clip] = Node { name: format!("{}_relu", n.name), op: Op::Relu, inputs: n.inputs.clone(), outputs: vec![relu_out.clone()] };
+    g.nodes.insert(clip + 1, Node { name: n.name.clone(), op: Op::Min, inputs: vec![relu_out, bound], outputs: n.outputs.clone() });
     Ok(())
 }
 
@@ -87,16 +58,12 @@ pub(crate) fn find_pair(g: &mut Graph, first: usize) -> Result<Option<Pair>, Tra
         return Ok(None);
     }
     let channels = g.initializers[&g.nodes[first].inputs[1]].shape[0];
-    let Some(mut next) = sole_consumer(g, &g.nodes[first].outputs[0]) else {
-        return Ok(None);
-    };
+    let Some(mut next) = sole_consumer(g, &g.nodes[first].outputs[0]) else { return Ok(None) };
     // Only a clip that sits between two convs becomes Relu → Min: a clip before anything else
     // (the head conv's ReLU6 before pooling) keeps its one bound, fused into its grid for free,
     // instead of a Min over a per-channel bound tensor that repeats one value.
     if matches!(g.nodes[next].op, Op::Clip { min, max } if min == 0.0 && max.is_finite()) {
-        let feeds_conv = sole_consumer(g, &g.nodes[next].outputs[0]).is_some_and(|c| {
-            const_conv(g, &g.nodes[c]) && g.nodes[c].inputs[0] == g.nodes[next].outputs[0]
-        });
+        let feeds_conv = sole_consumer(g, &g.nodes[next].outputs[0]).is_some_and(|c| const_conv(g, &g.nodes[c]) && g.nodes[c].inputs[0] == g.nodes[next].outputs[0]);
         if !feeds_conv {
             return Ok(None);
         }
@@ -105,29 +72,17 @@ pub(crate) fn find_pair(g: &mut Graph, first: usize) -> Result<Option<Pair>, Tra
     let (mut relu, mut min) = (None, None);
     if matches!(g.nodes[next].op, Op::Relu) {
         relu = Some(next);
-        let Some(n2) = sole_consumer(g, &g.nodes[next].outputs[0]) else {
-            return Ok(None);
-        };
+        let Some(n2) = sole_consumer(g, &g.nodes[next].outputs[0]) else { return Ok(None) };
         next = n2;
-        let is_bound = |g: &Graph, i: usize| {
-            matches!(g.nodes[i].op, Op::Min)
-                && g.nodes[i].inputs[1] != g.nodes[i].inputs[0]
-                && g.initializers
-                    .get(&g.nodes[i].inputs[1])
-                    .is_some_and(|t| t.len() == channels)
-        };
+        let is_bound = |g: &Graph, i: usize| matches!(g.nodes[i].op, Op::Min) && g.nodes[i].inputs[1] != g.nodes[i].inputs[0] && g.initializers.get(&g.nodes[i].inputs[1]).is_some_and(|t| t.len() == channels);
         if is_bound(g, next) {
             min = Some(next);
-            let Some(n3) = sole_consumer(g, &g.nodes[next].outputs[0]) else {
-                return Ok(None);
-            };
+            let Some(n3) = sole_consumer(g, &g.nodes[next].outputs[0]) else { return Ok(None) };
             next = n3;
         }
     }
     let second = next;
-    if !const_conv(g, &g.nodes[second])
-        || g.nodes[second].inputs[0] != g.nodes[min.or(relu).unwrap_or(first)].outputs[0]
-    {
+    if !const_conv(g, &g.nodes[second]) || g.nodes[second].inputs[0] != g.nodes[min.or(relu).unwrap_or(first)].outputs[0] {
         return Ok(None);
     }
     Ok(Some(Pair { first, min, second }))
@@ -178,11 +133,7 @@ pub fn equalize(g: &mut Graph, strength: f32, iterations: usize) -> Result<usize
 }
 
 /// [`equalize`], also returning the factors each equalized conv output was divided by.
-pub fn equalize_with_scales(
-    g: &mut Graph,
-    strength: f32,
-    iterations: usize,
-) -> Result<(usize, ChannelScales), TransformError> {
+pub fn equalize_with_scales(g: &mut Graph, strength: f32, iterations: usize) -> Result<(usize, ChannelScales), TransformError> {
     let mut pairs_seen = 0;
     let mut scales = ChannelScales::new();
     for _ in 0..iterations {
@@ -191,9 +142,7 @@ pub fn equalize_with_scales(
         while i < g.nodes.len() {
             if let Some(p) = find_pair(g, i)? {
                 if let Some(s) = apply(g, &p, strength) {
-                    let total = scales
-                        .entry(g.nodes[p.first].outputs[0].clone())
-                        .or_insert_with(|| vec![1.0; s.len()]);
+                    let total = scales.entry(g.nodes[p.first].outputs[0].clone()).or_insert_with(|| vec![1.0; s.len()]);
                     total.iter_mut().zip(&s).for_each(|(t, si)| *t *= si);
                 }
                 pairs_seen += 1;
@@ -208,10 +157,7 @@ pub fn equalize_with_scales(
 /// Equalize one pair; returns the factors the first conv's output channels were divided by.
 fn apply(g: &mut Graph, p: &Pair, strength: f32) -> Option<Vec<f32>> {
     let group_of = |n: &Node| if let Op::Conv(c) = &n.op { c.group } else { 1 };
-    let (w1_name, w2_name) = (
-        g.nodes[p.first].inputs[1].clone(),
-        g.nodes[p.second].inputs[1].clone(),
-    );
+    let (w1_name, w2_name) = (g.nodes[p.first].inputs[1].clone(), g.nodes[p.second].inputs[1].clone());
     let (r1, _) = ranges(&g.initializers[&w1_name], group_of(&g.nodes[p.first]));
     let (_, r2) = ranges(&g.initializers[&w2_name], group_of(&g.nodes[p.second]));
     if r1.len() != r2.len() {
@@ -226,16 +172,7 @@ fn apply(g: &mut Graph, p: &Pair, strength: f32) -> Option<Vec<f32>> {
     let s: Vec<f32> = r1
         .iter()
         .zip(&r2)
-        .map(|(&a, &b)| {
-            if a > 1e-3 * r1_max && b > 0.0 {
-                (a / b)
-                    .sqrt()
-                    .powf(strength)
-                    .clamp(1.0 / MAX_SCALE, MAX_SCALE)
-            } else {
-                1.0
-            }
-        })
+        .map(|(&a, &b)| if a > 1e-3 * r1_max && b > 0.0 { (a / b).sqrt().powf(strength).clamp(1.0 / MAX_SCALE, MAX_SCALE) } else { 1.0 })
         .collect();
     let c = s.len();
     {
@@ -245,21 +182,8 @@ fn apply(g: &mut Graph, p: &Pair, strength: f32) -> Option<Vec<f32>> {
             *v /= s[i / per];
         }
     }
-    if let Some(b) = g.nodes[p.first]
-        .inputs
-        .get(2)
-        .filter(|b| !b.is_empty())
-        .cloned()
-    {
-        for (v, si) in g
-            .initializers
-            .get_mut(&b)
-            .expect("bias")
-            .as_f32_mut()
-            .expect("float")
-            .iter_mut()
-            .zip(&s)
-        {
+    if let Some(b) = g.nodes[p.first].inputs.get(2).filter(|b| !b.is_empty()).cloned() {
+        for (v, si) in g.initializers.get_mut(&b).expect("bias").as_f32_mut().expect("float").iter_mut().zip(&s) {
             *v /= si;
         }
     }
@@ -281,15 +205,7 @@ fn apply(g: &mut Graph, p: &Pair, strength: f32) -> Option<Vec<f32>> {
     }
     if let Some(m) = p.min {
         let bound = g.nodes[m].inputs[1].clone();
-        for (v, si) in g
-            .initializers
-            .get_mut(&bound)
-            .expect("bound")
-            .as_f32_mut()
-            .expect("float")
-            .iter_mut()
-            .zip(&s)
-        {
+        for (v, si) in g.initializers.get_mut(&bound).expect("bound").as_f32_mut().expect("float").iter_mut().zip(&s) {
             *v /= si;
         }
     }

@@ -17,11 +17,7 @@ pub use pipeline::{prepare_for_quantization, PrepareReport};
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
     #[error("pass {pass}: node '{node}': {reason}")]
-    Node {
-        pass: &'static str,
-        node: String,
-        reason: String,
-    },
+    Node { pass: &'static str, node: String, reason: String },
     #[error(transparent)]
     Ir(#[from] subq_ir::IrError),
 }

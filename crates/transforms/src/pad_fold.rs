@@ -11,35 +11,17 @@ pub fn fold_pads(g: &mut Graph) -> Result<usize, TransformError> {
     loop {
         let consumers = g.consumers();
         let found = g.nodes.iter().enumerate().find_map(|(pi, p)| {
-            let Op::Pad { pads, value } = &p.op else {
-                return None;
-            };
+            let Op::Pad { pads, value } = &p.op else { return None };
             // Only H/W padding (NCHW: axes 2 and 3), non-negative, by zeros.
-            let spatial_only =
-                pads.len() == 8 && pads[0] == 0 && pads[1] == 0 && pads[4] == 0 && pads[5] == 0;
+            let spatial_only = pads.len() == 8 && pads[0] == 0 && pads[1] == 0 && pads[4] == 0 && pads[5] == 0;
             if *value != 0.0 || !spatial_only || g.outputs.contains(&p.outputs[0]) {
                 return None;
             }
             let users = consumers.get(p.outputs[0].as_str())?;
-            let all_convs = users.iter().all(|&ci| {
-                matches!(g.nodes[ci].op, Op::Conv(_)) && g.nodes[ci].inputs[0] == p.outputs[0]
-            });
-            all_convs.then(|| {
-                (
-                    pi,
-                    users.clone(),
-                    [
-                        pads[2] as usize,
-                        pads[3] as usize,
-                        pads[6] as usize,
-                        pads[7] as usize,
-                    ],
-                )
-            })
+            let all_convs = users.iter().all(|&ci| matches!(g.nodes[ci].op, Op::Conv(_)) && g.nodes[ci].inputs[0] == p.outputs[0]);
+            all_convs.then(|| (pi, users.clone(), [pads[2] as usize, pads[3] as usize, pads[6] as usize, pads[7] as usize]))
         });
-        let Some((pi, users, extra)) = found else {
-            break;
-        };
+        let Some((pi, users, extra)) = found else { break };
         let src = g.nodes[pi].inputs[0].clone();
         for ci in users {
             let n = &mut g.nodes[ci];

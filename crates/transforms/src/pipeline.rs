@@ -24,9 +24,5 @@ pub struct PrepareReport {
 pub fn prepare_for_quantization(g: &mut Graph) -> Result<PrepareReport, TransformError> {
     let pads_folded = crate::fold_pads(g)?;
     let bn_stats = crate::bn_fold::fold_batch_norms_with_stats(g)?;
-    Ok(PrepareReport {
-        pads_folded,
-        batch_norms_folded: bn_stats.len(),
-        bn_stats,
-    })
+    Ok(PrepareReport { pads_folded, batch_norms_folded: bn_stats.len(), bn_stats })
 }

@@ -114,10 +114,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model = engine(&g)?;
     let shape = vec![1, c, h, w];
     let inputs: Vec<Tensor> = (0..a.batch)
-        .map(|i| {
-            Tensor::f32(shape.clone(), random_input(c * h * w, 0x5EED + i as u64))
-                .map_err(|e| anyhow::anyhow!("{e}"))
-        })
+        .map(|i| Tensor::f32(shape.clone(), random_input(c * h * w, 0x5EED + i as u64)).map_err(|e| anyhow::anyhow!("{e}")))
         .collect::<Result<_>>()?;
 
     // RunModel::run takes its input by value: the copies are made before the clock starts.
@@ -125,9 +122,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if batch.len() == 1 {
             model.run(batch.pop().unwrap())?;
         } else {
-            batch
-                .into_par_iter()
-                .try_for_each(|x| model.run(x).map(drop))?;
+            batch.into_par_iter().try_for_each(|x| model.run(x).map(drop))?;
         }
         Ok(())
     };
@@ -164,31 +159,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    let per = if a.batch == 1 {
-        "per image".to_string()
-    } else {
-        format!("per batch of {}", a.batch)
-    };
+    let per = if a.batch == 1 { "per image".to_string() } else { format!("per batch of {}", a.batch) };
     println!("model:      {}", report.model);
     println!("engine:     {}", report.engine);
-    println!(
-        "input:      {:?} × batch {}",
-        report.input_shape, report.batch
-    );
+    println!("input:      {:?} × batch {}", report.input_shape, report.batch);
     println!("threads:    {}", report.threads);
     println!("runs:       {} (+{} warm-up)", report.runs, report.warmup);
-    println!(
-        "latency:    median {:.3} ms, p10 {:.3} ms, p90 {:.3} ms ({per})",
-        report.median_ms, report.p10_ms, report.p90_ms
-    );
+    println!("latency:    median {:.3} ms, p10 {:.3} ms, p90 {:.3} ms ({per})", report.median_ms, report.p10_ms, report.p90_ms);
     println!("throughput: {:.1} images/s", report.images_per_s);
-    println!(
-        "peak RSS:   {}",
-        report
-            .peak_rss_mib
-            .map(|m| format!("{m:.1} MiB"))
-            .unwrap_or_else(|| "n/a".into())
-    );
+    println!("peak RSS:   {}", report.peak_rss_mib.map(|m| format!("{m:.1} MiB")).unwrap_or_else(|| "n/a".into()));
     Ok(())
 }
 
@@ -219,8 +198,7 @@ fn by_kind(steps: &[StepProfile]) -> Vec<(String, f64, usize)> {
 /// `subq bench --profile`: every engine step timed over `runs` single-image runs (the int8
 /// engine's steps for a QDQ model, the FP32 executor's nodes otherwise).
 fn profile(a: &BenchArgs, g: &Graph, (c, h, w): (usize, usize, usize)) -> Result<()> {
-    let x = Tensor::f32(vec![1, c, h, w], random_input(c * h * w, 0x5EED))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let x = Tensor::f32(vec![1, c, h, w], random_input(c * h * w, 0x5EED)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut times = Vec::new();
     let steps: Vec<StepProfile> = if g.is_quantized() {
         let e = subq_runtime::Int8Engine::new(g)?;
@@ -230,15 +208,7 @@ fn profile(a: &BenchArgs, g: &Graph, (c, h, w): (usize, usize, usize)) -> Result
         for _ in 0..a.runs {
             e.run_profiled(x.clone(), &mut times)?;
         }
-        e.step_labels()
-            .into_iter()
-            .zip(&times)
-            .map(|((kind, detail), &t)| StepProfile {
-                kind,
-                detail,
-                ms: t * 1e3 / a.runs as f64,
-            })
-            .collect()
+        e.step_labels().into_iter().zip(&times).map(|((kind, detail), &t)| StepProfile { kind, detail, ms: t * 1e3 / a.runs as f64 }).collect()
     } else {
         let e = subq_runtime::Fp32Executor::new(g);
         for _ in 0..a.warmup {
@@ -248,17 +218,7 @@ fn profile(a: &BenchArgs, g: &Graph, (c, h, w): (usize, usize, usize)) -> Result
             e.run_profiled(vec![x.clone()], &mut times)?;
         }
         // Nodes fused into a conv have no time of their own.
-        e.node_labels()
-            .into_iter()
-            .zip(&times)
-            .filter_map(|(label, &t)| {
-                label.map(|(kind, detail)| StepProfile {
-                    kind,
-                    detail,
-                    ms: t * 1e3 / a.runs as f64,
-                })
-            })
-            .collect()
+        e.node_labels().into_iter().zip(&times).filter_map(|(label, &t)| label.map(|(kind, detail)| StepProfile { kind, detail, ms: t * 1e3 / a.runs as f64 })).collect()
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&steps)?);
@@ -266,23 +226,11 @@ fn profile(a: &BenchArgs, g: &Graph, (c, h, w): (usize, usize, usize)) -> Result
     }
     let total: f64 = steps.iter().map(|s| s.ms).sum();
     println!("model:   {}", a.model.display());
-    println!(
-        "threads: {}, runs: {} (+{} warm-up), steps: {}",
-        rayon::current_num_threads(),
-        a.runs,
-        a.warmup,
-        steps.len()
-    );
+    println!("threads: {}, runs: {} (+{} warm-up), steps: {}", rayon::current_num_threads(), a.runs, a.warmup, steps.len());
     println!("total of the steps: {total:.3} ms per image (mean)\n");
-    println!(
-        "{:<28} {:>9} {:>7} {:>6}",
-        "op kind", "ms", "share", "steps"
-    );
+    println!("{:<28} {:>9} {:>7} {:>6}", "op kind", "ms", "share", "steps");
     for (k, ms, n) in by_kind(&steps) {
-        println!(
-            "{k:<28} {ms:>9.3} {:>6.1}% {n:>6}",
-            100.0 * ms / total.max(f64::MIN_POSITIVE)
-        );
+        println!("{k:<28} {ms:>9.3} {:>6.1}% {n:>6}", 100.0 * ms / total.max(f64::MIN_POSITIVE));
     }
     let mut order: Vec<usize> = (0..steps.len()).collect();
     order.sort_by(|&x, &y| steps[y].ms.total_cmp(&steps[x].ms));
@@ -310,19 +258,9 @@ mod tests {
 
     #[test]
     fn by_kind_sums_and_sorts() {
-        let s = |k: &str, ms| StepProfile {
-            kind: k.into(),
-            detail: String::new(),
-            ms,
-        };
+        let s = |k: &str, ms| StepProfile { kind: k.into(), detail: String::new(), ms };
         let k = by_kind(&[s("add", 1.0), s("conv 1×1", 2.0), s("add", 2.5)]);
-        assert_eq!(
-            k,
-            vec![
-                ("add".to_string(), 3.5, 2),
-                ("conv 1×1".to_string(), 2.0, 1)
-            ]
-        );
+        assert_eq!(k, vec![("add".to_string(), 3.5, 2), ("conv 1×1".to_string(), 2.0, 1)]);
     }
 
     #[test]

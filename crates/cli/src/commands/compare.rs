@@ -58,15 +58,7 @@ pub struct LoadedImages {
 
 /// List, truncate and decode the calibration folder and (when given) the evaluation folder,
 /// resolving labels up front so that an unknown label fails before any inference.
-pub fn load_images(
-    g: &subq_ir::Graph,
-    preprocess: &subq_calib::Preprocess,
-    calib: &std::path::Path,
-    calib_limit: Option<usize>,
-    images: Option<&std::path::Path>,
-    limit: Option<usize>,
-    labels: Option<&std::path::Path>,
-) -> Result<LoadedImages> {
+pub fn load_images(g: &subq_ir::Graph, preprocess: &subq_calib::Preprocess, calib: &std::path::Path, calib_limit: Option<usize>, images: Option<&std::path::Path>, limit: Option<usize>, labels: Option<&std::path::Path>) -> Result<LoadedImages> {
     let mut calib_items = list_images(calib).context("reading the calibration folder")?;
     if let Some(l) = calib_limit {
         calib_items.truncate(l.max(1));
@@ -80,79 +72,34 @@ pub fn load_images(
     }
     let synsets = labels.map(Synsets::load).transpose()?;
     let labels: Vec<Option<usize>> = match &synsets {
-        Some(s) => eval_items
-            .iter()
-            .map(|it| label_of(it, s).map(Some))
-            .collect::<Result<_, _>>()?,
+        Some(s) => eval_items.iter().map(|it| label_of(it, s).map(Some)).collect::<Result<_, _>>()?,
         None => vec![None; eval_items.len()],
     };
     // Both folders are decoded once and reused by every row (the observer is not used to load).
-    let opts = CalibOptions {
-        observer: subq_calib::observer::ObserverKind::MinMax,
-        preprocess: preprocess.clone(),
-        skip_unreadable: false,
-        progress: true,
-    };
+    let opts = CalibOptions { observer: subq_calib::observer::ObserverKind::MinMax, preprocess: preprocess.clone(), skip_unreadable: false, progress: true };
     let (calib, _) = load_inputs(g, &calib_items, &opts).context("loading calibration images")?;
-    let eval = if eval_items.is_empty() {
-        Vec::new()
-    } else {
-        load_inputs(g, &eval_items, &opts)
-            .context("loading evaluation images")?
-            .0
-    };
-    Ok(LoadedImages {
-        calib,
-        eval,
-        labels,
-    })
+    let eval = if eval_items.is_empty() { Vec::new() } else { load_inputs(g, &eval_items, &opts).context("loading evaluation images")?.0 };
+    Ok(LoadedImages { calib, eval, labels })
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let g = load_float_graph(&a.model)?;
     let (_, h, w) = image_input_shape(&g)?;
     let preprocess = a.preprocess.resolve(&g)?;
-    let imgs = load_images(
-        &g,
-        &preprocess,
-        &a.calib,
-        a.calib_limit,
-        Some(&a.images),
-        a.limit,
-        a.labels.as_deref(),
-    )?;
-    let eval = EvalSet {
-        inputs: &imgs.eval,
-        labels: &imgs.labels,
-        latency_runs: a.latency_runs,
-    };
+    let imgs = load_images(&g, &preprocess, &a.calib, a.calib_limit, Some(&a.images), a.limit, a.labels.as_deref())?;
+    let eval = EvalSet { inputs: &imgs.eval, labels: &imgs.labels, latency_runs: a.latency_runs };
     let mut configs = scheme_configs();
     for c in configs.iter_mut().filter_map(|(_, c)| c.as_mut()) {
         c.quantize_outputs = a.quantize_outputs;
     }
-    let results = run_schemes(
-        &g,
-        &imgs.calib,
-        Some(&eval),
-        configs,
-        crate::commands::quantize::input_range(&preprocess),
-        true,
-        |r| {
-            if let Some(row) = &r.row {
-                eprintln!("{}", markdown_row(row));
-            }
-        },
-    )?;
+    let results = run_schemes(&g, &imgs.calib, Some(&eval), configs, crate::commands::quantize::input_range(&preprocess), true, |r| {
+        if let Some(row) = &r.row {
+            eprintln!("{}", markdown_row(row));
+        }
+    })?;
     let table: Vec<SchemeRow> = results.into_iter().filter_map(|r| r.row).collect();
     let md = markdown(&table);
-    println!(
-        "{} — {} eval images, {} calibration images, {}×{}\n",
-        a.model.display(),
-        imgs.eval.len(),
-        imgs.calib.len(),
-        h,
-        w
-    );
+    println!("{} — {} eval images, {} calibration images, {}×{}\n", a.model.display(), imgs.eval.len(), imgs.calib.len(), h, w);
     print!("{md}");
     if let Some(p) = &a.markdown {
         subq_onnx::write_atomically(p, md.as_bytes())?;

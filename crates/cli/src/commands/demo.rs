@@ -31,9 +31,6 @@ pub fn run(a: DemoArgs) -> Result<()> {
         json: None,
         markdown: None,
         quantize_outputs: false,
-        preprocess: PreprocessArgs {
-            preset: Some("efficientnet-lite".into()),
-            ..Default::default()
-        },
+        preprocess: PreprocessArgs { preset: Some("efficientnet-lite".into()), ..Default::default() },
     })
 }

@@ -49,19 +49,8 @@ pub struct EvalArgs {
 
 pub fn print_report(r: &EvalReport) {
     println!("model:      {}", r.model);
-    println!(
-        "images:     {}{}",
-        r.n,
-        if r.skipped.is_empty() {
-            String::new()
-        } else {
-            format!(" ({} unreadable, skipped)", r.skipped.len())
-        }
-    );
-    let ci = |c: Option<(f64, f64)>| {
-        c.map(|(lo, hi)| format!(" (95% interval {:.1}–{:.1}%)", 100.0 * lo, 100.0 * hi))
-            .unwrap_or_default()
-    };
+    println!("images:     {}{}", r.n, if r.skipped.is_empty() { String::new() } else { format!(" ({} unreadable, skipped)", r.skipped.len()) });
+    let ci = |c: Option<(f64, f64)>| c.map(|(lo, hi)| format!(" (95% interval {:.1}–{:.1}%)", 100.0 * lo, 100.0 * hi)).unwrap_or_default();
     if r.top1.is_some() {
         println!("top-1:      {}{}", pct(r.top1), ci(r.top1_ci95));
         println!("top-5:      {}", pct(r.top5));
@@ -71,24 +60,10 @@ pub fn print_report(r: &EvalReport) {
             println!("ref top-1:  {}", pct(r.reference_top1));
         }
         if let (Some(g), Some(l)) = (r.images_gained, r.images_lost) {
-            let images = |n: usize| {
-                if n == 1 {
-                    "1 image".to_string()
-                } else {
-                    format!("{n} images")
-                }
-            };
-            println!(
-                "vs ref:     {} right only here, {} right only in the reference",
-                images(g),
-                images(l)
-            );
+            let images = |n: usize| if n == 1 { "1 image".to_string() } else { format!("{n} images") };
+            println!("vs ref:     {} right only here, {} right only in the reference", images(g), images(l));
         }
-        println!(
-            "agreement:  {} (top-1 equal to the reference){}",
-            pct(r.agreement),
-            ci(r.agreement_ci95)
-        );
+        println!("agreement:  {} (top-1 equal to the reference){}", pct(r.agreement), ci(r.agreement_ci95));
         println!("SQNR:       {} (logits vs reference)", db(r.sqnr_db));
     }
 }
@@ -104,11 +79,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let synsets = a.labels.as_ref().map(|p| Synsets::load(p)).transpose()?;
     let reference_graph = a.reference.as_ref().map(|p| load_graph(p)).transpose()?;
     let reference_exec = reference_graph.as_ref().map(Fp32Executor::new);
-    let engine: Box<dyn RunModel> = if a.engine == "fp32" {
-        Box::new(Fp32Executor::new(&g))
-    } else {
-        subq_eval::engine_for(&g)?
-    };
+    let engine: Box<dyn RunModel> = if a.engine == "fp32" { Box::new(Fp32Executor::new(&g)) } else { subq_eval::engine_for(&g)? };
     let model: &dyn RunModel = engine.as_ref();
     let opts = EvalOptions {
         preprocess,
@@ -120,20 +91,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         progress: true,
         keep_tensors: a.save_inputs.is_some() || a.save_logits.is_some(),
     };
-    let (report, kept) = evaluate(model, &items, &opts)
-        .with_context(|| format!("evaluating {}", a.model.display()))?;
+    let (report, kept) = evaluate(model, &items, &opts).with_context(|| format!("evaluating {}", a.model.display()))?;
     print_report(&report);
     if let Some(kept) = kept {
         let classes = kept.logits.first().map_or(0, Vec::len);
-        for (path, rows, shape) in [
-            (&a.save_inputs, &kept.inputs, vec![3, h, w]),
-            (&a.save_logits, &kept.logits, vec![classes]),
-        ] {
+        for (path, rows, shape) in [(&a.save_inputs, &kept.inputs, vec![3, h, w]), (&a.save_logits, &kept.logits, vec![classes])] {
             if let Some(path) = path {
-                let bytes = subq_eval::npy_bytes(rows, &shape)
-                    .with_context(|| format!("encoding {}", path.display()))?;
-                subq_onnx::write_atomically(path, &bytes)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                let bytes = subq_eval::npy_bytes(rows, &shape).with_context(|| format!("encoding {}", path.display()))?;
+                subq_onnx::write_atomically(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
             }
         }
     }

@@ -30,63 +30,21 @@ fn human(n: usize) -> String {
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let mut g = load_graph(&a.model)?;
-    let folded = if a.no_fold || g.is_quantized() {
-        0
-    } else {
-        subq_transforms::fold_batch_norms(&mut g)?
-    };
+    let folded = if a.no_fold || g.is_quantized() { 0 } else { subq_transforms::fold_batch_norms(&mut g)? };
     let info = subq_eval::inspect::inspect(&g);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(());
     }
-    println!(
-        "{} — {} nodes{}",
-        a.model.display(),
-        g.nodes.len(),
-        if folded > 0 {
-            format!(" ({folded} BatchNormalization folded into convolutions)")
-        } else {
-            String::new()
-        }
-    );
-    println!(
-        "{:<4} {:<34} {:<20} {:<16} {:<16} {:>8} {:>8} {:>9} {:>9} {:>9}",
-        "#", "node", "kind", "input", "output", "params", "MACs", "w min", "w max", "ch spread"
-    );
+    println!("{} — {} nodes{}", a.model.display(), g.nodes.len(), if folded > 0 { format!(" ({folded} BatchNormalization folded into convolutions)") } else { String::new() });
+    println!("{:<4} {:<34} {:<20} {:<16} {:<16} {:>8} {:>8} {:>9} {:>9} {:>9}", "#", "node", "kind", "input", "output", "params", "MACs", "w min", "w max", "ch spread");
     for (i, l) in info.layers.iter().enumerate() {
         let f = |v: Option<f32>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
-        let spread = l
-            .channel_range_spread
-            .map(|x| {
-                if x.is_finite() {
-                    format!("{x:.1}x")
-                } else {
-                    "inf".into()
-                }
-            })
-            .unwrap_or_default();
+        let spread = l.channel_range_spread.map(|x| if x.is_finite() { format!("{x:.1}x") } else { "inf".into() }).unwrap_or_default();
         let name: String = l.node.chars().take(34).collect();
-        println!(
-            "{:<4} {:<34} {:<20} {:<16} {:<16} {:>8} {:>8} {:>9} {:>9} {:>9}",
-            i,
-            name,
-            l.kind,
-            format!("{:?}", l.input_shape),
-            format!("{:?}", l.output_shape),
-            human(l.params),
-            human(l.macs),
-            f(l.weight_min),
-            f(l.weight_max),
-            spread
-        );
+        println!("{:<4} {:<34} {:<20} {:<16} {:<16} {:>8} {:>8} {:>9} {:>9} {:>9}", i, name, l.kind, format!("{:?}", l.input_shape), format!("{:?}", l.output_shape), human(l.params), human(l.macs), f(l.weight_min), f(l.weight_max), spread);
     }
-    println!(
-        "total: {} parameters, {} MACs, {:.2} MB as FP32",
-        human(info.total_params),
-        human(info.total_macs),
-        info.fp32_bytes as f64 / 1e6
-    );
+    println!("total: {} parameters, {} MACs, {:.2} MB as FP32", human(info.total_params), human(info.total_macs), info.fp32_bytes as f64 / 1e6);
     println!("ch spread = largest / smallest per-output-channel weight range: the factor by which one per-tensor grid is too coarse for the narrowest channel.");
     Ok(())
 }

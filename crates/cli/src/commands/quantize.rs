@@ -203,13 +203,8 @@ pub struct QuantizeArgs {
 
 /// Real range of the model input that the preprocessing can produce (pixels 0..255).
 pub fn input_range(p: &subq_calib::Preprocess) -> (f32, f32) {
-    let ends: Vec<f32> = (0..3)
-        .flat_map(|c| [(0.0 - p.mean[c]) / p.std[c], (255.0 - p.mean[c]) / p.std[c]])
-        .collect();
-    (
-        ends.iter().cloned().fold(f32::INFINITY, f32::min),
-        ends.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
-    )
+    let ends: Vec<f32> = (0..3).flat_map(|c| [(0.0 - p.mean[c]) / p.std[c], (255.0 - p.mean[c]) / p.std[c]]).collect();
+    (ends.iter().cloned().fold(f32::INFINITY, f32::min), ends.iter().cloned().fold(f32::NEG_INFINITY, f32::max))
 }
 
 pub fn print_summary(s: &QuantSummary) {
@@ -232,22 +227,10 @@ pub fn print_summary(s: &QuantSummary) {
             100.0 * s.extra_macs as f64 / s.total_macs.max(1) as f64,
             s.bias_corrected_layers
         );
-        println!(
-            "{:<40} {:<15} {:>9} {:>9} {:>6} {:>9} {:>10}",
-            "layer", "kind", "per-tensor", "clipped", "clip", "final", "split"
-        );
+        println!("{:<40} {:<15} {:>9} {:>9} {:>6} {:>9} {:>10}", "layer", "kind", "per-tensor", "clipped", "clip", "final", "split");
         for l in &s.layers {
             let name: String = l.node.chars().take(40).collect();
-            println!(
-                "{:<40} {:<15} {:>7.1}dB {:>7.1}dB {:>6.2} {:>7.1}dB {:>10}",
-                name,
-                l.layer,
-                l.sqnr_per_tensor_db,
-                l.sqnr_clipped_db,
-                l.clip,
-                l.final_sqnr_db,
-                l.split.map(|k| format!("{k:?}")).unwrap_or_default()
-            );
+            println!("{:<40} {:<15} {:>7.1}dB {:>7.1}dB {:>6.2} {:>7.1}dB {:>10}", name, l.layer, l.sqnr_per_tensor_db, l.sqnr_clipped_db, l.clip, l.final_sqnr_db, l.split.map(|k| format!("{k:?}")).unwrap_or_default());
         }
         println!("(dB: estimated layer-output SQNR of the weight quantization alone, from calibration statistics)");
     }
@@ -265,14 +248,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             if let Some(l) = a.calib_limit {
                 items.truncate(l);
             }
-            let opts = CalibOptions {
-                observer: cfg.observer,
-                preprocess: preprocess.clone(),
-                skip_unreadable: a.skip_unreadable,
-                progress: true,
-            };
-            let (inputs, skipped) =
-                load_inputs(&g, &items, &opts).context("loading calibration images")?;
+            let opts = CalibOptions { observer: cfg.observer, preprocess: preprocess.clone(), skip_unreadable: a.skip_unreadable, progress: true };
+            let (inputs, skipped) = load_inputs(&g, &items, &opts).context("loading calibration images")?;
             for s in &skipped {
                 eprintln!("warning: skipped unreadable calibration image {s}");
             }
@@ -281,25 +258,14 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         _ => Vec::new(),
     };
     let (mut q, summary) = quantize(&g, &inputs, &cfg, true).context("quantizing")?;
-    q.metadata
-        .insert(PREPROCESS_KEY.into(), serde_json::to_string(&preprocess)?);
-    q.metadata
-        .insert("subq.scheme".into(), summary.scheme.clone());
-    q.metadata
-        .insert("subq.activation_observer".into(), summary.observer.clone());
-    q.metadata.insert(
-        "subq.calibration_images".into(),
-        summary.calibration_images.to_string(),
-    );
+    q.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(&preprocess)?);
+    q.metadata.insert("subq.scheme".into(), summary.scheme.clone());
+    q.metadata.insert("subq.activation_observer".into(), summary.observer.clone());
+    q.metadata.insert("subq.calibration_images".into(), summary.calibration_images.to_string());
     subq_onnx::save_model(&q, &a.output)?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     print_summary(&summary);
-    println!(
-        "wrote {} ({:.1} kB) in {:.1} s",
-        a.output.display(),
-        size as f64 / 1e3,
-        summary.seconds
-    );
+    println!("wrote {} ({:.1} kB) in {:.1} s", a.output.display(), size as f64 / 1e3, summary.seconds);
     if let Some(p) = &a.json {
         write_json(p, &summary)?;
     }

@@ -47,11 +47,9 @@ pub struct ReportArgs {
 
 /// Create the output folder and check a file can be written there, before minutes of work.
 pub fn prepare_output_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
     let probe = dir.join(".subq-write-check");
-    subq_onnx::write_atomically(&probe, b"")
-        .with_context(|| format!("the output folder {} is not writable", dir.display()))?;
+    subq_onnx::write_atomically(&probe, b"").with_context(|| format!("the output folder {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -62,42 +60,15 @@ pub fn run(a: ReportArgs) -> Result<()> {
     let preprocess = a.preprocess.resolve(&g)?;
     // Images first (a bad folder fails in seconds and creates nothing), then the output folder
     // is checked before the minutes of work.
-    let imgs = load_images(
-        &g,
-        &preprocess,
-        &a.calib,
-        a.calib_limit,
-        a.images.as_deref(),
-        a.limit,
-        a.labels.as_deref(),
-    )?;
+    let imgs = load_images(&g, &preprocess, &a.calib, a.calib_limit, a.images.as_deref(), a.limit, a.labels.as_deref())?;
     prepare_output_dir(&a.out)?;
-    let eval = a.images.is_some().then(|| EvalSet {
-        inputs: &imgs.eval,
-        labels: &imgs.labels,
-        latency_runs: a.latency_runs,
-    });
-    let opts = ReportOptions {
-        analysis_images: a.analysis_images,
-        input_range: crate::commands::quantize::input_range(&preprocess),
-        cle_strength: subq_quant::QuantConfig::new(subq_quant::Scheme::PerTensor).cle_strength,
-        progress: true,
-    };
-    let name = a
-        .model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| a.model.display().to_string());
+    let eval = a.images.is_some().then(|| EvalSet { inputs: &imgs.eval, labels: &imgs.labels, latency_runs: a.latency_runs });
+    let opts = ReportOptions { analysis_images: a.analysis_images, input_range: crate::commands::quantize::input_range(&preprocess), cle_strength: subq_quant::QuantConfig::new(subq_quant::Scheme::PerTensor).cle_strength, progress: true };
+    let name = a.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| a.model.display().to_string());
     let report = generate(&name, &g, &imgs.calib, eval.as_ref(), &opts)?;
     let html = render_html(&report);
     let path = a.out.join("index.html");
-    subq_onnx::write_atomically(&path, html.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!(
-        "wrote {} ({:.0} kB) in {:.0} s",
-        path.display(),
-        html.len() as f64 / 1e3,
-        report.seconds
-    );
+    subq_onnx::write_atomically(&path, html.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} ({:.0} kB) in {:.0} s", path.display(), html.len() as f64 / 1e3, report.seconds);
     Ok(())
 }

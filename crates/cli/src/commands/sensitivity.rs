@@ -32,36 +32,16 @@ pub fn run(a: SensitivityArgs) -> Result<()> {
     let g = load_float_graph(&a.model)?;
     subq_eval::image_input_shape(&g)?;
     let preprocess = a.preprocess.resolve(&g)?;
-    let imgs = load_images(
-        &g,
-        &preprocess,
-        &a.calib,
-        Some(a.calib_limit),
-        None,
-        None,
-        None,
-    )?;
+    let imgs = load_images(&g, &preprocess, &a.calib, Some(a.calib_limit), None, None, None)?;
     let ranking = layer_sensitivity(&g, &imgs.calib, true)?;
     let to_stdout = a.json.as_deref() == Some(std::path::Path::new("-"));
     if !to_stdout {
         println!("{} — layer sensitivity on {} calibration images (one layer quantized per-tensor at a time, worst first)", a.model.display(), imgs.calib.len());
-        println!(
-            "{:>4} {:<48} {:<18} {:>11} {:>11} {:>10} {:>10}",
-            "rank", "layer", "kind", "logits SQNR", "weight SQNR", "max/median", "max/min"
-        );
+        println!("{:>4} {:<48} {:<18} {:>11} {:>11} {:>10} {:>10}", "rank", "layer", "kind", "logits SQNR", "weight SQNR", "max/median", "max/min");
         for l in &ranking {
             let name: String = l.node.chars().take(48).collect();
             let fmt = |x: Option<f32>| x.map(subq_eval::layers::format_spread).unwrap_or_default();
-            println!(
-                "{:>4} {:<48} {:<18} {:>8.2} dB {:>8.2} dB {:>10} {:>10}",
-                l.rank,
-                name,
-                l.kind,
-                l.logits_sqnr_db,
-                l.weight_sqnr_db,
-                fmt(l.channel_outlier_ratio),
-                fmt(l.channel_range_spread)
-            );
+            println!("{:>4} {:<48} {:<18} {:>8.2} dB {:>8.2} dB {:>10} {:>10}", l.rank, name, l.kind, l.logits_sqnr_db, l.weight_sqnr_db, fmt(l.channel_outlier_ratio), fmt(l.channel_range_spread));
         }
     }
     if let Some(p) = &a.json {

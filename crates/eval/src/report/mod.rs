@@ -58,19 +58,11 @@ pub struct Report {
 }
 
 /// Compute everything the report shows.
-pub fn generate(
-    model: &str,
-    fp32: &Graph,
-    calib: &[Tensor],
-    eval: Option<&EvalSet>,
-    opts: &ReportOptions,
-) -> Result<Report, EvalError> {
+pub fn generate(model: &str, fp32: &Graph, calib: &[Tensor], eval: Option<&EvalSet>, opts: &ReportOptions) -> Result<Report, EvalError> {
     let started = Instant::now();
     let (_, h, w) = crate::image_input_shape(fp32)?;
     if calib.is_empty() {
-        return Err(EvalError::Model(
-            "the report needs at least one calibration image".into(),
-        ));
+        return Err(EvalError::Model("the report needs at least one calibration image".into()));
     }
     let analysis = &calib[..opts.analysis_images.clamp(1, calib.len())];
     if opts.progress {
@@ -78,65 +70,31 @@ pub fn generate(
     }
     let ranges = layer_ranges(fp32, opts.cle_strength)?;
     // Without evaluation images only the schemes whose per-layer SQNR is shown are quantized.
-    let configs = scheme_configs()
-        .into_iter()
-        .filter(|(label, _)| eval.is_some() || SQNR_SCHEMES.contains(label))
-        .collect();
-    let results = run_schemes(
-        fp32,
-        calib,
-        eval,
-        configs,
-        opts.input_range,
-        opts.progress,
-        |r| {
-            if let (true, Some(row)) = (opts.progress, &r.row) {
-                eprintln!("{}", crate::schemes::markdown_row(row));
-            }
-        },
-    )?;
-    let bar = progress_bar(
-        SQNR_SCHEMES.len() * analysis.len(),
-        "per-layer SQNR",
-        opts.progress,
-    );
+    let configs = scheme_configs().into_iter().filter(|(label, _)| eval.is_some() || SQNR_SCHEMES.contains(label)).collect();
+    let results = run_schemes(fp32, calib, eval, configs, opts.input_range, opts.progress, |r| {
+        if let (true, Some(row)) = (opts.progress, &r.row) {
+            eprintln!("{}", crate::schemes::markdown_row(row));
+        }
+    })?;
+    let bar = progress_bar(SQNR_SCHEMES.len() * analysis.len(), "per-layer SQNR", opts.progress);
     let mut per_scheme = Vec::new();
     for name in SQNR_SCHEMES {
-        let r = results
-            .iter()
-            .find(|r| r.label == name)
-            .ok_or_else(|| EvalError::Model(format!("scheme {name} missing")))?;
+        let r = results.iter().find(|r| r.label == name).ok_or_else(|| EvalError::Model(format!("scheme {name} missing")))?;
         let cle = r.summary.as_ref().is_some_and(|s| s.cle);
-        let strength = r
-            .config
-            .as_ref()
-            .map_or(opts.cle_strength, |c| c.cle_strength);
+        let strength = r.config.as_ref().map_or(opts.cle_strength, |c| c.cle_strength);
         let reference = prepared(fp32, cle.then_some(strength))?;
         per_scheme.push(layer_sqnr(&reference, &r.graph, analysis, &bar)?);
     }
     bar.finish_and_clear();
     let layers = ranges
         .iter()
-        .map(|l| LayerRow {
-            node: l.node.clone(),
-            kind: l.kind.clone(),
-            sqnr: per_scheme
-                .iter()
-                .map(|m| m.get(&l.node).cloned().unwrap_or_default())
-                .collect(),
-        })
+        .map(|l| LayerRow { node: l.node.clone(), kind: l.kind.clone(), sqnr: per_scheme.iter().map(|m| m.get(&l.node).cloned().unwrap_or_default()).collect() })
         .collect();
     if opts.progress {
-        eprintln!(
-            "== layer sensitivity on {} calibration images",
-            analysis.len()
-        );
+        eprintln!("== layer sensitivity on {} calibration images", analysis.len());
     }
     let sensitivity = layer_sensitivity(fp32, analysis, opts.progress)?;
-    let subtensor = results
-        .iter()
-        .find(|r| r.label == "subtensor")
-        .and_then(|r| r.summary.clone());
+    let subtensor = results.iter().find(|r| r.label == "subtensor").and_then(|r| r.summary.clone());
     let table = results.into_iter().filter_map(|r| r.row).collect();
     Ok(Report {
         model: model.to_string(),
@@ -166,8 +124,7 @@ fn spread_text(s: f32) -> String {
 }
 
 fn pct(x: Option<f64>) -> String {
-    x.map(|v| format!("{:.2}%", 100.0 * v))
-        .unwrap_or_else(|| "—".into())
+    x.map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "—".into())
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:24px 32px;color:#222;max-width:1340px}h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 6px;border-bottom:1px solid #ddd;padding-bottom:3px}\
@@ -238,24 +195,8 @@ fn ranges_section(s: &mut String, r: &Report) {
         "max / median",
         &names,
         &[
-            Series {
-                name: "BN folded",
-                values: r
-                    .ranges
-                    .iter()
-                    .map(|l| Some(l.outlier_ratio_folded() as f64))
-                    .collect(),
-                bars: true,
-            },
-            Series {
-                name: "after CLE",
-                values: r
-                    .ranges
-                    .iter()
-                    .map(|l| Some(l.outlier_ratio_equalized() as f64))
-                    .collect(),
-                bars: true,
-            },
+            Series { name: "BN folded", values: r.ranges.iter().map(|l| Some(l.outlier_ratio_folded() as f64)).collect(), bars: true },
+            Series { name: "after CLE", values: r.ranges.iter().map(|l| Some(l.outlier_ratio_equalized() as f64)).collect(), bars: true },
         ],
         true,
         1300,
@@ -264,10 +205,7 @@ fn ranges_section(s: &mut String, r: &Report) {
     s.push_str(&chart);
     s.push_str("\n<table><tr><th>#</th><th class=\"l\">layer</th><th class=\"l\">kind</th><th>channels</th><th>max/median</th><th>max/min</th><th>±max |w|</th><th class=\"l\">BN folded</th><th>max/median</th><th>max/min</th><th>±max |w|</th><th class=\"l\">after CLE</th></tr>\n");
     for (i, l) in r.ranges.iter().enumerate() {
-        let absmax = |v: &[(f32, f32)]| {
-            v.iter()
-                .fold(0f32, |a, &(lo, hi)| a.max(lo.abs()).max(hi.abs()))
-        };
+        let absmax = |v: &[(f32, f32)]| v.iter().fold(0f32, |a, &(lo, hi)| a.max(lo.abs()).max(hi.abs()));
         let cls = |x: f32| if x >= 8.0 { " class=\"bad\"" } else { "" };
         let (of, oe) = (l.outlier_ratio_folded(), l.outlier_ratio_equalized());
         let _ = writeln!(
@@ -296,36 +234,10 @@ fn sqnr_section(s: &mut String, r: &Report) {
     s.push_str("<section id=\"sqnr\"><h2>3. Per-layer SQNR under per-tensor, per-channel and subtensor</h2>\n");
     let _ = writeln!(s, "<p>Weight SQNR: 10·log10(Σw² / Σ(w − ŵ)²) of each layer's weight (ŵ: the sum of its dequantized parts; measured against the equalized weight when the scheme chose CLE). Activation SQNR: the layer's quantized output (after a fused ReLU/ReLU6) against the float model on {} calibration images — the error accumulated up to that layer, so it falls along the network; a sudden drop marks a layer that hurts.</p>", r.analysis_images);
     let names: Vec<String> = r.layers.iter().map(|l| l.node.clone()).collect();
-    let series = |f: &dyn Fn(&LayerSqnr) -> Option<f64>| -> Vec<Series> {
-        SQNR_SCHEMES
-            .iter()
-            .enumerate()
-            .map(|(k, name)| Series {
-                name,
-                values: r.layers.iter().map(|l| l.sqnr.get(k).and_then(f)).collect(),
-                bars: false,
-            })
-            .collect()
-    };
-    s.push_str(&layer_chart(
-        "Weight SQNR per layer",
-        "dB",
-        &names,
-        &series(&|x| x.weight_db),
-        false,
-        1300,
-        240,
-    ));
+    let series = |f: &dyn Fn(&LayerSqnr) -> Option<f64>| -> Vec<Series> { SQNR_SCHEMES.iter().enumerate().map(|(k, name)| Series { name, values: r.layers.iter().map(|l| l.sqnr.get(k).and_then(f)).collect(), bars: false }).collect() };
+    s.push_str(&layer_chart("Weight SQNR per layer", "dB", &names, &series(&|x| x.weight_db), false, 1300, 240));
     s.push('\n');
-    s.push_str(&layer_chart(
-        "Activation SQNR per layer (accumulated)",
-        "dB",
-        &names,
-        &series(&|x| x.activation_db),
-        false,
-        1300,
-        240,
-    ));
+    s.push_str(&layer_chart("Activation SQNR per layer (accumulated)", "dB", &names, &series(&|x| x.activation_db), false, 1300, 240));
     s.push_str("\n<table><tr><th>#</th><th class=\"l\">layer</th><th class=\"l\">kind</th>");
     for n in SQNR_SCHEMES {
         let _ = write!(s, "<th>weight {n}</th>");
@@ -335,12 +247,7 @@ fn sqnr_section(s: &mut String, r: &Report) {
     }
     s.push_str("</tr>\n");
     for (i, l) in r.layers.iter().enumerate() {
-        let _ = write!(
-            s,
-            "<tr><td>{i}</td><td class=\"name\" title=\"{n}\">{n}</td><td class=\"l\">{}</td>",
-            esc(&l.kind),
-            n = esc(&l.node)
-        );
+        let _ = write!(s, "<tr><td>{i}</td><td class=\"name\" title=\"{n}\">{n}</td><td class=\"l\">{}</td>", esc(&l.kind), n = esc(&l.node));
         for x in &l.sqnr {
             let _ = write!(s, "<td>{}</td>", db(x.weight_db));
         }
@@ -371,13 +278,7 @@ fn splits_section(s: &mut String, r: &Report) {
     );
     s.push_str("<table><tr><th class=\"l\">layer</th><th class=\"l\">kind</th><th>params</th><th>per-tensor</th><th>clip</th><th>clipped</th><th>outlier</th><th>channel-group</th><th>residual</th><th>final</th><th class=\"l\">split</th><th class=\"l\">reason</th></tr>\n");
     for l in &sum.layers {
-        let cand = |k: &str| {
-            l.sqnr_split_db
-                .iter()
-                .find(|(kind, _)| format!("{kind:?}").eq_ignore_ascii_case(&k.replace('-', "")))
-                .map(|(_, v)| format!("{v:.1}"))
-                .unwrap_or_else(|| "—".into())
-        };
+        let cand = |k: &str| l.sqnr_split_db.iter().find(|(kind, _)| format!("{kind:?}").eq_ignore_ascii_case(&k.replace('-', ""))).map(|(_, v)| format!("{v:.1}")).unwrap_or_else(|| "—".into());
         let _ = writeln!(
             s,
             "<tr{}><td class=\"name\" title=\"{n}\">{n}</td><td class=\"l\">{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td class=\"l\">{}</td><td class=\"l\">{}</td></tr>",
@@ -402,26 +303,12 @@ fn splits_section(s: &mut String, r: &Report) {
 fn sensitivity_section(s: &mut String, r: &Report) {
     s.push_str("<section id=\"sensitivity\"><h2>5. Layer sensitivity (worst first)</h2>\n");
     let _ = writeln!(s, "<p>Each layer quantized alone — its weight on one per-tensor uint8 grid and its output activation on the calibrated uint8 grid (min/max), every other layer FP32 — and the logits compared with FP32 on {} calibration images. Low SQNR = the layers per-tensor quantization hurts most; they are the candidates for per-channel, splits or higher precision. Also: <code>subq sensitivity --model M --calib DIR --json -</code>.</p>", r.analysis_images);
-    let worst = r
-        .sensitivity
-        .iter()
-        .map(|l| l.logits_sqnr_db)
-        .filter(|v| v.is_finite())
-        .fold(f64::INFINITY, f64::min);
-    let best = r
-        .sensitivity
-        .iter()
-        .map(|l| l.logits_sqnr_db)
-        .filter(|v| v.is_finite())
-        .fold(f64::NEG_INFINITY, f64::max);
+    let worst = r.sensitivity.iter().map(|l| l.logits_sqnr_db).filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+    let best = r.sensitivity.iter().map(|l| l.logits_sqnr_db).filter(|v| v.is_finite()).fold(f64::NEG_INFINITY, f64::max);
     s.push_str("<table><tr><th>rank</th><th class=\"l\">layer</th><th class=\"l\">kind</th><th>logits SQNR (dB)</th><th class=\"l\"></th><th>weight SQNR (dB)</th><th>max/median</th><th>max/min</th></tr>\n");
     for l in &r.sensitivity {
         // Bar length: how far below the best layer this one is.
-        let len = if best > worst && l.logits_sqnr_db.is_finite() {
-            200.0 * (best - l.logits_sqnr_db) / (best - worst)
-        } else {
-            0.0
-        };
+        let len = if best > worst && l.logits_sqnr_db.is_finite() { 200.0 * (best - l.logits_sqnr_db) / (best - worst) } else { 0.0 };
         let _ = writeln!(
             s,
             "<tr><td>{}</td><td class=\"name\" title=\"{n}\">{n}</td><td class=\"l\">{}</td><td>{}</td><td class=\"l\"><span class=\"bar\" style=\"width:{len:.0}px\"></span></td><td>{}</td><td>{}</td><td>{}</td></tr>",

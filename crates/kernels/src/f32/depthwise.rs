@@ -39,9 +39,7 @@ impl Plane {
         let (sy, sx) = (g.strides[0], g.strides[1]);
         let rows = (g.out_h - 1) * sy + kh;
         let width = g.out_w.div_ceil(LANES) * LANES + (kw - 1) / sx;
-        let tap_offsets = (0..kh)
-            .flat_map(|ky| (0..kw).map(move |kx| (ky * sx + kx % sx) * width + kx / sx))
-            .collect();
+        let tap_offsets = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * sx + kx % sx) * width + kx / sx)).collect();
         let py0 = g.pad_top.min(rows);
         let py1 = (g.pad_top + g.in_h).min(rows).max(py0);
         let cols = (0..sx)
@@ -50,14 +48,7 @@ impl Plane {
                 (q0, q1, if q0 < q1 { q0 * sx + p - g.pad_left } else { 0 })
             })
             .collect();
-        Plane {
-            rows,
-            width,
-            tap_offsets,
-            row_step: sy * sx * width,
-            py: (py0, py1),
-            cols,
-        }
+        Plane { rows, width, tap_offsets, row_step: sy * sx * width, py: (py0, py1), cols }
     }
 
     fn len(&self, sx: usize) -> usize {
@@ -78,14 +69,7 @@ impl Plane {
             assert!(q0 >= q1 || (p * w + q1 <= sx * w && first + (q1 - q0 - 1) * sx < g.in_w));
         }
         let mut segs: [(usize, usize, usize); 2] = match sx {
-            1 => [
-                (
-                    self.cols[0].0,
-                    self.cols[0].1 - self.cols[0].0,
-                    self.cols[0].2,
-                ),
-                (0, 0, 0),
-            ],
+            1 => [(self.cols[0].0, self.cols[0].1 - self.cols[0].0, self.cols[0].2), (0, 0, 0)],
             _ => std::array::from_fn(|p| {
                 let (q0, q1, first) = self.cols.get(p).copied().unwrap_or((0, 0, 0));
                 (p * w + q0, q1 - q0, first)
@@ -115,17 +99,7 @@ impl Plane {
         }
         // SAFETY: row py reads src[(py − pad_top)·in_w + first + j·sx] < (py − pad_top + 1)·in_w
         // and writes dst[py·sx·w + off + j] < (py + 1)·sx·w, both asserted above.
-        unsafe {
-            fill_rows(
-                src[(py0 - g.pad_top) * g.in_w..].as_ptr(),
-                g.in_w,
-                dst[py0 * sx * w..].as_mut_ptr(),
-                sx * w,
-                py1 - py0,
-                sx,
-                segs,
-            )
-        };
+        unsafe { fill_rows(src[(py0 - g.pad_top) * g.in_w..].as_ptr(), g.in_w, dst[py0 * sx * w..].as_mut_ptr(), sx * w, py1 - py0, sx, segs) };
     }
 }
 
@@ -133,29 +107,13 @@ impl Plane {
 /// column stride 1, segs[0] = (offset, len, first): `d[offset + j] = s[first + j]`. For stride
 /// 2, segs = [even, odd] phase rows (offset, len, first = 0 resp. 1): `d[offset + j] =
 /// s[first + 2j]`.
-type FillRows = unsafe fn(
-    src: *const f32,
-    src_stride: usize,
-    dst: *mut f32,
-    dst_stride: usize,
-    rows: usize,
-    sx: usize,
-    segs: [(usize, usize, usize); 2],
-);
+type FillRows = unsafe fn(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize, rows: usize, sx: usize, segs: [(usize, usize, usize); 2]);
 
 /// Portable [`FillRows`].
 ///
 /// # Safety
 /// Every index described at [`FillRows`] is in bounds.
-unsafe fn fill_rows_scalar(
-    src: *const f32,
-    src_stride: usize,
-    dst: *mut f32,
-    dst_stride: usize,
-    rows: usize,
-    sx: usize,
-    segs: [(usize, usize, usize); 2],
-) {
+unsafe fn fill_rows_scalar(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize, rows: usize, sx: usize, segs: [(usize, usize, usize); 2]) {
     for r in 0..rows {
         let (s, d) = (src.add(r * src_stride), dst.add(r * dst_stride));
         for &(off, len, first) in &segs[..sx] {
@@ -181,40 +139,20 @@ fn blocks(g: &ConvGeometry, plane: &Plane) -> Vec<Block> {
     let mut v = Vec::with_capacity(g.out_h * g.out_w.div_ceil(LANES));
     for oy in 0..g.out_h {
         for x0 in (0..g.out_w).step_by(LANES) {
-            v.push(Block {
-                src: oy * plane.row_step + x0,
-                dst: oy * g.out_w + x0,
-                len: (g.out_w - x0).min(LANES),
-            });
+            v.push(Block { src: oy * plane.row_step + x0, dst: oy * g.out_w + x0, len: (g.out_w - x0).min(LANES) });
         }
     }
     v
 }
 
 /// One channel: for every block, `out[ox] = post(bias + Σ_t w[t] · plane[src + off[t] + ox])`.
-type ChannelKernel = unsafe fn(
-    plane: *const f32,
-    blocks: &[Block],
-    offs: &[usize],
-    w: &[f32],
-    bias: f32,
-    post: Post,
-    out: &mut [f32],
-);
+type ChannelKernel = unsafe fn(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, post: Post, out: &mut [f32]);
 
 /// Portable channel kernel.
 ///
 /// # Safety
 /// `plane + block.src + offs[t] + LANES` stays inside the padded plane for every block and tap.
-unsafe fn channel_scalar(
-    plane: *const f32,
-    blocks: &[Block],
-    offs: &[usize],
-    w: &[f32],
-    bias: f32,
-    post: Post,
-    out: &mut [f32],
-) {
+unsafe fn channel_scalar(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, post: Post, out: &mut [f32]) {
     for b in blocks {
         let mut acc = [bias; LANES];
         for (&off, &wt) in offs.iter().zip(w) {
@@ -253,15 +191,7 @@ mod avx2 {
     /// 3×3 or 5×5 kernel; these spent a third of their instructions on the per-tap loop).
     /// `KW` = 0 loops over the taps one by one.
     #[inline(always)]
-    unsafe fn group<const N: usize, const KW: usize, const AF: bool, const CL: bool>(
-        plane: *const f32,
-        bs: &[Block],
-        offs: &[usize],
-        w: &[f32],
-        bias: f32,
-        p: &Post,
-        out: *mut f32,
-    ) {
+    unsafe fn group<const N: usize, const KW: usize, const AF: bool, const CL: bool>(plane: *const f32, bs: &[Block], offs: &[usize], w: &[f32], bias: f32, p: &Post, out: *mut f32) {
         let mut acc = [_mm256_set1_ps(bias); N];
         let mut src = [plane; N];
         for i in 0..N {
@@ -296,15 +226,7 @@ mod avx2 {
     /// # Safety
     /// The CPU supports AVX2 and FMA; same bounds as [`super::channel_scalar`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn channel(
-        plane: *const f32,
-        blocks: &[Block],
-        offs: &[usize],
-        w: &[f32],
-        bias: f32,
-        p: Post,
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn channel(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, p: Post, out: &mut [f32]) {
         // Unrolled by 3 or 5 taps for the 3×3 and 5×5 kernels of mobile CNNs (any kernel with
         // 9 or 25 taps is fine: only the tap count must be a multiple).
         // The post's parts are the same for every channel of a layer (tested once per channel
@@ -312,18 +234,10 @@ mod avx2 {
         macro_rules! by_post {
             ($kw:literal) => {
                 match (p.affine, p.clamp) {
-                    (false, false) => {
-                        channel_kw::<$kw, false, false>(plane, blocks, offs, w, bias, p, out)
-                    }
-                    (true, false) => {
-                        channel_kw::<$kw, true, false>(plane, blocks, offs, w, bias, p, out)
-                    }
-                    (false, true) => {
-                        channel_kw::<$kw, false, true>(plane, blocks, offs, w, bias, p, out)
-                    }
-                    (true, true) => {
-                        channel_kw::<$kw, true, true>(plane, blocks, offs, w, bias, p, out)
-                    }
+                    (false, false) => channel_kw::<$kw, false, false>(plane, blocks, offs, w, bias, p, out),
+                    (true, false) => channel_kw::<$kw, true, false>(plane, blocks, offs, w, bias, p, out),
+                    (false, true) => channel_kw::<$kw, false, true>(plane, blocks, offs, w, bias, p, out),
+                    (true, true) => channel_kw::<$kw, true, true>(plane, blocks, offs, w, bias, p, out),
                 }
             };
         }
@@ -337,15 +251,7 @@ mod avx2 {
     /// # Safety
     /// As [`channel`]; `KW` = 0 or a divisor of the tap count.
     #[inline(always)]
-    unsafe fn channel_kw<const KW: usize, const AF: bool, const CL: bool>(
-        plane: *const f32,
-        blocks: &[Block],
-        offs: &[usize],
-        w: &[f32],
-        bias: f32,
-        p: Post,
-        out: &mut [f32],
-    ) {
+    unsafe fn channel_kw<const KW: usize, const AF: bool, const CL: bool>(plane: *const f32, blocks: &[Block], offs: &[usize], w: &[f32], bias: f32, p: Post, out: &mut [f32]) {
         let o = out.as_mut_ptr();
         let mut rest = blocks;
         while rest.len() >= 8 {
@@ -377,24 +283,13 @@ mod avx2 {
     /// # Safety
     /// The CPU supports AVX2; indices as for [`super::fill_rows_scalar`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn fill_rows(
-        src: *const f32,
-        src_stride: usize,
-        dst: *mut f32,
-        dst_stride: usize,
-        rows: usize,
-        sx: usize,
-        segs: [(usize, usize, usize); 2],
-    ) {
+    pub(super) unsafe fn fill_rows(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize, rows: usize, sx: usize, segs: [(usize, usize, usize); 2]) {
         if sx == 1 {
             let (off, len, first) = segs[0];
             let tail = mask(len % LANES);
             let full = len - len % LANES;
             for r in 0..rows {
-                let (s, d) = (
-                    src.add(r * src_stride + first),
-                    dst.add(r * dst_stride + off),
-                );
+                let (s, d) = (src.add(r * src_stride + first), dst.add(r * dst_stride + off));
                 let mut j = 0;
                 while j < full {
                     _mm256_storeu_ps(d.add(j), _mm256_loadu_ps(s.add(j)));
@@ -416,28 +311,17 @@ mod avx2 {
             let mut j = 0;
             while j < n {
                 let (a, b) = if 2 * j + 2 * LANES <= used {
-                    (
-                        _mm256_loadu_ps(s.add(2 * j)),
-                        _mm256_loadu_ps(s.add(2 * j + LANES)),
-                    )
+                    (_mm256_loadu_ps(s.add(2 * j)), _mm256_loadu_ps(s.add(2 * j + LANES)))
                 } else {
                     let left = used - 2 * j;
                     // `wrapping_add`: the second half may start past the row (all lanes masked off).
-                    (
-                        _mm256_maskload_ps(s.add(2 * j), mask(left)),
-                        _mm256_maskload_ps(
-                            s.wrapping_add(2 * j + LANES),
-                            mask(left.saturating_sub(LANES)),
-                        ),
-                    )
+                    (_mm256_maskload_ps(s.add(2 * j), mask(left)), _mm256_maskload_ps(s.wrapping_add(2 * j + LANES), mask(left.saturating_sub(LANES))))
                 };
                 // Per 128-bit lane: [a0 a2 b0 b2 | a4 a6 b4 b6], then fix the 64-bit pair order.
                 let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
                 let od = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
-                let e =
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
-                let od =
-                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(od)));
+                let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
+                let od = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(od)));
                 if j + LANES <= even.1 {
                     _mm256_storeu_ps(d.add(even.0 + j), e);
                 } else if j < even.1 {
@@ -462,17 +346,7 @@ pub fn supports(g: &ConvGeometry) -> bool {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn run(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &ConvGeometry,
-    ep: &Epilogue,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-    kernel: ChannelKernel,
-    fill_rows: FillRows,
-) {
+fn run(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>, kernel: ChannelKernel, fill_rows: FillRows) {
     let [kh, kw] = g.kernel;
     let (oh, ow) = (g.out_h, g.out_w);
     let plane = Plane::new(g);
@@ -480,60 +354,23 @@ fn run(
     scratch.clear();
     scratch.resize(plane.len(g.strides[1]), 0.0);
     let in_plane = g.in_h * g.in_w;
-    assert!(
-        input.len() >= g.in_c * in_plane
-            && out.len() >= g.out_c * oh * ow
-            && weight.len() >= g.out_c * kh * kw
-    );
+    assert!(input.len() >= g.in_c * in_plane && out.len() >= g.out_c * oh * ow && weight.len() >= g.out_c * kh * kw);
     // The channel kernels store block b at dst..dst + len of the channel's output plane.
     assert!(blocks.iter().all(|b| b.dst + b.len <= oh * ow));
     for c in 0..g.out_c {
-        plane.fill(
-            &input[c * in_plane..(c + 1) * in_plane],
-            g,
-            scratch,
-            fill_rows,
-        );
+        plane.fill(&input[c * in_plane..(c + 1) * in_plane], g, scratch, fill_rows);
         let w = &weight[c * kh * kw..(c + 1) * kh * kw];
         let b = bias.map_or(0.0, |b| b[c]);
         // SAFETY: the plane holds `rows` padded rows of `width ≥ ceil(ow / 8)·8 + max tap
         // column offset` columns per phase, and block oy's taps stay within rows oy·sy .. oy·sy + kh.
-        unsafe {
-            kernel(
-                scratch.as_ptr(),
-                &blocks,
-                &plane.tap_offsets,
-                w,
-                b,
-                Post::of(ep, c),
-                &mut out[c * oh * ow..(c + 1) * oh * ow],
-            )
-        };
+        unsafe { kernel(scratch.as_ptr(), &blocks, &plane.tap_offsets, w, b, Post::of(ep, c), &mut out[c * oh * ow..(c + 1) * oh * ow]) };
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &ConvGeometry,
-    ep: &Epilogue,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-) {
-    run(
-        input,
-        weight,
-        bias,
-        g,
-        ep,
-        out,
-        scratch,
-        avx2::channel,
-        avx2::fill_rows,
-    )
+unsafe fn run_avx2(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>) {
+    run(input, weight, bias, g, ep, out, scratch, avx2::channel, avx2::fill_rows)
 }
 
 /// Which kernel to use.
@@ -566,16 +403,7 @@ pub fn best_for(g: &ConvGeometry) -> Isa {
 /// Depthwise convolution with the epilogue applied, on the given kernel set (`isa` must be
 /// supported by the CPU: use [`best_isa`]). Requires [`supports`].
 #[allow(clippy::too_many_arguments)]
-pub fn depthwise_with(
-    isa: Isa,
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &ConvGeometry,
-    ep: &Epilogue,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-) {
+pub fn depthwise_with(isa: Isa, input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>) {
     assert!(supports(g), "depthwise fast path needs dilation 1: {g:?}");
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -590,17 +418,7 @@ pub fn depthwise_with(
             // SAFETY: AVX2 and FMA were detected; the geometry is dilation-1 depthwise.
             unsafe { super::depthwise_blocked::avx2::run(input, weight, bias, g, ep, out, scratch) }
         }
-        _ => run(
-            input,
-            weight,
-            bias,
-            g,
-            ep,
-            out,
-            scratch,
-            channel_scalar,
-            fill_rows_scalar,
-        ),
+        _ => run(input, weight, bias, g, ep, out, scratch, channel_scalar, fill_rows_scalar),
     }
 }
 
@@ -611,52 +429,24 @@ mod tests {
     use proptest::prelude::*;
 
     fn dw_geometry() -> impl Strategy<Value = ConvGeometry> {
-        (
-            1usize..6,
-            1usize..6,
-            1usize..6,
-            1usize..4,
-            1usize..4,
-            0usize..4,
-            0usize..4,
-            1usize..24,
-            1usize..40,
-            0usize..3,
-            0usize..3,
+        (1usize..6, 1usize..6, 1usize..6, 1usize..4, 1usize..4, 0usize..4, 0usize..4, 1usize..24, 1usize..40, 0usize..3, 0usize..3).prop_filter_map(
+            "kernel larger than padded input",
+            |(c, kh, kw, sy, sx, pt, pl, h, w, pb, pr)| {
+                let (ph, pw) = (h + pt + pb, w + pl + pr);
+                if ph < kh || pw < kw {
+                    return None;
+                }
+                let (out_h, out_w) = ((ph - kh) / sy + 1, (pw - kw) / sx + 1);
+                Some(ConvGeometry { in_c: c, in_h: h, in_w: w, out_c: c, out_h, out_w, kernel: [kh, kw], strides: [sy, sx], dilations: [1, 1], pad_top: pt, pad_left: pl, group: c })
+            },
         )
-            .prop_filter_map(
-                "kernel larger than padded input",
-                |(c, kh, kw, sy, sx, pt, pl, h, w, pb, pr)| {
-                    let (ph, pw) = (h + pt + pb, w + pl + pr);
-                    if ph < kh || pw < kw {
-                        return None;
-                    }
-                    let (out_h, out_w) = ((ph - kh) / sy + 1, (pw - kw) / sx + 1);
-                    Some(ConvGeometry {
-                        in_c: c,
-                        in_h: h,
-                        in_w: w,
-                        out_c: c,
-                        out_h,
-                        out_w,
-                        kernel: [kh, kw],
-                        strides: [sy, sx],
-                        dilations: [1, 1],
-                        pad_top: pt,
-                        pad_left: pl,
-                        group: c,
-                    })
-                },
-            )
     }
 
     fn rnd_vec(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         (0..n)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect()

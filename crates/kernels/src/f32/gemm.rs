@@ -42,33 +42,12 @@ pub fn best_isa() -> Isa {
 /// values, contiguous), output tile at `c` (rows `ldc` apart), `rows`×`cols` of it valid.
 /// The arrays go by reference: by value they were copied onto the stack for every tile (~50
 /// instructions per call).
-type MicroKernel = unsafe fn(
-    k: usize,
-    a: &[*const f32; MR],
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    bias: &[f32; MR],
-    post: &[Post; MR],
-);
+type MicroKernel = unsafe fn(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]);
 
 /// C[m×n] = epilogue(A[m×k]·B[k×n] + bias) with `ep` channel indices offset by `c0` (the first
 /// row's output channel).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_epilogue(
-    isa: Isa,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    bias: Option<&[f32]>,
-    ep: &Epilogue,
-    c0: usize,
-) {
+pub fn gemm_epilogue(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], bias: Option<&[f32]>, ep: &Epilogue, c0: usize) {
     thread_local! {
         static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -79,25 +58,8 @@ pub fn gemm_epilogue(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_with(
-    isa: Isa,
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    b: &[f32],
-    c: &mut [f32],
-    bias: Option<&[f32]>,
-    ep: &Epilogue,
-    c0: usize,
-    scratch: &mut Vec<f32>,
-) {
-    assert!(
-        a.len() >= m * k
-            && b.len() >= k * n
-            && c.len() >= m * n
-            && bias.is_none_or(|b| b.len() >= m)
-    );
+fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], bias: Option<&[f32]>, ep: &Epilogue, c0: usize, scratch: &mut Vec<f32>) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n && bias.is_none_or(|b| b.len() >= m));
     if m == 0 || n == 0 {
         return;
     }
@@ -127,11 +89,7 @@ fn gemm_with(
     // With the SIMD kernels, the last n mod 8 columns (1 of a 7×7 plane's 49, 4 of a 14×14
     // plane's 196) go to the column-tail kernel, which vectorizes over k: as a masked 6×8 tile
     // they cost as much as eight columns.
-    let tail = if cfg!(target_arch = "x86_64") && isa == Isa::Avx2Fma {
-        n % 8
-    } else {
-        0
-    };
+    let tail = if cfg!(target_arch = "x86_64") && isa == Isa::Avx2Fma { n % 8 } else { 0 };
     let nv = n - tail;
     let panels_per_chunk = (CHUNK_FLOATS / (k * NR)).max(1);
     let total_panels = nv.div_ceil(NR);
@@ -145,8 +103,7 @@ fn gemm_with(
         scratch.resize(chunk_len + tail_len + 16, 0.0);
     }
     let align = (64 - scratch.as_ptr() as usize % 64) % 64 / 4;
-    let (packed, packed_tail) =
-        scratch[align..align + chunk_len + tail_len].split_at_mut(chunk_len);
+    let (packed, packed_tail) = scratch[align..align + chunk_len + tail_len].split_at_mut(chunk_len);
     if tail > 0 {
         // Columns nv..n, each packed as one contiguous k-vector (zero padded to kp).
         for (j, dst) in packed_tail.chunks_exact_mut(kp).enumerate() {
@@ -168,18 +125,7 @@ fn gemm_with(
         // values from row i0 on, the packed tail tail·kp, C rows i0..i0 + rows with columns
         // nv..n = nv + tail; posts and bias have m ≥ i0 + rows entries.
         unsafe {
-            avx2::tail_cols(
-                rows,
-                k,
-                a[i0 * k..].as_ptr(),
-                packed_tail.as_ptr(),
-                kp,
-                c[i0 * n + nv..].as_mut_ptr(),
-                n,
-                tail,
-                bias.map(|b| &b[i0..]),
-                &posts[i0..],
-            )
+            avx2::tail_cols(rows, k, a[i0 * k..].as_ptr(), packed_tail.as_ptr(), kp, c[i0 * n + nv..].as_mut_ptr(), n, tail, bias.map(|b| &b[i0..]), &posts[i0..])
         };
     };
     if total_panels == 0 {
@@ -203,44 +149,20 @@ fn gemm_with(
                 let next = &a[(i0 + MR) * k..(i0 + 2 * MR).min(m) * k];
                 for line in next.chunks(16) {
                     // SAFETY: prefetching is a hint; the address lies inside A.
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                            line.as_ptr() as *const i8,
-                        )
-                    };
+                    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
                 }
             }
             // Missing rows of a partial panel repeat the first row; they are never stored.
-            let arows: [*const f32; MR] =
-                std::array::from_fn(|r| a[(i0 + if r < rows { r } else { 0 }) * k..].as_ptr());
-            let bias6: [f32; MR] = std::array::from_fn(|r| {
-                if r < rows {
-                    bias.map_or(0.0, |b| b[i0 + r])
-                } else {
-                    0.0
-                }
-            });
-            let post6: [Post; MR] =
-                std::array::from_fn(|r| posts[i0 + if r < rows { r } else { 0 }]);
+            let arows: [*const f32; MR] = std::array::from_fn(|r| a[(i0 + if r < rows { r } else { 0 }) * k..].as_ptr());
+            let bias6: [f32; MR] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[i0 + r]) } else { 0.0 });
+            let post6: [Post; MR] = std::array::from_fn(|r| posts[i0 + if r < rows { r } else { 0 }]);
             for (i, bp) in packed.chunks_exact(k * NR).take(np).enumerate() {
                 let j0 = (p0 + i) * NR;
                 let cols = NR.min(nv - j0);
                 // SAFETY: rows·cols of the tile lie inside C (asserted above); A rows hold k
                 // values; the packed panel holds k·NR.
                 let kern = if cols <= 8 { kernel8 } else { kernel };
-                unsafe {
-                    kern(
-                        k,
-                        &arows,
-                        bp.as_ptr(),
-                        c[i0 * n + j0..].as_mut_ptr(),
-                        n,
-                        rows,
-                        cols,
-                        &bias6,
-                        &post6,
-                    )
-                };
+                unsafe { kern(k, &arows, bp.as_ptr(), c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, &bias6, &post6) };
             }
             if last_chunk {
                 tail_rows(i0, rows, c);
@@ -272,17 +194,7 @@ fn pack_b(b: &[f32], k: usize, n: usize, nv: usize, j0: usize, dst: &mut [f32]) 
 /// # Safety
 /// See [`MicroKernel`]: `a[r]` readable for k values, `bp` for k·NR, the valid tile writable.
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_scalar(
-    k: usize,
-    a: &[*const f32; MR],
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    bias: &[f32; MR],
-    post: &[Post; MR],
-) {
+unsafe fn kernel_scalar(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
     let mut acc = [[0f32; NR]; MR];
     for kk in 0..k {
         let b = std::slice::from_raw_parts(bp.add(kk * NR), NR);
@@ -313,17 +225,7 @@ mod avx2 {
     /// The CPU supports AVX2 and FMA; bounds as for [`super::kernel_scalar`]; `bp` 32-byte aligned.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel<const AF: bool, const CL: bool>(
-        k: usize,
-        a: &[*const f32; MR],
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        bias: &[f32; MR],
-        post: &[Post; MR],
-    ) {
+    pub(super) unsafe fn kernel<const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
         // A last panel of 16 or 32 output channels (rows 4 or 2 of 6) runs a shorter tile.
         match rows {
             5.. => tile::<2, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
@@ -339,17 +241,7 @@ mod avx2 {
     /// As [`kernel`], with `cols ≤ 8`.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel8<const AF: bool, const CL: bool>(
-        k: usize,
-        a: &[*const f32; MR],
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        bias: &[f32; MR],
-        post: &[Post; MR],
-    ) {
+    pub(super) unsafe fn kernel8<const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
         debug_assert!(cols <= 8);
         match rows {
             5.. => tile::<1, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
@@ -361,17 +253,7 @@ mod avx2 {
     /// R × 8·V tile (R ≤ MR; rows ≤ R of it are stored).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const V: usize, const R: usize, const AF: bool, const CL: bool>(
-        k: usize,
-        a: &[*const f32; MR],
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        bias: &[f32; MR],
-        post: &[Post; MR],
-    ) {
+    unsafe fn tile<const V: usize, const R: usize, const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
         let z = _mm256_setzero_ps();
         debug_assert!(rows <= R && R <= MR);
         let mut acc = [[z; V]; R];
@@ -416,8 +298,7 @@ mod avx2 {
                 if j0 + 8 <= cols {
                     _mm256_storeu_ps(row.add(j0), v);
                 } else if j0 < cols {
-                    let m =
-                        _mm256_loadu_si256(MASK.as_ptr().add(8 - (cols - j0)) as *const __m256i);
+                    let m = _mm256_loadu_si256(MASK.as_ptr().add(8 - (cols - j0)) as *const __m256i);
                     _mm256_maskstore_ps(row.add(j0), m, v);
                 }
             }
@@ -442,18 +323,7 @@ mod avx2 {
     /// t columns each writable for m rows; `posts` m long, `bias` (if any) ≥ m.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tail_cols(
-        m: usize,
-        k: usize,
-        a: *const f32,
-        bt: *const f32,
-        kp: usize,
-        c: *mut f32,
-        ldc: usize,
-        t: usize,
-        bias: Option<&[f32]>,
-        posts: &[Post],
-    ) {
+    pub(super) unsafe fn tail_cols(m: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, t: usize, bias: Option<&[f32]>, posts: &[Post]) {
         debug_assert!((1..8).contains(&t) && kp.is_multiple_of(8) && kp >= k && posts.len() >= m);
         match t {
             1 => tail_all::<1, 4>(m, k, a, bt, kp, c, ldc, bias, posts),
@@ -469,17 +339,7 @@ mod avx2 {
     /// All m rows of [`tail_cols`] for T columns, R rows at a time.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tail_all<const T: usize, const R: usize>(
-        m: usize,
-        k: usize,
-        a: *const f32,
-        bt: *const f32,
-        kp: usize,
-        c: *mut f32,
-        ldc: usize,
-        bias: Option<&[f32]>,
-        posts: &[Post],
-    ) {
+    unsafe fn tail_all<const T: usize, const R: usize>(m: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, bias: Option<&[f32]>, posts: &[Post]) {
         let mut i = 0;
         while m - i >= R {
             tail_rows::<T, R>(i, k, a, bt, kp, c, ldc, bias, posts);
@@ -494,17 +354,7 @@ mod avx2 {
     /// Rows i0..i0 + R of [`tail_cols`].
     #[inline(always)]
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-    unsafe fn tail_rows<const T: usize, const R: usize>(
-        i0: usize,
-        k: usize,
-        a: *const f32,
-        bt: *const f32,
-        kp: usize,
-        c: *mut f32,
-        ldc: usize,
-        bias: Option<&[f32]>,
-        posts: &[Post],
-    ) {
+    unsafe fn tail_rows<const T: usize, const R: usize>(i0: usize, k: usize, a: *const f32, bt: *const f32, kp: usize, c: *mut f32, ldc: usize, bias: Option<&[f32]>, posts: &[Post]) {
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         let full = k - k % 8;
         let mut kk = 0;
@@ -528,8 +378,7 @@ mod avx2 {
             for r in 0..R {
                 let av = _mm256_maskload_ps(a.add((i0 + r) * k + kk), m);
                 for j in 0..T {
-                    acc[r][j] =
-                        _mm256_fmadd_ps(av, _mm256_loadu_ps(bt.add(j * kp + kk)), acc[r][j]);
+                    acc[r][j] = _mm256_fmadd_ps(av, _mm256_loadu_ps(bt.add(j * kp + kk)), acc[r][j]);
                 }
             }
         }
@@ -552,9 +401,7 @@ mod tests {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         (0..n)
             .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect()
@@ -568,10 +415,7 @@ mod tests {
         let (m, k, n): (usize, usize, usize) = (13, 300, 16 * 25 + 5);
         assert!(n.div_ceil(NR) > CHUNK_FLOATS / (k * NR));
         let (a, b, bias) = (rnd_vec(m * k, 1), rnd_vec(k * n, 2), rnd_vec(m, 3));
-        let ep = Epilogue {
-            affine: None,
-            clamp: Some((-1.0, 1.0)),
-        };
+        let ep = Epilogue { affine: None, clamp: Some((-1.0, 1.0)) };
         let mut isas = vec![Isa::Scalar];
         if best_isa() != Isa::Scalar {
             isas.push(best_isa());
@@ -581,15 +425,10 @@ mod tests {
             gemm_epilogue(isa, m, k, n, &a, &b, &mut got, Some(&bias), &ep, 0);
             for i in 0..m {
                 for j in 0..n {
-                    let s: f64 = (0..k)
-                        .map(|kk| a[i * k + kk] as f64 * b[kk * n + j] as f64)
-                        .sum();
+                    let s: f64 = (0..k).map(|kk| a[i * k + kk] as f64 * b[kk * n + j] as f64).sum();
                     let want = (s as f32 + bias[i]).clamp(-1.0, 1.0);
                     let x = got[i * n + j];
-                    assert!(
-                        (x - want).abs() <= 1e-4 * want.abs().max(1.0),
-                        "{isa:?} [{i}, {j}] {x} vs {want}"
-                    );
+                    assert!((x - want).abs() <= 1e-4 * want.abs().max(1.0), "{isa:?} [{i}, {j}] {x} vs {want}");
                 }
             }
         }

@@ -27,14 +27,7 @@ impl Post {
             Some((lo, hi)) => (true, lo, hi),
             None => (false, f32::NEG_INFINITY, f32::INFINITY),
         };
-        Post {
-            scale,
-            shift,
-            affine,
-            lo,
-            hi,
-            clamp,
-        }
+        Post { scale, shift, affine, lo, hi, clamp }
     }
     #[inline(always)]
     pub(crate) fn apply(&self, mut v: f32) -> f32 {
@@ -53,19 +46,13 @@ impl Post {
 /// variant once instead of testing the flags per row or block.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn post_avx2_as<const AFFINE: bool, const CLAMP: bool>(
-    v: std::arch::x86_64::__m256,
-    p: &Post,
-) -> std::arch::x86_64::__m256 {
+pub(crate) unsafe fn post_avx2_as<const AFFINE: bool, const CLAMP: bool>(v: std::arch::x86_64::__m256, p: &Post) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     debug_assert!(p.affine == AFFINE && p.clamp == CLAMP);
     let mut v = v;
     if AFFINE {
         // Multiply then add (no FMA) to match the unfused BatchNormalization bit for bit.
-        v = _mm256_add_ps(
-            _mm256_mul_ps(v, _mm256_set1_ps(p.scale)),
-            _mm256_set1_ps(p.shift),
-        );
+        v = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(p.scale)), _mm256_set1_ps(p.shift));
     }
     if CLAMP {
         v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(p.lo)), _mm256_set1_ps(p.hi));
@@ -101,10 +88,7 @@ pub struct Epilogue<'a> {
 }
 
 impl Epilogue<'_> {
-    pub const NONE: Epilogue<'static> = Epilogue {
-        affine: None,
-        clamp: None,
-    };
+    pub const NONE: Epilogue<'static> = Epilogue { affine: None, clamp: None };
 
     pub fn is_identity(&self) -> bool {
         self.affine.is_none() && self.clamp.is_none()
@@ -135,39 +119,15 @@ impl Epilogue<'_> {
 /// C[m×n] = A[m×k] · B[k×n] (+ C when `accumulate`), all row-major, through `matrixmultiply`'s
 /// blocked SGEMM.
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
-    sgemm_strided(
-        m,
-        k,
-        n,
-        a,
-        (k as isize, 1),
-        b,
-        (n as isize, 1),
-        c,
-        accumulate,
-    )
+    sgemm_strided(m, k, n, a, (k as isize, 1), b, (n as isize, 1), c, accumulate)
 }
 
 /// SGEMM with explicit (row, column) strides for A and B, so transposed operands need no copy.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm_strided(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    a_strides: (isize, isize),
-    b: &[f32],
-    b_strides: (isize, isize),
-    c: &mut [f32],
-    accumulate: bool,
-) {
+pub fn sgemm_strided(m: usize, k: usize, n: usize, a: &[f32], a_strides: (isize, isize), b: &[f32], b_strides: (isize, isize), c: &mut [f32], accumulate: bool) {
     assert!(c.len() >= m * n);
     let max_index = |rows: usize, cols: usize, (rs, cs): (isize, isize)| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows - 1) as isize * rs + (cols - 1) as isize * cs + 1
-        }
+        if rows == 0 || cols == 0 { 0 } else { (rows - 1) as isize * rs + (cols - 1) as isize * cs + 1 }
     };
     assert!(a.len() as isize >= max_index(m, k, a_strides));
     assert!(b.len() as isize >= max_index(k, n, b_strides));
@@ -198,20 +158,11 @@ pub fn sgemm_strided(
     // SAFETY: the asserts above bound every index the strided views can touch.
     unsafe {
         matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            a_strides.0,
-            a_strides.1,
-            b.as_ptr(),
-            b_strides.0,
-            b_strides.1,
+            m, k, n, 1.0,
+            a.as_ptr(), a_strides.0, a_strides.1,
+            b.as_ptr(), b_strides.0, b_strides.1,
             if accumulate { 1.0 } else { 0.0 },
-            c.as_mut_ptr(),
-            n as isize,
-            1,
+            c.as_mut_ptr(), n as isize, 1,
         );
     }
 }
@@ -240,13 +191,7 @@ pub fn im2col(input: &[f32], g: &ConvGeometry, c_begin: usize, c_count: usize, c
 
 /// Direct depthwise convolution: one kernel per channel. Loops are arranged so the innermost
 /// runs over a contiguous, branch-free range of output columns.
-pub fn depthwise(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &ConvGeometry,
-    out: &mut [f32],
-) {
+pub fn depthwise(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, out: &mut [f32]) {
     let [kh, kw] = g.kernel;
     let (oh, ow) = (g.out_h, g.out_w);
     let (sy, sx) = (g.strides[0], g.strides[1]);
@@ -256,12 +201,10 @@ pub fn depthwise(
         let o = &mut out[c * oh * ow..(c + 1) * oh * ow];
         o.fill(bias.map_or(0.0, |b| b[c]));
         for ky in 0..kh {
-            let (y0, y1) =
-                ConvGeometry::valid_range(oh, g.in_h, sy, g.pad_top, ky * g.dilations[0]);
+            let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, sy, g.pad_top, ky * g.dilations[0]);
             for kx in 0..kw {
                 let w = k[ky * kw + kx];
-                let (x0, x1) =
-                    ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
                 if x0 >= x1 {
                     continue;
                 }
@@ -286,39 +229,15 @@ pub fn depthwise(
 }
 
 /// Convolution of one CHW image. `scratch` is reused between calls for the im2col buffer.
-pub fn conv2d(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &ConvGeometry,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-) {
+pub fn conv2d(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, out: &mut [f32], scratch: &mut Vec<f32>) {
     conv2d_fused(input, weight, bias, g, &Epilogue::NONE, out, scratch)
 }
 
 /// Convolution of one CHW image followed by `ep` (see [`Epilogue`]).
-pub fn conv2d_fused(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &ConvGeometry,
-    ep: &Epilogue,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-) {
+pub fn conv2d_fused(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>) {
     if g.is_depthwise() {
         if depthwise::supports(g) {
-            return depthwise::depthwise_with(
-                depthwise::best_for(g),
-                input,
-                weight,
-                bias,
-                g,
-                ep,
-                out,
-                scratch,
-            );
+            return depthwise::depthwise_with(depthwise::best_for(g), input, weight, bias, g, ep, out, scratch);
         }
         depthwise(input, weight, bias, g, out);
         return ep.apply_planes(out, g.out_c, g.out_h * g.out_w);
@@ -334,18 +253,7 @@ pub fn conv2d_fused(
         let b = bias.map(|b| &b[grp * cout_g..(grp + 1) * cout_g]);
         if g.is_pointwise() {
             // A 1×1 convolution is a plain matrix product with the input planes.
-            gemm::gemm_epilogue(
-                isa,
-                cout_g,
-                k,
-                spatial,
-                w,
-                &input[grp * cin_g * spatial..(grp + 1) * cin_g * spatial],
-                o,
-                b,
-                ep,
-                grp * cout_g,
-            );
+            gemm::gemm_epilogue(isa, cout_g, k, spatial, w, &input[grp * cin_g * spatial..(grp + 1) * cin_g * spatial], o, b, ep, grp * cout_g);
         } else {
             scratch.resize(k * spatial, 0.0);
             im2col(input, g, grp * cin_g, cin_g, scratch);
@@ -355,13 +263,7 @@ pub fn conv2d_fused(
 }
 
 /// Plain, obviously-correct convolution used as the reference in tests.
-pub fn conv2d_reference(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &ConvGeometry,
-    out: &mut [f32],
-) {
+pub fn conv2d_reference(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, out: &mut [f32]) {
     let cin_g = g.in_c / g.group;
     let cout_g = g.out_c / g.group;
     let [kh, kw] = g.kernel;
@@ -373,15 +275,12 @@ pub fn conv2d_reference(
                 for ic in 0..cin_g {
                     for ky in 0..kh {
                         for kx in 0..kw {
-                            let iy = (oy * g.strides[0] + ky * g.dilations[0]) as isize
-                                - g.pad_top as isize;
-                            let ix = (ox * g.strides[1] + kx * g.dilations[1]) as isize
-                                - g.pad_left as isize;
+                            let iy = (oy * g.strides[0] + ky * g.dilations[0]) as isize - g.pad_top as isize;
+                            let ix = (ox * g.strides[1] + kx * g.dilations[1]) as isize - g.pad_left as isize;
                             if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
                                 continue;
                             }
-                            let x = input[((grp * cin_g + ic) * g.in_h + iy as usize) * g.in_w
-                                + ix as usize];
+                            let x = input[((grp * cin_g + ic) * g.in_h + iy as usize) * g.in_w + ix as usize];
                             let w = weight[((oc * cin_g + ic) * kh + ky) * kw + kx];
                             acc += (x * w) as f64;
                         }
@@ -395,20 +294,7 @@ pub fn conv2d_reference(
 
 /// Average or max pooling over one CHW image. `pads` = [top, left, bottom, right].
 #[allow(clippy::too_many_arguments)]
-pub fn pool2d(
-    input: &[f32],
-    c: usize,
-    in_h: usize,
-    in_w: usize,
-    out_h: usize,
-    out_w: usize,
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    pads: [usize; 4],
-    max: bool,
-    count_include_pad: bool,
-    out: &mut [f32],
-) {
+pub fn pool2d(input: &[f32], c: usize, in_h: usize, in_w: usize, out_h: usize, out_w: usize, kernel: [usize; 2], strides: [usize; 2], pads: [usize; 4], max: bool, count_include_pad: bool, out: &mut [f32]) {
     for ch in 0..c {
         let plane = &input[ch * in_h * in_w..(ch + 1) * in_h * in_w];
         for oy in 0..out_h {
@@ -423,11 +309,7 @@ pub fn pool2d(
                             continue;
                         }
                         let v = plane[iy as usize * in_w + ix as usize];
-                        if max {
-                            acc = acc.max(v)
-                        } else {
-                            acc += v
-                        }
+                        if max { acc = acc.max(v) } else { acc += v }
                         n += 1;
                     }
                 }
@@ -454,52 +336,20 @@ mod tests {
     use proptest::prelude::*;
 
     fn geometry() -> impl Strategy<Value = ConvGeometry> {
-        (
-            1usize..4,
-            1usize..4,
-            1usize..4,
-            1usize..4,
-            1usize..3,
-            1usize..3,
-            0usize..3,
-            0usize..3,
-            3usize..12,
-            3usize..12,
-            1usize..3,
-            prop::bool::ANY,
-        )
+        (1usize..4, 1usize..4, 1usize..4, 1usize..4, 1usize..3, 1usize..3, 0usize..3, 0usize..3, 3usize..12, 3usize..12, 1usize..3, prop::bool::ANY)
             .prop_map(|(gr, cin_g, cout_g, kh, sy, dil, pt, pl, h, w, kw, dw)| {
-                let (group, in_c, out_c) = if dw {
-                    (gr * cin_g, gr * cin_g, gr * cin_g)
-                } else {
-                    (gr, gr * cin_g, gr * cout_g)
-                };
+                let (group, in_c, out_c) = if dw { (gr * cin_g, gr * cin_g, gr * cin_g) } else { (gr, gr * cin_g, gr * cout_g) };
                 let kernel = [kh, kw.max(1)];
                 let dil = [dil, 1];
                 let eff = |k: usize, d: usize| d * (k - 1) + 1;
                 let out_h = ((h + 2 * pt).saturating_sub(eff(kernel[0], dil[0]))) / sy + 1;
                 let out_w = (w + 2 * pl).saturating_sub(eff(kernel[1], dil[1])) + 1; // stride 1 across
-                ConvGeometry {
-                    in_c,
-                    in_h: h.max(eff(kernel[0], dil[0])),
-                    in_w: w.max(eff(kernel[1], 1)),
-                    out_c,
-                    out_h,
-                    out_w,
-                    kernel,
-                    strides: [sy, 1],
-                    dilations: dil,
-                    pad_top: pt,
-                    pad_left: pl,
-                    group,
-                }
+                ConvGeometry { in_c, in_h: h.max(eff(kernel[0], dil[0])), in_w: w.max(eff(kernel[1], 1)), out_c, out_h, out_w, kernel, strides: [sy, 1], dilations: dil, pad_top: pt, pad_left: pl, group }
             })
             .prop_map(|mut g| {
                 let eff = |k: usize, d: usize| d * (k - 1) + 1;
-                g.out_h =
-                    (g.in_h + 2 * g.pad_top - eff(g.kernel[0], g.dilations[0])) / g.strides[0] + 1;
-                g.out_w =
-                    (g.in_w + 2 * g.pad_left - eff(g.kernel[1], g.dilations[1])) / g.strides[1] + 1;
+                g.out_h = (g.in_h + 2 * g.pad_top - eff(g.kernel[0], g.dilations[0])) / g.strides[0] + 1;
+                g.out_w = (g.in_w + 2 * g.pad_left - eff(g.kernel[1], g.dilations[1])) / g.strides[1] + 1;
                 g
             })
     }
@@ -560,45 +410,15 @@ mod tests {
             let a: Vec<f32> = (0..k).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
             let bt: Vec<f32> = (0..n * k).map(|i| (i % 11) as f32 * 0.125 - 0.6).collect();
             let mut got = vec![1.0; n];
-            sgemm_strided(
-                1,
-                k,
-                n,
-                &a,
-                (k as isize, 1),
-                &bt,
-                (1, k as isize),
-                &mut got,
-                true,
-            );
+            sgemm_strided(1, k, n, &a, (k as isize, 1), &bt, (1, k as isize), &mut got, true);
             // The same matrix stored row-major (k × n).
             let b: Vec<f32> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
             let mut got_nn = vec![0.5; n];
-            sgemm_strided(
-                1,
-                k,
-                n,
-                &a,
-                (k as isize, 1),
-                &b,
-                (n as isize, 1),
-                &mut got_nn,
-                false,
-            );
+            sgemm_strided(1, k, n, &a, (k as isize, 1), &b, (n as isize, 1), &mut got_nn, false);
             for j in 0..n {
-                let want: f64 = (0..k)
-                    .map(|i| a[i] as f64 * bt[j * k + i] as f64)
-                    .sum::<f64>();
-                assert!(
-                    (got[j] as f64 - 1.0 - want).abs() < 1e-3,
-                    "k {k} n {n} j {j}: {} vs {want}",
-                    got[j]
-                );
-                assert!(
-                    (got_nn[j] as f64 - want).abs() < 1e-3,
-                    "k {k} n {n} j {j}: {} vs {want}",
-                    got_nn[j]
-                );
+                let want: f64 = (0..k).map(|i| a[i] as f64 * bt[j * k + i] as f64).sum::<f64>();
+                assert!((got[j] as f64 - 1.0 - want).abs() < 1e-3, "k {k} n {n} j {j}: {} vs {want}", got[j]);
+                assert!((got_nn[j] as f64 - want).abs() < 1e-3, "k {k} n {n} j {j}: {} vs {want}", got_nn[j]);
             }
         }
     }
@@ -606,30 +426,10 @@ mod tests {
     #[test]
     fn hand_computed_conv() {
         // 1 channel 3×3 input, 2×2 kernel of ones, stride 1, no pad → sums of 2×2 windows.
-        let g = ConvGeometry {
-            in_c: 1,
-            in_h: 3,
-            in_w: 3,
-            out_c: 1,
-            out_h: 2,
-            out_w: 2,
-            kernel: [2, 2],
-            strides: [1, 1],
-            dilations: [1, 1],
-            pad_top: 0,
-            pad_left: 0,
-            group: 1,
-        };
+        let g = ConvGeometry { in_c: 1, in_h: 3, in_w: 3, out_c: 1, out_h: 2, out_w: 2, kernel: [2, 2], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
         let input = [1., 2., 3., 4., 5., 6., 7., 8., 9.];
         let mut out = [0.0; 4];
-        conv2d(
-            &input,
-            &[1.0; 4],
-            Some(&[0.5]),
-            &g,
-            &mut out,
-            &mut Vec::new(),
-        );
+        conv2d(&input, &[1.0; 4], Some(&[0.5]), &g, &mut out, &mut Vec::new());
         assert_eq!(out, [12.5, 16.5, 24.5, 28.5]);
     }
 
@@ -637,67 +437,15 @@ mod tests {
     fn hand_computed_pools() {
         let input = [1., 2., 3., 4.];
         let mut out = [0.0; 1];
-        pool2d(
-            &input,
-            1,
-            2,
-            2,
-            1,
-            1,
-            [2, 2],
-            [1, 1],
-            [0; 4],
-            false,
-            false,
-            &mut out,
-        );
+        pool2d(&input, 1, 2, 2, 1, 1, [2, 2], [1, 1], [0; 4], false, false, &mut out);
         assert_eq!(out, [2.5]);
-        pool2d(
-            &input,
-            1,
-            2,
-            2,
-            1,
-            1,
-            [2, 2],
-            [1, 1],
-            [0; 4],
-            true,
-            false,
-            &mut out,
-        );
+        pool2d(&input, 1, 2, 2, 1, 1, [2, 2], [1, 1], [0; 4], true, false, &mut out);
         assert_eq!(out, [4.0]);
         // 3×3 average with pad 1 at the corner: excluding pads averages 4 cells, including them 9.
         let mut out = [0.0; 4];
-        pool2d(
-            &input,
-            1,
-            2,
-            2,
-            2,
-            2,
-            [3, 3],
-            [1, 1],
-            [1, 1, 1, 1],
-            false,
-            false,
-            &mut out,
-        );
+        pool2d(&input, 1, 2, 2, 2, 2, [3, 3], [1, 1], [1, 1, 1, 1], false, false, &mut out);
         assert_eq!(out[0], 2.5);
-        pool2d(
-            &input,
-            1,
-            2,
-            2,
-            2,
-            2,
-            [3, 3],
-            [1, 1],
-            [1, 1, 1, 1],
-            false,
-            true,
-            &mut out,
-        );
+        pool2d(&input, 1, 2, 2, 2, 2, [3, 3], [1, 1], [1, 1, 1, 1], false, true, &mut out);
         assert!((out[0] - 10.0 / 9.0).abs() < 1e-6);
     }
 }

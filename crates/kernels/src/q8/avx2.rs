@@ -24,15 +24,7 @@ use crate::ConvGeometry;
 /// Where a kernel's i32 accumulators go. Rows are output channels, `n` the row stride.
 pub enum Sink<'a> {
     /// `out[r·n + j] = clamp(zp + round_shift(bias[r] + acc·mult[r], shift), qmin, qmax)`.
-    Requant {
-        mult: &'a [i64],
-        bias: &'a [i64],
-        shift: u32,
-        zp: i32,
-        qmin: i32,
-        qmax: i32,
-        out: &'a mut [u8],
-    },
+    Requant { mult: &'a [i64], bias: &'a [i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &'a mut [u8] },
     /// `acc[r·n + j] = acc` (overwritten).
     Acc(&'a mut [i32]),
 }
@@ -62,11 +54,7 @@ struct Fin {
 
 /// Largest `|bias + Σ acc·mult|` when every `|acc| ≤ acc_max` (sum over parts' multipliers).
 fn requant_bound(bias: &[i64], mult_max_sum: u128, acc_max: u128) -> u128 {
-    bias.iter()
-        .map(|b| b.unsigned_abs() as u128)
-        .max()
-        .unwrap_or(0)
-        + mult_max_sum * acc_max
+    bias.iter().map(|b| b.unsigned_abs() as u128).max().unwrap_or(0) + mult_max_sum * acc_max
 }
 
 /// Largest `|Σ (x − zx)·d|` over `k` terms, `|x − zx| ≤ 255` and `|d| ≤ wmax`: the accumulator
@@ -78,24 +66,16 @@ fn acc_max(k: usize, wmax: u32) -> u128 {
 
 /// Largest `|mult|` of a slice.
 fn max_abs(m: &[i64]) -> u128 {
-    m.iter()
-        .map(|v| v.unsigned_abs() as u128)
-        .max()
-        .unwrap_or(0)
+    m.iter().map(|v| v.unsigned_abs() as u128).max().unwrap_or(0)
 }
 
 #[inline(always)]
 unsafe fn fin(shift: u32, zp: i32, qmin: i32, qmax: i32, bound: u128) -> Fin {
     let half = if shift == 0 { 0 } else { 1i64 << (shift - 1) };
-    let fast =
-        (1..=62).contains(&shift) && bound < 1u128 << 61 && (bound >> shift) + 1 < 1u128 << 30;
+    let fast = (1..=62).contains(&shift) && bound < 1u128 << 61 && (bound >> shift) + 1 < 1u128 << 30;
     let off = half + (1i64 << 62);
     // 2^(62 − shift) mod 2^32.
-    let c32 = if 62 - shift.min(62) >= 32 {
-        0u32
-    } else {
-        1u32 << (62 - shift)
-    };
+    let c32 = if 62 - shift.min(62) >= 32 { 0u32 } else { 1u32 << (62 - shift) };
     Fin {
         fast,
         off,
@@ -105,11 +85,7 @@ unsafe fn fin(shift: u32, zp: i32, qmin: i32, qmax: i32, bound: u128) -> Fin {
         // |round_shift| is clamped to 2^24 before narrowing to i32: far outside [0, 255] − zp,
         // so the final clamp is unchanged.
         cap: _mm256_set1_epi64x(1 << 24),
-        zp: _mm256_set1_epi32(if fast {
-            zp.wrapping_sub(c32 as i32)
-        } else {
-            zp
-        }),
+        zp: _mm256_set1_epi32(if fast { zp.wrapping_sub(c32 as i32) } else { zp }),
         lo: _mm256_set1_epi32(qmin),
         hi: _mm256_set1_epi32(qmax),
     }
@@ -118,11 +94,7 @@ unsafe fn fin(shift: u32, zp: i32, qmin: i32, qmax: i32, bound: u128) -> Fin {
 /// A channel's bias (fixed-point domain) as the vector the kernels add to `acc·mult`.
 #[inline(always)]
 unsafe fn fin_bias(f: &Fin, bias: i64) -> __m256i {
-    _mm256_set1_epi64x(if f.fast {
-        bias.wrapping_add(f.off)
-    } else {
-        bias
-    })
+    _mm256_set1_epi64x(if f.fast { bias.wrapping_add(f.off) } else { bias })
 }
 
 /// `round_shift` on 4×i64 (|x| < 2^62), result clamped to ±2^24.
@@ -138,21 +110,14 @@ unsafe fn round64(x: __m256i, f: &Fin) -> __m256i {
 /// Fast path: `x'` (offset already added) → `round_shift(x) + 2^(62 − shift)` in the low 32 bits.
 #[inline(always)]
 unsafe fn round64_fast(x: __m256i, f: &Fin) -> __m256i {
-    _mm256_srl_epi64(
-        _mm256_add_epi64(x, _mm256_cmpgt_epi64(f.neg_below, x)),
-        f.shift,
-    )
+    _mm256_srl_epi64(_mm256_add_epi64(x, _mm256_cmpgt_epi64(f.neg_below, x)), f.shift)
 }
 
 /// Fixed-point values of elements 0,2,4,6 (`even`) and 1,3,5,7 (`odd`) → 8 clamped i32
 /// (`even`/`odd` include the bias from [`fin_bias`]).
 #[inline(always)]
 unsafe fn finish(even: __m256i, odd: __m256i, f: &Fin) -> __m256i {
-    let (e, o) = if f.fast {
-        (round64_fast(even, f), round64_fast(odd, f))
-    } else {
-        (round64(even, f), round64(odd, f))
-    };
+    let (e, o) = if f.fast { (round64_fast(even, f), round64_fast(odd, f)) } else { (round64(even, f), round64(odd, f)) };
     let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
     _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
 }
@@ -185,46 +150,22 @@ struct EpiRows<'a> {
 
 impl<'a> EpiRows<'a> {
     fn of(e: &'a FloatEpilogue) -> EpiRows<'a> {
-        EpiRows {
-            scale: &e.scale,
-            offset: &e.offset,
-            hi: &e.hi,
-            lo: e.lo,
-            ok: &e.ok,
-            cap: &e.cap,
-        }
+        EpiRows { scale: &e.scale, offset: &e.offset, hi: &e.hi, lo: e.lo, ok: &e.ok, cap: &e.cap }
     }
 
     fn rows(self, r: std::ops::Range<usize>) -> EpiRows<'a> {
-        EpiRows {
-            scale: &self.scale[r.clone()],
-            offset: &self.offset[r.clone()],
-            hi: &self.hi[r.clone()],
-            lo: self.lo,
-            ok: &self.ok[r.clone()],
-            cap: &self.cap[r],
-        }
+        EpiRows { scale: &self.scale[r.clone()], offset: &self.offset[r.clone()], hi: &self.hi[r.clone()], lo: self.lo, ok: &self.ok[r.clone()], cap: &self.cap[r] }
     }
 
     fn fits(&self, n: usize) -> bool {
-        self.scale.len() >= n
-            && self.offset.len() >= n
-            && self.hi.len() >= n
-            && self.ok.len() >= n
-            && self.cap.len() >= n
+        self.scale.len() >= n && self.offset.len() >= n && self.hi.len() >= n && self.ok.len() >= n && self.cap.len() >= n
     }
 }
 
 /// [`FloatEpilogue::apply`] on 8 accumulators (results in [0, 255] as i32).
 #[inline(always)]
 unsafe fn float8(acc: __m256i, s: __m256, o: __m256, lo: __m256, hi: __m256) -> __m256i {
-    _mm256_cvttps_epi32(_mm256_min_ps(
-        _mm256_max_ps(
-            _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o),
-            lo,
-        ),
-        hi,
-    ))
+    _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), s), o), lo), hi))
 }
 
 /// Row `row`'s 16 accumulators → 16 bytes through the float stage.
@@ -241,20 +182,9 @@ unsafe fn float_bytes(e: &EpiRows, row: usize, v0: __m256i, v1: __m256i) -> __m1
 /// `cols` ≤ 16 of them valid.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn sink16(
-    sink: &mut Sink,
-    f: &Fin,
-    row: usize,
-    col: usize,
-    n: usize,
-    cols: usize,
-    v0: __m256i,
-    v1: __m256i,
-) {
+unsafe fn sink16(sink: &mut Sink, f: &Fin, row: usize, col: usize, n: usize, cols: usize, v0: __m256i, v1: __m256i) {
     match sink {
-        Sink::Requant {
-            mult, bias, out, ..
-        } => {
+        Sink::Requant { mult, bias, out, .. } => {
             let m = _mm256_set1_epi64x(*mult.get_unchecked(row));
             let b = fin_bias(f, *bias.get_unchecked(row));
             let bytes = pack16(requant8(v0, m, b, f), requant8(v1, m, b, f));
@@ -278,21 +208,7 @@ unsafe fn sink16(
 #[inline(always)]
 unsafe fn sink_fin(sink: &Sink, acc_max: u128) -> Fin {
     match sink {
-        Sink::Requant {
-            mult,
-            bias,
-            shift,
-            zp,
-            qmin,
-            qmax,
-            ..
-        } => fin(
-            *shift,
-            *zp,
-            *qmin,
-            *qmax,
-            requant_bound(bias, max_abs(mult), acc_max),
-        ),
+        Sink::Requant { mult, bias, shift, zp, qmin, qmax, .. } => fin(*shift, *zp, *qmin, *qmax, requant_bound(bias, max_abs(mult), acc_max)),
         Sink::Acc(_) => fin(0, 0, 0, 255, u128::MAX),
     }
 }
@@ -301,38 +217,11 @@ unsafe fn sink_fin(sink: &Sink, acc_max: u128) -> Fin {
 /// on one row (exposed for tests).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn requant_row(
-    acc: &[i32],
-    mult: i64,
-    bias: i64,
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
+pub unsafe fn requant_row(acc: &[i32], mult: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     let n = acc.len().min(out.len());
-    let acc_max = acc[..n]
-        .iter()
-        .map(|a| a.unsigned_abs() as u128)
-        .max()
-        .unwrap_or(0);
-    let f = fin(
-        shift,
-        zp,
-        qmin,
-        qmax,
-        requant_bound(&[bias], mult.unsigned_abs() as u128, acc_max),
-    );
-    let mut sink = Sink::Requant {
-        mult: &[mult],
-        bias: &[bias],
-        shift,
-        zp,
-        qmin,
-        qmax,
-        out,
-    };
+    let acc_max = acc[..n].iter().map(|a| a.unsigned_abs() as u128).max().unwrap_or(0);
+    let f = fin(shift, zp, qmin, qmax, requant_bound(&[bias], mult.unsigned_abs() as u128, acc_max));
+    let mut sink = Sink::Requant { mult: &[mult], bias: &[bias], shift, zp, qmin, qmax, out };
     let mut j = 0;
     while j < n {
         let cols = 16.min(n - j);
@@ -360,28 +249,13 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
     for jp in 0..full {
         let col = jp * NR;
         for p in 0..kp {
-            let a = _mm256_sub_epi16(
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(src.add(2 * p * n + col) as *const __m128i)),
-                zpv,
-            );
-            let b = if 2 * p + 1 < k {
-                _mm256_sub_epi16(
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                        src.add((2 * p + 1) * n + col) as *const __m128i
-                    )),
-                    zpv,
-                )
-            } else {
-                _mm256_setzero_si256()
-            };
+            let a = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(src.add(2 * p * n + col) as *const __m128i)), zpv);
+            let b = if 2 * p + 1 < k { _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(src.add((2 * p + 1) * n + col) as *const __m128i)), zpv) } else { _mm256_setzero_si256() };
             let lo = _mm256_unpacklo_epi16(a, b);
             let hi = _mm256_unpackhi_epi16(a, b);
             let o = d.add((jp * kp + p) * NR * 2);
             _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x20));
-            _mm256_storeu_si256(
-                o.add(16) as *mut __m256i,
-                _mm256_permute2x128_si256(lo, hi, 0x31),
-            );
+            _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x31));
         }
     }
     if full < np {
@@ -390,8 +264,7 @@ pub unsafe fn pack_b_u8(input: &[u8], zp: i32, k: usize, n: usize, dst: &mut Vec
         for row in 0..k {
             let (p, h) = (row / 2, row % 2);
             for col in full * NR..n {
-                *tail.add((p * NR + col % NR) * 2 + h) =
-                    (*src.add(row * n + col) as i32 - zp) as i16;
+                *tail.add((p * NR + col % NR) * 2 + h) = (*src.add(row * n + col) as i32 - zp) as i16;
             }
         }
     }
@@ -411,65 +284,24 @@ pub unsafe fn gemm_packed(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, si
 /// weights with `|w − zw| ≤ wmax`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_packed_cmax(
-    a: &[i16],
-    m: usize,
-    k: usize,
-    b: &[i16],
-    n: usize,
-    sink: &mut Sink,
-    cmax: Option<&[u8]>,
-    epi: Option<EpiRows>,
-    wmax: u32,
-) {
+unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let (mb, kp, np) = (m.div_ceil(MR), k.div_ceil(2), n.div_ceil(NR));
     assert!(a.len() >= mb * kp * MR * 2 && b.len() >= np * kp * NR * 2);
     let acc_max = acc_max(k, wmax);
     let f = sink_fin(sink, acc_max);
     let (a, b) = (a.as_ptr() as *const i32, b.as_ptr());
     match sink {
-        Sink::Requant {
-            mult,
-            bias,
-            out,
-            shift,
-            zp,
-            qmin,
-            qmax,
-        } => {
+        Sink::Requant { mult, bias, out, shift, zp, qmin, qmax } => {
             assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
             assert!(cmax.is_none_or(|c| c.len() >= m));
-            let st = ScalarStage {
-                shift: *shift,
-                zp: *zp,
-                qmin: *qmin,
-                qmax: *qmax,
-            };
+            let st = ScalarStage { shift: *shift, zp: *zp, qmin: *qmin, qmax: *qmax };
             if let Some(e) = epi {
                 // The float stage already holds the cap.
                 assert!(e.fits(m));
-                let dst = GemmOut::Float {
-                    e,
-                    mult,
-                    bias,
-                    out: out.as_mut_ptr(),
-                    st,
-                    free: float_clamps_free(&e, m, acc_max),
-                    capped: float_capped(&e, m),
-                };
-                return if f.fast {
-                    gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst)
-                } else {
-                    gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst)
-                };
+                let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, m, acc_max), capped: float_capped(&e, m) };
+                return if f.fast { gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst) } else { gemm_loop::<false, false>(a, m, kp, b, n, &f, &dst) };
             }
-            let dst = GemmOut::Bytes {
-                mult,
-                bias,
-                cmax,
-                out: out.as_mut_ptr(),
-                st,
-            };
+            let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
             match (f.fast, cmax.is_some()) {
                 (true, false) => gemm_loop::<true, false>(a, m, kp, b, n, &f, &dst),
                 (true, true) => gemm_loop::<true, true>(a, m, kp, b, n, &f, &dst),
@@ -486,25 +318,11 @@ unsafe fn gemm_packed_cmax(
 
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
 enum GemmOut<'a> {
-    Bytes {
-        mult: &'a [i64],
-        bias: &'a [i64],
-        cmax: Option<&'a [u8]>,
-        out: *mut u8,
-        st: ScalarStage,
-    },
+    Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8, st: ScalarStage },
     /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
     /// form take the i64 stage and the cap. `free`: see [`float_clamps_free`]; `capped`: some
     /// float row's cap is below 255.
-    Float {
-        e: EpiRows<'a>,
-        mult: &'a [i64],
-        bias: &'a [i64],
-        out: *mut u8,
-        st: ScalarStage,
-        free: bool,
-        capped: bool,
-    },
+    Float { e: EpiRows<'a>, mult: &'a [i64], bias: &'a [i64], out: *mut u8, st: ScalarStage, free: bool, capped: bool },
     Acc(*mut i32),
 }
 
@@ -520,19 +338,14 @@ struct ScalarStage {
 impl ScalarStage {
     #[inline(always)]
     fn apply(self, mult: i64, bias: i64, acc: i32) -> u8 {
-        (self.zp as i64 + round_shift(bias + acc as i64 * mult, self.shift))
-            .clamp(self.qmin as i64, self.qmax as i64) as u8
+        (self.zp as i64 + round_shift(bias + acc as i64 * mult, self.shift)).clamp(self.qmin as i64, self.qmax as i64) as u8
     }
 }
 
 /// The `MR × 8·H` micro-kernel over `kp` k-pairs (`H = 1`: only the panel's first 8 columns),
 /// two k-pairs per iteration.
 #[inline(always)]
-unsafe fn gemm_tile<const H: usize>(
-    ap: *const i32,
-    bp: *const i16,
-    kp: usize,
-) -> [[__m256i; 2]; MR] {
+unsafe fn gemm_tile<const H: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 2]; MR] {
     let mut c = [[_mm256_setzero_si256(); 2]; MR];
     // One k-pair per iteration: 12 accumulators + 2 B rows + 1 broadcast + 1 product is exactly
     // the 16 ymm registers; a 2× unrolled body made the compiler rotate and spill accumulators
@@ -554,18 +367,9 @@ unsafe fn gemm_tile<const H: usize>(
 
 /// One k-pair of [`gemm_tile`].
 #[inline(always)]
-unsafe fn gemm_step<const H: usize>(
-    c: &mut [[__m256i; 2]; MR],
-    ap: *const i32,
-    bp: *const i16,
-    p: usize,
-) {
+unsafe fn gemm_step<const H: usize>(c: &mut [[__m256i; 2]; MR], ap: *const i32, bp: *const i16, p: usize) {
     let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
-    let b1 = if H == 2 {
-        _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i)
-    } else {
-        b0
-    };
+    let b1 = if H == 2 { _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i) } else { b0 };
     let aw = ap.add(p * MR);
     for (r, cr) in c.iter_mut().enumerate() {
         let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
@@ -578,13 +382,7 @@ unsafe fn gemm_step<const H: usize>(
 
 /// One channel's 16 (or `cols`) outputs → bytes, with the short rounding path when `FAST`.
 #[inline(always)]
-unsafe fn row_bytes<const FAST: bool>(
-    f: &Fin,
-    m: i64,
-    bias: i64,
-    v0: __m256i,
-    v1: __m256i,
-) -> __m128i {
+unsafe fn row_bytes<const FAST: bool>(f: &Fin, m: i64, bias: i64, v0: __m256i, v1: __m256i) -> __m128i {
     let mv = _mm256_set1_epi64x(m);
     let bv = _mm256_set1_epi64x(if FAST { bias.wrapping_add(f.off) } else { bias });
     pack16(fin8::<FAST>(f, v0, mv, bv), fin8::<FAST>(f, v1, mv, bv))
@@ -601,11 +399,7 @@ unsafe fn fin8<const FAST: bool>(f: &Fin, acc: __m256i, mv: __m256i, bv: __m256i
 /// [`finish`] with the rounding path fixed at compile time.
 #[inline(always)]
 unsafe fn fin_eo<const FAST: bool>(f: &Fin, even: __m256i, odd: __m256i) -> __m256i {
-    let (e, o) = if FAST {
-        (round64_fast(even, f), round64_fast(odd, f))
-    } else {
-        (round64(even, f), round64(odd, f))
-    };
+    let (e, o) = if FAST { (round64_fast(even, f), round64_fast(odd, f)) } else { (round64(even, f), round64(odd, f)) };
     let v = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0b1010_1010);
     _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, f.zp), f.lo), f.hi)
 }
@@ -636,71 +430,23 @@ struct PartsB<'a> {
 /// (multipliers in i32 range), then capped at `cmax[r]`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_parts<const P: usize>(
-    a: [PartA; P],
-    k: usize,
-    b: PartsB,
-    n: usize,
-    mult: &[i64],
-    out_c: usize,
-    bias: &[i64],
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    cmax: Option<&[u8]>,
-    r0: usize,
-    r1: usize,
-    out: &mut [u8],
-) {
+unsafe fn gemm_parts<const P: usize>(a: [PartA; P], k: usize, b: PartsB, n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
     let (kp, kq, np) = (k.div_ceil(2), k.div_ceil(4), n.div_ceil(NR));
     let mb = out_c.div_ceil(MR);
-    assert!(
-        MR8 == MR
-            && r0.is_multiple_of(MR)
-            && r1 <= out_c
-            && out.len() >= (r1 - r0) * n
-            && mult.len() >= P * out_c
-            && bias.len() >= out_c
-    );
+    assert!(MR8 == MR && r0.is_multiple_of(MR) && r1 <= out_c && out.len() >= (r1 - r0) * n && mult.len() >= P * out_c && bias.len() >= out_c);
     assert!(cmax.is_none_or(|c| c.len() >= out_c));
     for ap in a.iter() {
         match *ap {
-            PartA::Wide(w, _) => {
-                assert!(w.len() >= mb * kp * MR * 2 && b.b16.len() >= np * kp * NR * 2)
-            }
+            PartA::Wide(w, _) => assert!(w.len() >= mb * kp * MR * 2 && b.b16.len() >= np * kp * NR * 2),
             PartA::Byte(q) => {
-                assert!(
-                    q.m == out_c
-                        && q.k == k
-                        && q.a.len() >= mb * kq * MR8 * 4
-                        && q.rowsum.len() >= out_c
-                        && q.rem_start.len() > out_c
-                        && q.rem.len() >= q.rem_start[out_c] as usize
-                );
-                assert!(
-                    q.rem.iter().all(|&(kk, _)| (kk as usize) < k)
-                        && b.b8.len() >= np * kq * NR * 4
-                        && b.x.len() >= k * n
-                );
+                assert!(q.m == out_c && q.k == k && q.a.len() >= mb * kq * MR8 * 4 && q.rowsum.len() >= out_c && q.rem_start.len() > out_c && q.rem.len() >= q.rem_start[out_c] as usize);
+                assert!(q.rem.iter().all(|&(kk, _)| (kk as usize) < k) && b.b8.len() >= np * kq * NR * 4 && b.x.len() >= k * n);
             }
         }
     }
-    let msum: u128 = (0..P)
-        .map(|p| max_abs(&mult[p * out_c + r0..p * out_c + r1]))
-        .sum();
-    let wmax = a
-        .iter()
-        .map(|p| if let PartA::Wide(_, wm) = p { *wm } else { 255 })
-        .max()
-        .unwrap_or(255);
-    let f = fin(
-        shift,
-        zp,
-        qmin,
-        qmax,
-        requant_bound(&bias[r0..r1], msum, acc_max(k, wmax)),
-    );
+    let msum: u128 = (0..P).map(|p| max_abs(&mult[p * out_c + r0..p * out_c + r1])).sum();
+    let wmax = a.iter().map(|p| if let PartA::Wide(_, wm) = p { *wm } else { 255 }).max().unwrap_or(255);
+    let f = fin(shift, zp, qmin, qmax, requant_bound(&bias[r0..r1], msum, acc_max(k, wmax)));
     if f.fast {
         gemm_parts_loop::<P, true>(a, kp, kq, b, n, mult, out_c, bias, &f, cmax, r0, r1, out)
     } else {
@@ -710,21 +456,7 @@ unsafe fn gemm_parts<const P: usize>(
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(
-    a: [PartA; P],
-    kp: usize,
-    kq: usize,
-    b: PartsB,
-    n: usize,
-    mult: &[i64],
-    out_c: usize,
-    bias: &[i64],
-    f: &Fin,
-    cmax: Option<&[u8]>,
-    r0: usize,
-    r1: usize,
-    out: &mut [u8],
-) {
+unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [PartA; P], kp: usize, kq: usize, b: PartsB, n: usize, mult: &[i64], out_c: usize, bias: &[i64], f: &Fin, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
     let x = b.x.as_ptr();
     for jp in 0..n.div_ceil(NR) {
         let bp16 = b.b16.as_ptr().wrapping_add(jp * kp * NR * 2);
@@ -737,23 +469,14 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(
                 *cp = match *ap {
                     PartA::Wide(w, _) => {
                         let ap = (w.as_ptr() as *const i32).add(ib * kp * MR);
-                        if cols > 8 {
-                            gemm_tile::<2>(ap, bp16, kp)
-                        } else {
-                            gemm_tile::<1>(ap, bp16, kp)
-                        }
+                        if cols > 8 { gemm_tile::<2>(ap, bp16, kp) } else { gemm_tile::<1>(ap, bp16, kp) }
                     }
                     PartA::Byte(q) => gemm8_block(q, ib, rows, bp8, x, n, b.zx, jp * NR, cols),
                 };
             }
             for r in 0..rows {
                 let bytes = parts_row_bytes::<P, FAST>(&c, r, row0 + r, mult, out_c, bias, f, cmax);
-                store_bytes(
-                    out.as_mut_ptr().add((row0 + r - r0) * n + jp * NR),
-                    bytes,
-                    cols,
-                    0,
-                );
+                store_bytes(out.as_mut_ptr().add((row0 + r - r0) * n + jp * NR), bytes, cols, 0);
             }
         }
     }
@@ -762,64 +485,27 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(
 /// [`gemm_parts`] over all `out_c` rows, split over `tasks` row blocks.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_parts_par<const P: usize>(
-    a: [PartA; P],
-    k: usize,
-    b: PartsB,
-    n: usize,
-    mult: &[i64],
-    out_c: usize,
-    bias: &[i64],
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    cmax: Option<&[u8]>,
-    out: &mut [u8],
-    tasks: usize,
-) {
+unsafe fn gemm_parts_par<const P: usize>(a: [PartA; P], k: usize, b: PartsB, n: usize, mult: &[i64], out_c: usize, bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, out: &mut [u8], tasks: usize) {
     let mb = out_c.div_ceil(MR);
     let tasks = tasks.min(mb).max(1);
     let per = mb.div_ceil(tasks) * MR;
     if tasks == 1 || n == 0 {
-        return gemm_parts::<P>(
-            a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, 0, out_c, out,
-        );
+        return gemm_parts::<P>(a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, 0, out_c, out);
     }
-    out[..out_c * n]
-        .par_chunks_mut(per * n)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (r0, r1) = (i * per, ((i + 1) * per).min(out_c));
-            // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-            unsafe {
-                gemm_parts::<P>(
-                    a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, r0, r1, o,
-                )
-            };
-        });
+    out[..out_c * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(out_c));
+        // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+        unsafe { gemm_parts::<P>(a, k, b, n, mult, out_c, bias, shift, zp, qmin, qmax, cmax, r0, r1, o) };
+    });
 }
 
 /// Row `r` (output channel `row`) of the parts' tiles → 16 bytes:
 /// `min(clamp(zp + round_shift(bias[row] + Σ_p acc_p·mult[p·out_c + row])), cmax[row])`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn parts_row_bytes<const P: usize, const FAST: bool>(
-    c: &[[[__m256i; 2]; MR]; P],
-    r: usize,
-    row: usize,
-    mult: &[i64],
-    out_c: usize,
-    bias: &[i64],
-    f: &Fin,
-    cmax: Option<&[u8]>,
-) -> __m128i {
+unsafe fn parts_row_bytes<const P: usize, const FAST: bool>(c: &[[[__m256i; 2]; MR]; P], r: usize, row: usize, mult: &[i64], out_c: usize, bias: &[i64], f: &Fin, cmax: Option<&[u8]>) -> __m128i {
     let bias_r = *bias.get_unchecked(row);
-    let bv = _mm256_set1_epi64x(if FAST {
-        bias_r.wrapping_add(f.off)
-    } else {
-        bias_r
-    });
+    let bv = _mm256_set1_epi64x(if FAST { bias_r.wrapping_add(f.off) } else { bias_r });
     let mut v = [_mm256_setzero_si256(); 2];
     for (h, vh) in v.iter_mut().enumerate() {
         let (mut e, mut o) = (bv, bv);
@@ -839,109 +525,46 @@ unsafe fn parts_row_bytes<const P: usize, const FAST: bool>(
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_store<const FAST: bool, const CAP: bool>(
-    c: &[[__m256i; 2]; MR],
-    row0: usize,
-    rows: usize,
-    col: usize,
-    cols: usize,
-    n: usize,
-    f: &Fin,
-    dst: &GemmOut,
-) {
+unsafe fn gemm_store<const FAST: bool, const CAP: bool>(c: &[[__m256i; 2]; MR], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     let mut r = 0;
     while r < rows.min(MR) {
         let cr = c.get_unchecked(r);
         let row = row0 + r;
         match dst {
-            GemmOut::Bytes {
-                mult,
-                bias,
-                cmax,
-                out,
-                ..
-            } => {
-                let mut bytes = row_bytes::<FAST>(
-                    f,
-                    *mult.get_unchecked(row),
-                    *bias.get_unchecked(row),
-                    cr[0],
-                    cr[1],
-                );
+            GemmOut::Bytes { mult, bias, cmax, out, .. } => {
+                let mut bytes = row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]);
                 if CAP {
                     let cm = cmax.unwrap_unchecked();
                     bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*cm.get_unchecked(row) as i8));
                 }
                 store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
-            GemmOut::Float {
-                e,
-                mult,
-                bias,
-                out,
-                free,
-                capped,
-                ..
-            } => {
-                if *free
-                    && cols == 16
-                    && r + 1 < rows
-                    && *e.ok.get_unchecked(row)
-                    && *e.ok.get_unchecked(row + 1)
-                {
+            GemmOut::Float { e, mult, bias, out, free, capped, .. } => {
+                if *free && cols == 16 && r + 1 < rows && *e.ok.get_unchecked(row) && *e.ok.get_unchecked(row + 1) {
                     // Two rows at once: the saturating packs and a byte cap instead of the
                     // float clamps (see `float_clamps_free`).
                     let cn = c.get_unchecked(r + 1);
-                    let (s0, o0) = (
-                        _mm256_set1_ps(*e.scale.get_unchecked(row)),
-                        _mm256_set1_ps(*e.offset.get_unchecked(row)),
-                    );
-                    let (s1, o1) = (
-                        _mm256_set1_ps(*e.scale.get_unchecked(row + 1)),
-                        _mm256_set1_ps(*e.offset.get_unchecked(row + 1)),
-                    );
-                    let p =
-                        _mm256_packs_epi32(float8_free(cr[0], s0, o0), float8_free(cr[1], s0, o0));
-                    let q =
-                        _mm256_packs_epi32(float8_free(cn[0], s1, o1), float8_free(cn[1], s1, o1));
+                    let (s0, o0) = (_mm256_set1_ps(*e.scale.get_unchecked(row)), _mm256_set1_ps(*e.offset.get_unchecked(row)));
+                    let (s1, o1) = (_mm256_set1_ps(*e.scale.get_unchecked(row + 1)), _mm256_set1_ps(*e.offset.get_unchecked(row + 1)));
+                    let p = _mm256_packs_epi32(float8_free(cr[0], s0, o0), float8_free(cr[1], s0, o0));
+                    let q = _mm256_packs_epi32(float8_free(cn[0], s1, o1), float8_free(cn[1], s1, o1));
                     // Dwords of packus(p, q): row r = 0 4 1 5, row r + 1 = 2 6 3 7.
-                    let t = _mm256_permutevar8x32_epi32(
-                        _mm256_packus_epi16(p, q),
-                        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
-                    );
+                    let t = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p, q), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
                     let t = if *capped {
-                        let caps = _mm256_inserti128_si256::<1>(
-                            _mm256_castsi128_si256(_mm_set1_epi8(*e.cap.get_unchecked(row) as i8)),
-                            _mm_set1_epi8(*e.cap.get_unchecked(row + 1) as i8),
-                        );
+                        let caps = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_set1_epi8(*e.cap.get_unchecked(row) as i8)), _mm_set1_epi8(*e.cap.get_unchecked(row + 1) as i8));
                         _mm256_min_epu8(t, caps)
                     } else {
                         t
                     };
-                    _mm_storeu_si128(
-                        out.add(row * n + col) as *mut __m128i,
-                        _mm256_castsi256_si128(t),
-                    );
-                    _mm_storeu_si128(
-                        out.add((row + 1) * n + col) as *mut __m128i,
-                        _mm256_extracti128_si256(t, 1),
-                    );
+                    _mm_storeu_si128(out.add(row * n + col) as *mut __m128i, _mm256_castsi256_si128(t));
+                    _mm_storeu_si128(out.add((row + 1) * n + col) as *mut __m128i, _mm256_extracti128_si256(t, 1));
                     r += 2;
                     continue;
                 }
                 let bytes = if *e.ok.get_unchecked(row) {
                     float_bytes(e, row, cr[0], cr[1])
                 } else {
-                    _mm_min_epu8(
-                        row_bytes::<FAST>(
-                            f,
-                            *mult.get_unchecked(row),
-                            *bias.get_unchecked(row),
-                            cr[0],
-                            cr[1],
-                        ),
-                        _mm_set1_epi8(*e.cap.get_unchecked(row) as i8),
-                    )
+                    _mm_min_epu8(row_bytes::<FAST>(f, *mult.get_unchecked(row), *bias.get_unchecked(row), cr[0], cr[1]), _mm_set1_epi8(*e.cap.get_unchecked(row) as i8))
                 };
                 store_bytes(out.add(row * n + col), bytes, cols, 0);
             }
@@ -972,13 +595,7 @@ unsafe fn float8_free(acc: __m256i, s: __m256, o: __m256) -> __m256i {
 /// ReLU6), so the cap is a byte min rather than a condition.
 fn float_clamps_free(e: &EpiRows, rows: usize, acc_max: u128) -> bool {
     let amax = acc_max as f64;
-    e.lo == 0.0
-        && (0..rows).all(|r| {
-            !e.ok[r]
-                || (e.hi[r] == e.cap[r] as f32
-                    && (e.scale[r].abs() as f64 * amax * 1.01 + e.offset[r].abs() as f64)
-                        < (1u64 << 30) as f64)
-        })
+    e.lo == 0.0 && (0..rows).all(|r| !e.ok[r] || (e.hi[r] == e.cap[r] as f32 && (e.scale[r].abs() as f64 * amax * 1.01 + e.offset[r].abs() as f64) < (1u64 << 30) as f64))
 }
 
 /// Whether some float row of `e` caps below 255 (else the clamp-free path needs no byte cap).
@@ -1051,10 +668,7 @@ unsafe fn dot_tail<const U8: bool>(ap: *const i32, kp: usize, x: &[i32]) -> [i32
         let a = if q + 8 <= total {
             _mm256_loadu_si256(ap.add(q) as *const __m256i)
         } else {
-            let mask = _mm256_cmpgt_epi32(
-                _mm256_set1_epi32((total - q) as i32),
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            );
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((total - q) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
             _mm256_maskload_epi32(ap.add(q), mask)
         };
         v[t] = _mm256_add_epi32(v[t], dot_product::<U8>(a, b));
@@ -1077,33 +691,19 @@ unsafe fn dot_tail<const U8: bool>(ap: *const i32, kp: usize, x: &[i32]) -> [i32
 #[inline(always)]
 unsafe fn store_one<const CAP: bool>(dst: &GemmOut, row: usize, col: usize, n: usize, acc: i32) {
     match dst {
-        GemmOut::Bytes {
-            mult,
-            bias,
-            cmax,
-            out,
-            st,
-        } => {
+        GemmOut::Bytes { mult, bias, cmax, out, st } => {
             let mut v = st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc);
             if CAP {
                 v = v.min(*cmax.unwrap_unchecked().get_unchecked(row));
             }
             *out.add(row * n + col) = v;
         }
-        GemmOut::Float {
-            e,
-            mult,
-            bias,
-            out,
-            st,
-            ..
-        } => {
+        GemmOut::Float { e, mult, bias, out, st, .. } => {
             let v = if *e.ok.get_unchecked(row) {
                 let y = (acc as f32) * *e.scale.get_unchecked(row) + *e.offset.get_unchecked(row);
                 y.max(e.lo).min(*e.hi.get_unchecked(row)) as i32 as u8
             } else {
-                st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc)
-                    .min(*e.cap.get_unchecked(row))
+                st.apply(*mult.get_unchecked(row), *bias.get_unchecked(row), acc).min(*e.cap.get_unchecked(row))
             };
             *out.add(row * n + col) = v;
         }
@@ -1112,23 +712,13 @@ unsafe fn store_one<const CAP: bool>(dst: &GemmOut, row: usize, col: usize, n: u
 }
 
 #[inline(always)]
-unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(
-    a: *const i32,
-    m: usize,
-    kp: usize,
-    b: *const i16,
-    n: usize,
-    f: &Fin,
-    dst: &GemmOut,
-) {
+unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
     let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
     let mut x = Vec::new();
     // Row blocks in chunks of at most A_CHUNK_BYTES of packed A, each chunk against every
     // panel: a chunk stays in L2 while the panels go by (one pass over a large A, such as the
     // 7×7 layers' 0.4–0.8 MB, instead of one per panel from L3).
-    let chunks = (mb * kp * MR * 4)
-        .div_ceil(A_CHUNK_BYTES)
-        .clamp(1, mb.max(1));
+    let chunks = (mb * kp * MR * 4).div_ceil(A_CHUNK_BYTES).clamp(1, mb.max(1));
     let per = mb.div_ceil(chunks);
     for ib0 in (0..mb).step_by(per.max(1)) {
         let ib1 = (ib0 + per).min(mb);
@@ -1140,11 +730,7 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(
                 for ib in ib0..ib1 {
                     let ap = a.add(ib * kp * MR);
                     let rows = MR.min(m - ib * MR);
-                    let c = if tc > 8 {
-                        gemm_tile::<2>(ap, bp, kp)
-                    } else {
-                        gemm_tile::<1>(ap, bp, kp)
-                    };
+                    let c = if tc > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
                     gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols.min(tc), n, f, dst);
                 }
             }
@@ -1166,10 +752,7 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(
 unsafe fn row_init8(p8: &Packed8, row0: usize, rows: usize, zx: i32) -> [__m256i; MR8] {
     let mut init = [_mm256_setzero_si256(); MR8];
     for (r, v) in init.iter_mut().enumerate().take(rows) {
-        *v = _mm256_set1_epi32(
-            zx.wrapping_neg()
-                .wrapping_mul(*p8.rowsum.get_unchecked(row0 + r)),
-        );
+        *v = _mm256_set1_epi32(zx.wrapping_neg().wrapping_mul(*p8.rowsum.get_unchecked(row0 + r)));
     }
     init
 }
@@ -1178,12 +761,7 @@ unsafe fn row_init8(p8: &Packed8, row0: usize, rows: usize, zx: i32) -> [__m256i
 /// `vpmaddubsw` (x u8 · c i8, 4 k per i32 lane as two exact i16 pair sums) then `vpmaddwd`
 /// by 1 (exact i32), accumulated on top of `init`.
 #[inline(always)]
-unsafe fn gemm8_tile<const H: usize>(
-    ap: *const i32,
-    bp: *const u8,
-    kq: usize,
-    init: &[__m256i; MR8],
-) -> [[__m256i; 2]; MR8] {
+unsafe fn gemm8_tile<const H: usize>(ap: *const i32, bp: *const u8, kq: usize, init: &[__m256i; MR8]) -> [[__m256i; 2]; MR8] {
     let mut c = [[_mm256_setzero_si256(); 2]; MR8];
     for (cr, &i) in c.iter_mut().zip(init) {
         *cr = [i, i];
@@ -1194,18 +772,13 @@ unsafe fn gemm8_tile<const H: usize>(
     }
     for q in 0..kq {
         let b0 = _mm256_loadu_si256(bp.add(q * NR * 4) as *const __m256i);
-        let b1 = if H == 2 {
-            _mm256_loadu_si256(bp.add(q * NR * 4 + 32) as *const __m256i)
-        } else {
-            b0
-        };
+        let b1 = if H == 2 { _mm256_loadu_si256(bp.add(q * NR * 4 + 32) as *const __m256i) } else { b0 };
         let aw = ap.add(q * MR8);
         for (r, cr) in c.iter_mut().enumerate() {
             let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
             cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(_mm256_maddubs_epi16(b0, w), ones));
             if H == 2 {
-                cr[1] =
-                    _mm256_add_epi32(cr[1], _mm256_madd_epi16(_mm256_maddubs_epi16(b1, w), ones));
+                cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(_mm256_maddubs_epi16(b1, w), ones));
             }
         }
         std::arch::asm!("", options(nomem, nostack, preserves_flags));
@@ -1224,14 +797,8 @@ static ONES16: Ones16 = Ones16([1; 16]);
 /// intrinsics the compiler kept it in a register and spilled an accumulator every k-quad).
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn gemm8_tile16(
-    ap: *const i32,
-    bp: *const u8,
-    kq: usize,
-    c: [[__m256i; 2]; MR8],
-) -> [[__m256i; 2]; MR8] {
-    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] =
-        [c[0], c[1], c[2], c[3], c[4], c[5]];
+unsafe fn gemm8_tile16(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2]; MR8]) -> [[__m256i; 2]; MR8] {
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] = [c[0], c[1], c[2], c[3], c[4], c[5]];
     for q in 0..kq {
         let (b, a) = (bp.add(q * NR * 4), ap.add(q * MR8));
         std::arch::asm!(
@@ -1301,35 +868,16 @@ unsafe fn gemm8_tile16(
             options(nostack, readonly, preserves_flags),
         );
     }
-    [
-        [c00, c01],
-        [c10, c11],
-        [c20, c21],
-        [c30, c31],
-        [c40, c41],
-        [c50, c51],
-    ]
+    [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]
 }
 
 /// Adds the sparse remainder `Σ (d − c)·x` of rows `row0..row0 + rows` to a tile at column
 /// `col` (`cols` valid): x rows are read from the uint8 `[k × n]` input.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm8_rem<const H: usize>(
-    c: &mut [[__m256i; 2]; MR8],
-    p8: &Packed8,
-    row0: usize,
-    rows: usize,
-    x: *const u8,
-    n: usize,
-    col: usize,
-    cols: usize,
-) {
+unsafe fn gemm8_rem<const H: usize>(c: &mut [[__m256i; 2]; MR8], p8: &Packed8, row0: usize, rows: usize, x: *const u8, n: usize, col: usize, cols: usize) {
     for (r, cr) in c.iter_mut().enumerate().take(rows) {
-        let (s, e) = (
-            *p8.rem_start.get_unchecked(row0 + r) as usize,
-            *p8.rem_start.get_unchecked(row0 + r + 1) as usize,
-        );
+        let (s, e) = (*p8.rem_start.get_unchecked(row0 + r) as usize, *p8.rem_start.get_unchecked(row0 + r + 1) as usize);
         for &(kk, wr) in p8.rem.get_unchecked(s..e) {
             let wv = _mm256_set1_epi32(wr);
             let src = x.add(kk as usize * n + col);
@@ -1340,21 +888,9 @@ unsafe fn gemm8_rem<const H: usize>(
                 std::ptr::copy_nonoverlapping(src, tmp.as_mut_ptr(), cols);
                 tmp.as_ptr()
             };
-            cr[0] = _mm256_add_epi32(
-                cr[0],
-                _mm256_mullo_epi32(
-                    _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)),
-                    wv,
-                ),
-            );
+            cr[0] = _mm256_add_epi32(cr[0], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)), wv));
             if H == 2 {
-                cr[1] = _mm256_add_epi32(
-                    cr[1],
-                    _mm256_mullo_epi32(
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8) as *const __m128i)),
-                        wv,
-                    ),
-                );
+                cr[1] = _mm256_add_epi32(cr[1], _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8) as *const __m128i)), wv));
             }
         }
     }
@@ -1365,17 +901,7 @@ unsafe fn gemm8_rem<const H: usize>(
 /// i.e. the exact `Σ d·(x − zx)`. `bp` is the column panel of `p8`'s input `x`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm8_block(
-    p8: &Packed8,
-    ib: usize,
-    rows: usize,
-    bp: *const u8,
-    x: *const u8,
-    n: usize,
-    zx: i32,
-    col: usize,
-    width: usize,
-) -> [[__m256i; 2]; MR8] {
+unsafe fn gemm8_block(p8: &Packed8, ib: usize, rows: usize, bp: *const u8, x: *const u8, n: usize, zx: i32, col: usize, width: usize) -> [[__m256i; 2]; MR8] {
     let kq = p8.k.div_ceil(4);
     let row0 = ib * MR8;
     let init = row_init8(p8, row0, rows, zx);
@@ -1395,25 +921,13 @@ unsafe fn gemm8_block(
 /// rows relative to `r0`), byte panels `b` of the uint8 `[k × n]` input `x` (zero-point `zx`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(
-    p8: &Packed8,
-    r0: usize,
-    r1: usize,
-    b: *const u8,
-    x: *const u8,
-    n: usize,
-    zx: i32,
-    f: &Fin,
-    dst: &GemmOut,
-) {
+unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8, r0: usize, r1: usize, b: *const u8, x: *const u8, n: usize, zx: i32, f: &Fin, dst: &GemmOut) {
     let kq = p8.k.div_ceil(4);
     let np = n.div_ceil(NR);
     let (lo, hi) = (r0 / MR8, r1.div_ceil(MR8));
     let a = p8.a.as_ptr() as *const i32;
     let mut xe = Vec::new();
-    let chunks = ((hi - lo) * kq * MR8 * 4)
-        .div_ceil(A_CHUNK_BYTES)
-        .clamp(1, (hi - lo).max(1));
+    let chunks = ((hi - lo) * kq * MR8 * 4).div_ceil(A_CHUNK_BYTES).clamp(1, (hi - lo).max(1));
     let per = (hi - lo).div_ceil(chunks).max(1);
     for c0 in (lo..hi).step_by(per) {
         let c1 = (c0 + per).min(hi);
@@ -1438,14 +952,9 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(
                     for (r, &v) in acc.iter().enumerate().take(MR8.min(r1 - row0)) {
                         let row = row0 + r;
                         let mut v = v.wrapping_sub(zx.wrapping_mul(*p8.rowsum.get_unchecked(row)));
-                        let (s, e) = (
-                            *p8.rem_start.get_unchecked(row) as usize,
-                            *p8.rem_start.get_unchecked(row + 1) as usize,
-                        );
+                        let (s, e) = (*p8.rem_start.get_unchecked(row) as usize, *p8.rem_start.get_unchecked(row + 1) as usize);
                         for &(kk, wr) in p8.rem.get_unchecked(s..e) {
-                            v = v.wrapping_add(
-                                wr.wrapping_mul(*x.add(kk as usize * n + col) as i32),
-                            );
+                            v = v.wrapping_add(wr.wrapping_mul(*x.add(kk as usize * n + col) as i32));
                         }
                         store_one::<CAP>(dst, row - r0, col, n, v);
                     }
@@ -1459,84 +968,25 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(
 /// `cmax`, `epi` hold just those rows).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm8_rows(
-    p8: &Packed8,
-    r0: usize,
-    r1: usize,
-    b: &[u8],
-    x: &[u8],
-    n: usize,
-    zx: i32,
-    mult: &[i64],
-    bias: &[i64],
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-    cmax: Option<&[u8]>,
-    epi: Option<EpiRows>,
-) {
+unsafe fn gemm8_rows(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let (m, k) = (p8.m, p8.k);
     let (kq, np, rows) = (k.div_ceil(4), n.div_ceil(NR), r1 - r0);
     assert!(r0.is_multiple_of(MR8) && r0 <= r1 && r1 <= m);
-    assert!(
-        p8.a.len() >= m.div_ceil(MR8) * kq * MR8 * 4
-            && p8.rowsum.len() >= m
-            && p8.rem_start.len() > m
-            && p8.rem.len() >= p8.rem_start[m] as usize
-    );
+    assert!(p8.a.len() >= m.div_ceil(MR8) * kq * MR8 * 4 && p8.rowsum.len() >= m && p8.rem_start.len() > m && p8.rem.len() >= p8.rem_start[m] as usize);
     assert!(p8.rem.iter().all(|&(kk, _)| (kk as usize) < k));
-    assert!(
-        b.len() >= np * kq * NR * 4
-            && x.len() >= k * n
-            && out.len() >= rows * n
-            && mult.len() >= rows
-            && bias.len() >= rows
-    );
+    assert!(b.len() >= np * kq * NR * 4 && x.len() >= k * n && out.len() >= rows * n && mult.len() >= rows && bias.len() >= rows);
     assert!(cmax.is_none_or(|c| c.len() >= rows) && epi.is_none_or(|e| e.fits(rows)));
-    let sink = Sink::Requant {
-        mult,
-        bias,
-        shift,
-        zp,
-        qmin,
-        qmax,
-        out: &mut [],
-    };
+    let sink = Sink::Requant { mult, bias, shift, zp, qmin, qmax, out: &mut [] };
     // Byte-form weights are 8-bit (`Packed8::new` rejects wider ones).
     let acc_max = acc_max(k, 255);
     let f = sink_fin(&sink, acc_max);
-    let st = ScalarStage {
-        shift,
-        zp,
-        qmin,
-        qmax,
-    };
+    let st = ScalarStage { shift, zp, qmin, qmax };
     let (b, x) = (b.as_ptr(), x.as_ptr());
     if let Some(e) = epi {
-        let dst = GemmOut::Float {
-            e,
-            mult,
-            bias,
-            out: out.as_mut_ptr(),
-            st,
-            free: float_clamps_free(&e, rows, acc_max),
-            capped: float_capped(&e, rows),
-        };
-        return if f.fast {
-            gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst)
-        } else {
-            gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst)
-        };
+        let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, rows, acc_max), capped: float_capped(&e, rows) };
+        return if f.fast { gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst) } else { gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst) };
     }
-    let dst = GemmOut::Bytes {
-        mult,
-        bias,
-        cmax,
-        out: out.as_mut_ptr(),
-        st,
-    };
+    let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
     match (f.fast, cmax.is_some()) {
         (true, false) => gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst),
         (true, true) => gemm8_loop::<true, true>(p8, r0, r1, b, x, n, zx, &f, &dst),
@@ -1549,98 +999,26 @@ unsafe fn gemm8_rows(
 /// zero-point `zx`, `b` its panels from [`pack_b8`]; output rows split over `tasks`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm8_requant(
-    p8: &Packed8,
-    b: &[u8],
-    x: &[u8],
-    n: usize,
-    zx: i32,
-    mult: &[i64],
-    bias: &[i64],
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-    tasks: usize,
-    cmax: Option<&[u8]>,
-    epi: Option<&FloatEpilogue>,
-) {
-    gemm8_par(
-        p8,
-        b,
-        x,
-        n,
-        zx,
-        mult,
-        bias,
-        shift,
-        zp,
-        qmin,
-        qmax,
-        out,
-        tasks,
-        cmax,
-        epi.map(EpiRows::of),
-    )
+pub unsafe fn gemm8_requant(p8: &Packed8, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<&FloatEpilogue>) {
+    gemm8_par(p8, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, tasks, cmax, epi.map(EpiRows::of))
 }
 
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm8_par(
-    p8: &Packed8,
-    b: &[u8],
-    x: &[u8],
-    n: usize,
-    zx: i32,
-    mult: &[i64],
-    bias: &[i64],
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-    tasks: usize,
-    cmax: Option<&[u8]>,
-    epi: Option<EpiRows>,
-) {
+unsafe fn gemm8_par(p8: &Packed8, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let m = p8.m;
     assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
     let mb = m.div_ceil(MR8);
     let tasks = tasks.min(mb).max(1);
     if tasks <= 1 || n == 0 {
-        return gemm8_rows(
-            p8, 0, m, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, cmax, epi,
-        );
+        return gemm8_rows(p8, 0, m, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, cmax, epi);
     }
     let per = mb.div_ceil(tasks) * MR8;
-    out[..m * n]
-        .par_chunks_mut(per * n)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (r0, r1) = (i * per, ((i + 1) * per).min(m));
-            // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-            unsafe {
-                gemm8_rows(
-                    p8,
-                    r0,
-                    r1,
-                    b,
-                    x,
-                    n,
-                    zx,
-                    &mult[r0..r1],
-                    &bias[r0..r1],
-                    shift,
-                    zp,
-                    qmin,
-                    qmax,
-                    o,
-                    cmax.map(|c| &c[r0..r1]),
-                    epi.map(|e| e.rows(r0..r1)),
-                )
-            };
-        });
+    out[..m * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(m));
+        // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+        unsafe { gemm8_rows(p8, r0, r1, b, x, n, zx, &mult[r0..r1], &bias[r0..r1], shift, zp, qmin, qmax, o, cmax.map(|c| &c[r0..r1]), epi.map(|e| e.rows(r0..r1))) };
+    });
 }
 
 /// Pack a uint8 `[k × n]` matrix into byte panels (see [`super::pack_b8`]).
@@ -1657,13 +1035,7 @@ pub unsafe fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
     for jp in 0..full {
         let col = jp * NR;
         for q in 0..kq {
-            let ld = |r: usize| {
-                if r < k {
-                    _mm_loadu_si128(src.add(r * n + col) as *const __m128i)
-                } else {
-                    _mm_setzero_si128()
-                }
-            };
+            let ld = |r: usize| if r < k { _mm_loadu_si128(src.add(r * n + col) as *const __m128i) } else { _mm_setzero_si128() };
             let (r0, r1, r2, r3) = (ld(4 * q), ld(4 * q + 1), ld(4 * q + 2), ld(4 * q + 3));
             let (a_lo, a_hi) = (_mm_unpacklo_epi8(r0, r1), _mm_unpackhi_epi8(r0, r1));
             let (b_lo, b_hi) = (_mm_unpacklo_epi8(r2, r3), _mm_unpackhi_epi8(r2, r3));
@@ -1705,23 +1077,7 @@ impl Sink<'_> {
     #[inline(always)]
     fn put(&mut self, i: usize, j: usize, n: usize, acc: i32) {
         match self {
-            Sink::Requant {
-                mult,
-                bias,
-                shift,
-                zp,
-                qmin,
-                qmax,
-                out,
-            } => {
-                out[i * n + j] = ScalarStage {
-                    shift: *shift,
-                    zp: *zp,
-                    qmin: *qmin,
-                    qmax: *qmax,
-                }
-                .apply(mult[i], bias[i], acc)
-            }
+            Sink::Requant { mult, bias, shift, zp, qmin, qmax, out } => out[i * n + j] = ScalarStage { shift: *shift, zp: *zp, qmin: *qmin, qmax: *qmax }.apply(mult[i], bias[i], acc),
             Sink::Acc(a) => a[i * n + j] = acc,
         }
     }
@@ -1736,30 +1092,12 @@ unsafe fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
     let mut s1 = _mm256_setzero_si256();
     let mut i = 0;
     while i + 32 <= k {
-        s0 = _mm256_add_epi32(
-            s0,
-            _mm256_madd_epi16(
-                _mm256_loadu_si256(pa.add(i) as *const __m256i),
-                _mm256_loadu_si256(pb.add(i) as *const __m256i),
-            ),
-        );
-        s1 = _mm256_add_epi32(
-            s1,
-            _mm256_madd_epi16(
-                _mm256_loadu_si256(pa.add(i + 16) as *const __m256i),
-                _mm256_loadu_si256(pb.add(i + 16) as *const __m256i),
-            ),
-        );
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_loadu_si256(pa.add(i) as *const __m256i), _mm256_loadu_si256(pb.add(i) as *const __m256i)));
+        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_loadu_si256(pa.add(i + 16) as *const __m256i), _mm256_loadu_si256(pb.add(i + 16) as *const __m256i)));
         i += 32;
     }
     while i + 16 <= k {
-        s0 = _mm256_add_epi32(
-            s0,
-            _mm256_madd_epi16(
-                _mm256_loadu_si256(pa.add(i) as *const __m256i),
-                _mm256_loadu_si256(pb.add(i) as *const __m256i),
-            ),
-        );
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_loadu_si256(pa.add(i) as *const __m256i), _mm256_loadu_si256(pb.add(i) as *const __m256i)));
         i += 16;
     }
     let mut acc = hsum_epi32(_mm256_add_epi32(s0, s1));
@@ -1773,15 +1111,7 @@ unsafe fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
 /// Matrix–vector products for narrow outputs (`n` small, e.g. Gemm/FC): `w` is `[m × k]`
 /// row-major (unpacked), `cols` the `[k × n]` i16 right-hand side.
 #[target_feature(enable = "avx2")]
-pub unsafe fn gemv(
-    w: &[i16],
-    m: usize,
-    k: usize,
-    cols: &[i16],
-    n: usize,
-    xcol: &mut Vec<i16>,
-    sink: &mut Sink,
-) {
+pub unsafe fn gemv(w: &[i16], m: usize, k: usize, cols: &[i16], n: usize, xcol: &mut Vec<i16>, sink: &mut Sink) {
     assert!(w.len() >= m * k && cols.len() >= k * n);
     for j in 0..n {
         xcol.clear();
@@ -1802,30 +1132,12 @@ unsafe fn dot_u8_i16(u: &[u8], x: &[i16]) -> i32 {
     let mut s1 = _mm256_setzero_si256();
     let mut i = 0;
     while i + 32 <= k {
-        s0 = _mm256_add_epi32(
-            s0,
-            _mm256_madd_epi16(
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)),
-                _mm256_loadu_si256(px.add(i) as *const __m256i),
-            ),
-        );
-        s1 = _mm256_add_epi32(
-            s1,
-            _mm256_madd_epi16(
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i + 16) as *const __m128i)),
-                _mm256_loadu_si256(px.add(i + 16) as *const __m256i),
-            ),
-        );
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)), _mm256_loadu_si256(px.add(i) as *const __m256i)));
+        s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i + 16) as *const __m128i)), _mm256_loadu_si256(px.add(i + 16) as *const __m256i)));
         i += 32;
     }
     if i + 16 <= k {
-        s0 = _mm256_add_epi32(
-            s0,
-            _mm256_madd_epi16(
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)),
-                _mm256_loadu_si256(px.add(i) as *const __m256i),
-            ),
-        );
+        s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(pu.add(i) as *const __m128i)), _mm256_loadu_si256(px.add(i) as *const __m256i)));
         i += 16;
     }
     let mut acc = hsum_epi32(_mm256_add_epi32(s0, s1));
@@ -1840,24 +1152,14 @@ unsafe fn dot_u8_i16(u: &[u8], x: &[i16]) -> i32 {
 /// `Σ w·x = Σ u·x + off[i]·Σ x` (exact, wrapping i32 like the reference).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemv_u8(
-    u: &[u8],
-    off: &[i32],
-    m: usize,
-    k: usize,
-    cols: &[i16],
-    n: usize,
-    xcol: &mut Vec<i16>,
-    sink: &mut Sink,
-) {
+pub unsafe fn gemv_u8(u: &[u8], off: &[i32], m: usize, k: usize, cols: &[i16], n: usize, xcol: &mut Vec<i16>, sink: &mut Sink) {
     assert!(u.len() >= m * k && off.len() >= m && cols.len() >= k * n);
     for j in 0..n {
         xcol.clear();
         xcol.extend((0..k).map(|p| cols[p * n + j]));
         let sx = xcol.iter().fold(0i32, |s, &x| s.wrapping_add(x as i32));
         for i in 0..m {
-            let acc =
-                dot_u8_i16(&u[i * k..(i + 1) * k], xcol).wrapping_add(off[i].wrapping_mul(sx));
+            let acc = dot_u8_i16(&u[i * k..(i + 1) * k], xcol).wrapping_add(off[i].wrapping_mul(sx));
             sink.put(i, j, n, acc);
         }
     }
@@ -1865,10 +1167,7 @@ pub unsafe fn gemv_u8(
 
 /// Whether [`depthwise`] handles this geometry.
 pub fn depthwise_supported(g: &ConvGeometry) -> bool {
-    g.is_depthwise()
-        && g.dilations == [1, 1]
-        && (g.strides[1] == 1 || g.strides[1] == 2)
-        && g.strides[0] >= 1
+    g.is_depthwise() && g.dilations == [1, 1] && (g.strides[1] == 1 || g.strides[1] == 2) && g.strides[0] >= 1
 }
 
 /// Depthwise conv, any kernel size, horizontal stride 1 or 2, any vertical stride, dilation 1.
@@ -1883,14 +1182,7 @@ pub fn depthwise_supported(g: &ConvGeometry) -> bool {
 /// the padded row stride so that a 16-lane block spans several output rows; the lanes that fall
 /// on padding columns are computed and dropped.
 #[target_feature(enable = "avx2")]
-pub unsafe fn depthwise(
-    input: &[u8],
-    zp: i32,
-    pairs: &[i32],
-    g: &ConvGeometry,
-    plane: &mut Vec<i16>,
-    sink: &mut Sink,
-) {
+pub unsafe fn depthwise(input: &[u8], zp: i32, pairs: &[i32], g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
     depthwise_parts::<1>(input, zp, [pairs], g, plane, sink)
 }
 
@@ -1914,18 +1206,8 @@ fn dw_plan(g: &ConvGeometry, allow_flat: bool) -> DwPlan {
     let (sy, sx) = (g.strides[0], g.strides[1]);
     let rs = (g.out_w - 1) * sx + kw;
     let hp = (g.out_h - 1) * sy + kh;
-    let flat = allow_flat
-        && sx == 1
-        && sy == 1
-        && (g.out_h * rs).div_ceil(16) < g.out_h * g.out_w.div_ceil(16);
-    DwPlan {
-        rs,
-        hp,
-        len: hp * rs + kw + 64,
-        flat,
-        kh,
-        kw2: kw.div_ceil(2),
-    }
+    let flat = allow_flat && sx == 1 && sy == 1 && (g.out_h * rs).div_ceil(16) < g.out_h * g.out_w.div_ceil(16);
+    DwPlan { rs, hp, len: hp * rs + kw + 64, flat, kh, kw2: kw.div_ceil(2) }
 }
 
 /// Write channel `c`'s interior (`x − zp`) into the plane; everything else stays 0. Rows go in
@@ -1950,19 +1232,13 @@ unsafe fn dw_fill(input: &[u8], c: usize, zp: i32, g: &ConvGeometry, pl: &DwPlan
     for _ in 0..rows {
         let mut x = 0;
         while x < full {
-            let v = _mm256_sub_epi16(
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)),
-                zpv,
-            );
+            let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)), zpv);
             _mm256_storeu_si256(d.add(x) as *mut __m256i, v);
             x += 16;
         }
         if x < w {
             if s.add(x + 16) <= end {
-                let v = _mm256_sub_epi16(
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)),
-                    zpv,
-                );
+                let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128(s.add(x) as *const __m128i)), zpv);
                 _mm256_storeu_si256(d.add(x) as *mut __m256i, _mm256_and_si256(v, keep));
             } else {
                 for t in x..w {
@@ -2014,25 +1290,14 @@ impl<const P: usize> DwWeights<P> {
 /// Accumulators of one output block whose first tap reads `r0`: `a` from loads at `r0 + …`,
 /// `b` from loads at `r0 + d + …` (`TWO = false`: `b` is not computed).
 #[inline(always)]
-unsafe fn dw_block<const P: usize, const TWO: bool>(
-    r0: *const i16,
-    rs: usize,
-    d: usize,
-    kh: usize,
-    kw2: usize,
-    w: &DwWeights<P>,
-) -> ([__m256i; P], [__m256i; P]) {
+unsafe fn dw_block<const P: usize, const TWO: bool>(r0: *const i16, rs: usize, d: usize, kh: usize, kw2: usize, w: &DwWeights<P>) -> ([__m256i; P], [__m256i; P]) {
     let mut a = [_mm256_setzero_si256(); P];
     let mut b = [_mm256_setzero_si256(); P];
     for ky in 0..kh {
         let r = r0.add(ky * rs);
         for j in 0..kw2 {
             let x0 = _mm256_loadu_si256(r.add(2 * j) as *const __m256i);
-            let x1 = if TWO {
-                _mm256_loadu_si256(r.add(2 * j + d) as *const __m256i)
-            } else {
-                x0
-            };
+            let x1 = if TWO { _mm256_loadu_si256(r.add(2 * j + d) as *const __m256i) } else { x0 };
             for p in 0..P {
                 let w = w.get(p, ky * kw2 + j);
                 a[p] = _mm256_add_epi32(a[p], _mm256_madd_epi16(x0, w));
@@ -2050,10 +1315,7 @@ unsafe fn dw_block<const P: usize, const TWO: bool>(
 unsafe fn interleave_eo(e: __m256i, o: __m256i) -> (__m256i, __m256i) {
     let lo = _mm256_unpacklo_epi32(e, o);
     let hi = _mm256_unpackhi_epi32(e, o);
-    (
-        _mm256_permute2x128_si256(lo, hi, 0x20),
-        _mm256_permute2x128_si256(lo, hi, 0x31),
-    )
+    (_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31))
 }
 
 /// Where [`dw_channels`] writes: requantized bytes or raw accumulators (`P = 1` only), rows
@@ -2061,15 +1323,7 @@ unsafe fn interleave_eo(e: __m256i, o: __m256i) -> (__m256i, __m256i) {
 #[allow(clippy::large_enum_variant)]
 enum DwOut<'a> {
     /// `epi`: a float stage (absolute channel index, cap included), `P = 1` only.
-    Requant {
-        mult: &'a [i64],
-        bias: &'a [i64],
-        out_c: usize,
-        f: Fin,
-        cmax: Option<&'a [u8]>,
-        epi: Option<EpiRows<'a>>,
-        out: &'a mut [u8],
-    },
+    Requant { mult: &'a [i64], bias: &'a [i64], out_c: usize, f: Fin, cmax: Option<&'a [u8]>, epi: Option<EpiRows<'a>>, out: &'a mut [u8] },
     Acc(&'a mut [i32]),
 }
 
@@ -2090,15 +1344,7 @@ struct DwStage<const P: usize> {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_stage<const P: usize>(
-    mult: &[i64],
-    bias: &[i64],
-    out_c: usize,
-    f: &Fin,
-    epi: &Option<EpiRows>,
-    cmax: Option<&[u8]>,
-    c: usize,
-) -> DwStage<P> {
+unsafe fn dw_stage<const P: usize>(mult: &[i64], bias: &[i64], out_c: usize, f: &Fin, epi: &Option<EpiRows>, cmax: Option<&[u8]>, c: usize) -> DwStage<P> {
     let mut st = DwStage {
         float: false,
         s: _mm256_setzero_ps(),
@@ -2150,10 +1396,7 @@ unsafe fn pack_eo(e: __m256i, o: __m256i) -> __m128i {
     // i16 lanes: e0..3 o0..3 | e4..7 o4..7 → bytes e0..3 o0..3 e4..7 o4..7 → interleaved.
     let t = _mm256_packs_epi32(e, o);
     let b = _mm_packus_epi16(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-    _mm_shuffle_epi8(
-        b,
-        _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15),
-    )
+    _mm_shuffle_epi8(b, _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15))
 }
 
 /// Store the first `cols` ≤ 16 of `bytes` at `dst`; a whole 16-byte store when `room` ≥ 16
@@ -2174,18 +1417,7 @@ unsafe fn store_bytes(dst: *mut u8, bytes: __m128i, cols: usize, room: usize) {
 /// Channels `c0..c1` of a depthwise conv over `P` weight parts (see [`depthwise_parts`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(
-    input: &[u8],
-    zp: i32,
-    pairs: &[&[i32]; P],
-    g: &ConvGeometry,
-    pl: &DwPlan,
-    c0: usize,
-    c1: usize,
-    plane: &mut Vec<i16>,
-    line: &mut Vec<u8>,
-    out: &mut DwOut,
-) {
+unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
     let (kh, kw2) = if KH > 0 { (KH, KW2) } else { (pl.kh, pl.kw2) };
     let (oh, ow) = (g.out_h, g.out_w);
     let (sy, sx) = (g.strides[0], g.strides[1]);
@@ -2208,26 +1440,12 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(
         let base = plane.as_ptr();
         let row = c - c0;
         if pl.flat {
-            let DwOut::Requant {
-                mult,
-                bias,
-                out_c,
-                f,
-                cmax,
-                epi,
-                out,
-            } = out
-            else {
-                unreachable!("flat needs a requant sink")
-            };
+            let DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } = out else { unreachable!("flat needs a requant sink") };
             let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
             let lp = line.as_mut_ptr();
             for blk in 0..nflat {
                 let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &w);
-                let bytes = _mm_min_epu8(
-                    pack_eo(dw_vals::<P>(&st, f, &e), dw_vals::<P>(&st, f, &o)),
-                    st.cap,
-                );
+                let bytes = _mm_min_epu8(pack_eo(dw_vals::<P>(&st, f, &e), dw_vals::<P>(&st, f, &o)), st.cap);
                 _mm_storeu_si128(lp.add(blk * 16) as *mut __m128i, bytes);
             }
             // Rows in order, 16 bytes at a time: bytes past a row end are rewritten by the next
@@ -2252,15 +1470,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(
             continue;
         }
         match out {
-            DwOut::Requant {
-                mult,
-                bias,
-                out_c,
-                f,
-                cmax,
-                epi,
-                out,
-            } => {
+            DwOut::Requant { mult, bias, out_c, f, cmax, epi, out } => {
                 let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
                 for oy in 0..oh {
                     let rb = base.add(oy * sy * rs);
@@ -2271,22 +1481,15 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(
                             let (e, o) = dw_block::<P, true>(rb.add(ox0), rs, 1, kh, kw2, &w);
                             pack_eo(dw_vals::<P>(&st, f, &e), dw_vals::<P>(&st, f, &o))
                         } else if cols > 8 {
-                            let (v0, v1) =
-                                dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
+                            let (v0, v1) = dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
                             pack16(dw_vals::<P>(&st, f, &v0), dw_vals::<P>(&st, f, &v1))
                         } else {
-                            let (v0, _) =
-                                dw_block::<P, false>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
+                            let (v0, _) = dw_block::<P, false>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
                             let y = dw_vals::<P>(&st, f, &v0);
                             pack16(y, y)
                         };
                         let pos = oy * ow + ox0;
-                        store_bytes(
-                            out.as_mut_ptr().add(row * spatial + pos),
-                            _mm_min_epu8(bytes, st.cap),
-                            cols,
-                            spatial - pos,
-                        );
+                        store_bytes(out.as_mut_ptr().add(row * spatial + pos), _mm_min_epu8(bytes, st.cap), cols, spatial - pos);
                         ox0 += 16;
                     }
                 }
@@ -2320,18 +1523,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(
 /// [`dw_channels`] with the kernel size fixed at compile time where it is a common one.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_dispatch<const P: usize>(
-    input: &[u8],
-    zp: i32,
-    pairs: &[&[i32]; P],
-    g: &ConvGeometry,
-    pl: &DwPlan,
-    c0: usize,
-    c1: usize,
-    plane: &mut Vec<i16>,
-    line: &mut Vec<u8>,
-    out: &mut DwOut,
-) {
+unsafe fn dw_dispatch<const P: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
     match (pl.kh, pl.kw2) {
         (3, 2) => dw_channels::<P, 3, 2>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
         (5, 3) => dw_channels::<P, 5, 3>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
@@ -2346,14 +1538,7 @@ unsafe fn dw_dispatch<const P: usize>(
 /// range) and `bias[c]` in the common fixed-point domain: the output is
 /// `clamp(zp + round_shift(bias[c] + Σ_p acc_p·mult_p[c], shift))`, exactly the reference's sum.
 #[target_feature(enable = "avx2")]
-pub unsafe fn depthwise_parts<const P: usize>(
-    input: &[u8],
-    zp: i32,
-    pairs: [&[i32]; P],
-    g: &ConvGeometry,
-    plane: &mut Vec<i16>,
-    sink: &mut Sink,
-) {
+pub unsafe fn depthwise_parts<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, plane: &mut Vec<i16>, sink: &mut Sink) {
     depthwise_range::<P>(input, zp, pairs, g, 0..g.out_c, plane, sink)
 }
 
@@ -2361,15 +1546,7 @@ pub unsafe fn depthwise_parts<const P: usize>(
 /// are relative to `range.start`, its `mult`/`bias` indexed by absolute channel. Weights are
 /// 8-bit (`|w − zw| ≤ 255`), as for [`gemm_packed`].
 #[target_feature(enable = "avx2")]
-pub unsafe fn depthwise_range<const P: usize>(
-    input: &[u8],
-    zp: i32,
-    pairs: [&[i32]; P],
-    g: &ConvGeometry,
-    range: std::ops::Range<usize>,
-    plane: &mut Vec<i16>,
-    sink: &mut Sink,
-) {
+pub unsafe fn depthwise_range<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink) {
     depthwise_range_cmax::<P>(input, zp, pairs, g, range, plane, sink, None, None, 255)
 }
 
@@ -2377,28 +1554,11 @@ pub unsafe fn depthwise_range<const P: usize>(
 /// sinks only).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_range_cmax<const P: usize>(
-    input: &[u8],
-    zp: i32,
-    pairs: [&[i32]; P],
-    g: &ConvGeometry,
-    range: std::ops::Range<usize>,
-    plane: &mut Vec<i16>,
-    sink: &mut Sink,
-    cmax: Option<&[u8]>,
-    epi: Option<EpiRows>,
-    wmax: u32,
-) {
+unsafe fn depthwise_range_cmax<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, range: std::ops::Range<usize>, plane: &mut Vec<i16>, sink: &mut Sink, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let (ih, iw) = (g.in_h, g.in_w);
     let [kh, kw] = g.kernel;
     let kw2 = kw.div_ceil(2);
-    assert!(
-        P >= 1
-            && depthwise_supported(g)
-            && input.len() >= g.in_c * ih * iw
-            && range.end <= g.out_c
-            && range.start <= range.end
-    );
+    assert!(P >= 1 && depthwise_supported(g) && input.len() >= g.in_c * ih * iw && range.end <= g.out_c && range.start <= range.end);
     for pr in pairs.iter() {
         assert!(pr.len() >= g.out_c * kh * kw2);
     }
@@ -2406,80 +1566,26 @@ unsafe fn depthwise_range_cmax<const P: usize>(
     let rows = range.end - range.start;
     let mut line = Vec::new();
     match sink {
-        Sink::Requant {
-            mult,
-            bias,
-            shift,
-            zp: ozp,
-            qmin,
-            qmax,
-            out,
-        } => {
-            assert!(
-                mult.len() >= P * g.out_c && bias.len() >= g.out_c && out.len() >= rows * spatial
-            );
+        Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out } => {
+            assert!(mult.len() >= P * g.out_c && bias.len() >= g.out_c && out.len() >= rows * spatial);
             if P > 1 {
-                assert!(
-                    mult[..P * g.out_c].iter().all(|&m| m == m as i32 as i64),
-                    "multipliers must fit in i32"
-                );
+                assert!(mult[..P * g.out_c].iter().all(|&m| m == m as i32 as i64), "multipliers must fit in i32");
             }
             let pl = dw_plan(g, true);
-            let msum: u128 = (0..P)
-                .map(|p| max_abs(&mult[p * g.out_c..(p + 1) * g.out_c]))
-                .sum();
-            let f = fin(
-                *shift,
-                *ozp,
-                *qmin,
-                *qmax,
-                requant_bound(&bias[..g.out_c], msum, acc_max(kh * kw, wmax)),
-            );
+            let msum: u128 = (0..P).map(|p| max_abs(&mult[p * g.out_c..(p + 1) * g.out_c])).sum();
+            let f = fin(*shift, *ozp, *qmin, *qmax, requant_bound(&bias[..g.out_c], msum, acc_max(kh * kw, wmax)));
             assert!(cmax.is_none_or(|c| c.len() >= g.out_c));
             assert!(epi.is_none() || (P == 1 && cmax.is_none()));
             assert!(epi.is_none_or(|e| e.fits(g.out_c)));
-            let mut o = DwOut::Requant {
-                mult,
-                bias,
-                out_c: g.out_c,
-                f,
-                cmax,
-                epi,
-                out,
-            };
-            dw_dispatch::<P>(
-                input,
-                zp,
-                &pairs,
-                g,
-                &pl,
-                range.start,
-                range.end,
-                plane,
-                &mut line,
-                &mut o,
-            );
+            let mut o = DwOut::Requant { mult, bias, out_c: g.out_c, f, cmax, epi, out };
+            dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
         Sink::Acc(acc) => {
-            assert!(
-                P == 1 && cmax.is_none() && epi.is_none(),
-                "depthwise_parts: several parts (or a cap) need a Requant sink"
-            );
+            assert!(P == 1 && cmax.is_none() && epi.is_none(), "depthwise_parts: several parts (or a cap) need a Requant sink");
             assert!(acc.len() >= rows * spatial);
             let pl = dw_plan(g, false);
             let mut o = DwOut::Acc(acc);
-            dw_dispatch::<P>(
-                input,
-                zp,
-                &pairs,
-                g,
-                &pl,
-                range.start,
-                range.end,
-                plane,
-                &mut line,
-                &mut o,
-            );
+            dw_dispatch::<P>(input, zp, &pairs, g, &pl, range.start, range.end, plane, &mut line, &mut o);
         }
     }
 }
@@ -2499,19 +1605,12 @@ pub unsafe fn pack_b_i16(cols: &[i16], k: usize, n: usize, dst: &mut Vec<i16>) {
         let col = jp * NR;
         for p in 0..kp {
             let a = _mm256_loadu_si256(src.add(2 * p * n + col) as *const __m256i);
-            let b = if 2 * p + 1 < k {
-                _mm256_loadu_si256(src.add((2 * p + 1) * n + col) as *const __m256i)
-            } else {
-                _mm256_setzero_si256()
-            };
+            let b = if 2 * p + 1 < k { _mm256_loadu_si256(src.add((2 * p + 1) * n + col) as *const __m256i) } else { _mm256_setzero_si256() };
             let lo = _mm256_unpacklo_epi16(a, b);
             let hi = _mm256_unpackhi_epi16(a, b);
             let o = d.add((jp * kp + p) * NR * 2);
             _mm256_storeu_si256(o as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x20));
-            _mm256_storeu_si256(
-                o.add(16) as *mut __m256i,
-                _mm256_permute2x128_si256(lo, hi, 0x31),
-            );
+            _mm256_storeu_si256(o.add(16) as *mut __m256i, _mm256_permute2x128_si256(lo, hi, 0x31));
         }
     }
     if full < np {
@@ -2531,18 +1630,9 @@ pub unsafe fn pack_b_i16(cols: &[i16], k: usize, n: usize, dst: &mut Vec<i16>) {
 pub fn conv_supported(parts: &[ConvPart], g: &ConvGeometry) -> bool {
     !parts.is_empty()
         && parts.iter().all(|p| match &p.packed {
-            PackedWeights::Gemm { m, k, groups, .. } => {
-                *groups == g.group && *m == g.out_c / g.group && *k == g.weights_per_output()
-            }
-            PackedWeights::Gemv { m, k, .. } => {
-                g.group == 1
-                    && *m == g.out_c
-                    && *k == g.weights_per_output()
-                    && g.out_h * g.out_w <= GEMV_MAX_N
-            }
-            PackedWeights::Depthwise { kh, kw2, .. } => {
-                depthwise_supported(g) && *kh == g.kernel[0] && *kw2 == g.kernel[1].div_ceil(2)
-            }
+            PackedWeights::Gemm { m, k, groups, .. } => *groups == g.group && *m == g.out_c / g.group && *k == g.weights_per_output(),
+            PackedWeights::Gemv { m, k, .. } => g.group == 1 && *m == g.out_c && *k == g.weights_per_output() && g.out_h * g.out_w <= GEMV_MAX_N,
+            PackedWeights::Depthwise { kh, kw2, .. } => depthwise_supported(g) && *kh == g.kernel[0] && *kw2 == g.kernel[1].div_ceil(2),
             PackedWeights::None => false,
         })
 }
@@ -2565,198 +1655,58 @@ fn tasks_for(macs: usize) -> usize {
 /// must be `Sink::Requant` over all `out_c` channels.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_par<const P: usize>(
-    input: &[u8],
-    zp: i32,
-    pairs: [&[i32]; P],
-    g: &ConvGeometry,
-    mut sink: Sink,
-    plane: &mut Vec<i16>,
-    tasks: usize,
-    cmax: Option<&[u8]>,
-    epi: Option<EpiRows>,
-    wmax: u32,
-) {
+unsafe fn depthwise_par<const P: usize>(input: &[u8], zp: i32, pairs: [&[i32]; P], g: &ConvGeometry, mut sink: Sink, plane: &mut Vec<i16>, tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let spatial = g.out_h * g.out_w;
     let chunk = g.out_c.div_ceil(tasks.max(1));
     match sink {
-        Sink::Requant {
-            mult,
-            bias,
-            shift,
-            zp: ozp,
-            qmin,
-            qmax,
-            out,
-        } if tasks > 1 && chunk < g.out_c && spatial > 0 => {
-            out[..g.out_c * spatial]
-                .par_chunks_mut(chunk * spatial)
-                .enumerate()
-                .for_each(|(i, o)| {
-                    let c0 = i * chunk;
-                    let c1 = (c0 + chunk).min(g.out_c);
-                    let mut plane = Vec::new();
-                    let mut sink = Sink::Requant {
-                        mult,
-                        bias,
-                        shift,
-                        zp: ozp,
-                        qmin,
-                        qmax,
-                        out: o,
-                    };
-                    // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-                    unsafe {
-                        depthwise_range_cmax::<P>(
-                            input,
-                            zp,
-                            pairs,
-                            g,
-                            c0..c1,
-                            &mut plane,
-                            &mut sink,
-                            cmax,
-                            epi,
-                            wmax,
-                        )
-                    };
-                });
+        Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out } if tasks > 1 && chunk < g.out_c && spatial > 0 => {
+            out[..g.out_c * spatial].par_chunks_mut(chunk * spatial).enumerate().for_each(|(i, o)| {
+                let c0 = i * chunk;
+                let c1 = (c0 + chunk).min(g.out_c);
+                let mut plane = Vec::new();
+                let mut sink = Sink::Requant { mult, bias, shift, zp: ozp, qmin, qmax, out: o };
+                // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+                unsafe { depthwise_range_cmax::<P>(input, zp, pairs, g, c0..c1, &mut plane, &mut sink, cmax, epi, wmax) };
+            });
         }
-        _ => depthwise_range_cmax::<P>(
-            input,
-            zp,
-            pairs,
-            g,
-            0..g.out_c,
-            plane,
-            &mut sink,
-            cmax,
-            epi,
-            wmax,
-        ),
+        _ => depthwise_range_cmax::<P>(input, zp, pairs, g, 0..g.out_c, plane, &mut sink, cmax, epi, wmax),
     }
 }
 
 /// [`gemm_packed`] with a requantizing sink, its output-channel blocks split over `tasks`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_par(
-    a: &[i16],
-    m: usize,
-    k: usize,
-    b: &[i16],
-    n: usize,
-    mult: &[i64],
-    bias: &[i64],
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-    tasks: usize,
-    cmax: Option<&[u8]>,
-    epi: Option<EpiRows>,
-    wmax: u32,
-) {
+unsafe fn gemm_par(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>, wmax: u32) {
     let mb = m.div_ceil(MR);
     let tasks = tasks.min(mb);
     if tasks <= 1 || n == 0 {
-        return gemm_packed_cmax(
-            a,
-            m,
-            k,
-            b,
-            n,
-            &mut Sink::Requant {
-                mult,
-                bias,
-                shift,
-                zp,
-                qmin,
-                qmax,
-                out,
-            },
-            cmax,
-            epi,
-            wmax,
-        );
+        return gemm_packed_cmax(a, m, k, b, n, &mut Sink::Requant { mult, bias, shift, zp, qmin, qmax, out }, cmax, epi, wmax);
     }
     let per = mb.div_ceil(tasks) * MR;
     let ablk = k.div_ceil(2) * MR * 2;
-    out[..m * n]
-        .par_chunks_mut(per * n)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (r0, r1) = (i * per, ((i + 1) * per).min(m));
-            let mut sink = Sink::Requant {
-                mult: &mult[r0..r1],
-                bias: &bias[r0..r1],
-                shift,
-                zp,
-                qmin,
-                qmax,
-                out: o,
-            };
-            // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
-            unsafe {
-                gemm_packed_cmax(
-                    &a[r0 / MR * ablk..],
-                    r1 - r0,
-                    k,
-                    b,
-                    n,
-                    &mut sink,
-                    cmax.map(|c| &c[r0..r1]),
-                    epi.map(|e| e.rows(r0..r1)),
-                    wmax,
-                )
-            };
-        });
+    out[..m * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
+        let (r0, r1) = (i * per, ((i + 1) * per).min(m));
+        let mut sink = Sink::Requant { mult: &mult[r0..r1], bias: &bias[r0..r1], shift, zp, qmin, qmax, out: o };
+        // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
+        unsafe { gemm_packed_cmax(&a[r0 / MR * ablk..], r1 - r0, k, b, n, &mut sink, cmax.map(|c| &c[r0..r1]), epi.map(|e| e.rows(r0..r1)), wmax) };
+    });
 }
+
 
 /// AVX2 [`super::conv_q8_reference`]: same arguments, same bytes out. Requires
 /// [`conv_supported`].
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn conv_q8(
-    input: &[u8],
-    zp_in: i32,
-    parts: &[ConvPart],
-    bias_fixed: &[i64],
-    shift: u32,
-    out_zp: i32,
-    qmin: i32,
-    qmax: i32,
-    g: &ConvGeometry,
-    out: &mut [u8],
-    scratch: &mut Scratch,
-) {
-    conv_q8_clamped(
-        input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, None, g, out, scratch,
-    )
+pub unsafe fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    conv_q8_clamped(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, None, g, out, scratch)
 }
 
 /// [`conv_q8`] with output channel `c` also capped at `cmax[c]` (see
 /// [`super::conv_q8_clamped`]): fused into the epilogue of the single-part and depthwise paths.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn conv_q8_clamped(
-    input: &[u8],
-    zp_in: i32,
-    parts: &[ConvPart],
-    bias_fixed: &[i64],
-    shift: u32,
-    out_zp: i32,
-    qmin: i32,
-    qmax: i32,
-    cmax: Option<&[u8]>,
-    g: &ConvGeometry,
-    out: &mut [u8],
-    scratch: &mut Scratch,
-) {
-    conv_q8_epi(
-        input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, cmax, None, g, out, scratch,
-    )
+pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    conv_q8_epi(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, cmax, None, g, out, scratch)
 }
 
 /// [`conv_q8_clamped`] with an optional float output stage (see [`super::conv_q8_epi`]: it
@@ -2764,21 +1714,7 @@ pub unsafe fn conv_q8_clamped(
 /// depthwise and one-group GEMM paths.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn conv_q8_epi(
-    input: &[u8],
-    zp_in: i32,
-    parts: &[ConvPart],
-    bias_fixed: &[i64],
-    shift: u32,
-    out_zp: i32,
-    qmin: i32,
-    qmax: i32,
-    cmax: Option<&[u8]>,
-    epi: Option<&FloatEpilogue>,
-    g: &ConvGeometry,
-    out: &mut [u8],
-    scratch: &mut Scratch,
-) {
+pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, epi: Option<&FloatEpilogue>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     assert!(conv_supported(parts, g));
     let epi = epi.filter(|_| parts.len() == 1).map(EpiRows::of);
     assert!(epi.is_none_or(|e| e.fits(g.out_c)));
@@ -2789,20 +1725,14 @@ pub unsafe fn conv_q8_epi(
     let cin_g = g.in_c / g.group;
     let cout_g = g.out_c / g.group;
     let k = g.weights_per_output();
-    assert!(
-        out.len() >= g.out_c * spatial
-            && bias_fixed.len() >= g.out_c
-            && input.len() >= g.in_c * g.in_h * g.in_w
-    );
+    assert!(out.len() >= g.out_c * spatial && bias_fixed.len() >= g.out_c && input.len() >= g.in_c * g.in_h * g.in_w);
     // Split layers (2–3 parts) fused in one kernel need every part's multipliers, part-major,
     // within i32 (the kernels multiply them with `vpmuldq`).
     let split = (2..=3).contains(&parts.len());
     if split {
         scratch.mult.clear();
         for part in parts {
-            scratch
-                .mult
-                .extend((0..g.out_c).map(|c| part.multiplier(c)));
+            scratch.mult.extend((0..g.out_c).map(|c| part.multiplier(c)));
         }
     }
     let split_fits = split && scratch.mult.iter().all(|&m| m == m as i32 as i64);
@@ -2817,42 +1747,12 @@ pub unsafe fn conv_q8_epi(
         let Scratch { bpack, mult, .. } = &mut *scratch;
         let wmax = parts.iter().map(|p| p.wmax).max().unwrap_or(0);
         if split_fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) {
-            let sink = Sink::Requant {
-                mult: &mult[..],
-                bias: bias_fixed,
-                shift,
-                zp: out_zp,
-                qmin,
-                qmax,
-                out: &mut *out,
-            };
+            let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
             let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
-                depthwise_par::<2>(
-                    input,
-                    zp_in,
-                    [dw[0], dw[1]],
-                    g,
-                    sink,
-                    bpack,
-                    tasks,
-                    cmax,
-                    None,
-                    wmax,
-                );
+                depthwise_par::<2>(input, zp_in, [dw[0], dw[1]], g, sink, bpack, tasks, cmax, None, wmax);
             } else {
-                depthwise_par::<3>(
-                    input,
-                    zp_in,
-                    [dw[0], dw[1], dw[2]],
-                    g,
-                    sink,
-                    bpack,
-                    tasks,
-                    cmax,
-                    None,
-                    wmax,
-                );
+                depthwise_par::<3>(input, zp_in, [dw[0], dw[1], dw[2]], g, sink, bpack, tasks, cmax, None, wmax);
             }
             return;
         }
@@ -2868,20 +1768,10 @@ pub unsafe fn conv_q8_epi(
                 _ => {}
             }
         }
-        let Scratch {
-            cols,
-            bpack,
-            bpack8,
-            mult,
-            ..
-        } = &mut *scratch;
-        let usable = pa[..parts.len()]
-            .iter()
-            .all(|p| !matches!(p, PartA::Wide(w, _) if w.is_empty()));
+        let Scratch { cols, bpack, bpack8, mult, .. } = &mut *scratch;
+        let usable = pa[..parts.len()].iter().all(|p| !matches!(p, PartA::Wide(w, _) if w.is_empty()));
         if split_fits && usable {
-            let wide = pa[..parts.len()]
-                .iter()
-                .any(|p| matches!(p, PartA::Wide(..)));
+            let wide = pa[..parts.len()].iter().any(|p| matches!(p, PartA::Wide(..)));
             bpack.clear();
             bpack8.clear();
             if wide && g.is_pointwise() {
@@ -2891,53 +1781,15 @@ pub unsafe fn conv_q8_epi(
                 im2col_q(input, zp_in, g, 0, g.in_c, cols);
                 pack_b_i16(cols, k, spatial, bpack);
             }
-            if pa[..parts.len()]
-                .iter()
-                .any(|p| matches!(p, PartA::Byte(_)))
-            {
+            if pa[..parts.len()].iter().any(|p| matches!(p, PartA::Byte(_))) {
                 pack_b8(input, k, spatial, bpack8);
             }
-            let b = PartsB {
-                b16: bpack,
-                b8: bpack8,
-                x: input,
-                zx: zp_in,
-            };
+            let b = PartsB { b16: bpack, b8: bpack8, x: input, zx: zp_in };
             let tasks = tasks_for(g.macs() * parts.len());
             if parts.len() == 2 {
-                gemm_parts_par::<2>(
-                    [pa[0], pa[1]],
-                    k,
-                    b,
-                    spatial,
-                    mult,
-                    g.out_c,
-                    bias_fixed,
-                    shift,
-                    out_zp,
-                    qmin,
-                    qmax,
-                    cmax,
-                    out,
-                    tasks,
-                );
+                gemm_parts_par::<2>([pa[0], pa[1]], k, b, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
             } else {
-                gemm_parts_par::<3>(
-                    [pa[0], pa[1], pa[2]],
-                    k,
-                    b,
-                    spatial,
-                    mult,
-                    g.out_c,
-                    bias_fixed,
-                    shift,
-                    out_zp,
-                    qmin,
-                    qmax,
-                    cmax,
-                    out,
-                    tasks,
-                );
+                gemm_parts_par::<3>([pa[0], pa[1], pa[2]], k, b, spatial, mult, g.out_c, bias_fixed, shift, out_zp, qmin, qmax, cmax, out, tasks);
             }
             return;
         }
@@ -2945,18 +1797,9 @@ pub unsafe fn conv_q8_epi(
     let single = parts.len() == 1;
     if !single {
         scratch.fixed.clear();
-        scratch
-            .fixed
-            .extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
+        scratch.fixed.extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
     }
-    let Scratch {
-        cols,
-        acc,
-        fixed,
-        bpack,
-        bpack8,
-        mult,
-    } = scratch;
+    let Scratch { cols, acc, fixed, bpack, bpack8, mult } = scratch;
     for (pi, part) in parts.iter().enumerate() {
         mult.clear();
         mult.extend((0..g.out_c).map(|c| part.multiplier(c)));
@@ -2967,27 +1810,8 @@ pub unsafe fn conv_q8_epi(
         match &part.packed {
             PackedWeights::Depthwise { pairs, .. } => {
                 if single {
-                    let sink = Sink::Requant {
-                        mult: &mult[..],
-                        bias: bias_fixed,
-                        shift,
-                        zp: out_zp,
-                        qmin,
-                        qmax,
-                        out: &mut *out,
-                    };
-                    depthwise_par::<1>(
-                        input,
-                        zp_in,
-                        [pairs],
-                        g,
-                        sink,
-                        bpack,
-                        tasks_for(g.macs()),
-                        if epi.is_some() { None } else { cmax },
-                        epi,
-                        part.wmax,
-                    );
+                    let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
+                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi, part.wmax);
                     post_cap = None;
                 } else {
                     depthwise(input, zp_in, pairs, g, bpack, &mut Sink::Acc(&mut acc[..]));
@@ -2995,58 +1819,23 @@ pub unsafe fn conv_q8_epi(
             }
             PackedWeights::Gemm { data, .. } => {
                 let blk = cout_g.div_ceil(MR) * k.div_ceil(2) * MR * 2;
-                if let (true, Some(p8)) = (
-                    single && g.is_pointwise() && spatial > GEMV_MAX_N,
-                    &part.packed8,
-                ) {
+                if let (true, Some(p8)) = (single && g.is_pointwise() && spatial > GEMV_MAX_N, &part.packed8) {
                     pack_b8(input, k, spatial, bpack8);
-                    gemm8_par(
-                        p8,
-                        bpack8,
-                        input,
-                        spatial,
-                        zp_in,
-                        mult,
-                        bias_fixed,
-                        shift,
-                        out_zp,
-                        qmin,
-                        qmax,
-                        out,
-                        tasks_for(g.macs()),
-                        if epi.is_some() { None } else { cmax },
-                        epi,
-                    );
+                    gemm8_par(p8, bpack8, input, spatial, zp_in, mult, bias_fixed, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi);
                     post_cap = None;
                     continue;
                 }
                 for grp in 0..g.group {
                     let rows = grp * cout_g..(grp + 1) * cout_g;
                     let mut sink = if single {
-                        Sink::Requant {
-                            mult: &mult[rows.clone()],
-                            bias: &bias_fixed[rows.clone()],
-                            shift,
-                            zp: out_zp,
-                            qmin,
-                            qmax,
-                            out: &mut out[rows.start * spatial..rows.end * spatial],
-                        }
+                        Sink::Requant { mult: &mult[rows.clone()], bias: &bias_fixed[rows.clone()], shift, zp: out_zp, qmin, qmax, out: &mut out[rows.start * spatial..rows.end * spatial] }
                     } else {
                         Sink::Acc(&mut acc[rows.start * spatial..rows.end * spatial])
                     };
                     if spatial <= GEMV_MAX_N {
                         cols.resize(k * spatial, 0);
                         im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, cols);
-                        gemv(
-                            &part.weight[rows.start * k..rows.end * k],
-                            cout_g,
-                            k,
-                            cols,
-                            spatial,
-                            bpack,
-                            &mut sink,
-                        );
+                        gemv(&part.weight[rows.start * k..rows.end * k], cout_g, k, cols, spatial, bpack, &mut sink);
                         continue;
                     }
                     if pi > 0 && g.group == 1 {
@@ -3061,49 +1850,16 @@ pub unsafe fn conv_q8_epi(
                     }
                     let a = &data[grp * blk..(grp + 1) * blk];
                     match sink {
-                        Sink::Requant {
-                            mult, bias, out, ..
-                        } if g.group == 1 => {
-                            gemm_par(
-                                a,
-                                cout_g,
-                                k,
-                                bpack,
-                                spatial,
-                                mult,
-                                bias,
-                                shift,
-                                out_zp,
-                                qmin,
-                                qmax,
-                                out,
-                                tasks_for(g.macs()),
-                                if epi.is_some() { None } else { cmax },
-                                epi,
-                                part.wmax,
-                            );
+                        Sink::Requant { mult, bias, out, .. } if g.group == 1 => {
+                            gemm_par(a, cout_g, k, bpack, spatial, mult, bias, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi, part.wmax);
                             post_cap = None;
                         }
-                        _ => gemm_packed_cmax(
-                            a, cout_g, k, bpack, spatial, &mut sink, None, None, part.wmax,
-                        ),
+                        _ => gemm_packed_cmax(a, cout_g, k, bpack, spatial, &mut sink, None, None, part.wmax),
                     }
                 }
             }
             PackedWeights::Gemv { u, off, .. } => {
-                let mut sink = if single {
-                    Sink::Requant {
-                        mult: &mult[..],
-                        bias: bias_fixed,
-                        shift,
-                        zp: out_zp,
-                        qmin,
-                        qmax,
-                        out: &mut *out,
-                    }
-                } else {
-                    Sink::Acc(&mut acc[..])
-                };
+                let mut sink = if single { Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out } } else { Sink::Acc(&mut acc[..]) };
                 cols.resize(k * spatial, 0);
                 im2col_q_reference(input, zp_in, g, 0, g.in_c, cols);
                 gemv_u8(u, off, g.out_c, k, cols, spatial, bpack, &mut sink);
@@ -3113,10 +1869,7 @@ pub unsafe fn conv_q8_epi(
         if !single {
             for c in 0..g.out_c {
                 let m = mult[c];
-                for (f, &a) in fixed[c * spatial..(c + 1) * spatial]
-                    .iter_mut()
-                    .zip(&acc[c * spatial..(c + 1) * spatial])
-                {
+                for (f, &a) in fixed[c * spatial..(c + 1) * spatial].iter_mut().zip(&acc[c * spatial..(c + 1) * spatial]) {
                     *f += a as i64 * m;
                 }
             }
@@ -3134,103 +1887,31 @@ pub unsafe fn conv_q8_epi(
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn add8(
-    pa: *const u8,
-    pb: *const u8,
-    zav: __m256i,
-    zbv: __m256i,
-    mav: __m256i,
-    mbv: __m256i,
-    off: __m256i,
-    f: &Fin,
-) -> __m256i {
-    let xa = _mm256_sub_epi32(
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64(pa as *const __m128i)),
-        zav,
-    );
-    let xb = _mm256_sub_epi32(
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64(pb as *const __m128i)),
-        zbv,
-    );
-    let even = _mm256_add_epi64(
-        _mm256_add_epi64(_mm256_mul_epi32(xa, mav), _mm256_mul_epi32(xb, mbv)),
-        off,
-    );
-    let odd = _mm256_add_epi64(
-        _mm256_add_epi64(
-            _mm256_mul_epi32(_mm256_srli_epi64(xa, 32), mav),
-            _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mbv),
-        ),
-        off,
-    );
+unsafe fn add8(pa: *const u8, pb: *const u8, zav: __m256i, zbv: __m256i, mav: __m256i, mbv: __m256i, off: __m256i, f: &Fin) -> __m256i {
+    let xa = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pa as *const __m128i)), zav);
+    let xb = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(pb as *const __m128i)), zbv);
+    let even = _mm256_add_epi64(_mm256_add_epi64(_mm256_mul_epi32(xa, mav), _mm256_mul_epi32(xb, mbv)), off);
+    let odd = _mm256_add_epi64(_mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xa, 32), mav), _mm256_mul_epi32(_mm256_srli_epi64(xb, 32), mbv)), off);
     finish(even, odd, f)
 }
 
 /// AVX2 [`super::add_q8_reference`].
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn add_q8(
-    a: &[u8],
-    za: i32,
-    ma: i64,
-    b: &[u8],
-    zb: i32,
-    mb: i64,
-    shift: u32,
-    zo: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
+pub unsafe fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     let n = out.len().min(a.len()).min(b.len());
-    let f = fin(
-        shift,
-        zo,
-        qmin,
-        qmax,
-        255 * (ma.unsigned_abs() as u128 + mb.unsigned_abs() as u128),
-    );
+    let f = fin(shift, zo, qmin, qmax, 255 * (ma.unsigned_abs() as u128 + mb.unsigned_abs() as u128));
     let off = fin_bias(&f, 0);
     let (zav, zbv) = (_mm256_set1_epi32(za), _mm256_set1_epi32(zb));
     let (mav, mbv) = (_mm256_set1_epi64x(ma), _mm256_set1_epi64x(mb));
     let mut i = 0;
     while i + 16 <= n {
-        let v0 = add8(
-            a.as_ptr().add(i),
-            b.as_ptr().add(i),
-            zav,
-            zbv,
-            mav,
-            mbv,
-            off,
-            &f,
-        );
-        let v1 = add8(
-            a.as_ptr().add(i + 8),
-            b.as_ptr().add(i + 8),
-            zav,
-            zbv,
-            mav,
-            mbv,
-            off,
-            &f,
-        );
+        let v0 = add8(a.as_ptr().add(i), b.as_ptr().add(i), zav, zbv, mav, mbv, off, &f);
+        let v1 = add8(a.as_ptr().add(i + 8), b.as_ptr().add(i + 8), zav, zbv, mav, mbv, off, &f);
         _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, pack16(v0, v1));
         i += 16;
     }
-    super::add_q8_reference(
-        &a[i..n],
-        za,
-        ma,
-        &b[i..n],
-        zb,
-        mb,
-        shift,
-        zo,
-        qmin,
-        qmax,
-        &mut out[i..n],
-    );
+    super::add_q8_reference(&a[i..n], za, ma, &b[i..n], zb, mb, shift, zo, qmin, qmax, &mut out[i..n]);
 }
 
 /// Σ of a uint8 slice (exact).
@@ -3240,13 +1921,7 @@ pub unsafe fn sum_u8(x: &[u8]) -> u64 {
     let zero = _mm256_setzero_si256();
     let mut i = 0;
     while i + 32 <= x.len() {
-        s = _mm256_add_epi64(
-            s,
-            _mm256_sad_epu8(
-                _mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i),
-                zero,
-            ),
-        );
+        s = _mm256_add_epi64(s, _mm256_sad_epu8(_mm256_loadu_si256(x.as_ptr().add(i) as *const __m256i), zero));
         i += 32;
     }
     let mut lanes = [0u64; 4];
@@ -3256,14 +1931,7 @@ pub unsafe fn sum_u8(x: &[u8]) -> u64 {
 
 /// AVX2 [`super::global_avg_pool_q8_reference`]: Σ(x − zp) = Σx − zp·hw, exactly.
 #[target_feature(enable = "avx2")]
-pub unsafe fn global_avg_pool_q8(
-    input: &[u8],
-    channels: usize,
-    zp_in: i32,
-    r: super::Requant,
-    zo: i32,
-    out: &mut [u8],
-) {
+pub unsafe fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: super::Requant, zo: i32, out: &mut [u8]) {
     let hw = input.len() / channels;
     for (c, o) in out.iter_mut().enumerate().take(channels) {
         let sum = sum_u8(&input[c * hw..(c + 1) * hw]) as i64 - zp_in as i64 * hw as i64;
@@ -3277,29 +1945,16 @@ pub unsafe fn global_avg_pool_q8(
 unsafe fn quantize8(p: *const f32, sv: __m256, lim: __m256, zpv: __m256i) -> __m256i {
     let y = _mm256_div_ps(_mm256_loadu_ps(p), sv);
     let y = _mm256_and_ps(y, _mm256_cmp_ps(y, y, _CMP_ORD_Q));
-    let y = _mm256_min_ps(
-        _mm256_max_ps(y, _mm256_sub_ps(_mm256_setzero_ps(), lim)),
-        lim,
-    );
-    let r = _mm256_cvtps_epi32(_mm256_round_ps(
-        y,
-        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-    ));
-    _mm256_min_epi32(
-        _mm256_max_epi32(_mm256_add_epi32(r, zpv), _mm256_setzero_si256()),
-        _mm256_set1_epi32(255),
-    )
+    let y = _mm256_min_ps(_mm256_max_ps(y, _mm256_sub_ps(_mm256_setzero_ps(), lim)), lim);
+    let r = _mm256_cvtps_epi32(_mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(r, zpv), _mm256_setzero_si256()), _mm256_set1_epi32(255))
 }
 
 /// AVX2 [`super::quantize_f32_reference`]: the same IEEE division, round half to even.
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_f32(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
     let n = x.len().min(out.len());
-    let (sv, lim, zpv) = (
-        _mm256_set1_ps(scale),
-        _mm256_set1_ps(4_194_304.0),
-        _mm256_set1_epi32(zp),
-    );
+    let (sv, lim, zpv) = (_mm256_set1_ps(scale), _mm256_set1_ps(4_194_304.0), _mm256_set1_epi32(zp));
     let mut i = 0;
     while i + 16 <= n {
         let a = quantize8(x.as_ptr().add(i), sv, lim, zpv);
@@ -3314,27 +1969,15 @@ pub unsafe fn quantize_f32(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
 /// segment inside the input is converted 16 values at a time (stride 2: the even bytes of 32),
 /// padding is 0. Any stride/dilation; strides other than 1 and 2 go element by element.
 #[target_feature(enable = "avx2")]
-pub unsafe fn im2col_q(
-    input: &[u8],
-    zp: i32,
-    g: &ConvGeometry,
-    c_begin: usize,
-    c_count: usize,
-    cols: &mut [i16],
-) {
+pub unsafe fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
     let (oh, ow) = (g.out_h, g.out_w);
     let [kh, kw] = g.kernel;
     let sx = g.strides[1];
     let n = oh * ow;
-    assert!(
-        cols.len() >= c_count * kh * kw * n && input.len() >= (c_begin + c_count) * g.in_h * g.in_w
-    );
+    assert!(cols.len() >= c_count * kh * kw * n && input.len() >= (c_begin + c_count) * g.in_h * g.in_w);
     let zpv = _mm256_set1_epi16(zp as i16);
     // Per 128-bit lane: bytes 0,2,…,14 to the low half.
-    let even = _mm256_setr_epi8(
-        0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1, 0, 2, 4, 6, 8, 10, 12, 14, -1,
-        -1, -1, -1, -1, -1, -1, -1,
-    );
+    let even = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1, 0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
     let d0 = cols.as_mut_ptr();
     let end = d0.add(cols.len());
     let mut row = 0;
@@ -3343,15 +1986,8 @@ pub unsafe fn im2col_q(
         let plane_end = input.as_ptr().add(input.len());
         for ky in 0..kh {
             for kx in 0..kw {
-                let (y0, y1) = ConvGeometry::valid_range(
-                    oh,
-                    g.in_h,
-                    g.strides[0],
-                    g.pad_top,
-                    ky * g.dilations[0],
-                );
-                let (x0, x1) =
-                    ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
+                let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
                 let dst = d0.add(row * n);
                 for oy in 0..oh {
                     let d = dst.add(oy * ow);
@@ -3365,26 +2001,15 @@ pub unsafe fn im2col_q(
                     let mut s = src;
                     while ox < x1 {
                         let reads = if sx == 2 { 32 } else { 16 };
-                        if (sx == 1 || sx == 2)
-                            && d.add(ox + 16) <= end
-                            && s.add(reads) <= plane_end
-                        {
+                        if (sx == 1 || sx == 2) && d.add(ox + 16) <= end && s.add(reads) <= plane_end {
                             let v = if sx == 1 {
                                 _mm256_cvtepu8_epi16(_mm_loadu_si128(s as *const __m128i))
                             } else {
-                                let t = _mm256_shuffle_epi8(
-                                    _mm256_loadu_si256(s as *const __m256i),
-                                    even,
-                                );
-                                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(
-                                    _mm256_permute4x64_epi64(t, 0b1000),
-                                ))
+                                let t = _mm256_shuffle_epi8(_mm256_loadu_si256(s as *const __m256i), even);
+                                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(_mm256_permute4x64_epi64(t, 0b1000)))
                             };
                             // Lanes past x1 are overwritten below (zeros) or by the next segment.
-                            _mm256_storeu_si256(
-                                d.add(ox) as *mut __m256i,
-                                _mm256_sub_epi16(v, zpv),
-                            );
+                            _mm256_storeu_si256(d.add(ox) as *mut __m256i, _mm256_sub_epi16(v, zpv));
                             ox += 16;
                             s = s.add(16 * sx);
                         } else {
@@ -3417,10 +2042,7 @@ pub unsafe fn clamp_channels_u8(data: &mut [u8], inner: usize, qmax: &[u8]) {
         }
         if j + 16 <= len {
             let v = _mm_loadu_si128(p.add(j) as *const __m128i);
-            _mm_storeu_si128(
-                p.add(j) as *mut __m128i,
-                _mm_min_epu8(v, _mm256_castsi256_si128(mv)),
-            );
+            _mm_storeu_si128(p.add(j) as *mut __m128i, _mm_min_epu8(v, _mm256_castsi256_si128(mv)));
             j += 16;
         }
         while j < len {

@@ -19,14 +19,7 @@ pub enum SimdLevel {
 pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let forced = std::env::var("SUBQ_SIMD")
-            .map(|v| {
-                matches!(
-                    v.to_ascii_lowercase().as_str(),
-                    "portable" | "scalar" | "off" | "none"
-                )
-            })
-            .unwrap_or(false);
+        let forced = std::env::var("SUBQ_SIMD").map(|v| matches!(v.to_ascii_lowercase().as_str(), "portable" | "scalar" | "off" | "none")).unwrap_or(false);
         if forced {
             return SimdLevel::Portable;
         }
@@ -41,77 +34,29 @@ pub fn simd_level() -> SimdLevel {
 /// Integer convolution (see [`super::conv_q8_reference`] for the arguments): the fastest kernel
 /// the CPU supports, bit-identical to the reference.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_q8(
-    input: &[u8],
-    zp_in: i32,
-    parts: &[ConvPart],
-    bias_fixed: &[i64],
-    shift: u32,
-    out_zp: i32,
-    qmin: i32,
-    qmax: i32,
-    g: &ConvGeometry,
-    out: &mut [u8],
-    scratch: &mut Scratch,
-) {
+pub fn conv_q8(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Avx2 && super::avx2::conv_supported(parts, g) {
         // SAFETY: AVX2 was detected at run time.
-        unsafe {
-            super::avx2::conv_q8(
-                input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch,
-            )
-        };
+        unsafe { super::avx2::conv_q8(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch) };
         return;
     }
-    conv_q8_portable(
-        input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch,
-    )
+    conv_q8_portable(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch)
 }
 
 /// [`conv_q8`], then output channel `c` capped at `cmax[c]` (an equalized per-channel ReLU6
 /// bound): the AVX2 paths fuse the cap into their epilogue; the reference is
 /// [`super::conv_q8_reference`] followed by [`super::clamp_channels_u8_reference`].
 #[allow(clippy::too_many_arguments)]
-pub fn conv_q8_clamped(
-    input: &[u8],
-    zp_in: i32,
-    parts: &[ConvPart],
-    bias_fixed: &[i64],
-    shift: u32,
-    out_zp: i32,
-    qmin: i32,
-    qmax: i32,
-    cmax: &[u8],
-    g: &ConvGeometry,
-    out: &mut [u8],
-    scratch: &mut Scratch,
-) {
+pub fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: &[u8], g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     assert!(cmax.len() >= g.out_c);
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Avx2 && super::avx2::conv_supported(parts, g) {
         // SAFETY: AVX2 was detected at run time.
-        unsafe {
-            super::avx2::conv_q8_clamped(
-                input,
-                zp_in,
-                parts,
-                bias_fixed,
-                shift,
-                out_zp,
-                qmin,
-                qmax,
-                Some(cmax),
-                g,
-                out,
-                scratch,
-            )
-        };
+        unsafe { super::avx2::conv_q8_clamped(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, Some(cmax), g, out, scratch) };
         return;
     }
-    conv_q8_portable(
-        input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch,
-    );
+    conv_q8_portable(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch);
     let spatial = g.out_h * g.out_w;
     super::clamp_channels_u8_reference(&mut out[..g.out_c * spatial], spatial, &cmax[..g.out_c]);
 }
@@ -122,47 +67,15 @@ pub fn conv_q8_clamped(
 /// the AVX2 single-part paths then use it. The bytes are those of [`super::conv_q8_reference`]
 /// (capped) either way.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_q8_epi(
-    input: &[u8],
-    zp_in: i32,
-    parts: &[ConvPart],
-    bias_fixed: &[i64],
-    shift: u32,
-    out_zp: i32,
-    qmin: i32,
-    qmax: i32,
-    cmax: Option<&[u8]>,
-    epi: Option<&FloatEpilogue>,
-    g: &ConvGeometry,
-    out: &mut [u8],
-    scratch: &mut Scratch,
-) {
-    assert!(
-        cmax.is_none_or(|c| c.len() >= g.out_c)
-            && epi.is_none_or(|e| [
-                e.scale.len(),
-                e.offset.len(),
-                e.hi.len(),
-                e.ok.len(),
-                e.cap.len()
-            ]
-            .iter()
-            .all(|&l| l >= g.out_c))
-    );
+pub fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, epi: Option<&FloatEpilogue>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    assert!(cmax.is_none_or(|c| c.len() >= g.out_c) && epi.is_none_or(|e| [e.scale.len(), e.offset.len(), e.hi.len(), e.ok.len(), e.cap.len()].iter().all(|&l| l >= g.out_c)));
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Avx2 && super::avx2::conv_supported(parts, g) {
         // SAFETY: AVX2 was detected at run time.
-        unsafe {
-            super::avx2::conv_q8_epi(
-                input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, cmax, epi, g, out,
-                scratch,
-            )
-        };
+        unsafe { super::avx2::conv_q8_epi(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, cmax, epi, g, out, scratch) };
         return;
     }
-    conv_q8_portable(
-        input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch,
-    );
+    conv_q8_portable(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch);
     if let Some(cm) = cmax {
         let spatial = g.out_h * g.out_w;
         super::clamp_channels_u8_reference(&mut out[..g.out_c * spatial], spatial, &cm[..g.out_c]);
@@ -171,39 +84,13 @@ pub fn conv_q8_epi(
 
 /// The portable conv path (the scalar reference).
 #[allow(clippy::too_many_arguments)]
-pub fn conv_q8_portable(
-    input: &[u8],
-    zp_in: i32,
-    parts: &[ConvPart],
-    bias_fixed: &[i64],
-    shift: u32,
-    out_zp: i32,
-    qmin: i32,
-    qmax: i32,
-    g: &ConvGeometry,
-    out: &mut [u8],
-    scratch: &mut Scratch,
-) {
-    super::conv_q8_reference(
-        input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch,
-    )
+pub fn conv_q8_portable(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
+    super::conv_q8_reference(input, zp_in, parts, bias_fixed, shift, out_zp, qmin, qmax, g, out, scratch)
 }
 
 /// Quantized element-wise add (see [`super::add_q8_reference`]).
 #[allow(clippy::too_many_arguments)]
-pub fn add_q8(
-    a: &[u8],
-    za: i32,
-    ma: i64,
-    b: &[u8],
-    zb: i32,
-    mb: i64,
-    shift: u32,
-    zo: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
+pub fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Avx2 {
         // SAFETY: AVX2 was detected at run time.
@@ -214,14 +101,7 @@ pub fn add_q8(
 }
 
 /// Global average pool of one CHW image (see [`super::global_avg_pool_q8_reference`]).
-pub fn global_avg_pool_q8(
-    input: &[u8],
-    channels: usize,
-    zp_in: i32,
-    r: Requant,
-    zo: i32,
-    out: &mut [u8],
-) {
+pub fn global_avg_pool_q8(input: &[u8], channels: usize, zp_in: i32, r: Requant, zo: i32, out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Avx2 {
         // SAFETY: AVX2 was detected at run time.
@@ -233,15 +113,7 @@ pub fn global_avg_pool_q8(
 
 /// Regrid + clamp (see [`super::requantize_u8_reference`]) through a 256-entry table: the output
 /// depends only on the input byte, so the table holds exactly the reference's results.
-pub fn requantize_u8(
-    input: &[u8],
-    zp_in: i32,
-    r: Requant,
-    zo: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
+pub fn requantize_u8(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     if input.len() < 512 {
         return super::requantize_u8_reference(input, zp_in, r, zo, qmin, qmax, out);
     }
@@ -280,14 +152,7 @@ pub fn clamp_channels_u8(data: &mut [u8], inner: usize, qmax: &[u8]) {
 /// requantized (a graph output kept in float). Dense single-group convs run AVX2 im2col and
 /// matrix–vector products, on the part's byte rows when it has them ([`PackedWeights::Gemv`]:
 /// classifier heads with one output position are memory-bound); the rest, the reference.
-pub fn conv_acc(
-    input: &[u8],
-    zp_in: i32,
-    part: &ConvPart,
-    g: &ConvGeometry,
-    acc: &mut Vec<i32>,
-    scratch: &mut Scratch,
-) {
+pub fn conv_acc(input: &[u8], zp_in: i32, part: &ConvPart, g: &ConvGeometry, acc: &mut Vec<i32>, scratch: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
     if simd_level() == SimdLevel::Avx2 && g.group == 1 && !g.is_depthwise() {
         let (m, k, n) = (g.out_c, g.weights_per_output(), g.out_h * g.out_w);
@@ -300,23 +165,8 @@ pub fn conv_acc(
         unsafe {
             super::avx2::im2col_q(input, zp_in, g, 0, g.in_c, &mut scratch.cols);
             match &part.packed {
-                PackedWeights::Gemv {
-                    u,
-                    off,
-                    m: pm,
-                    k: pk,
-                } if *pm == m && *pk == k => {
-                    super::avx2::gemv_u8(u, off, m, k, &scratch.cols, n, &mut scratch.bpack, sink)
-                }
-                _ => super::avx2::gemv(
-                    &part.weight,
-                    m,
-                    k,
-                    &scratch.cols,
-                    n,
-                    &mut scratch.bpack,
-                    sink,
-                ),
+                PackedWeights::Gemv { u, off, m: pm, k: pk } if *pm == m && *pk == k => super::avx2::gemv_u8(u, off, m, k, &scratch.cols, n, &mut scratch.bpack, sink),
+                _ => super::avx2::gemv(&part.weight, m, k, &scratch.cols, n, &mut scratch.bpack, sink),
             }
         }
         return;

@@ -8,19 +8,13 @@
 use crate::ConvGeometry;
 
 mod pack;
-pub use pack::{
-    byte_pair, pack_b8, pack_b_i16, pack_b_u8, Packed8, PackedWeights, BYTE_GEMM_MIN_K, GEMV_MAX_N,
-    MR, MR8, NR, W8_PAIR_MAX,
-};
+pub use pack::{pack_b8, pack_b_i16, pack_b_u8, Packed8, PackedWeights, BYTE_GEMM_MIN_K, GEMV_MAX_N, MR, MR8, NR, W8_PAIR_MAX, byte_pair};
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
 mod dispatch;
-pub use dispatch::{
-    add_q8, clamp_channels_u8, conv_acc, conv_q8, conv_q8_clamped, conv_q8_epi, conv_q8_portable,
-    global_avg_pool_q8, quantize_f32, requantize_u8, simd_level, SimdLevel,
-};
+pub use dispatch::{add_q8, clamp_channels_u8, conv_acc, conv_q8, conv_q8_clamped, conv_q8_epi, conv_q8_portable, global_avg_pool_q8, quantize_f32, requantize_u8, simd_level, SimdLevel};
 
 /// Fixed-point multiplier: `apply(acc) = round(acc · multiplier / 2^shift)`, ties rounded away
 /// from zero (as gemmlowp's RoundingDivideByPOT does). Multipliers are kept in [2^29, 2^30) so
@@ -41,30 +35,12 @@ impl Requant {
     pub fn common(reals: &[f64]) -> (Vec<Requant>, u32) {
         let max = reals.iter().cloned().fold(0.0f64, f64::max);
         if max <= 0.0 || !max.is_finite() {
-            return (
-                reals
-                    .iter()
-                    .map(|_| Requant {
-                        multiplier: 0,
-                        shift: 0,
-                    })
-                    .collect(),
-                0,
-            );
+            return (reals.iter().map(|_| Requant { multiplier: 0, shift: 0 }).collect(), 0);
         }
         // max · 2^shift ∈ [2^29, 2^30)
         let shift = (29 - max.log2().floor() as i32).clamp(0, 62) as u32;
         let scale = (shift as f64).exp2();
-        (
-            reals
-                .iter()
-                .map(|&r| Requant {
-                    multiplier: (r * scale).round() as i64,
-                    shift,
-                })
-                .collect(),
-            shift,
-        )
+        (reals.iter().map(|&r| Requant { multiplier: (r * scale).round() as i64, shift }).collect(), shift)
     }
 
     #[inline]
@@ -80,11 +56,7 @@ pub fn round_shift(x: i64, shift: u32) -> i64 {
         return x;
     }
     let half = 1i64 << (shift - 1);
-    if x >= 0 {
-        (x + half) >> shift
-    } else {
-        -((-x + half) >> shift)
-    }
+    if x >= 0 { (x + half) >> shift } else { -((-x + half) >> shift) }
 }
 
 #[inline]
@@ -104,28 +76,15 @@ pub struct OutputStage {
 impl OutputStage {
     #[inline]
     pub fn finish(&self, channel: usize, acc: i64) -> u8 {
-        let r = if self.requant.len() == 1 {
-            self.requant[0]
-        } else {
-            self.requant[channel]
-        };
+        let r = if self.requant.len() == 1 { self.requant[0] } else { self.requant[channel] };
         clamp_u8(self.zero_point as i64 + r.apply(acc), self.qmin, self.qmax)
     }
 }
 
 /// Subtract the input zero-point once, unfolding patches into [(c·kh·kw) × (oh·ow)] i16 columns.
 /// Padding becomes 0, i.e. exactly the real value 0.
-pub fn im2col_q_reference(
-    input: &[u8],
-    zp: i32,
-    g: &ConvGeometry,
-    c_begin: usize,
-    c_count: usize,
-    cols: &mut [i16],
-) {
-    crate::im2col_with(input, g, c_begin, c_count, cols, 0, |x| {
-        x as i16 - zp as i16
-    })
+pub fn im2col_q_reference(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
+    crate::im2col_with(input, g, c_begin, c_count, cols, 0, |x| x as i16 - zp as i16)
 }
 
 /// acc[m×n] += A[m×k] · B[k×n] in i32, row-major. The inner loop over n is contiguous and
@@ -148,14 +107,7 @@ pub fn gemm_i16_reference(m: usize, k: usize, n: usize, a: &[i16], b: &[i16], ac
 
 /// The exact i32 accumulators `Σ (x − zp_in)·(w − zw)` of one conv part, `[out_c × oh·ow]`
 /// (`weight` is `w − zw` in OIHW order). `acc` and `cols` are resized as needed.
-pub fn conv_acc_reference(
-    input: &[u8],
-    zp_in: i32,
-    weight: &[i16],
-    g: &ConvGeometry,
-    acc: &mut Vec<i32>,
-    cols: &mut Vec<i16>,
-) {
+pub fn conv_acc_reference(input: &[u8], zp_in: i32, weight: &[i16], g: &ConvGeometry, acc: &mut Vec<i32>, cols: &mut Vec<i16>) {
     let spatial = g.out_h * g.out_w;
     let (cin_g, cout_g, k) = (g.in_c / g.group, g.out_c / g.group, g.weights_per_output());
     acc.clear();
@@ -168,14 +120,7 @@ pub fn conv_acc_reference(
         cols.resize(k * spatial, 0);
         im2col_q_reference(input, zp_in, g, grp * cin_g, cin_g, cols);
         let w = &weight[grp * cout_g * k..(grp + 1) * cout_g * k];
-        gemm_i16_reference(
-            cout_g,
-            k,
-            spatial,
-            w,
-            cols,
-            &mut acc[grp * cout_g * spatial..(grp + 1) * cout_g * spatial],
-        );
+        gemm_i16_reference(cout_g, k, spatial, w, cols, &mut acc[grp * cout_g * spatial..(grp + 1) * cout_g * spatial]);
     }
 }
 
@@ -199,34 +144,15 @@ impl ConvPart {
     /// A part with its weights packed for geometry `g`.
     pub fn new(weight: Vec<i16>, requant: Vec<Requant>, g: &ConvGeometry) -> ConvPart {
         let packed = PackedWeights::new(&weight, g);
-        let packed8 =
-            if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N && g.in_c >= BYTE_GEMM_MIN_K {
-                Packed8::new(&weight, g.out_c, g.in_c)
-            } else {
-                None
-            };
-        let wmax = weight
-            .iter()
-            .map(|d| d.unsigned_abs() as u32)
-            .max()
-            .unwrap_or(0);
-        ConvPart {
-            weight,
-            requant,
-            packed,
-            packed8,
-            wmax,
-        }
+        let packed8 = if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N && g.in_c >= BYTE_GEMM_MIN_K { Packed8::new(&weight, g.out_c, g.in_c) } else { None };
+        let wmax = weight.iter().map(|d| d.unsigned_abs() as u32).max().unwrap_or(0);
+        ConvPart { weight, requant, packed, packed8, wmax }
     }
 
     /// The requantization multiplier of output channel `c` (one for all channels, or per channel).
     #[inline]
     pub fn multiplier(&self, c: usize) -> i64 {
-        if self.requant.len() == 1 {
-            self.requant[0].multiplier
-        } else {
-            self.requant[c].multiplier
-        }
+        if self.requant.len() == 1 { self.requant[0].multiplier } else { self.requant[c].multiplier }
     }
 }
 
@@ -234,39 +160,15 @@ impl ConvPart {
 /// each part accumulates exactly in i32, the parts are combined in one fixed-point sum and
 /// rounded once. `bias` is in the fixed-point domain of the parts (i64, already multiplied).
 #[allow(clippy::too_many_arguments)]
-pub fn conv_q8_reference(
-    input: &[u8],
-    zp_in: i32,
-    parts: &[ConvPart],
-    bias_fixed: &[i64],
-    shift: u32,
-    out_zp: i32,
-    qmin: i32,
-    qmax: i32,
-    g: &ConvGeometry,
-    out: &mut [u8],
-    scratch: &mut Scratch,
-) {
+pub fn conv_q8_reference(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {
     let spatial = g.out_h * g.out_w;
     scratch.fixed.clear();
-    scratch
-        .fixed
-        .extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
+    scratch.fixed.extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
     for part in parts {
-        conv_acc_reference(
-            input,
-            zp_in,
-            &part.weight,
-            g,
-            &mut scratch.acc,
-            &mut scratch.cols,
-        );
+        conv_acc_reference(input, zp_in, &part.weight, g, &mut scratch.acc, &mut scratch.cols);
         for c in 0..g.out_c {
             let m = part.multiplier(c);
-            for (f, &a) in scratch.fixed[c * spatial..(c + 1) * spatial]
-                .iter_mut()
-                .zip(&scratch.acc[c * spatial..(c + 1) * spatial])
-            {
+            for (f, &a) in scratch.fixed[c * spatial..(c + 1) * spatial].iter_mut().zip(&scratch.acc[c * spatial..(c + 1) * spatial]) {
                 *f += a as i64 * m;
             }
         }
@@ -317,32 +219,12 @@ impl FloatEpilogue {
     /// The float stage for per-channel multipliers `mult` (length `out_c`), or `None` when no
     /// channel has a float form equal to the reference on all of i32 (then the i64 path runs).
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        mult: &[i64],
-        bias: &[i64],
-        shift: u32,
-        zp: i32,
-        qmin: i32,
-        qmax: i32,
-        cmax: Option<&[u8]>,
-    ) -> Option<FloatEpilogue> {
-        if !(0..=255).contains(&qmin)
-            || !(qmin..=255).contains(&qmax)
-            || shift > 62
-            || bias.len() < mult.len()
-            || cmax.is_some_and(|c| c.len() < mult.len())
-        {
+    pub fn new(mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>) -> Option<FloatEpilogue> {
+        if !(0..=255).contains(&qmin) || !(qmin..=255).contains(&qmax) || shift > 62 || bias.len() < mult.len() || cmax.is_some_and(|c| c.len() < mult.len()) {
             return None;
         }
         let n = mult.len();
-        let mut e = FloatEpilogue {
-            scale: Vec::with_capacity(n),
-            offset: Vec::with_capacity(n),
-            lo: qmin as f32,
-            hi: Vec::with_capacity(n),
-            ok: Vec::with_capacity(n),
-            cap: Vec::with_capacity(n),
-        };
+        let mut e = FloatEpilogue { scale: Vec::with_capacity(n), offset: Vec::with_capacity(n), lo: qmin as f32, hi: Vec::with_capacity(n), ok: Vec::with_capacity(n), cap: Vec::with_capacity(n) };
         for (c, (&m, &b)) in mult.iter().zip(bias).enumerate() {
             let cap = cmax.map_or(255, |cm| cm[c] as i32);
             let so = float_channel(m, b, shift, zp, qmin, qmax, cap);
@@ -359,23 +241,12 @@ impl FloatEpilogue {
 
 /// (scale, offset) of one channel's float stage, verified against the reference (see
 /// [`FloatEpilogue`]).
-fn float_channel(
-    m: i64,
-    bias: i64,
-    shift: u32,
-    zp: i32,
-    qmin: i32,
-    qmax: i32,
-    cap: i32,
-) -> Option<(f32, f32)> {
+fn float_channel(m: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, cap: i32) -> Option<(f32, f32)> {
     if m < 0 || m.unsigned_abs() >= 1 << 31 || bias.unsigned_abs() >= 1 << 61 {
         return None;
     }
     let hi = qmax.min(cap);
-    let reference = |acc: i64| -> i32 {
-        ((zp as i64 + round_shift(bias + acc * m, shift)).clamp(qmin as i64, qmax as i64) as i32)
-            .min(cap)
-    };
+    let reference = |acc: i64| -> i32 { ((zp as i64 + round_shift(bias + acc * m, shift)).clamp(qmin as i64, qmax as i64) as i32).min(cap) };
     let (amin, amax) = (i32::MIN as i64, i32::MAX as i64);
     // The points where the reference changes value: the first accumulator reaching each level,
     // from a floating-point estimate corrected by exact evaluation.
@@ -429,33 +300,19 @@ fn float_channel(
         (false, true) => ohi - 0.5,
         (false, false) => 0.0,
     } as f32;
-    let e = |o: f32| FloatEpilogue {
-        scale: vec![s],
-        offset: vec![o],
-        lo: qmin as f32,
-        hi: vec![hi as f32],
-        ok: vec![true],
-        cap: vec![hi as u8],
-    };
+    let e = |o: f32| FloatEpilogue { scale: vec![s], offset: vec![o], lo: qmin as f32, hi: vec![hi as f32], ok: vec![true], cap: vec![hi as u8] };
     // The exact check, on the f32 arithmetic the kernels run (the midpoint can miss by an ulp).
     let mut o = o0;
     for i in 0..9 {
         let cand = e(o);
-        if points
-            .iter()
-            .all(|&a| cand.apply(0, a as i32) as i32 == reference(a))
-        {
+        if points.iter().all(|&a| cand.apply(0, a as i32) as i32 == reference(a)) {
             return Some((s, o));
         }
         // 0, +1, −1, +2, −2, … ulps around the midpoint.
         let k = (i + 2) / 2;
         let mut x = o0;
         for _ in 0..k {
-            x = if i % 2 == 0 {
-                x.next_down()
-            } else {
-                x.next_up()
-            };
+            x = if i % 2 == 0 { x.next_down() } else { x.next_up() };
         }
         o = x;
     }
@@ -477,13 +334,7 @@ pub struct Scratch {
 }
 
 /// Depthwise accumulation: acc[c, y, x] += Σ (x − zp)·w' over the kernel window.
-pub fn depthwise_acc_reference(
-    input: &[u8],
-    zp_in: i32,
-    weight: &[i16],
-    g: &ConvGeometry,
-    acc: &mut [i32],
-) {
+pub fn depthwise_acc_reference(input: &[u8], zp_in: i32, weight: &[i16], g: &ConvGeometry, acc: &mut [i32]) {
     let [kh, kw] = g.kernel;
     let (oh, ow) = (g.out_h, g.out_w);
     let (sy, sx) = (g.strides[0], g.strides[1]);
@@ -492,12 +343,10 @@ pub fn depthwise_acc_reference(
         let kern = &weight[c * kh * kw..(c + 1) * kh * kw];
         let o = &mut acc[c * oh * ow..(c + 1) * oh * ow];
         for ky in 0..kh {
-            let (y0, y1) =
-                ConvGeometry::valid_range(oh, g.in_h, sy, g.pad_top, ky * g.dilations[0]);
+            let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, sy, g.pad_top, ky * g.dilations[0]);
             for kx in 0..kw {
                 let w = kern[ky * kw + kx] as i32;
-                let (x0, x1) =
-                    ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
+                let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
                 if x0 >= x1 || w == 0 {
                     continue;
                 }
@@ -518,19 +367,7 @@ pub fn depthwise_acc_reference(
 /// Quantized element-wise add of same-shape tensors: out = zo + round(Ma·(a − za) + Mb·(b − zb)),
 /// both multipliers on one fixed-point shift.
 #[allow(clippy::too_many_arguments)]
-pub fn add_q8_reference(
-    a: &[u8],
-    za: i32,
-    ma: i64,
-    b: &[u8],
-    zb: i32,
-    mb: i64,
-    shift: u32,
-    zo: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
+pub fn add_q8_reference(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shift: u32, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
         let v = (x as i64 - za as i64) * ma + (y as i64 - zb as i64) * mb;
         *o = clamp_u8(zo as i64 + round_shift(v, shift), qmin, qmax);
@@ -538,20 +375,10 @@ pub fn add_q8_reference(
 }
 
 /// Global average pool of one CHW image: per channel zo + round(Σ(x − zi) · si/(so·HW)).
-pub fn global_avg_pool_q8_reference(
-    input: &[u8],
-    channels: usize,
-    zp_in: i32,
-    r: Requant,
-    zo: i32,
-    out: &mut [u8],
-) {
+pub fn global_avg_pool_q8_reference(input: &[u8], channels: usize, zp_in: i32, r: Requant, zo: i32, out: &mut [u8]) {
     let hw = input.len() / channels;
     for (c, o) in out.iter_mut().enumerate().take(channels) {
-        let sum: i64 = input[c * hw..(c + 1) * hw]
-            .iter()
-            .map(|&x| x as i64 - zp_in as i64)
-            .sum();
+        let sum: i64 = input[c * hw..(c + 1) * hw].iter().map(|&x| x as i64 - zp_in as i64).sum();
         *o = clamp_u8(zo as i64 + r.apply(sum), 0, 255);
     }
 }
@@ -564,11 +391,7 @@ pub fn global_avg_pool_q8_reference(
 pub fn quantize_one(v: f32, scale: f32, zp: i32) -> u8 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
     let x = (v / scale).clamp(-4_194_304.0, 4_194_304.0);
-    let r = if x.abs() < 4_194_304.0 {
-        (x + MAGIC) - MAGIC
-    } else {
-        x
-    };
+    let r = if x.abs() < 4_194_304.0 { (x + MAGIC) - MAGIC } else { x };
     (r as i64 + zp as i64).clamp(0, 255) as u8
 }
 
@@ -590,15 +413,7 @@ pub fn clamp_channels_u8_reference(data: &mut [u8], inner: usize, qmax: &[u8]) {
 
 /// Requantize u8 values from one grid to another (and clamp): ReLU/Clip and reshape-like ops
 /// whose output grid differs from the input's.
-pub fn requantize_u8_reference(
-    input: &[u8],
-    zp_in: i32,
-    r: Requant,
-    zo: i32,
-    qmin: i32,
-    qmax: i32,
-    out: &mut [u8],
-) {
+pub fn requantize_u8_reference(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, qmax: i32, out: &mut [u8]) {
     for (o, &x) in out.iter_mut().zip(input) {
         *o = clamp_u8(zo as i64 + r.apply(x as i64 - zp_in as i64), qmin, qmax);
     }
@@ -620,17 +435,11 @@ mod tests {
     fn requant_matches_real_multiplier() {
         for &m in &[0.000123, 0.0421, 0.5, 0.999, 1.7, 37.0] {
             let r = Requant::new(m);
-            assert!(
-                r.multiplier >= 1 << 29 && r.multiplier < 1 << 30,
-                "{m}: {r:?}"
-            );
+            assert!(r.multiplier >= 1 << 29 && r.multiplier < 1 << 30, "{m}: {r:?}");
             for acc in [-100000i64, -777, -1, 0, 1, 999, 123456] {
                 let exact = acc as f64 * m;
                 let got = r.apply(acc) as f64;
-                assert!(
-                    (got - exact).abs() <= 0.5 + exact.abs() * 1e-8,
-                    "m {m} acc {acc}: {got} vs {exact}"
-                );
+                assert!((got - exact).abs() <= 0.5 + exact.abs() * 1e-8, "m {m} acc {acc}: {got} vs {exact}");
             }
         }
     }

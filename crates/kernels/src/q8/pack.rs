@@ -29,28 +29,14 @@ pub enum PackedWeights {
     None,
     /// Per group: `ceil(m/MR)` blocks of `[ceil(k/2)][MR][2]` i16, zero padded. `m` output
     /// channels per group, `k` weights per output channel.
-    Gemm {
-        data: Vec<i16>,
-        m: usize,
-        k: usize,
-        groups: usize,
-    },
+    Gemm { data: Vec<i16>, m: usize, k: usize, groups: usize },
     /// A dense conv with at most [`GEMV_MAX_N`] output positions (a fully connected layer),
     /// run as matrix–vector products: row `i` as bytes `u[i·k + p] = w[i][p] − off[i]` with
     /// `off[i]` the row minimum (half the bytes of i16: such layers are memory-bound).
-    Gemv {
-        u: Vec<u8>,
-        off: Vec<i32>,
-        m: usize,
-        k: usize,
-    },
+    Gemv { u: Vec<u8>, off: Vec<i32>, m: usize, k: usize },
     /// Depthwise, per channel: `[kh][ceil(kw/2)]` i32 holding the i16 pair
     /// `(w[ky][2j], w[ky][2j+1])` (second half 0 past the last kernel column).
-    Depthwise {
-        pairs: Vec<i32>,
-        kh: usize,
-        kw2: usize,
-    },
+    Depthwise { pairs: Vec<i32>, kh: usize, kw2: usize },
 }
 
 impl PackedWeights {
@@ -65,11 +51,7 @@ impl PackedWeights {
                 for ky in 0..kh {
                     for j in 0..kw2 {
                         let lo = w[ky * kw + 2 * j] as u16 as u32;
-                        let hi = if 2 * j + 1 < kw {
-                            w[ky * kw + 2 * j + 1] as u16 as u32
-                        } else {
-                            0
-                        };
+                        let hi = if 2 * j + 1 < kw { w[ky * kw + 2 * j + 1] as u16 as u32 } else { 0 };
                         pairs.push((lo | hi << 16) as i32);
                     }
                 }
@@ -92,19 +74,11 @@ impl PackedWeights {
             return None;
         }
         let rows = || weight.chunks(k).take(m);
-        let off: Vec<i32> = rows()
-            .map(|r| r.iter().map(|&w| w as i32).min().unwrap_or(0))
-            .collect();
-        if !rows()
-            .zip(&off)
-            .all(|(r, &o)| r.iter().all(|&w| w as i32 - o <= 255))
-        {
+        let off: Vec<i32> = rows().map(|r| r.iter().map(|&w| w as i32).min().unwrap_or(0)).collect();
+        if !rows().zip(&off).all(|(r, &o)| r.iter().all(|&w| w as i32 - o <= 255)) {
             return None;
         }
-        let u = rows()
-            .zip(&off)
-            .flat_map(|(r, &o)| r.iter().map(move |&w| (w as i32 - o) as u8))
-            .collect();
+        let u = rows().zip(&off).flat_map(|(r, &o)| r.iter().map(move |&w| (w as i32 - o) as u8)).collect();
         Some(PackedWeights::Gemv { u, off, m, k })
     }
 
@@ -183,19 +157,11 @@ pub const W8_PAIR_MAX: i32 = 128;
 /// large value with a small one; a fixed clamp at ±64 sent all such large values to the
 /// remainder.
 pub fn byte_pair(d0: i32, d1: i32) -> (i32, i32) {
-    let (small_first, small, big) = if d0.abs() <= d1.abs() {
-        (true, d0, d1)
-    } else {
-        (false, d1, d0)
-    };
+    let (small_first, small, big) = if d0.abs() <= d1.abs() { (true, d0, d1) } else { (false, d1, d0) };
     let cs = small.clamp(-W8_PAIR_MAX, W8_PAIR_MAX - 1);
     let room = W8_PAIR_MAX - cs.abs();
     let cb = big.clamp(-room, room.min(W8_PAIR_MAX - 1));
-    if small_first {
-        (cs, cb)
-    } else {
-        (cb, cs)
-    }
+    if small_first { (cs, cb) } else { (cb, cs) }
 }
 
 /// Weights of a pointwise conv for the byte GEMM (`vpmaddubsw` on uint8 activations `x`):
@@ -220,11 +186,7 @@ impl Packed8 {
     /// The byte form of `m × k` row-major weights `d` (`None` if a value is outside
     /// [−255, 255] or more than 1 in 32 values need the remainder: then the i16 GEMM is faster).
     pub fn new(weight: &[i16], m: usize, k: usize) -> Option<Packed8> {
-        if k == 0
-            || m == 0
-            || weight.len() < m * k
-            || weight[..m * k].iter().any(|&d| !(-255..=255).contains(&d))
-        {
+        if k == 0 || m == 0 || weight.len() < m * k || weight[..m * k].iter().any(|&d| !(-255..=255).contains(&d)) {
             return None;
         }
         let (mb, kq) = (m.div_ceil(MR8), k.div_ceil(4));
@@ -251,14 +213,7 @@ impl Packed8 {
             }
             rem_start.push(rem.len() as u32);
         }
-        (rem.len() * 32 <= m * k).then_some(Packed8 {
-            a,
-            m,
-            k,
-            rowsum,
-            rem_start,
-            rem,
-        })
+        (rem.len() * 32 <= m * k).then_some(Packed8 { a, m, k, rowsum, rem_start, rem })
     }
 }
 
@@ -287,31 +242,16 @@ mod byte_pair_tests {
         for d0 in -255..=255 {
             for d1 in -255..=255 {
                 let (c0, c1) = byte_pair(d0, d1);
-                assert!(
-                    c0.abs() + c1.abs() <= W8_PAIR_MAX,
-                    "({d0}, {d1}) → ({c0}, {c1})"
-                );
-                assert!(
-                    (-128..=127).contains(&c0) && (-128..=127).contains(&c1),
-                    "({d0}, {d1}) → ({c0}, {c1})"
-                );
-                assert!(
-                    c0 == 0 || c0.signum() == d0.signum() && c0.abs() <= d0.abs(),
-                    "({d0}, {d1}) → ({c0}, {c1})"
-                );
-                assert!(
-                    c1 == 0 || c1.signum() == d1.signum() && c1.abs() <= d1.abs(),
-                    "({d0}, {d1}) → ({c0}, {c1})"
-                );
+                assert!(c0.abs() + c1.abs() <= W8_PAIR_MAX, "({d0}, {d1}) → ({c0}, {c1})");
+                assert!((-128..=127).contains(&c0) && (-128..=127).contains(&c1), "({d0}, {d1}) → ({c0}, {c1})");
+                assert!(c0 == 0 || c0.signum() == d0.signum() && c0.abs() <= d0.abs(), "({d0}, {d1}) → ({c0}, {c1})");
+                assert!(c1 == 0 || c1.signum() == d1.signum() && c1.abs() <= d1.abs(), "({d0}, {d1}) → ({c0}, {c1})");
                 let fits = |d: i32| (-128..=127).contains(&d);
                 if d0.abs() + d1.abs() <= W8_PAIR_MAX && fits(d0) && fits(d1) {
                     assert_eq!((c0, c1), (d0, d1));
                 }
                 if fits(d0.abs().min(d1.abs())) {
-                    assert!(
-                        c0 == d0 || c1 == d1,
-                        "({d0}, {d1}) → ({c0}, {c1}): both to the remainder"
-                    );
+                    assert!(c0 == d0 || c1 == d1, "({d0}, {d1}) → ({c0}, {c1}): both to the remainder");
                 }
             }
         }

@@ -17,16 +17,7 @@ pub fn assets() -> PathBuf {
 pub fn images(dir: &str, preset: &str, size: usize, range: std::ops::Range<usize>) -> Vec<Tensor> {
     let items = list_images(&assets().join("images").join(dir)).unwrap();
     let pre = Preprocess::preset(preset).unwrap();
-    items[range]
-        .iter()
-        .map(|it| {
-            Tensor::f32(
-                vec![1, 3, size, size],
-                pre.load(&it.path, size, size).unwrap(),
-            )
-            .unwrap()
-        })
-        .collect()
+    items[range].iter().map(|it| Tensor::f32(vec![1, 3, size, size], pre.load(&it.path, size, size).unwrap()).unwrap()).collect()
 }
 
 /// Logits SQNR (dB) of `model` against `reference` over `inputs`.
@@ -62,33 +53,17 @@ impl Rng {
 
 fn conv(kernel: usize, stride: usize, group: usize) -> Op {
     let p = kernel / 2;
-    Op::Conv(Conv2d {
-        kernel: [kernel; 2],
-        strides: [stride; 2],
-        dilations: [1, 1],
-        pads: [p; 4],
-        auto_pad: subq_ir::AutoPad::NotSet,
-        group,
-    })
+    Op::Conv(Conv2d { kernel: [kernel; 2], strides: [stride; 2], dilations: [1, 1], pads: [p; 4], auto_pad: subq_ir::AutoPad::NotSet, group })
 }
 
 /// conv 3×3/2 → ReLU6 → depthwise 3×3 → ReLU6 → pointwise → residual Add → global pool → Gemm,
 /// input 1×3×16×16, 5 outputs, seeded random weights.
 pub fn seed_fp32_graph() -> Graph {
     let mut rng = Rng(0x5eed);
-    let mut g = Graph {
-        name: "fuzz_seed".into(),
-        inputs: vec!["x".into()],
-        outputs: vec!["logits".into()],
-        opset: 13,
-        ..Default::default()
-    };
+    let mut g = Graph { name: "fuzz_seed".into(), inputs: vec!["x".into()], outputs: vec!["logits".into()], opset: 13, ..Default::default() };
     let mut init = |g: &mut Graph, name: &str, shape: Vec<usize>, scale: f32| {
         let n: usize = shape.iter().product();
-        g.initializers.insert(
-            name.into(),
-            Tensor::f32(shape, (0..n).map(|_| rng.f32() * scale).collect()).unwrap(),
-        );
+        g.initializers.insert(name.into(), Tensor::f32(shape, (0..n).map(|_| rng.f32() * scale).collect()).unwrap());
     };
     init(&mut g, "w1", vec![8, 3, 3, 3], 0.5);
     init(&mut g, "b1", vec![8], 0.1);
@@ -98,12 +73,7 @@ pub fn seed_fp32_graph() -> Graph {
     init(&mut g, "b3", vec![8], 0.1);
     init(&mut g, "fc_w", vec![5, 8], 0.5);
     init(&mut g, "fc_b", vec![5], 0.1);
-    let node = |name: &str, op: Op, inputs: &[&str], out: &str| Node {
-        name: name.into(),
-        op,
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        outputs: vec![out.into()],
-    };
+    let node = |name: &str, op: Op, inputs: &[&str], out: &str| Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect(), outputs: vec![out.into()] };
     g.nodes = vec![
         node("conv1", conv(3, 2, 1), &["x", "w1", "b1"], "c1"),
         node("relu1", Op::Clip { min: 0.0, max: 6.0 }, &["c1"], "r1"),
@@ -113,17 +83,7 @@ pub fn seed_fp32_graph() -> Graph {
         node("add", Op::Add, &["c3", "r1"], "sum"),
         node("pool", Op::GlobalAveragePool, &["sum"], "pooled"),
         node("flat", Op::Flatten { axis: 1 }, &["pooled"], "flat"),
-        node(
-            "fc",
-            Op::Gemm {
-                alpha: 1.0,
-                beta: 1.0,
-                trans_a: false,
-                trans_b: true,
-            },
-            &["flat", "fc_w", "fc_b"],
-            "logits",
-        ),
+        node("fc", Op::Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true }, &["flat", "fc_w", "fc_b"], "logits"),
     ];
     g.shapes.insert("x".into(), vec![1, 3, 16, 16]);
     g.dtypes.insert("x".into(), DType::F32);
@@ -134,9 +94,6 @@ pub fn seed_fp32_graph() -> Graph {
 
 pub fn input(seed: u64) -> Tensor {
     let mut rng = Rng(seed);
-    Tensor::f32(
-        vec![1, 3, 16, 16],
-        (0..768).map(|_| rng.f32() * 2.0).collect(),
-    )
-    .unwrap()
+    Tensor::f32(vec![1, 3, 16, 16], (0..768).map(|_| rng.f32() * 2.0).collect()).unwrap()
 }
+

@@ -15,7 +15,5 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 }
 
 pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(0, |best, (j, &x)| if x > v[best] { j } else { best })
+    v.iter().enumerate().fold(0, |best, (j, &x)| if x > v[best] { j } else { best })
 }
