@@ -7,7 +7,7 @@ use subq_ir::{Graph, Node, Op};
 use subq_kernels::{f32 as k, ConvGeometry};
 use subq_tensor::{numel, QParams, QuantRange, Tensor, TensorData};
 
-use crate::RuntimeError;
+use crate::{conv_geometry, conv_label, RuntimeError};
 
 fn node_err(node: &Node, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::Node { node: node.name.clone(), op: node.op.name().into(), reason: reason.into() }
@@ -183,27 +183,11 @@ impl<'g> Fp32Executor<'g> {
                 if self.fused_into_conv[i] || self.pad_into_conv[i] {
                     return None;
                 }
-                let shape = |v: &str| g.shapes.get(v).cloned().unwrap_or_default();
-                Some(
-                    match (&n.op, &shape(&n.inputs[0])[..], &shape(&n.outputs[0])[..]) {
-                        (Op::Conv(c), [_, ci, _, _], [_, co, oh, ow]) => {
-                            let kind = if c.is_depthwise(*ci, *co) {
-                                format!("conv depthwise {}×{}", c.kernel[0], c.kernel[1])
-                            } else if c.kernel == [1, 1] {
-                                "conv 1×1".to_string()
-                            } else {
-                                format!("conv {}×{}", c.kernel[0], c.kernel[1])
-                            };
-                            let stride = if c.strides == [1, 1] {
-                                String::new()
-                            } else {
-                                format!(" /{}", c.strides[0])
-                            };
-                            (kind, format!("{ci}→{co} @ {oh}×{ow}{stride}"))
-                        }
-                        _ => (n.op.name().to_string(), n.name.clone()),
-                    },
-                )
+                let shape = |v: &str| g.shapes.get(v).map(Vec::as_slice).unwrap_or_default();
+                Some(match (&n.op, shape(&n.inputs[0]), shape(&n.outputs[0])) {
+                    (Op::Conv(c), x @ [_, _, _, _], y @ [_, _, _, _]) => conv_label(&conv_geometry(c, x, y)),
+                    _ => (n.op.name().to_string(), n.name.clone()),
+                })
             })
             .collect()
     }
@@ -470,25 +454,17 @@ fn broadcast_binary(n: &Node, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f3
     // (i / inner) mod len of the other. This is every broadcast of the mobile CNNs (CLE's
     // ReLU6 bounds, the classifier's bias); the general loop below costs an index computation
     // per element and was a quarter of `subq quantize`'s time.
-    if let Some((inner, len)) = block_broadcast(&sb, &out_shape).filter(|_| sa == out_shape) {
-        let out = av.chunks(inner).enumerate().flat_map(|(i, run)| {
-            let y = bv[i % len];
-            run.iter().map(move |&x| (x, y))
+    let block = match (block_broadcast(&sb, &out_shape), block_broadcast(&sa, &out_shape)) {
+        (Some((inner, len)), _) if sa == out_shape => Some((av, bv, inner, len, false)),
+        (_, Some((inner, len))) if sb == out_shape => Some((bv, av, inner, len, true)),
+        _ => None,
+    };
+    if let Some((whole, part, inner, len, part_first)) = block {
+        let pairs = whole.chunks(inner).enumerate().flat_map(|(i, run)| {
+            let p = part[i % len];
+            run.iter().map(move |&w| if part_first { (p, w) } else { (w, p) })
         });
-        return Ok(Tensor {
-            shape: out_shape,
-            data: TensorData::F32(out.map(|(x, y)| f(x, y)).collect()),
-        });
-    }
-    if let Some((inner, len)) = block_broadcast(&sa, &out_shape).filter(|_| sb == out_shape) {
-        let out = bv.chunks(inner).enumerate().flat_map(|(i, run)| {
-            let x = av[i % len];
-            run.iter().map(move |&y| (x, y))
-        });
-        return Ok(Tensor {
-            shape: out_shape,
-            data: TensorData::F32(out.map(|(x, y)| f(x, y)).collect()),
-        });
+        return Ok(Tensor { shape: out_shape, data: TensorData::F32(pairs.map(|(x, y)| f(x, y)).collect()) });
     }
     let (ta, tb) = (strides(&sa), strides(&sb));
     let total = numel(&out_shape);

@@ -19,7 +19,7 @@ use subq_kernels::ConvGeometry;
 use subq_tensor::{DType, QParams, Tensor, TensorData};
 
 use crate::fp32::eval_node;
-use crate::RuntimeError;
+use crate::{conv_geometry, conv_label, RuntimeError};
 
 /// Per-tensor activation grid in the engine's uint8 domain.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -127,19 +127,11 @@ impl Step {
     fn label(&self) -> (String, String) {
         match self {
             Step::Conv { parts, geom: g, .. } => {
-                let kind = if g.is_depthwise() {
-                    format!("conv depthwise {}×{}", g.kernel[0], g.kernel[1])
-                } else if g.is_pointwise() {
-                    "conv 1×1".to_string()
-                } else if g.out_h * g.out_w == 1 {
-                    "conv/gemm 1×1 map".to_string()
-                } else {
-                    format!("conv {}×{}", g.kernel[0], g.kernel[1])
-                };
+                let (kind, detail) = conv_label(g);
                 let kind = if parts.len() > 1 { format!("{kind} ({} parts)", parts.len()) } else { kind };
-                (kind, conv_detail(g))
+                (kind, detail)
             }
-            Step::ConvDequant { geom: g, .. } => ("conv/gemm, float output".into(), conv_detail(g)),
+            Step::ConvDequant { geom: g, .. } => ("conv/gemm, float output".into(), conv_label(g).1),
             Step::Quantize { .. } => ("quantize".into(), String::new()),
             Step::Dequantize { .. } => ("dequantize".into(), String::new()),
             Step::Add { .. } => ("add".into(), String::new()),
@@ -159,12 +151,6 @@ impl Step {
             Step::Float { args, .. } => args.iter().filter_map(|a| if let Arg::Slot(s) = a { Some(*s) } else { None }).collect(),
         }
     }
-}
-
-/// `in→out @ h×w` of a conv step, with ` /s` for a strided one.
-fn conv_detail(g: &ConvGeometry) -> String {
-    let stride = if g.strides == [1, 1] { String::new() } else { format!(" /{}", g.strides[0]) };
-    format!("{}→{} @ {}×{}{stride}", g.in_c, g.out_c, g.out_h, g.out_w)
 }
 
 fn err(n: &Node, reason: impl Into<String>) -> RuntimeError {
@@ -276,7 +262,7 @@ impl<'g> Lowering<'g> {
         let (geom, out_shape) = match &n.op {
             Op::Conv(c) => {
                 let out = self.g.shape(&n.outputs[0])?;
-                (ConvGeometry { in_c: in_shape[1], in_h: in_shape[2], in_w: in_shape[3], out_c: out[1], out_h: out[2], out_w: out[3], kernel: c.kernel, strides: c.strides, dilations: c.dilations, pad_top: c.pads[0], pad_left: c.pads[1], group: c.group }, out[1..].to_vec())
+                (conv_geometry(c, in_shape, out), out[1..].to_vec())
             }
             Op::Gemm { alpha, beta, trans_a: false, trans_b } if *alpha == 1.0 && *beta == 1.0 && in_shape.len() == 2 => {
                 if !trans_b {
