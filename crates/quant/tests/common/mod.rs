@@ -20,18 +20,10 @@ pub fn images(dir: &str, preset: &str, size: usize, range: std::ops::Range<usize
     items[range].iter().map(|it| Tensor::f32(vec![1, 3, size, size], pre.load(&it.path, size, size).unwrap()).unwrap()).collect()
 }
 
-/// Logits SQNR (dB) of `model` against `reference` over `inputs`.
+/// Logits SQNR (dB) of `model` against `reference` over all logits of `inputs`.
 pub fn logits_sqnr_db(reference: &Fp32Executor, model: &Fp32Executor, inputs: &[Tensor]) -> f64 {
-    let (mut signal, mut noise) = (0f64, 0f64);
-    for x in inputs {
-        let r = reference.run(vec![x.clone()]).unwrap().remove(0);
-        let q = model.run(vec![x.clone()]).unwrap().remove(0);
-        for (a, b) in r.as_f32().unwrap().iter().zip(q.as_f32().unwrap()) {
-            signal += (*a as f64).powi(2);
-            noise += (*a as f64 - *b as f64).powi(2);
-        }
-    }
-    10.0 * (signal / noise).log10()
+    let logits = |e: &Fp32Executor| -> Vec<f32> { inputs.iter().flat_map(|x| e.run(vec![x.clone()]).unwrap().remove(0).to_f32_vec()).collect() };
+    subq_tensor::sqnr_db(&logits(reference), &logits(model))
 }
 
 /// xorshift64*: a reproducible stream from one seed (a failure is replayed from its seed).
