@@ -173,14 +173,14 @@ mod avx2 {
     use crate::f32::post_avx2_as as post;
     use std::arch::x86_64::*;
 
-    use crate::f32::MASK;
+    use crate::f32::lane_mask as mask;
 
     #[inline(always)]
     unsafe fn store(out: *mut f32, b: &Block, v: __m256) {
         if b.len == LANES {
             _mm256_storeu_ps(out.add(b.dst), v);
         } else {
-            let m = _mm256_loadu_si256(MASK.as_ptr().add(LANES - b.len) as *const __m256i);
+            let m = mask(b.len);
             _mm256_maskstore_ps(out.add(b.dst), m, v);
         }
     }
@@ -269,12 +269,6 @@ mod avx2 {
         if !rest.is_empty() {
             group::<1, KW, AF, CL>(plane, rest, offs, w, bias, &p, o);
         }
-    }
-
-    /// The first `n` (≤ 8) lanes.
-    #[inline(always)]
-    unsafe fn mask(n: usize) -> __m256i {
-        _mm256_loadu_si256(MASK.as_ptr().add(LANES - n.min(LANES)) as *const __m256i)
     }
 
     /// AVX2 [`super::FillRows`]: whole vectors, then one masked step per segment tail (no

@@ -61,7 +61,7 @@ pub fn prefers(g: &ConvGeometry) -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
     use super::{Tile, CB};
-    use crate::f32::{Epilogue, MASK};
+    use crate::f32::{lane_mask as mask, Epilogue};
     use crate::ConvGeometry;
     use std::arch::x86_64::*;
 
@@ -92,12 +92,6 @@ pub(super) mod avx2 {
         r[5] = _mm256_permute2f128_ps::<0x31>(s1, s5);
         r[6] = _mm256_permute2f128_ps::<0x31>(s2, s6);
         r[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
-    }
-
-    /// The first `n` (≤ 8) lanes.
-    #[inline(always)]
-    unsafe fn mask(n: usize) -> __m256i {
-        _mm256_loadu_si256(MASK.as_ptr().add(CB - n.min(CB)) as *const __m256i)
     }
 
     /// Per-block constants of the epilogue, one lane per channel.

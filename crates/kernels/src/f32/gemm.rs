@@ -215,7 +215,7 @@ unsafe fn kernel_scalar(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{MR, NR};
-    use crate::f32::{post_avx2_as, Post, MASK};
+    use crate::f32::{lane_mask, post_avx2_as, Post};
     use std::arch::x86_64::*;
 
     /// 6×16 AVX2+FMA micro-kernel: 12 accumulators, per k two B loads and six broadcasts
@@ -298,7 +298,7 @@ mod avx2 {
                 if j0 + 8 <= cols {
                     _mm256_storeu_ps(row.add(j0), v);
                 } else if j0 < cols {
-                    let m = _mm256_loadu_si256(MASK.as_ptr().add(8 - (cols - j0)) as *const __m256i);
+                    let m = lane_mask(cols - j0);
                     _mm256_maskstore_ps(row.add(j0), m, v);
                 }
             }
@@ -374,7 +374,7 @@ mod avx2 {
         if kk < k {
             // The last k mod 8 values of each A row (masked: the row ends there); Bt is zero
             // padded.
-            let m = _mm256_loadu_si256(MASK.as_ptr().add(8 - (k - kk)) as *const __m256i);
+            let m = lane_mask(k - kk);
             for r in 0..R {
                 let av = _mm256_maskload_ps(a.add((i0 + r) * k + kk), m);
                 for j in 0..T {

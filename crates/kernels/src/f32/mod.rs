@@ -62,7 +62,18 @@ pub(crate) unsafe fn post_avx2_as<const AFFINE: bool, const CLAMP: bool>(v: std:
 
 /// `MASK[8 − n..16 − n]` enables the first n of eight lanes.
 #[cfg(target_arch = "x86_64")]
-pub(crate) static MASK: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+static MASK: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// A mask enabling the first `n` (at most 8) of eight f32 lanes, for masked loads and stores.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn lane_mask(n: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_loadu_si256(MASK.as_ptr().add(8 - n.min(8)) as *const __m256i)
+}
 
 /// Whether the AVX2+FMA kernels can run here.
 pub fn has_avx2_fma() -> bool {
