@@ -427,6 +427,38 @@ impl Int8Engine {
                         Some((vec![src], covered, step))
                     })
                 }
+                // Conv → Relu/Clip → QuantizeLinear, as files from other tools keep it (ONNX
+                // Runtime's quantizer drops the activation into the grid): the clamp joins the
+                // conv's output stage, exactly, since quantization is monotone:
+                // Q(clip(y, lo, hi)) = clamp(Q(y), Q(lo), Q(hi)). Left alone, the conv would
+                // run with a float output followed by a float activation and a quantize.
+                Op::Relu | Op::Clip { .. } if lw.conv_parts(&p.inputs[0], p).is_some() => {
+                    let parts = lw.conv_parts(&p.inputs[0], p).expect("checked");
+                    let (lo, hi) = match p.op {
+                        Op::Clip { min, max } => (min, max),
+                        _ => (0.0, f32::INFINITY),
+                    };
+                    lw.build_conv(&parts, out).map(|(src, mut step)| {
+                        if let Step::Conv { qmin, qmax, .. } = &mut step {
+                            if lo.is_finite() {
+                                *qmin = q_of(out, lo);
+                            }
+                            if hi.is_finite() {
+                                *qmax = q_of(out, hi);
+                            }
+                        }
+                        let mut covered: Vec<&Node> = parts.clone();
+                        covered.push(p);
+                        let mut frontier: Vec<&Node> = lw.producer(&p.inputs[0]).into_iter().collect();
+                        while let Some(a) = frontier.pop() {
+                            if matches!(a.op, Op::Add) {
+                                covered.push(a);
+                                frontier.extend(a.inputs.iter().filter_map(|i| lw.producer(i)));
+                            }
+                        }
+                        (vec![src], covered, step)
+                    })
+                }
                 Op::Add => {
                     match (lw.activation_dq(&p.inputs[0]), lw.activation_dq(&p.inputs[1])) {
                         (Some((a, ga)), Some((b, gb))) if g.shape(&p.inputs[0]) == g.shape(&p.inputs[1]) => {

@@ -52,6 +52,77 @@ fn runs_onnxruntime_qdq_files() {
     }
 }
 
+/// Insert `op` between conv `ci` and its QuantizeLinear (the form other tools write:
+/// Conv → Relu/Clip → QuantizeLinear).
+fn insert_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
+    let out = g.nodes[ci].outputs[0].clone();
+    let pre = g.fresh_name(&format!("{out}_pre"));
+    g.shapes.insert(pre.clone(), g.shapes[&out].clone());
+    g.dtypes.insert(pre.clone(), g.dtypes[&out]);
+    g.nodes[ci].outputs[0] = pre.clone();
+    let name = format!("{}_act", g.nodes[ci].name);
+    g.nodes.insert(ci + 1, subq_ir::Node { name, op, inputs: vec![pre], outputs: vec![out] });
+}
+
+/// The QuantizeLinear reading conv `ci`'s output, with its grid (scale, zero-point).
+fn conv_grid(g: &subq_ir::Graph, ci: usize) -> Option<(f32, u8)> {
+    let out = &g.nodes[ci].outputs[0];
+    let q = g.nodes.iter().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. }) && n.inputs[0] == *out)?;
+    let scale = g.initializer(&q.inputs[1])?.to_f32_vec()[0];
+    let zp = g.initializer(&q.inputs[2])?.to_f32_vec()[0];
+    Some((scale, zp as u8))
+}
+
+/// QDQ files from other tools often keep the activation between a conv and its
+/// QuantizeLinear. The engine fuses it into the conv's output stage: as many integer steps, no
+/// float op, and, where the clamp is the grid's own (a Relu into a grid starting at 0, a
+/// Clip(0, m) with m at the grid's top or past it), the same bytes as the file without it. A
+/// clip inside the grid clamps there and stays close to the file's written semantics.
+#[test]
+fn activation_between_conv_and_quantize_is_fused() {
+    let model = "mobilenetv2_1.0_160_dogs";
+    let (shape, x) = read_npy(&assets().join(format!("reference/{model}.inputs.npy")));
+    let g = load_model(&assets().join(format!("models/{model}.ort_qdq_per_channel.onnx")), &ImportOptions::default()).unwrap();
+    let engine = Int8Engine::new(&g).unwrap();
+    // Every conv whose grid starts at 0 (its ReLU6 was dropped into the grid) gets its
+    // activation back: a Relu, or a Clip(0, m) with m at or past the grid's top.
+    let mut same = g.clone();
+    let convs: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i].op, subq_ir::Op::Conv(_)) && conv_grid(&g, i).is_some_and(|(_, zp)| zp == 0)).collect();
+    assert!(convs.len() > 20, "only {} convs feed a grid starting at 0", convs.len());
+    for (k, &ci) in convs.iter().enumerate().rev() {
+        let (scale, _) = conv_grid(&g, ci).unwrap();
+        let op = if k % 2 == 0 { subq_ir::Op::Relu } else { subq_ir::Op::Clip { min: 0.0, max: 255.0 * scale * (1.0 + k as f32 % 3.0) } };
+        insert_after_conv(&mut same, ci, op);
+    }
+    same.validate().unwrap();
+    let fused = Int8Engine::new(&same).unwrap();
+    assert_eq!(fused.integer_steps(), engine.integer_steps());
+    assert_eq!(fused.float_ops(), engine.float_ops());
+    // One clip inside its grid: the conv's outputs are capped at the clip.
+    let mut tight = g.clone();
+    let ci = convs[convs.len() / 2];
+    let (scale, _) = conv_grid(&g, ci).unwrap();
+    insert_after_conv(&mut tight, ci, subq_ir::Op::Clip { min: 0.0, max: 100.0 * scale });
+    let clipped = Int8Engine::new(&tight).unwrap();
+    assert_eq!(clipped.integer_steps(), engine.integer_steps());
+    let written = Fp32Executor::new(&tight);
+    let step = g.initializers.iter().find(|(k, _)| k.starts_with("logits") && k.ends_with("scale")).map(|(_, t)| t.to_f32_vec()[0]).unwrap();
+    let per = x.len() / shape[0];
+    let mut moved = false;
+    for i in 0..2 {
+        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+        let want = engine.run(input.clone()).unwrap().remove(0);
+        let got = fused.run(input.clone()).unwrap().remove(0);
+        assert_eq!(got.as_f32().unwrap(), want.as_f32().unwrap(), "image {i}");
+        let c = clipped.run(input.clone()).unwrap().remove(0);
+        let w = written.run(vec![input]).unwrap().remove(0);
+        moved |= c.as_f32().unwrap() != want.as_f32().unwrap();
+        let far = c.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).map(|(a, b)| (a - b).abs() / step).fold(0f32, f32::max);
+        assert!(far <= 8.0, "image {i}: {far} steps from the written semantics");
+    }
+    assert!(moved, "a clip inside the grid changed nothing");
+}
+
 /// The profiled run gives the same outputs as the plain one, one time per step, and labels
 /// every step (`subq bench --profile`).
 #[test]
