@@ -327,6 +327,20 @@ proptest! {
         q8::requantize_u8(&x, zp, r, zo, lo, hi, &mut got);
         prop_assert_eq!(got, want);
     }
+
+    /// Same grid in and out (multiplier 1, equal zero-points: a clamp) and one zero-point off
+    /// (a shift by one step, not a clamp).
+    #[test]
+    fn requantize_on_one_grid_matches_reference(n in 0usize..2000, zp in 0i32..=255, lo in 0i32..=100, hi in 150i32..=255, off in 0i32..=1, seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let x = rng.bytes(n, false);
+        let r = Requant::new(1.0);
+        let zo = (zp + off).min(255);
+        let (mut want, mut got) = (vec![0u8; n], vec![0u8; n]);
+        q8::requantize_u8_reference(&x, zp, r, zo, lo, hi, &mut want);
+        q8::requantize_u8(&x, zp, r, zo, lo, hi, &mut got);
+        prop_assert_eq!(got, want);
+    }
 }
 
 /// The reference output stage of one channel (the single-part conv's epilogue, then the cap).

@@ -597,6 +597,32 @@ impl Int8Engine {
                 }
             }
         }
+        // A clamp on a conv's own grid right after it (an activation kept between two
+        // QuantizeLinears of one grid, Conv → Q → DQ → Clip → Q, as files that keep their
+        // activations have it) joins the conv's output stage: it clamps the same bytes.
+        let graph_outputs: Vec<usize> = g.outputs.iter().map(|o| lw.slot(o)).collect();
+        let mut i = 0;
+        while i < steps.len() {
+            let clamp = match &steps[i] {
+                Step::Requantize { input, output, zp_in, requant, out, qmin, qmax, shape: None } if requant.shift < 63 && requant.multiplier == 1 << requant.shift && *zp_in == out.zp => Some((*input, *output, *qmin, *qmax)),
+                _ => None,
+            };
+            let producer = clamp.and_then(|(input, ..)| {
+                let readers = steps.iter().filter(|st| st.inputs().contains(&input)).count();
+                let conv = steps[..i].iter().rposition(|st| matches!(st, Step::Conv { output, .. } if *output == input))?;
+                (readers == 1 && !graph_outputs.contains(&input)).then_some(conv)
+            });
+            if let (Some((_, to, lo, hi)), Some(c)) = (clamp, producer) {
+                if let Step::Conv { output, qmin, qmax, .. } = &mut steps[c] {
+                    *output = to;
+                    *qmin = (*qmin).max(lo);
+                    *qmax = (*qmax).min(hi);
+                }
+                steps.remove(i);
+                continue;
+            }
+            i += 1;
+        }
         // Float output stages, now that every conv's cap is known (`None` where not provably exact).
         for st in &mut steps {
             if let Step::Conv { parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = st {

@@ -64,6 +64,25 @@ fn insert_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
     g.nodes.insert(ci + 1, subq_ir::Node { name, op, inputs: vec![pre], outputs: vec![out] });
 }
 
+/// Insert Q → DQ (on the grid of the conv's QuantizeLinear) → `op` between conv `ci` and that
+/// QuantizeLinear: the form of files that keep their activations between two QuantizeLinears.
+fn insert_qdq_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
+    let out = g.nodes[ci].outputs[0].clone();
+    let q = g.nodes.iter().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. }) && n.inputs[0] == out).unwrap().clone();
+    let (scale, zp) = (q.inputs[1].clone(), q.inputs[2].clone());
+    insert_after_conv(g, ci, op);
+    let pre = g.nodes[ci].outputs[0].clone();
+    let (quantized, dequantized) = (g.fresh_name(&format!("{pre}_q")), g.fresh_name(&format!("{pre}_dq")));
+    g.shapes.insert(quantized.clone(), g.shapes[&pre].clone());
+    g.dtypes.insert(quantized.clone(), g.dtypes[&zp]);
+    g.shapes.insert(dequantized.clone(), g.shapes[&pre].clone());
+    g.dtypes.insert(dequantized.clone(), g.dtypes[&pre]);
+    let name = g.nodes[ci].name.clone();
+    g.nodes[ci + 1].inputs[0] = dequantized.clone();
+    g.nodes.insert(ci + 1, subq_ir::Node { name: format!("{name}_dq"), op: subq_ir::Op::DequantizeLinear { axis: 1 }, inputs: vec![quantized.clone(), scale.clone(), zp.clone()], outputs: vec![dequantized] });
+    g.nodes.insert(ci + 1, subq_ir::Node { name: format!("{name}_q"), op: subq_ir::Op::QuantizeLinear { axis: 1 }, inputs: vec![pre, scale, zp], outputs: vec![quantized] });
+}
+
 /// The QuantizeLinear reading conv `ci`'s output, with its grid (scale, zero-point).
 fn conv_grid(g: &subq_ir::Graph, ci: usize) -> Option<(f32, u8)> {
     let out = &g.nodes[ci].outputs[0];
@@ -74,7 +93,8 @@ fn conv_grid(g: &subq_ir::Graph, ci: usize) -> Option<(f32, u8)> {
 }
 
 /// QDQ files from other tools often keep the activation between a conv and its
-/// QuantizeLinear. The engine fuses it into the conv's output stage: as many integer steps, no
+/// QuantizeLinear, directly or between two QuantizeLinears of one grid. The engine fuses it
+/// into the conv's output stage: as many integer steps, no
 /// float op, and, where the clamp is the grid's own (a Relu into a grid starting at 0, a
 /// Clip(0, m) with m at the grid's top or past it), the same bytes as the file without it. A
 /// clip inside the grid clamps there and stays close to the file's written semantics.
@@ -98,6 +118,19 @@ fn activation_between_conv_and_quantize_is_fused() {
     let fused = Int8Engine::new(&same).unwrap();
     assert_eq!(fused.integer_steps(), engine.integer_steps());
     assert_eq!(fused.float_ops(), engine.float_ops());
+    // The same activations kept between two QuantizeLinears of one grid: the clamp between
+    // them joins the conv too (no requantizing pass over the activation).
+    let mut twice = g.clone();
+    for (k, &ci) in convs.iter().enumerate().rev() {
+        let (scale, _) = conv_grid(&g, ci).unwrap();
+        let op = if k % 2 == 0 { subq_ir::Op::Relu } else { subq_ir::Op::Clip { min: 0.0, max: 255.0 * scale } };
+        insert_qdq_after_conv(&mut twice, ci, op);
+    }
+    twice.validate().unwrap();
+    let merged = Int8Engine::new(&twice).unwrap();
+    assert_eq!(merged.integer_steps(), engine.integer_steps());
+    let regrids = |e: &Int8Engine| e.step_labels().iter().filter(|(kind, _)| kind == "requantize/copy").count();
+    assert_eq!(regrids(&merged), regrids(&engine), "a clamp was left as its own step");
     // One clip inside its grid: the conv's outputs are capped at the clip.
     let mut tight = g.clone();
     let ci = convs[convs.len() / 2];
@@ -105,6 +138,11 @@ fn activation_between_conv_and_quantize_is_fused() {
     insert_after_conv(&mut tight, ci, subq_ir::Op::Clip { min: 0.0, max: 100.0 * scale });
     let clipped = Int8Engine::new(&tight).unwrap();
     assert_eq!(clipped.integer_steps(), engine.integer_steps());
+    // The same clip between two QuantizeLinears of the conv's grid means the same bytes.
+    let mut tight_twice = g.clone();
+    insert_qdq_after_conv(&mut tight_twice, ci, subq_ir::Op::Clip { min: 0.0, max: 100.0 * scale });
+    let clipped_twice = Int8Engine::new(&tight_twice).unwrap();
+    assert_eq!(clipped_twice.integer_steps(), engine.integer_steps());
     let written = Fp32Executor::new(&tight);
     let step = g.initializers.iter().find(|(k, _)| k.starts_with("logits") && k.ends_with("scale")).map(|(_, t)| t.to_f32_vec()[0]).unwrap();
     let per = x.len() / shape[0];
@@ -114,7 +152,10 @@ fn activation_between_conv_and_quantize_is_fused() {
         let want = engine.run(input.clone()).unwrap().remove(0);
         let got = fused.run(input.clone()).unwrap().remove(0);
         assert_eq!(got.as_f32().unwrap(), want.as_f32().unwrap(), "image {i}");
+        let got = merged.run(input.clone()).unwrap().remove(0);
+        assert_eq!(got.as_f32().unwrap(), want.as_f32().unwrap(), "image {i}, kept between two QuantizeLinears");
         let c = clipped.run(input.clone()).unwrap().remove(0);
+        assert_eq!(clipped_twice.run(input.clone()).unwrap().remove(0).as_f32().unwrap(), c.as_f32().unwrap(), "image {i}, clip between two QuantizeLinears");
         let w = written.run(vec![input]).unwrap().remove(0);
         moved |= c.as_f32().unwrap() != want.as_f32().unwrap();
         let far = c.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).map(|(a, b)| (a - b).abs() / step).fold(0f32, f32::max);

@@ -120,6 +120,16 @@ pub fn requantize_u8(input: &[u8], zp_in: i32, r: Requant, zo: i32, qmin: i32, q
     let all: [u8; 256] = std::array::from_fn(|i| i as u8);
     let mut lut = [0u8; 256];
     super::requantize_u8_reference(&all, zp_in, r, zo, qmin, qmax, &mut lut);
+    // Same grid on both sides (an activation kept between two QuantizeLinears of one grid, as
+    // files that keep their Relu/Clip have it): the table is a clamp, which vectorizes; a
+    // byte-table lookup does not (one load and store per byte).
+    let (lo, hi) = (lut[0], lut[255]);
+    if all.iter().zip(&lut).all(|(&x, &v)| v == x.clamp(lo, hi)) {
+        for (o, &x) in out.iter_mut().zip(input) {
+            *o = x.clamp(lo, hi);
+        }
+        return;
+    }
     for (o, &x) in out.iter_mut().zip(input) {
         *o = lut[x as usize];
     }
