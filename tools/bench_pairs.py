@@ -5,6 +5,11 @@
     $PY tools/bench_pairs.py --subq target/release/subq \
         --pair SUBQ_MODEL.onnx ORT_MODEL.onnx [--pair ...] [--rounds 15] [--runs 40] [--json]
 
+With `--against ort-exact`, ONNX Runtime runs with `session.x64quantprecision`: its u8×s8
+kernels then stay exact where the weights leave [-64, 63], as subq's always do. Its default path
+on AVX2 CPUs without VNNI uses `vpmaddubsw`, whose 16-bit pair sums saturate, so it computes
+something else than the file says.
+
 With `--against subq`, the second file of each pair is timed by subq too: the overhead of one
 export over another (e.g. subtensor over plain per-tensor) on our own engine, with the same
 pairing.
@@ -59,8 +64,9 @@ def main():
     ap.add_argument("--runs", type=int, default=40, help="timed runs per block (default 40)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs before each block (default 5)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--against", choices=["ort", "subq"], default="ort",
-                    help="engine that times the second file of each pair (default ort)")
+    ap.add_argument("--against", choices=["ort", "ort-exact", "subq"], default="ort",
+                    help="engine that times the second file of each pair (default ort; ort-exact: ORT with "
+                         "session.x64quantprecision, its non-saturating u8s8 path, see tools/ort_bench.py)")
     ap.add_argument("--json", action="store_true", help="print a JSON list (one object per pair)")
     a = ap.parse_args()
     if a.rounds < 1 or a.runs < 1 or a.warmup < 0 or a.threads < 1:
@@ -72,8 +78,8 @@ def main():
 
     results = []
     for s_model, o_model in a.pair:
-        if a.against == "ort":
-            sess = ort_bench.make_session(o_model, a.threads, "default")
+        if a.against in ("ort", "ort-exact"):
+            sess = ort_bench.make_session(o_model, a.threads, "default", exact=a.against == "ort-exact")
             feeds = ort_bench.random_feeds(sess, np.random.default_rng(0x5EED))
             other = lambda: ort_median(sess, feeds, a.runs, a.warmup)  # noqa: E731
         else:
@@ -105,7 +111,7 @@ def main():
         json.dump(results, sys.stdout, indent=2)
         print()
         return
-    other = "ORT" if a.against == "ort" else "subq"
+    other = {"ort": "ORT", "ort-exact": "ORT exact", "subq": "subq"}[a.against]
     print(f"| subq file | {other} file | subq ms | {other} ms | ratio (median of rounds) | middle half | min–max |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in results:
@@ -114,7 +120,9 @@ def main():
               f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} |")
     print()
     print(f"{a.rounds} alternating rounds per pair, {a.runs} timed runs per block after {a.warmup} warm-up, batch 1, "
-          f"{a.threads} thread(s); " + (f"ONNX Runtime {ort_bench.ort.__version__} CPU, default optimizations; " if a.against == "ort" else "both files on subq; ")
+          f"{a.threads} thread(s); " + (f"ONNX Runtime {ort_bench.ort.__version__} CPU, default optimizations"
+                                        + (", session.x64quantprecision (exact u8s8)" if a.against == "ort-exact" else "") + "; "
+                                        if a.against != "subq" else "both files on subq; ")
           + f"{os.cpu_count()} cores.")
 
 

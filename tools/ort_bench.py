@@ -2,7 +2,7 @@
 """ONNX Runtime CPU latency of ONNX models, for comparison with `subq bench`.
 
     python tools/ort_bench.py MODEL.onnx [MODEL2.onnx ...] --runs 200 --warmup 20 --threads 1 \
-        [--opt default|disable] [--json]
+        [--opt default|disable] [--exact] [--json]
 
 Each model gets a batch-1 random input of its input shape (symbolic dimensions → 1), drawn
 uniformly from [-1, 1) like subq's. The session uses intra_op_num_threads=--threads,
@@ -31,8 +31,14 @@ DTYPES = {
 }
 
 
-def make_session(path, threads, opt):
+def make_session(path, threads, opt, exact=False):
+    """`exact`: ORT's session.x64quantprecision. Without VNNI, ORT's default u8×s8 kernels use
+    vpmaddubsw, whose 16-bit pair sums saturate: fast, but not the file's arithmetic (BENCHMARKS.md,
+    "ONNX Runtime's fused integer path on this CPU"). With it, ORT keeps exact products where the
+    weights leave [-64, 63], as subq's kernels always do."""
     so = ort.SessionOptions()
+    if exact:
+        so.add_session_config_entry("session.x64quantprecision", "1")
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -80,14 +86,14 @@ def time_runs(sess, feeds, runs, warmup):
     return times
 
 
-def bench(path, runs, warmup, threads, opt):
-    sess = make_session(path, threads, opt)
+def bench(path, runs, warmup, threads, opt, exact=False):
+    sess = make_session(path, threads, opt, exact)
     feeds = random_feeds(sess, np.random.default_rng(0x5EED))
     times = time_runs(sess, feeds, runs, warmup)
     median = float(np.percentile(times, 50))
     return {
         "model": path,
-        "engine": f"onnxruntime {ort.__version__} CPU (opt={opt})",
+        "engine": f"onnxruntime {ort.__version__} CPU (opt={opt}{', exact u8s8' if exact else ''})",
         "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
         "threads": threads,
         "warmup": warmup,
@@ -108,6 +114,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--opt", choices=["default", "disable"], default="default", help="ORT graph optimizations (default: all)")
+    ap.add_argument("--exact", action="store_true",
+                    help="ORT's exact u8s8 path (session.x64quantprecision); without it, AVX2 CPUs without VNNI saturate")
     ap.add_argument("--json", action="store_true", help="print a JSON list (one object per model) on stdout")
     a = ap.parse_args()
     if a.runs < 1 or a.warmup < 0 or a.threads < 1:
@@ -118,7 +126,7 @@ def main():
 
     results = []
     for m in a.models:
-        r = bench(m, a.runs, a.warmup, a.threads, a.opt)
+        r = bench(m, a.runs, a.warmup, a.threads, a.opt, a.exact)
         results.append(r)
         if not a.json:
             print(
