@@ -50,11 +50,13 @@ SUBQ="$ROOT/target/release/subq"
 median_of() { "$PY" -c 'import json,sys; d=json.load(sys.stdin); d=d[0] if isinstance(d,list) else d; print("%.2f" % d["median_ms"])'; }
 
 ort_version="$("$PY" -c 'import onnxruntime; print(onnxruntime.__version__)')"
-table="| model | subq median ms | ORT median ms | ratio subq/ORT |
-| --- | ---: | ---: | ---: |"
+# int8 rows also time ORT's exact u8s8 path (session.x64quantprecision): its default path
+# saturates on AVX2 CPUs without VNNI and computes something else than the file says.
+table="| model | subq median ms | ORT median ms | ratio subq/ORT | ORT exact ms | ratio subq/ORT exact |
+| --- | ---: | ---: | ---: | ---: | ---: |"
 for row in "${ROWS[@]}"; do
     IFS='|' read -r label subq_model ort_model <<<"$row"
-    s="—"; o="—"; r="—"
+    s="—"; o="—"; r="—"; oe="—"; re="—"
     if [[ "$subq_model" != "-" ]]; then
         log "subq bench $subq_model"
         s="$("$SUBQ" bench --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" --model "$subq_model" --json | median_of)"
@@ -63,10 +65,17 @@ for row in "${ROWS[@]}"; do
         log "ort_bench $ort_model"
         o="$("$PY" tools/ort_bench.py "$ort_model" --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" --json | median_of)"
     fi
+    if [[ "$ort_model" != "-" && "$label" == *int8* ]]; then
+        log "ort_bench --exact $ort_model"
+        oe="$("$PY" tools/ort_bench.py "$ort_model" --exact --threads "$THREADS" --runs "$RUNS" --warmup "$WARMUP" --json | median_of)"
+    fi
     if [[ "$s" != "—" && "$o" != "—" ]]; then
         r="$("$PY" -c "print('%.2f' % ($s / $o))")"
     fi
-    table+=$'\n'"| $label | $s | $o | $r |"
+    if [[ "$s" != "—" && "$oe" != "—" ]]; then
+        re="$("$PY" -c "print('%.2f' % ($s / $oe))")"
+    fi
+    table+=$'\n'"| $label | $s | $o | $r | $oe | $re |"
 done
 
 echo "$table"
