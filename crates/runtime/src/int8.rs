@@ -319,6 +319,21 @@ impl<'g> Lowering<'g> {
         }
     }
 
+    /// The nodes one conv step replaces when `after` (a bound or an activation) follows it:
+    /// the conv parts, `after`, and the Adds that sum a split's parts.
+    fn covered_after_conv(&self, parts: &[&'g Node], after: &'g Node) -> Vec<&'g Node> {
+        let mut covered: Vec<&Node> = parts.to_vec();
+        covered.push(after);
+        let mut frontier: Vec<&Node> = self.producer(&after.inputs[0]).into_iter().collect();
+        while let Some(a) = frontier.pop() {
+            if matches!(a.op, Op::Add) {
+                covered.push(a);
+                frontier.extend(a.inputs.iter().filter_map(|i| self.producer(i)));
+            }
+        }
+        covered
+    }
+
     fn build_conv(&self, parts: &[&'g Node], out: Grid) -> Option<(&'g str, Step)> {
         let mut lowered = Vec::new();
         for n in parts {
@@ -415,15 +430,7 @@ impl Int8Engine {
                             return None;
                         }
                         channel_bounds.insert(qi, bound.iter().map(|&b| q_of(out, b) as u8).collect());
-                        let mut covered: Vec<&Node> = parts.clone();
-                        covered.push(p);
-                        let mut frontier: Vec<&Node> = lw.producer(&p.inputs[0]).into_iter().collect();
-                        while let Some(a) = frontier.pop() {
-                            if matches!(a.op, Op::Add) {
-                                covered.push(a);
-                                frontier.extend(a.inputs.iter().filter_map(|i| lw.producer(i)));
-                            }
-                        }
+                        let covered = lw.covered_after_conv(&parts, p);
                         Some((vec![src], covered, step))
                     })
                 }
@@ -447,15 +454,7 @@ impl Int8Engine {
                                 *qmax = q_of(out, hi);
                             }
                         }
-                        let mut covered: Vec<&Node> = parts.clone();
-                        covered.push(p);
-                        let mut frontier: Vec<&Node> = lw.producer(&p.inputs[0]).into_iter().collect();
-                        while let Some(a) = frontier.pop() {
-                            if matches!(a.op, Op::Add) {
-                                covered.push(a);
-                                frontier.extend(a.inputs.iter().filter_map(|i| lw.producer(i)));
-                            }
-                        }
+                        let covered = lw.covered_after_conv(&parts, p);
                         (vec![src], covered, step)
                     })
                 }
