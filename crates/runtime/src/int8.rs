@@ -44,7 +44,8 @@ enum Step {
     /// accumulators, then `y = scale[c]·(acc + bias_q[c])` with `scale = s_in·s_w[c]`, i.e. the
     /// written semantics (dequantized inputs and int32 bias) without rounding to a grid.
     ConvDequant { input: usize, output: usize, zp_in: i32, part: ConvPart, scale: Vec<f64>, bias: Vec<f64>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
-    Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid },
+    /// `qmin`/`qmax`: a Relu/Clip after the add, fused (else the whole grid).
+    Add { a: usize, b: usize, output: usize, za: i32, zb: i32, ma: i64, mb: i64, shift: u32, out: Grid, qmin: i32, qmax: i32 },
     GlobalAvgPool { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid },
     /// Relu/Clip/Flatten/Reshape/Identity on quantized data: regrid (or copy) and clamp.
     Requantize { input: usize, output: usize, zp_in: i32, requant: Requant, out: Grid, qmin: i32, qmax: i32, shape: Option<Vec<usize>> },
@@ -319,6 +320,16 @@ impl<'g> Lowering<'g> {
         }
     }
 
+    /// An Add of two quantized activations of one shape, requantized onto `out` (sources, step).
+    fn quantized_add(&self, add: &'g Node, out: Grid) -> Option<(Vec<&'g str>, Step)> {
+        let ((a, ga), (b, gb)) = (self.activation_dq(&add.inputs[0])?, self.activation_dq(&add.inputs[1])?);
+        if self.g.shape(&add.inputs[0]) != self.g.shape(&add.inputs[1]) {
+            return None;
+        }
+        let (ms, shift) = Requant::common(&[ga.scale as f64 / out.scale as f64, gb.scale as f64 / out.scale as f64]);
+        Some((vec![a, b], Step::Add { a: 0, b: 0, output: 0, za: ga.zp, zb: gb.zp, ma: ms[0].multiplier, mb: ms[1].multiplier, shift, out, qmin: 0, qmax: 255 }))
+    }
+
     /// The nodes one conv step replaces when `after` (a bound or an activation) follows it:
     /// the conv parts, `after`, and the Adds that sum a split's parts.
     fn covered_after_conv(&self, parts: &[&'g Node], after: &'g Node) -> Vec<&'g Node> {
@@ -458,14 +469,25 @@ impl Int8Engine {
                         (vec![src], covered, step)
                     })
                 }
-                Op::Add => {
-                    match (lw.activation_dq(&p.inputs[0]), lw.activation_dq(&p.inputs[1])) {
-                        (Some((a, ga)), Some((b, gb))) if g.shape(&p.inputs[0]) == g.shape(&p.inputs[1]) => {
-                            let (ms, shift) = Requant::common(&[ga.scale as f64 / out.scale as f64, gb.scale as f64 / out.scale as f64]);
-                            Some((vec![a, b], vec![p], Step::Add { a: 0, b: 0, output: 0, za: ga.zp, zb: gb.zp, ma: ms[0].multiplier, mb: ms[1].multiplier, shift, out }))
+                Op::Add => lw.quantized_add(p, out).map(|step| (step.0, vec![p], step.1)),
+                // The same for a residual add (Add → Relu/Clip → QuantizeLinear).
+                Op::Relu | Op::Clip { .. } if lw.producer(&p.inputs[0]).is_some_and(|a| matches!(a.op, Op::Add) && lw.sole_reader(&p.inputs[0], p)) => {
+                    let add = lw.producer(&p.inputs[0]).expect("checked");
+                    let (lo, hi) = match p.op {
+                        Op::Clip { min, max } => (min, max),
+                        _ => (0.0, f32::INFINITY),
+                    };
+                    lw.quantized_add(add, out).map(|(srcs, mut step)| {
+                        if let Step::Add { qmin, qmax, .. } = &mut step {
+                            if lo.is_finite() {
+                                *qmin = q_of(out, lo);
+                            }
+                            if hi.is_finite() {
+                                *qmax = q_of(out, hi);
+                            }
                         }
-                        _ => None,
-                    }
+                        (srcs, vec![add, p], step)
+                    })
                 }
                 Op::GlobalAveragePool => lw.activation_dq(&p.inputs[0]).and_then(|(a, ga)| {
                     let shape = g.shape(&p.inputs[0])?;
@@ -596,9 +618,9 @@ impl Int8Engine {
                 }
             }
         }
-        // A clamp on a conv's own grid right after it (an activation kept between two
-        // QuantizeLinears of one grid, Conv → Q → DQ → Clip → Q, as files that keep their
-        // activations have it) joins the conv's output stage: it clamps the same bytes.
+        // A clamp on a conv's (or an add's) own grid right after it (an activation kept between
+        // two QuantizeLinears of one grid, Conv → Q → DQ → Clip → Q, as files that keep their
+        // activations have it) joins its output stage: it clamps the same bytes.
         let graph_outputs: Vec<usize> = g.outputs.iter().map(|o| lw.slot(o)).collect();
         let mut i = 0;
         while i < steps.len() {
@@ -608,11 +630,11 @@ impl Int8Engine {
             };
             let producer = clamp.and_then(|(input, ..)| {
                 let readers = steps.iter().filter(|st| st.inputs().contains(&input)).count();
-                let conv = steps[..i].iter().rposition(|st| matches!(st, Step::Conv { output, .. } if *output == input))?;
-                (readers == 1 && !graph_outputs.contains(&input)).then_some(conv)
+                let producer = steps[..i].iter().rposition(|st| matches!(st, Step::Conv { output, .. } | Step::Add { output, .. } if *output == input))?;
+                (readers == 1 && !graph_outputs.contains(&input)).then_some(producer)
             });
             if let (Some((_, to, lo, hi)), Some(c)) = (clamp, producer) {
-                if let Step::Conv { output, qmin, qmax, .. } = &mut steps[c] {
+                if let Step::Conv { output, qmin, qmax, .. } | Step::Add { output, qmin, qmax, .. } = &mut steps[c] {
                     *output = to;
                     *qmin = (*qmin).max(lo);
                     *qmax = (*qmax).min(hi);
@@ -748,12 +770,12 @@ impl Int8Engine {
                     s.extend_from_slice(out_shape_per_image);
                     st.vals[*output] = Some(Value::F(Tensor::f32(s, y).map_err(|e| RuntimeError::Other(e.to_string()))?));
                 }
-                Step::Add { a, b, output, za, zb, ma, mb, shift, out } => {
+                Step::Add { a, b, output, za, zb, ma, mb, shift, out, qmin, qmax } => {
                     let (Some(Value::Q { shape, data: da }), Some(Value::Q { .. })) = (&st.vals[*a], &st.vals[*b]) else { return Err(RuntimeError::Other("add inputs are not quantized".into())) };
                     let (shape, n) = (shape.clone(), da.len());
                     let mut o = st.buffer(n);
                     let (Some(Value::Q { data: da, .. }), Some(Value::Q { data: db, .. })) = (&st.vals[*a], &st.vals[*b]) else { unreachable!() };
-                    q8::add_q8(da, *za, *ma, db, *zb, *mb, *shift, out.zp, 0, 255, &mut o);
+                    q8::add_q8(da, *za, *ma, db, *zb, *mb, *shift, out.zp, *qmin, *qmax, &mut o);
                     st.vals[*output] = Some(Value::Q { shape, data: o });
                 }
                 Step::GlobalAvgPool { input, output, zp_in, requant, out } => {

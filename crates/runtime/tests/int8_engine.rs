@@ -52,8 +52,8 @@ fn runs_onnxruntime_qdq_files() {
     }
 }
 
-/// Insert `op` between conv `ci` and its QuantizeLinear (the form other tools write:
-/// Conv → Relu/Clip → QuantizeLinear).
+/// Insert `op` between node `ci` (a conv or an add) and its QuantizeLinear (the form other tools
+/// write: Conv → Relu/Clip → QuantizeLinear).
 fn insert_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
     let out = g.nodes[ci].outputs[0].clone();
     let pre = g.fresh_name(&format!("{out}_pre"));
@@ -83,7 +83,7 @@ fn insert_qdq_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
     g.nodes.insert(ci + 1, subq_ir::Node { name: format!("{name}_q"), op: subq_ir::Op::QuantizeLinear { axis: 1 }, inputs: vec![pre, scale, zp], outputs: vec![quantized] });
 }
 
-/// The QuantizeLinear reading conv `ci`'s output, with its grid (scale, zero-point).
+/// The QuantizeLinear reading node `ci`'s output, with its grid (scale, zero-point).
 fn conv_grid(g: &subq_ir::Graph, ci: usize) -> Option<(f32, u8)> {
     let out = &g.nodes[ci].outputs[0];
     let q = g.nodes.iter().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. }) && n.inputs[0] == *out)?;
@@ -162,6 +162,47 @@ fn activation_between_conv_and_quantize_is_fused() {
         assert!(far <= 8.0, "image {i}: {far} steps from the written semantics");
     }
     assert!(moved, "a clip inside the grid changed nothing");
+}
+
+/// A Relu kept after a residual Add, directly (Add → Relu → Q) or between two QuantizeLinears
+/// of one grid (Add → Q → DQ → Relu → Q), joins the integer add: as many integer steps as
+/// without it, no float op, the same bytes both ways, close to the written semantics, and the
+/// outputs do change (the residual sums go below zero).
+#[test]
+fn activation_after_a_residual_add_is_fused() {
+    let model = "mobilenetv2_1.0_160_dogs";
+    let (shape, x) = read_npy(&assets().join(format!("reference/{model}.inputs.npy")));
+    let g = load_model(&assets().join(format!("models/{model}.ort_qdq_per_channel.onnx")), &ImportOptions::default()).unwrap();
+    let engine = Int8Engine::new(&g).unwrap();
+    let adds: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i].op, subq_ir::Op::Add) && conv_grid(&g, i).is_some()).collect();
+    assert!(adds.len() >= 5, "only {} residual adds", adds.len());
+    let (mut direct, mut twice) = (g.clone(), g.clone());
+    for &ai in adds.iter().rev() {
+        insert_after_conv(&mut direct, ai, subq_ir::Op::Relu);
+        insert_qdq_after_conv(&mut twice, ai, subq_ir::Op::Relu);
+    }
+    direct.validate().unwrap();
+    twice.validate().unwrap();
+    let (fused, merged) = (Int8Engine::new(&direct).unwrap(), Int8Engine::new(&twice).unwrap());
+    for e in [&fused, &merged] {
+        assert_eq!(e.integer_steps(), engine.integer_steps());
+        assert_eq!(e.float_ops(), engine.float_ops());
+    }
+    let written = Fp32Executor::new(&direct);
+    let step = g.initializers.iter().find(|(k, _)| k.starts_with("logits") && k.ends_with("scale")).map(|(_, t)| t.to_f32_vec()[0]).unwrap();
+    let per = x.len() / shape[0];
+    let mut moved = false;
+    for i in 0..2 {
+        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+        let a = fused.run(input.clone()).unwrap().remove(0);
+        let b = merged.run(input.clone()).unwrap().remove(0);
+        assert_eq!(a.as_f32().unwrap(), b.as_f32().unwrap(), "image {i}");
+        moved |= a.as_f32().unwrap() != engine.run(input.clone()).unwrap().remove(0).as_f32().unwrap();
+        let w = written.run(vec![input]).unwrap().remove(0);
+        let far = a.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).map(|(p, q)| (p - q).abs() / step).fold(0f32, f32::max);
+        assert!(far <= 8.0, "image {i}: {far} steps from the written semantics");
+    }
+    assert!(moved, "a Relu after the residual adds changed nothing");
 }
 
 /// The profiled run gives the same outputs as the plain one, one time per step, and labels
