@@ -44,7 +44,7 @@ pub fn import_model(bytes: &[u8], path: &Path, opts: &ImportOptions) -> Result<G
     if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
         return Err(OnnxError::Opset { path, opset });
     }
-    let mut imp = Importer { path: path.clone(), opset, g: Graph { opset, ..Default::default() } };
+    let mut imp = Importer { path: path.clone(), opset, g: Graph { opset, ..Default::default() }, quantized: Default::default() };
     imp.g.name = gp.name.clone();
     for t in &gp.initializer {
         let tensor = imp.tensor(t)?;
@@ -81,6 +81,10 @@ struct Importer {
     path: PathBuf,
     opset: i64,
     g: Graph,
+    /// Values that hold quantized data (a QuantizeLinear output) → their (scale, zero-point)
+    /// names: a shape op or max pool reading one runs between a DequantizeLinear and a
+    /// QuantizeLinear on that grid (see [`Importer::qoperator`]).
+    quantized: std::collections::HashMap<String, (String, String)>,
 }
 
 fn le_chunks<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
@@ -183,6 +187,17 @@ impl Importer {
 
     fn node(&mut self, n: &NodeProto) -> Result<(), OnnxError> {
         let name = if n.name.is_empty() { format!("{}_{}", n.op_type, n.output.first().cloned().unwrap_or_default()) } else { n.name.clone() };
+        if let Some(expanded) = self.qoperator(n, &name)? {
+            for e in &expanded {
+                self.node(e)?;
+            }
+            return Ok(());
+        }
+        if n.op_type == "QuantizeLinear" && n.input.len() >= 2 {
+            if let Some(out) = n.output.first() {
+                self.quantized.insert(out.clone(), (n.input[1].clone(), n.input.get(2).cloned().unwrap_or_default()));
+            }
+        }
         let node_err = |reason: String| OnnxError::Node { path: self.path.clone(), node: name.clone(), op_type: n.op_type.clone(), opset: self.opset, reason };
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(OnnxError::UnsupportedOp { path: self.path.clone(), node: name, op_type: n.op_type.clone(), domain: format!("{}:", n.domain), opset: self.opset });
@@ -390,6 +405,128 @@ impl Importer {
         }
         self.g.nodes.push(node);
         Ok(())
+    }
+}
+
+/// A synthetic node of the QOperator expansion.
+fn proto_node(name: String, op_type: &str, input: Vec<String>, output: String, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto { input, output: vec![output], name, op_type: op_type.into(), domain: String::new(), attribute, ..Default::default() }
+}
+
+fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: at::INT, i, ..Default::default() }
+}
+
+impl Importer {
+    /// Operator-format quantized ops (QLinearConv, QLinearMatMul, and ONNX Runtime's
+    /// com.microsoft QLinearAdd, QLinearGlobalAveragePool and QGemm) as the QDQ nodes that mean
+    /// the same: DequantizeLinear on each quantized input, the float op, QuantizeLinear on the
+    /// output grid. Their int32 bias is at scale x_scale·w_scale, as in QDQ files. A shape op or
+    /// max pool on quantized data (Flatten, Reshape, Identity, MaxPool) runs between a
+    /// DequantizeLinear and a QuantizeLinear on its input's grid (exact: these ops only move or
+    /// compare values). The int8 engine then lowers the result like any QDQ file. `None`: not
+    /// such an op.
+    fn qoperator(&mut self, n: &NodeProto, name: &str) -> Result<Option<Vec<NodeProto>>, OnnxError> {
+        let ms = n.domain == "com.microsoft";
+        let onnx = n.domain.is_empty() || n.domain == "ai.onnx";
+        let kind = match n.op_type.as_str() {
+            "QLinearConv" | "QLinearMatMul" if onnx => n.op_type.as_str(),
+            "QLinearAdd" | "QLinearGlobalAveragePool" | "QGemm" if ms => n.op_type.as_str(),
+            "Flatten" | "Reshape" | "Identity" | "MaxPool" if onnx && n.input.first().is_some_and(|i| self.quantized.contains_key(i)) => "shape",
+            _ => return Ok(None),
+        };
+        let (path, opset) = (self.path.clone(), self.opset);
+        let err = |reason: String| OnnxError::Node { path: path.clone(), node: name.to_string(), op_type: n.op_type.clone(), opset, reason };
+        let out = n.output.first().filter(|o| !o.is_empty()).ok_or_else(|| err("no output".into()))?.clone();
+        let input = |i: usize| n.input.get(i).cloned().unwrap_or_default();
+        let mut nodes = Vec::new();
+        // DequantizeLinear of input `x` on (`scale`, `zp`) → its float name.
+        let dq = |nodes: &mut Vec<NodeProto>, x: String, scale: String, zp: String, axis: i64, tag: &str| -> String {
+            let f = format!("{out}_{tag}_dequantized");
+            let mut ins = vec![x, scale];
+            if !zp.is_empty() {
+                ins.push(zp);
+            }
+            nodes.push(proto_node(format!("{name}_{tag}_DequantizeLinear"), "DequantizeLinear", ins, f.clone(), vec![int_attr("axis", axis)]));
+            f
+        };
+        let float_out = format!("{out}_float");
+        // The output grid (scale, zero-point input indices); None: the op's output stays float.
+        let (op_type, float_inputs, attribute, grid) = match kind {
+            "QLinearConv" | "QLinearMatMul" => {
+                let x = dq(&mut nodes, input(0), input(1), input(2), 1, "x");
+                let w = dq(&mut nodes, input(3), input(4), input(5), if kind == "QLinearConv" { 0 } else { 1 }, "w");
+                let mut ins = vec![x, w];
+                if kind == "QLinearConv" && !input(8).is_empty() {
+                    ins.push(self.bias_dq(&mut nodes, &input(8), &input(1), &input(4), &out, name).map_err(err)?);
+                }
+                let op_type = if kind == "QLinearConv" { "Conv" } else { "MatMul" };
+                (op_type, ins, if kind == "QLinearConv" { n.attribute.clone() } else { Vec::new() }, Some((6, 7)))
+            }
+            "QLinearAdd" => {
+                let a = dq(&mut nodes, input(0), input(1), input(2), 1, "a");
+                let b = dq(&mut nodes, input(3), input(4), input(5), 1, "b");
+                ("Add", vec![a, b], Vec::new(), Some((6, 7)))
+            }
+            "QLinearGlobalAveragePool" => {
+                if n.attribute.iter().any(|a| a.name == "channels_last" && a.i != 0) {
+                    return Err(err("channels_last=1 is not supported".into()));
+                }
+                let x = dq(&mut nodes, input(0), input(1), input(2), 1, "x");
+                ("GlobalAveragePool", vec![x], Vec::new(), Some((3, 4)))
+            }
+            "QGemm" => {
+                if n.attribute.iter().any(|a| a.name == "alpha" && a.f != 1.0) {
+                    return Err(err("alpha other than 1 is not supported".into()));
+                }
+                let trans_b = n.attribute.iter().find(|a| a.name == "transB").map_or(0, |a| a.i);
+                let a = dq(&mut nodes, input(0), input(1), input(2), 1, "a");
+                let b = dq(&mut nodes, input(3), input(4), input(5), if trans_b != 0 { 0 } else { 1 }, "b");
+                let mut ins = vec![a, b];
+                if !input(6).is_empty() {
+                    ins.push(self.bias_dq(&mut nodes, &input(6), &input(1), &input(4), &out, name).map_err(err)?);
+                }
+                let attribute = n.attribute.iter().filter(|a| a.name == "transA" || a.name == "transB").cloned().collect();
+                ("Gemm", ins, attribute, (!input(7).is_empty()).then_some((7, 8)))
+            }
+            _ => {
+                let (scale, zp) = self.quantized[&input(0)].clone();
+                let x = dq(&mut nodes, input(0), scale.clone(), zp.clone(), 1, "x");
+                let mut ins = vec![x];
+                ins.extend(n.input.iter().skip(1).cloned());
+                nodes.push(proto_node(name.to_string(), &n.op_type, ins, float_out.clone(), n.attribute.clone()));
+                nodes.push(proto_node(format!("{name}_QuantizeLinear"), "QuantizeLinear", vec![float_out, scale, zp], out, Vec::new()));
+                return Ok(Some(nodes));
+            }
+        };
+        match grid {
+            Some((s, z)) => {
+                nodes.push(proto_node(name.to_string(), op_type, float_inputs, float_out.clone(), attribute));
+                let mut ins = vec![float_out, input(s)];
+                if !input(z).is_empty() {
+                    ins.push(input(z));
+                }
+                nodes.push(proto_node(format!("{name}_QuantizeLinear"), "QuantizeLinear", ins, out, Vec::new()));
+            }
+            None => nodes.push(proto_node(name.to_string(), op_type, float_inputs, out, attribute)),
+        }
+        Ok(Some(nodes))
+    }
+
+    /// DequantizeLinear of an int32 bias at scale `x_scale · w_scale` (per output channel when
+    /// `w_scale` is), zero-point 0; both scales must be constants.
+    fn bias_dq(&mut self, nodes: &mut Vec<NodeProto>, bias: &str, x_scale: &str, w_scale: &str, out: &str, name: &str) -> Result<String, String> {
+        let constant = |v: &str| self.g.initializers.get(v).map(|t| t.to_f32_vec()).ok_or_else(|| format!("scale '{v}' must be a constant to dequantize the bias"));
+        let (xs, ws) = (constant(x_scale)?, constant(w_scale)?);
+        let &[xs] = xs.as_slice() else { return Err(format!("input scale '{x_scale}' must be one value")) };
+        let scales: Vec<f32> = ws.iter().map(|w| xs * w).collect();
+        let shape = if self.g.initializers[w_scale].shape.is_empty() { vec![] } else { vec![scales.len()] };
+        let (s, z) = (format!("{out}_bias_scale"), format!("{out}_bias_zero_point"));
+        self.g.initializers.insert(s.clone(), Tensor::new(shape.clone(), TensorData::F32(scales.clone())).map_err(|e| e.to_string())?);
+        self.g.initializers.insert(z.clone(), Tensor::new(shape, TensorData::I32(vec![0; scales.len()])).map_err(|e| e.to_string())?);
+        let f = format!("{out}_bias_dequantized");
+        nodes.push(proto_node(format!("{name}_bias_DequantizeLinear"), "DequantizeLinear", vec![bias.to_string(), s, z], f.clone(), vec![int_attr("axis", 0)]));
+        Ok(f)
     }
 }
 

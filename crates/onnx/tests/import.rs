@@ -709,3 +709,29 @@ fn zero_sized_conv_weight_is_an_error_not_a_panic() {
     let (_, msg) = import_err(&m);
     assert!(msg.contains("'conv'"), "{msg}");
 }
+
+/// Operator-format ops whose quantization cannot be expressed as QDQ here are refused with the
+/// node, the op and the reason: a bias whose input scale is not a constant, a channels-last
+/// average pool.
+#[test]
+fn operator_format_ops_that_cannot_become_qdq_name_node_and_reason() {
+    let u8_scalar = |name: &str, v: u8| TensorProto { name: name.into(), data_type: dt::UINT8, raw_data: vec![v], ..Default::default() };
+    let i8_w = TensorProto { name: "w".into(), data_type: dt::INT8, dims: vec![2, 1, 1, 1], raw_data: vec![3, 250], ..Default::default() };
+    let i32_b = TensorProto { name: "b".into(), data_type: dt::INT32, dims: vec![2], raw_data: [5i32, -7].iter().flat_map(|v| v.to_le_bytes()).collect(), ..Default::default() };
+    let inits = vec![f32_raw("ws", &[], &[0.01]), f32_raw("ys", &[], &[0.05]), u8_scalar("zp", 128), u8_scalar("yzp", 0), i8_w, i32_b, TensorProto { name: "wzp".into(), data_type: dt::INT8, raw_data: vec![0], ..Default::default() }];
+    // The input scale comes from a graph input, not a constant.
+    let nodes = vec![
+        node("QuantizeLinear", "q", &["x", "xs", "zp"], &["xq"], vec![]),
+        node("QLinearConv", "stem_qconv", &["xq", "xs", "zp", "w", "ws", "wzp", "ys", "yzp", "b"], &["y"], vec![]),
+    ];
+    let m = model(13, nodes, inits.clone(), vec![f32_vi("x", &[1, 1, 4, 4]), f32_vi("xs", &[])], vec![f32_vi("y", &[])]);
+    let (e, msg) = import_err(&m);
+    assert!(matches!(e, OnnxError::Node { .. }), "{e:?}");
+    assert!(msg.contains("stem_qconv") && msg.contains("QLinearConv") && msg.contains("'xs' must be a constant"), "{msg}");
+    let nodes = vec![
+        node("QuantizeLinear", "q", &["x", "ws", "zp"], &["xq"], vec![]),
+        NodeProto { domain: "com.microsoft".into(), ..node("QLinearGlobalAveragePool", "head_pool", &["xq", "ws", "zp", "ys", "yzp"], &["y"], vec![a_int("channels_last", 1)]) },
+    ];
+    let (_, msg) = import_err(&model(13, nodes, inits, vec![f32_vi("x", &[1, 1, 4, 4])], vec![f32_vi("y", &[])]));
+    assert!(msg.contains("head_pool") && msg.contains("channels_last"), "{msg}");
+}

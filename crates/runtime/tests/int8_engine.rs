@@ -205,6 +205,33 @@ fn activation_after_a_residual_add_is_fused() {
     assert!(moved, "a Relu after the residual adds changed nothing");
 }
 
+/// An operator-format file (QLinearConv, QLinearAdd, QLinearGlobalAveragePool, QGemm, a Flatten
+/// on quantized data; `tools/make_qoperator_fixture.py`) imports as the QDQ graph it means: all
+/// integer steps, no float op, the same bytes as the QDQ file ONNX Runtime made from the same
+/// calibration, and within an output step or two of ONNX Runtime's exact path on it.
+#[test]
+fn operator_format_files_run_as_their_qdq_twin() {
+    let fixtures = assets().join("fixtures");
+    let qop = load_model(&fixtures.join("tiny.qoperator.onnx"), &ImportOptions::default()).unwrap();
+    let qdq = load_model(&fixtures.join("tiny.qdq.onnx"), &ImportOptions::default()).unwrap();
+    let (a, b) = (Int8Engine::new(&qop).unwrap(), Int8Engine::new(&qdq).unwrap());
+    assert!(a.float_ops().is_empty(), "float ops: {:?}", a.float_ops());
+    assert_eq!(a.integer_steps(), b.integer_steps());
+    let (shape, x) = read_npy(&fixtures.join("tiny.inputs.npy"));
+    let (_, ort) = read_npy(&fixtures.join("tiny.qoperator.ort_exact.npy"));
+    // The logits grid: QGemm's output scale.
+    let step = qop.nodes.iter().rev().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. })).and_then(|q| qop.initializer(&q.inputs[1])).unwrap().to_f32_vec()[0];
+    let per = x.len() / shape[0];
+    let classes = ort.len() / shape[0];
+    for i in 0..shape[0] {
+        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+        let ours = a.run(input.clone()).unwrap().remove(0);
+        assert_eq!(ours.as_f32().unwrap(), b.run(input).unwrap().remove(0).as_f32().unwrap(), "image {i}");
+        let far = ours.as_f32().unwrap().iter().zip(&ort[i * classes..(i + 1) * classes]).map(|(p, q)| (p - q).abs() / step).fold(0f32, f32::max);
+        assert!(far <= 2.0, "image {i}: {far} steps from ONNX Runtime");
+    }
+}
+
 /// The profiled run gives the same outputs as the plain one, one time per step, and labels
 /// every step (`subq bench --profile`).
 #[test]
