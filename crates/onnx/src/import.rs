@@ -418,7 +418,7 @@ fn int_attr(name: &str, i: i64) -> AttributeProto {
 }
 
 impl Importer {
-    /// Operator-format quantized ops (QLinearConv, QLinearMatMul, and ONNX Runtime's
+    /// Operator-format quantized ops (QLinearConv, and ONNX Runtime's
     /// com.microsoft QLinearAdd, QLinearGlobalAveragePool and QGemm) as the QDQ nodes that mean
     /// the same: DequantizeLinear on each quantized input, the float op, QuantizeLinear on the
     /// output grid. Their int32 bias is at scale x_scale·w_scale, as in QDQ files. A shape op or
@@ -430,7 +430,7 @@ impl Importer {
         let ms = n.domain == "com.microsoft";
         let onnx = n.domain.is_empty() || n.domain == "ai.onnx";
         let kind = match n.op_type.as_str() {
-            "QLinearConv" | "QLinearMatMul" if onnx => n.op_type.as_str(),
+            "QLinearConv" if onnx => n.op_type.as_str(),
             "QLinearAdd" | "QLinearGlobalAveragePool" | "QGemm" if ms => n.op_type.as_str(),
             "Flatten" | "Reshape" | "Identity" | "MaxPool" if onnx && n.input.first().is_some_and(|i| self.quantized.contains_key(i)) => "shape",
             _ => return Ok(None),
@@ -453,15 +453,14 @@ impl Importer {
         let float_out = format!("{out}_float");
         // The output grid (scale, zero-point input indices); None: the op's output stays float.
         let (op_type, float_inputs, attribute, grid) = match kind {
-            "QLinearConv" | "QLinearMatMul" => {
+            "QLinearConv" => {
                 let x = dq(&mut nodes, input(0), input(1), input(2), 1, "x");
-                let w = dq(&mut nodes, input(3), input(4), input(5), if kind == "QLinearConv" { 0 } else { 1 }, "w");
+                let w = dq(&mut nodes, input(3), input(4), input(5), 0, "w");
                 let mut ins = vec![x, w];
-                if kind == "QLinearConv" && !input(8).is_empty() {
+                if !input(8).is_empty() {
                     ins.push(self.bias_dq(&mut nodes, &input(8), &input(1), &input(4), &out, name).map_err(err)?);
                 }
-                let op_type = if kind == "QLinearConv" { "Conv" } else { "MatMul" };
-                (op_type, ins, if kind == "QLinearConv" { n.attribute.clone() } else { Vec::new() }, Some((6, 7)))
+                ("Conv", ins, n.attribute.clone(), Some((6, 7)))
             }
             "QLinearAdd" => {
                 let a = dq(&mut nodes, input(0), input(1), input(2), 1, "a");
