@@ -8,8 +8,9 @@ residual Add, global average pool, Flatten, Gemm), quantized by ONNX Runtime's q
 twice with the same calibration data: once in the operator format (QLinearConv, com.microsoft
 QLinearAdd / QLinearGlobalAveragePool / QGemm) and once as QDQ. Also four inputs and ONNX
 Runtime's outputs for the operator-format file on its exact u8s8 path
-(session.x64quantprecision). Writes assets/fixtures/tiny.{qoperator,qdq}.onnx,
-tiny.inputs.npy and tiny.qoperator.ort_exact.npy.
+(session.x64quantprecision). A second model ends in MatMul + bias Add (QLinearMatMul and a
+QLinearAdd with a constant). Writes assets/fixtures/tiny.{qoperator,qdq}.onnx,
+tiny_matmul.qoperator.onnx, tiny.inputs.npy and {tiny,tiny_matmul}.qoperator.ort_exact.npy.
 """
 
 import os
@@ -26,6 +27,25 @@ rng = np.random.default_rng(20261127)
 
 def init(name, shape, scale):
     return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def fp32_matmul_model():
+    """conv 3×3 + Relu, global average pool, Flatten, MatMul + bias Add: the classifier head of
+    many converted models (QLinearMatMul and a QLinearAdd with a constant in operator format)."""
+    inits = [init("w1", (8, 3, 3, 3), 0.4), init("b1", (8,), 0.1), init("wm", (8, 5), 0.5), init("bm", (5,), 0.1)]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "wm"], ["mm"], name="fc"),
+        helper.make_node("Add", ["mm", "bm"], ["logits"], name="fc_bias"),
+    ]
+    g = helper.make_graph(nodes, "tiny_matmul", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
 
 
 def fp32_model():
@@ -70,13 +90,18 @@ def main():
         quantize_static(fp32, os.path.join(OUT, f"tiny.{name}.onnx"), Reader(calib), quant_format=fmt, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     os.remove(fp32)
+    onnx.save(fp32_matmul_model(), fp32)
+    quantize_static(fp32, os.path.join(OUT, "tiny_matmul.qoperator.onnx"), Reader(calib), quant_format=QuantFormat.QOperator,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    os.remove(fp32)
     x = rng.uniform(-1, 1, (4, 3, 16, 16)).astype(np.float32)
     np.save(os.path.join(OUT, "tiny.inputs.npy"), x)
     so = ort.SessionOptions()
     so.add_session_config_entry("session.x64quantprecision", "1")
-    s = ort.InferenceSession(os.path.join(OUT, "tiny.qoperator.onnx"), so, providers=["CPUExecutionProvider"])
-    y = np.concatenate([s.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
-    np.save(os.path.join(OUT, "tiny.qoperator.ort_exact.npy"), y.astype(np.float32))
+    for name in ["tiny", "tiny_matmul"]:
+        s = ort.InferenceSession(os.path.join(OUT, f"{name}.qoperator.onnx"), so, providers=["CPUExecutionProvider"])
+        y = np.concatenate([s.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+        np.save(os.path.join(OUT, f"{name}.qoperator.ort_exact.npy"), y.astype(np.float32))
     for f in sorted(os.listdir(OUT)):
         print(f, os.path.getsize(os.path.join(OUT, f)))
 

@@ -418,7 +418,7 @@ fn int_attr(name: &str, i: i64) -> AttributeProto {
 }
 
 impl Importer {
-    /// Operator-format quantized ops (QLinearConv, and ONNX Runtime's
+    /// Operator-format quantized ops (QLinearConv, QLinearMatMul, and ONNX Runtime's
     /// com.microsoft QLinearAdd, QLinearGlobalAveragePool and QGemm) as the QDQ nodes that mean
     /// the same: DequantizeLinear on each quantized input, the float op, QuantizeLinear on the
     /// output grid. Their int32 bias is at scale x_scale·w_scale, as in QDQ files. A shape op or
@@ -430,7 +430,7 @@ impl Importer {
         let ms = n.domain == "com.microsoft";
         let onnx = n.domain.is_empty() || n.domain == "ai.onnx";
         let kind = match n.op_type.as_str() {
-            "QLinearConv" if onnx => n.op_type.as_str(),
+            "QLinearConv" | "QLinearMatMul" if onnx => n.op_type.as_str(),
             "QLinearAdd" | "QLinearGlobalAveragePool" | "QGemm" if ms => n.op_type.as_str(),
             "Flatten" | "Reshape" | "Identity" | "MaxPool" if onnx && n.input.first().is_some_and(|i| self.quantized.contains_key(i)) => "shape",
             _ => return Ok(None),
@@ -461,6 +461,12 @@ impl Importer {
                     ins.push(self.bias_dq(&mut nodes, &input(8), &input(1), &input(4), &out, name).map_err(err)?);
                 }
                 ("Conv", ins, n.attribute.clone(), Some((6, 7)))
+            }
+            "QLinearMatMul" => {
+                let a = dq(&mut nodes, input(0), input(1), input(2), 1, "a");
+                // A per-column scale of the [K, N] weight sits on axis 1.
+                let b = dq(&mut nodes, input(3), input(4), input(5), 1, "b");
+                ("MatMul", vec![a, b], Vec::new(), Some((6, 7)))
             }
             "QLinearAdd" => {
                 let a = dq(&mut nodes, input(0), input(1), input(2), 1, "a");

@@ -232,6 +232,27 @@ fn operator_format_files_run_as_their_qdq_twin() {
     }
 }
 
+/// A classifier head in operator format, QLinearMatMul and a QLinearAdd of a constant bias,
+/// imports and runs (the MatMul and the constant add in float between their grids) within two
+/// output steps of ONNX Runtime's exact path.
+#[test]
+fn operator_format_matmul_head_runs() {
+    let fixtures = assets().join("fixtures");
+    let g = load_model(&fixtures.join("tiny_matmul.qoperator.onnx"), &ImportOptions::default()).unwrap();
+    assert!(g.nodes.iter().any(|n| matches!(n.op, subq_ir::Op::MatMul)));
+    let engine = Int8Engine::new(&g).unwrap();
+    let (shape, x) = read_npy(&fixtures.join("tiny.inputs.npy"));
+    let (_, ort) = read_npy(&fixtures.join("tiny_matmul.qoperator.ort_exact.npy"));
+    let step = g.nodes.iter().rev().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. })).and_then(|q| g.initializer(&q.inputs[1])).unwrap().to_f32_vec()[0];
+    let (per, classes) = (x.len() / shape[0], ort.len() / shape[0]);
+    for i in 0..shape[0] {
+        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+        let ours = engine.run(input).unwrap().remove(0);
+        let far = ours.as_f32().unwrap().iter().zip(&ort[i * classes..(i + 1) * classes]).map(|(p, q)| (p - q).abs() / step).fold(0f32, f32::max);
+        assert!(far <= 2.0, "image {i}: {far} steps from ONNX Runtime");
+    }
+}
+
 /// The profiled run gives the same outputs as the plain one, one time per step, and labels
 /// every step (`subq bench --profile`).
 #[test]
