@@ -3,7 +3,7 @@
 
     python tools/ort_eval.py --model Q.onnx --images DIR \
         --preset efficientnet-lite|keras-mobilenet|torchvision \
-        [--labels SYNSETS] [--reference FP32.onnx] [--limit N] [--opt disable|default] [--json FILE]
+        [--labels SYNSETS] [--reference FP32.onnx] [--limit N] [--opt disable|default] [--exact] [--json FILE]
         [--inputs X.npy (tensors from `subq eval --save-inputs`)] [--save-logits L.npy]
 
 Preprocessing is Pillow's and matches subq's (crates/calib/src/preprocess.rs):
@@ -134,8 +134,12 @@ def load_synsets(path):
     return index
 
 
-def make_session(path, opt, threads):
+def make_session(path, opt, threads, exact=False):
     so = ort.SessionOptions()
+    if exact:
+        # ORT's exact u8s8 path; its default one saturates on AVX2 CPUs without VNNI (see
+        # tools/ort_bench.py).
+        so.add_session_config_entry("session.x64quantprecision", "1")
     so.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL if opt == "disable" else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     )
@@ -174,6 +178,8 @@ def main():
     ap.add_argument("--reference", type=Path, help="FP32 model: top-1 agreement and logits SQNR")
     ap.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
     ap.add_argument("--opt", choices=["default", "disable"], default="default", help="ORT graph optimizations (default: all)")
+    ap.add_argument("--exact", action="store_true",
+                    help="the model runs on ORT's exact u8s8 path (session.x64quantprecision; the reference model as before)")
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = ORT's default)")
     ap.add_argument("--json", type=Path, help="write the results as JSON to this file ('-' = stdout)")
     ap.add_argument("--resize-mode", choices=["crop", "stretch"], help="override the preset")
@@ -195,7 +201,7 @@ def main():
     if len(p["mean"]) != 3 or len(p["std"]) != 3 or any(s == 0 for s in p["std"]):
         ap.error("--mean and --std take 3 values; std must be non-zero")
 
-    sess = make_session(a.model, a.opt, a.threads)
+    sess = make_session(a.model, a.opt, a.threads, a.exact)
     in_name, h, w = image_input(sess, a.model)
     ref = None
     if a.reference:
