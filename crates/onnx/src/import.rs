@@ -450,8 +450,9 @@ impl Importer {
             nodes.push(proto_node(format!("{name}_{tag}_DequantizeLinear"), "DequantizeLinear", ins, f.clone(), vec![int_attr("axis", axis)]));
             f
         };
-        let float_out = format!("{out}_float");
-        // The output grid (scale, zero-point input indices); None: the op's output stays float.
+        // The output grid (scale, zero-point names; an empty zero-point is left out); None: the
+        // op's output stays float.
+        let grid_at = |s: usize, z: usize| Some((input(s), input(z)));
         let (op_type, float_inputs, attribute, grid) = match kind {
             "QLinearConv" => {
                 let x = dq(&mut nodes, input(0), input(1), input(2), 1, "x");
@@ -460,25 +461,25 @@ impl Importer {
                 if !input(8).is_empty() {
                     ins.push(self.bias_dq(&mut nodes, &input(8), &input(1), &input(4), &out, name).map_err(err)?);
                 }
-                ("Conv", ins, n.attribute.clone(), Some((6, 7)))
+                ("Conv", ins, n.attribute.clone(), grid_at(6, 7))
             }
             "QLinearMatMul" => {
                 let a = dq(&mut nodes, input(0), input(1), input(2), 1, "a");
                 // A per-column scale of the [K, N] weight sits on axis 1.
                 let b = dq(&mut nodes, input(3), input(4), input(5), 1, "b");
-                ("MatMul", vec![a, b], Vec::new(), Some((6, 7)))
+                ("MatMul", vec![a, b], Vec::new(), grid_at(6, 7))
             }
             "QLinearAdd" => {
                 let a = dq(&mut nodes, input(0), input(1), input(2), 1, "a");
                 let b = dq(&mut nodes, input(3), input(4), input(5), 1, "b");
-                ("Add", vec![a, b], Vec::new(), Some((6, 7)))
+                ("Add", vec![a, b], Vec::new(), grid_at(6, 7))
             }
             "QLinearGlobalAveragePool" => {
                 if n.attribute.iter().any(|a| a.name == "channels_last" && a.i != 0) {
                     return Err(err("channels_last=1 is not supported".into()));
                 }
                 let x = dq(&mut nodes, input(0), input(1), input(2), 1, "x");
-                ("GlobalAveragePool", vec![x], Vec::new(), Some((3, 4)))
+                ("GlobalAveragePool", vec![x], Vec::new(), grid_at(3, 4))
             }
             "QGemm" => {
                 if n.attribute.iter().any(|a| a.name == "alpha" && a.f != 1.0) {
@@ -492,24 +493,23 @@ impl Importer {
                     ins.push(self.bias_dq(&mut nodes, &input(6), &input(1), &input(4), &out, name).map_err(err)?);
                 }
                 let attribute = n.attribute.iter().filter(|a| a.name == "transA" || a.name == "transB").cloned().collect();
-                ("Gemm", ins, attribute, (!input(7).is_empty()).then_some((7, 8)))
+                ("Gemm", ins, attribute, if input(7).is_empty() { None } else { grid_at(7, 8) })
             }
             _ => {
+                // A shape op or max pool: its input's own grid on both sides.
                 let (scale, zp) = self.quantized[&input(0)].clone();
-                let x = dq(&mut nodes, input(0), scale.clone(), zp.clone(), 1, "x");
-                let mut ins = vec![x];
+                let mut ins = vec![dq(&mut nodes, input(0), scale.clone(), zp.clone(), 1, "x")];
                 ins.extend(n.input.iter().skip(1).cloned());
-                nodes.push(proto_node(name.to_string(), &n.op_type, ins, float_out.clone(), n.attribute.clone()));
-                nodes.push(proto_node(format!("{name}_QuantizeLinear"), "QuantizeLinear", vec![float_out, scale, zp], out, Vec::new()));
-                return Ok(Some(nodes));
+                (n.op_type.as_str(), ins, n.attribute.clone(), Some((scale, zp)))
             }
         };
         match grid {
-            Some((s, z)) => {
+            Some((scale, zp)) => {
+                let float_out = format!("{out}_float");
                 nodes.push(proto_node(name.to_string(), op_type, float_inputs, float_out.clone(), attribute));
-                let mut ins = vec![float_out, input(s)];
-                if !input(z).is_empty() {
-                    ins.push(input(z));
+                let mut ins = vec![float_out, scale];
+                if !zp.is_empty() {
+                    ins.push(zp);
                 }
                 nodes.push(proto_node(format!("{name}_QuantizeLinear"), "QuantizeLinear", ins, out, Vec::new()));
             }

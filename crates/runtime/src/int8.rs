@@ -384,6 +384,17 @@ fn q_of(grid: Grid, real: f32) -> i32 {
     ((real / grid.scale).round_ties_even() as i64 + grid.zp as i64).clamp(0, 255) as i32
 }
 
+/// The bytes a Relu or Clip leaves on grid `out`, as (qmin, qmax); (0, 255) for any other op.
+/// Exact as a clamp of the quantized value, since quantization is monotone:
+/// Q(clip(y, lo, hi)) = clamp(Q(y), Q(lo), Q(hi)).
+fn clamp_range(op: &Op, out: Grid) -> (i32, i32) {
+    match *op {
+        Op::Relu => (q_of(out, 0.0), 255),
+        Op::Clip { min, max } => (if min.is_finite() { q_of(out, min) } else { 0 }, if max.is_finite() { q_of(out, max) } else { 255 }),
+        _ => (0, 255),
+    }
+}
+
 impl Int8Engine {
     pub fn new(g: &Graph) -> Result<Int8Engine, RuntimeError> {
         if g.inputs.len() != 1 {
@@ -452,18 +463,9 @@ impl Int8Engine {
                 // run with a float output followed by a float activation and a quantize.
                 Op::Relu | Op::Clip { .. } if lw.conv_parts(&p.inputs[0], p).is_some() => {
                     let parts = lw.conv_parts(&p.inputs[0], p).expect("checked");
-                    let (lo, hi) = match p.op {
-                        Op::Clip { min, max } => (min, max),
-                        _ => (0.0, f32::INFINITY),
-                    };
                     lw.build_conv(&parts, out).map(|(src, mut step)| {
                         if let Step::Conv { qmin, qmax, .. } = &mut step {
-                            if lo.is_finite() {
-                                *qmin = q_of(out, lo);
-                            }
-                            if hi.is_finite() {
-                                *qmax = q_of(out, hi);
-                            }
+                            (*qmin, *qmax) = clamp_range(&p.op, out);
                         }
                         let covered = lw.covered_after_conv(&parts, p);
                         (vec![src], covered, step)
@@ -473,18 +475,9 @@ impl Int8Engine {
                 // The same for a residual add (Add → Relu/Clip → QuantizeLinear).
                 Op::Relu | Op::Clip { .. } if lw.producer(&p.inputs[0]).is_some_and(|a| matches!(a.op, Op::Add) && lw.sole_reader(&p.inputs[0], p)) => {
                     let add = lw.producer(&p.inputs[0]).expect("checked");
-                    let (lo, hi) = match p.op {
-                        Op::Clip { min, max } => (min, max),
-                        _ => (0.0, f32::INFINITY),
-                    };
                     lw.quantized_add(add, out).map(|(srcs, mut step)| {
                         if let Step::Add { qmin, qmax, .. } = &mut step {
-                            if lo.is_finite() {
-                                *qmin = q_of(out, lo);
-                            }
-                            if hi.is_finite() {
-                                *qmax = q_of(out, hi);
-                            }
+                            (*qmin, *qmax) = clamp_range(&p.op, out);
                         }
                         (srcs, vec![add, p], step)
                     })
@@ -496,11 +489,7 @@ impl Int8Engine {
                     Some((vec![a], vec![p], Step::GlobalAvgPool { input: 0, output: 0, zp_in: ga.zp, requant: r, out }))
                 }),
                 Op::Relu | Op::Clip { .. } | Op::Flatten { .. } | Op::Reshape { .. } | Op::Identity => lw.activation_dq(&p.inputs[0]).map(|(a, ga)| {
-                    let (qmin, qmax) = match p.op {
-                        Op::Relu => (q_of(out, 0.0), 255),
-                        Op::Clip { min, max } => (if min.is_finite() { q_of(out, min) } else { 0 }, if max.is_finite() { q_of(out, max) } else { 255 }),
-                        _ => (0, 255),
-                    };
+                    let (qmin, qmax) = clamp_range(&p.op, out);
                     let shape = if matches!(p.op, Op::Flatten { .. } | Op::Reshape { .. }) { g.shape(&p.outputs[0]).map(|s| s[1..].to_vec()) } else { None };
                     let r = Requant::new(ga.scale as f64 / out.scale as f64);
                     (vec![a], vec![p], Step::Requantize { input: 0, output: 0, zp_in: ga.zp, requant: r, out, qmin, qmax, shape })
