@@ -10,6 +10,27 @@ use subq_tensor::Tensor;
 
 
 
+/// Image `i` of a stacked `[N, C, H, W]` input array, as a batch of one.
+fn image(shape: &[usize], x: &[f32], i: usize) -> Tensor {
+    let per = x.len() / shape[0];
+    Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap()
+}
+
+/// Output step of ONNX Runtime's QDQ files: the scale of the logits QuantizeLinear.
+fn logits_step(g: &subq_ir::Graph) -> f32 {
+    g.initializers.iter().find(|(k, _)| k.starts_with("logits") && k.ends_with("scale")).map(|(_, t)| t.to_f32_vec()[0]).unwrap()
+}
+
+/// Output step of the fixtures: the scale of the graph's last QuantizeLinear (the logits grid).
+fn last_grid_step(g: &subq_ir::Graph) -> f32 {
+    g.nodes.iter().rev().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. })).and_then(|q| g.initializer(&q.inputs[1])).unwrap().to_f32_vec()[0]
+}
+
+/// Largest difference between two outputs, in output steps.
+fn steps_apart(a: &[f32], b: &[f32], step: f32) -> f32 {
+    a.iter().zip(b).map(|(p, q)| (p - q).abs() / step).fold(0f32, f32::max)
+}
+
 /// For each ORT QDQ file: same top-1 as ONNX Runtime on all 8 reference images, and logits
 /// within a few output quantization steps of ORT's and of the written (float) semantics.
 #[test]
@@ -23,12 +44,10 @@ fn runs_onnxruntime_qdq_files() {
             assert!(engine.integer_steps() > 50, "{model} {scheme}: only {} integer steps", engine.integer_steps());
             let (lshape, ort) = read_npy(&assets().join(format!("reference/{model}.ort_qdq_{scheme}.logits.npy")));
             let classes = lshape[1];
-            // Output grid step: the logits QuantizeLinear scale.
-            let step = g.initializers.iter().find(|(k, _)| k.starts_with("logits") && k.ends_with("scale")).map(|(_, t)| t.to_f32_vec()[0]).unwrap();
-            let per = x.len() / shape[0];
+            let step = logits_step(&g);
             let (mut same_top1, mut max_vs_ort, mut max_vs_written, mut sum_vs_written) = (0, 0f32, 0f32, 0f32);
             for i in 0..shape[0] {
-                let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+                let input = image(&shape, &x, i);
                 let ours = engine.run(input.clone()).unwrap().remove(0);
                 let ours = ours.as_f32().unwrap();
                 let w = written.run(vec![input]).unwrap().remove(0);
@@ -54,7 +73,7 @@ fn runs_onnxruntime_qdq_files() {
 
 /// Insert `op` between node `ci` (a conv or an add) and its QuantizeLinear (the form other tools
 /// write: Conv → Relu/Clip → QuantizeLinear).
-fn insert_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
+fn insert_after(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
     let out = g.nodes[ci].outputs[0].clone();
     let pre = g.fresh_name(&format!("{out}_pre"));
     g.shapes.insert(pre.clone(), g.shapes[&out].clone());
@@ -66,11 +85,11 @@ fn insert_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
 
 /// Insert Q → DQ (on the grid of the conv's QuantizeLinear) → `op` between conv `ci` and that
 /// QuantizeLinear: the form of files that keep their activations between two QuantizeLinears.
-fn insert_qdq_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
+fn insert_qdq_after(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
     let out = g.nodes[ci].outputs[0].clone();
     let q = g.nodes.iter().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. }) && n.inputs[0] == out).unwrap().clone();
     let (scale, zp) = (q.inputs[1].clone(), q.inputs[2].clone());
-    insert_after_conv(g, ci, op);
+    insert_after(g, ci, op);
     let pre = g.nodes[ci].outputs[0].clone();
     let (quantized, dequantized) = (g.fresh_name(&format!("{pre}_q")), g.fresh_name(&format!("{pre}_dq")));
     g.shapes.insert(quantized.clone(), g.shapes[&pre].clone());
@@ -84,7 +103,7 @@ fn insert_qdq_after_conv(g: &mut subq_ir::Graph, ci: usize, op: subq_ir::Op) {
 }
 
 /// The QuantizeLinear reading node `ci`'s output, with its grid (scale, zero-point).
-fn conv_grid(g: &subq_ir::Graph, ci: usize) -> Option<(f32, u8)> {
+fn output_grid(g: &subq_ir::Graph, ci: usize) -> Option<(f32, u8)> {
     let out = &g.nodes[ci].outputs[0];
     let q = g.nodes.iter().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. }) && n.inputs[0] == *out)?;
     let scale = g.initializer(&q.inputs[1])?.to_f32_vec()[0];
@@ -107,12 +126,12 @@ fn activation_between_conv_and_quantize_is_fused() {
     // Every conv whose grid starts at 0 (its ReLU6 was dropped into the grid) gets its
     // activation back: a Relu, or a Clip(0, m) with m at or past the grid's top.
     let mut same = g.clone();
-    let convs: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i].op, subq_ir::Op::Conv(_)) && conv_grid(&g, i).is_some_and(|(_, zp)| zp == 0)).collect();
+    let convs: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i].op, subq_ir::Op::Conv(_)) && output_grid(&g, i).is_some_and(|(_, zp)| zp == 0)).collect();
     assert!(convs.len() > 20, "only {} convs feed a grid starting at 0", convs.len());
     for (k, &ci) in convs.iter().enumerate().rev() {
-        let (scale, _) = conv_grid(&g, ci).unwrap();
+        let (scale, _) = output_grid(&g, ci).unwrap();
         let op = if k % 2 == 0 { subq_ir::Op::Relu } else { subq_ir::Op::Clip { min: 0.0, max: 255.0 * scale * (1.0 + k as f32 % 3.0) } };
-        insert_after_conv(&mut same, ci, op);
+        insert_after(&mut same, ci, op);
     }
     same.validate().unwrap();
     let fused = Int8Engine::new(&same).unwrap();
@@ -122,9 +141,9 @@ fn activation_between_conv_and_quantize_is_fused() {
     // them joins the conv too (no requantizing pass over the activation).
     let mut twice = g.clone();
     for (k, &ci) in convs.iter().enumerate().rev() {
-        let (scale, _) = conv_grid(&g, ci).unwrap();
+        let (scale, _) = output_grid(&g, ci).unwrap();
         let op = if k % 2 == 0 { subq_ir::Op::Relu } else { subq_ir::Op::Clip { min: 0.0, max: 255.0 * scale } };
-        insert_qdq_after_conv(&mut twice, ci, op);
+        insert_qdq_after(&mut twice, ci, op);
     }
     twice.validate().unwrap();
     let merged = Int8Engine::new(&twice).unwrap();
@@ -134,21 +153,20 @@ fn activation_between_conv_and_quantize_is_fused() {
     // One clip inside its grid: the conv's outputs are capped at the clip.
     let mut tight = g.clone();
     let ci = convs[convs.len() / 2];
-    let (scale, _) = conv_grid(&g, ci).unwrap();
-    insert_after_conv(&mut tight, ci, subq_ir::Op::Clip { min: 0.0, max: 100.0 * scale });
+    let (scale, _) = output_grid(&g, ci).unwrap();
+    insert_after(&mut tight, ci, subq_ir::Op::Clip { min: 0.0, max: 100.0 * scale });
     let clipped = Int8Engine::new(&tight).unwrap();
     assert_eq!(clipped.integer_steps(), engine.integer_steps());
     // The same clip between two QuantizeLinears of the conv's grid means the same bytes.
     let mut tight_twice = g.clone();
-    insert_qdq_after_conv(&mut tight_twice, ci, subq_ir::Op::Clip { min: 0.0, max: 100.0 * scale });
+    insert_qdq_after(&mut tight_twice, ci, subq_ir::Op::Clip { min: 0.0, max: 100.0 * scale });
     let clipped_twice = Int8Engine::new(&tight_twice).unwrap();
     assert_eq!(clipped_twice.integer_steps(), engine.integer_steps());
     let written = Fp32Executor::new(&tight);
-    let step = g.initializers.iter().find(|(k, _)| k.starts_with("logits") && k.ends_with("scale")).map(|(_, t)| t.to_f32_vec()[0]).unwrap();
-    let per = x.len() / shape[0];
+    let step = logits_step(&g);
     let mut moved = false;
     for i in 0..2 {
-        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+        let input = image(&shape, &x, i);
         let want = engine.run(input.clone()).unwrap().remove(0);
         let got = fused.run(input.clone()).unwrap().remove(0);
         assert_eq!(got.as_f32().unwrap(), want.as_f32().unwrap(), "image {i}");
@@ -158,7 +176,7 @@ fn activation_between_conv_and_quantize_is_fused() {
         assert_eq!(clipped_twice.run(input.clone()).unwrap().remove(0).as_f32().unwrap(), c.as_f32().unwrap(), "image {i}, clip between two QuantizeLinears");
         let w = written.run(vec![input]).unwrap().remove(0);
         moved |= c.as_f32().unwrap() != want.as_f32().unwrap();
-        let far = c.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).map(|(a, b)| (a - b).abs() / step).fold(0f32, f32::max);
+        let far = steps_apart(c.as_f32().unwrap(), w.as_f32().unwrap(), step);
         assert!(far <= 8.0, "image {i}: {far} steps from the written semantics");
     }
     assert!(moved, "a clip inside the grid changed nothing");
@@ -174,12 +192,12 @@ fn activation_after_a_residual_add_is_fused() {
     let (shape, x) = read_npy(&assets().join(format!("reference/{model}.inputs.npy")));
     let g = load_model(&assets().join(format!("models/{model}.ort_qdq_per_channel.onnx")), &ImportOptions::default()).unwrap();
     let engine = Int8Engine::new(&g).unwrap();
-    let adds: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i].op, subq_ir::Op::Add) && conv_grid(&g, i).is_some()).collect();
+    let adds: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i].op, subq_ir::Op::Add) && output_grid(&g, i).is_some()).collect();
     assert!(adds.len() >= 5, "only {} residual adds", adds.len());
     let (mut direct, mut twice) = (g.clone(), g.clone());
     for &ai in adds.iter().rev() {
-        insert_after_conv(&mut direct, ai, subq_ir::Op::Relu);
-        insert_qdq_after_conv(&mut twice, ai, subq_ir::Op::Relu);
+        insert_after(&mut direct, ai, subq_ir::Op::Relu);
+        insert_qdq_after(&mut twice, ai, subq_ir::Op::Relu);
     }
     direct.validate().unwrap();
     twice.validate().unwrap();
@@ -189,17 +207,16 @@ fn activation_after_a_residual_add_is_fused() {
         assert_eq!(e.float_ops(), engine.float_ops());
     }
     let written = Fp32Executor::new(&direct);
-    let step = g.initializers.iter().find(|(k, _)| k.starts_with("logits") && k.ends_with("scale")).map(|(_, t)| t.to_f32_vec()[0]).unwrap();
-    let per = x.len() / shape[0];
+    let step = logits_step(&g);
     let mut moved = false;
     for i in 0..2 {
-        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+        let input = image(&shape, &x, i);
         let a = fused.run(input.clone()).unwrap().remove(0);
         let b = merged.run(input.clone()).unwrap().remove(0);
         assert_eq!(a.as_f32().unwrap(), b.as_f32().unwrap(), "image {i}");
         moved |= a.as_f32().unwrap() != engine.run(input.clone()).unwrap().remove(0).as_f32().unwrap();
         let w = written.run(vec![input]).unwrap().remove(0);
-        let far = a.as_f32().unwrap().iter().zip(w.as_f32().unwrap()).map(|(p, q)| (p - q).abs() / step).fold(0f32, f32::max);
+        let far = steps_apart(a.as_f32().unwrap(), w.as_f32().unwrap(), step);
         assert!(far <= 8.0, "image {i}: {far} steps from the written semantics");
     }
     assert!(moved, "a Relu after the residual adds changed nothing");
@@ -220,14 +237,13 @@ fn operator_format_files_run_as_their_qdq_twin() {
     let (shape, x) = read_npy(&fixtures.join("tiny.inputs.npy"));
     let (_, ort) = read_npy(&fixtures.join("tiny.qoperator.ort_exact.npy"));
     // The logits grid: QGemm's output scale.
-    let step = qop.nodes.iter().rev().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. })).and_then(|q| qop.initializer(&q.inputs[1])).unwrap().to_f32_vec()[0];
-    let per = x.len() / shape[0];
+    let step = last_grid_step(&qop);
     let classes = ort.len() / shape[0];
     for i in 0..shape[0] {
-        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+        let input = image(&shape, &x, i);
         let ours = a.run(input.clone()).unwrap().remove(0);
         assert_eq!(ours.as_f32().unwrap(), b.run(input).unwrap().remove(0).as_f32().unwrap(), "image {i}");
-        let far = ours.as_f32().unwrap().iter().zip(&ort[i * classes..(i + 1) * classes]).map(|(p, q)| (p - q).abs() / step).fold(0f32, f32::max);
+        let far = steps_apart(ours.as_f32().unwrap(), &ort[i * classes..(i + 1) * classes], step);
         assert!(far <= 2.0, "image {i}: {far} steps from ONNX Runtime");
     }
 }
@@ -243,12 +259,12 @@ fn operator_format_matmul_head_runs() {
     let engine = Int8Engine::new(&g).unwrap();
     let (shape, x) = read_npy(&fixtures.join("tiny.inputs.npy"));
     let (_, ort) = read_npy(&fixtures.join("tiny_matmul.qoperator.ort_exact.npy"));
-    let step = g.nodes.iter().rev().find(|n| matches!(n.op, subq_ir::Op::QuantizeLinear { .. })).and_then(|q| g.initializer(&q.inputs[1])).unwrap().to_f32_vec()[0];
-    let (per, classes) = (x.len() / shape[0], ort.len() / shape[0]);
+    let step = last_grid_step(&g);
+    let classes = ort.len() / shape[0];
     for i in 0..shape[0] {
-        let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[i * per..(i + 1) * per].to_vec()).unwrap();
+        let input = image(&shape, &x, i);
         let ours = engine.run(input).unwrap().remove(0);
-        let far = ours.as_f32().unwrap().iter().zip(&ort[i * classes..(i + 1) * classes]).map(|(p, q)| (p - q).abs() / step).fold(0f32, f32::max);
+        let far = steps_apart(ours.as_f32().unwrap(), &ort[i * classes..(i + 1) * classes], step);
         assert!(far <= 2.0, "image {i}: {far} steps from ONNX Runtime");
     }
 }
@@ -261,8 +277,7 @@ fn profiled_run_matches_run() {
     let (shape, x) = read_npy(&assets().join(format!("reference/{model}.inputs.npy")));
     let g = load_model(&assets().join(format!("models/{model}.ort_qdq_per_tensor.onnx")), &ImportOptions::default()).unwrap();
     let engine = Int8Engine::new(&g).unwrap();
-    let per = x.len() / shape[0];
-    let input = Tensor::f32(vec![1, shape[1], shape[2], shape[3]], x[..per].to_vec()).unwrap();
+    let input = image(&shape, &x, 0);
     let mut times = Vec::new();
     for _ in 0..2 {
         let plain = engine.run(input.clone()).unwrap().remove(0);
