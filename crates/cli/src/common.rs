@@ -93,6 +93,26 @@ impl PreprocessArgs {
 }
 
 /// Write JSON to a file atomically ("-" = stdout).
+/// Where a command's human-readable text goes: stdout, or stderr when `--json -` puts the JSON on
+/// stdout (a script parsing it must find nothing else there).
+pub struct Text {
+    to_stderr: bool,
+}
+
+impl Text {
+    pub fn new(json: Option<&Path>) -> Text {
+        Text { to_stderr: json == Some(Path::new("-")) }
+    }
+
+    pub fn line(&self, text: impl std::fmt::Display) {
+        if self.to_stderr {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";
     if path == Path::new("-") {

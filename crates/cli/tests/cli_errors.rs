@@ -289,6 +289,22 @@ fn eval_against_itself_as_reference_has_full_agreement() {
     assert_eq!(report["agreement"].as_f64(), Some(1.0), "{report}");
 }
 
+#[test]
+fn json_to_stdout_leaves_the_text_to_stderr() {
+    // eval against itself: full agreement, gain exactly 1.
+    let out = eval(&mobilenet(), &eval_images(), &[OsStr::new("--reference"), mobilenet().as_os_str(), OsStr::new("--json"), OsStr::new("-")]);
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
+    assert_eq!(report["logits_gain"].as_f64(), Some(1.0), "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agreement:  100.00%"));
+    let dir = tempfile::tempdir().unwrap();
+    let q = quantize(&mobilenet(), &calib_images(), &dir.path().join("q.onnx"), &["--scheme", "per-tensor", "--calib-limit", "2", "--json", "-"]);
+    assert_success(&q);
+    let summary: serde_json::Value = serde_json::from_slice(&q.stdout).expect("stdout is only JSON");
+    assert_eq!(summary["scheme"].as_str(), Some("per-tensor"), "{summary}");
+    assert!(String::from_utf8_lossy(&q.stderr).contains("wrote "));
+}
+
 // ---------------------------------------------------------------------------------------------
 // quantize
 // ---------------------------------------------------------------------------------------------

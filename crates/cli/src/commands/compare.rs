@@ -11,7 +11,7 @@ use subq_eval::schemes::{markdown, markdown_row, run_schemes, scheme_configs, Ev
 use subq_quant::calibrate::load_inputs;
 use subq_quant::CalibOptions;
 
-use crate::common::{load_float_graph, write_json, PreprocessArgs};
+use crate::common::{load_float_graph, write_json, PreprocessArgs, Text};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -99,8 +99,9 @@ pub fn run(a: CompareArgs) -> Result<()> {
     })?;
     let table: Vec<SchemeRow> = results.into_iter().filter_map(|r| r.row).collect();
     let md = markdown(&table);
-    println!("{} — {} eval images, {} calibration images, {}×{}\n", a.model.display(), imgs.eval.len(), imgs.calib.len(), h, w);
-    print!("{md}");
+    let out = Text::new(a.json.as_deref());
+    out.line(format_args!("{} — {} eval images, {} calibration images, {}×{}\n", a.model.display(), imgs.eval.len(), imgs.calib.len(), h, w));
+    out.line(md.trim_end());
     if let Some(p) = &a.markdown {
         subq_onnx::write_atomically(p, md.as_bytes())?;
     }

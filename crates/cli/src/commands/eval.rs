@@ -6,7 +6,7 @@ use subq_calib::{list_images, Synsets};
 use subq_eval::{evaluate, image_input_shape, EvalOptions, EvalReport, RunModel};
 use subq_runtime::Fp32Executor;
 
-use crate::common::{db, load_graph, pct, write_json, PreprocessArgs};
+use crate::common::{db, load_graph, pct, write_json, PreprocessArgs, Text};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -47,24 +47,27 @@ pub struct EvalArgs {
     pub preprocess: PreprocessArgs,
 }
 
-pub fn print_report(r: &EvalReport) {
-    println!("model:      {}", r.model);
-    println!("images:     {}{}", r.n, if r.skipped.is_empty() { String::new() } else { format!(" ({} unreadable, skipped)", r.skipped.len()) });
+pub fn print_report(r: &EvalReport, out: &Text) {
+    out.line(format_args!("model:      {}", r.model));
+    out.line(format_args!("images:     {}{}", r.n, if r.skipped.is_empty() { String::new() } else { format!(" ({} unreadable, skipped)", r.skipped.len()) }));
     let ci = |c: Option<(f64, f64)>| c.map(|(lo, hi)| format!(" (95% interval {:.1}–{:.1}%)", 100.0 * lo, 100.0 * hi)).unwrap_or_default();
     if r.top1.is_some() {
-        println!("top-1:      {}{}", pct(r.top1), ci(r.top1_ci95));
-        println!("top-5:      {}", pct(r.top5));
+        out.line(format_args!("top-1:      {}{}", pct(r.top1), ci(r.top1_ci95)));
+        out.line(format_args!("top-5:      {}", pct(r.top5)));
     }
     if r.agreement.is_some() {
         if r.reference_top1.is_some() {
-            println!("ref top-1:  {}", pct(r.reference_top1));
+            out.line(format_args!("ref top-1:  {}", pct(r.reference_top1)));
         }
         if let (Some(g), Some(l)) = (r.images_gained, r.images_lost) {
             let images = |n: usize| if n == 1 { "1 image".to_string() } else { format!("{n} images") };
-            println!("vs ref:     {} right only here, {} right only in the reference", images(g), images(l));
+            out.line(format_args!("vs ref:     {} right only here, {} right only in the reference", images(g), images(l)));
         }
-        println!("agreement:  {} (top-1 equal to the reference){}", pct(r.agreement), ci(r.agreement_ci95));
-        println!("SQNR:       {} (logits vs reference)", db(r.sqnr_db));
+        out.line(format_args!("agreement:  {} (top-1 equal to the reference){}", pct(r.agreement), ci(r.agreement_ci95)));
+        out.line(format_args!("SQNR:       {} (logits vs reference)", db(r.sqnr_db)));
+        if let (Some(free), Some(gain)) = (r.sqnr_offset_free_db, r.logits_gain) {
+            out.line(format_args!("            {} without each image's common logit offset (it changes no ranking); logits gain {gain:.3}", db(Some(free))));
+        }
     }
 }
 
@@ -92,7 +95,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         keep_tensors: a.save_inputs.is_some() || a.save_logits.is_some(),
     };
     let (report, kept) = evaluate(model, &items, &opts).with_context(|| format!("evaluating {}", a.model.display()))?;
-    print_report(&report);
+    let out = Text::new(a.json.as_deref());
+    print_report(&report, &out);
     if let Some(kept) = kept {
         let classes = kept.logits.first().map_or(0, Vec::len);
         for (path, rows, shape) in [(&a.save_inputs, &kept.inputs, vec![3, h, w]), (&a.save_logits, &kept.logits, vec![classes])] {

@@ -8,7 +8,7 @@ use subq_quant::calibrate::load_inputs;
 use subq_quant::split::SplitKind;
 use subq_quant::{quantize, CalibOptions, QuantConfig, QuantSummary, Scheme};
 
-use crate::common::{load_float_graph, write_json, PreprocessArgs, PREPROCESS_KEY};
+use crate::common::{load_float_graph, write_json, PreprocessArgs, Text, PREPROCESS_KEY};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum SchemeArg {
@@ -221,32 +221,32 @@ pub fn input_range(p: &subq_calib::Preprocess) -> (f32, f32) {
     (ends.iter().cloned().fold(f32::INFINITY, f32::min), ends.iter().cloned().fold(f32::NEG_INFINITY, f32::max))
 }
 
-pub fn print_summary(s: &QuantSummary) {
-    println!("scheme {} · activations {} from {} images · {} BN and {} Pad folded · {} activations fused · CLE {} · {} high biases absorbed", s.scheme, s.observer, s.calibration_images, s.batch_norms_folded, s.pads_folded, s.fused_activations, if s.cle { "on" } else { "off" }, s.biases_absorbed);
+pub fn print_summary(s: &QuantSummary, out: &Text) {
+    out.line(format_args!("scheme {} · activations {} from {} images · {} BN and {} Pad folded · {} activations fused · CLE {} · {} high biases absorbed", s.scheme, s.observer, s.calibration_images, s.batch_norms_folded, s.pads_folded, s.fused_activations, if s.cle { "on" } else { "off" }, s.biases_absorbed));
     if s.float_outputs > 0 {
-        println!("{} model output(s) kept in float: the last layer's int32 accumulator is dequantized, not rounded to uint8 (--quantize-outputs to round it)", s.float_outputs);
+        out.line(format_args!("{} model output(s) kept in float: the last layer's int32 accumulator is dequantized, not rounded to uint8 (--quantize-outputs to round it)", s.float_outputs));
     }
     if let Some((off, on)) = s.cle_choice_sqnr_db {
-        println!("CLE chosen automatically: calibration logits SQNR {off:.2} dB without, {on:.2} dB with");
+        out.line(format_args!("CLE chosen automatically: calibration logits SQNR {off:.2} dB without, {on:.2} dB with"));
     }
     if s.gptq_layers > 0 {
         let mean = s.gptq_gain_db.iter().map(|(_, d)| d).sum::<f64>() / s.gptq_layers as f64;
-        println!("error-feedback (GPTQ) rounding on {} layers: layer-output error {mean:.2} dB below round-to-nearest on average (calibration data)", s.gptq_layers);
+        out.line(format_args!("error-feedback (GPTQ) rounding on {} layers: layer-output error {mean:.2} dB below round-to-nearest on average (calibration data)", s.gptq_layers));
     }
     if !s.layers.is_empty() {
-        println!(
+        out.line(format_args!(
             "subtensor: {} layers split (+{:.2}% weight bytes, +{:.2}% MACs); bias corrected on {} layers",
             s.split_layers,
             100.0 * s.extra_weight_bytes as f64 / s.weight_bytes.max(1) as f64,
             100.0 * s.extra_macs as f64 / s.total_macs.max(1) as f64,
             s.bias_corrected_layers
-        );
-        println!("{:<40} {:<15} {:>9} {:>9} {:>6} {:>9} {:>10}", "layer", "kind", "per-tensor", "clipped", "clip", "final", "split");
+        ));
+        out.line(format_args!("{:<40} {:<15} {:>9} {:>9} {:>6} {:>9} {:>10}", "layer", "kind", "per-tensor", "clipped", "clip", "final", "split"));
         for l in &s.layers {
             let name: String = l.node.chars().take(40).collect();
-            println!("{:<40} {:<15} {:>7.1}dB {:>7.1}dB {:>6.2} {:>7.1}dB {:>10}", name, l.layer, l.sqnr_per_tensor_db, l.sqnr_clipped_db, l.clip, l.final_sqnr_db, l.split.map(|k| format!("{k:?}")).unwrap_or_default());
+            out.line(format_args!("{:<40} {:<15} {:>7.1}dB {:>7.1}dB {:>6.2} {:>7.1}dB {:>10}", name, l.layer, l.sqnr_per_tensor_db, l.sqnr_clipped_db, l.clip, l.final_sqnr_db, l.split.map(|k| format!("{k:?}")).unwrap_or_default()));
         }
-        println!("(dB: estimated layer-output SQNR of the weight quantization alone, from calibration statistics)");
+        out.line(format_args!("(dB: estimated layer-output SQNR of the weight quantization alone, from calibration statistics)"));
     }
 }
 
@@ -278,8 +278,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     q.metadata.insert("subq.calibration_images".into(), summary.calibration_images.to_string());
     subq_onnx::save_model(&q, &a.output)?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
-    print_summary(&summary);
-    println!("wrote {} ({:.1} kB) in {:.1} s", a.output.display(), size as f64 / 1e3, summary.seconds);
+    let out = Text::new(a.json.as_deref());
+    print_summary(&summary, &out);
+    out.line(format_args!("wrote {} ({:.1} kB) in {:.1} s", a.output.display(), size as f64 / 1e3, summary.seconds));
     if let Some(p) = &a.json {
         write_json(p, &summary)?;
     }
