@@ -8,7 +8,7 @@
 //! upstream corrections already remove (measured: MobileNetV2 per-channel fell from 21 dB to
 //! below 0 dB that way).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rayon::prelude::*;
 use subq_ir::Graph;
@@ -62,17 +62,16 @@ fn stored_bias_change(g: &Graph, plan: &QuantPlan, node: &str, delta: &[f64]) ->
         .collect()
 }
 
-/// Per-channel output means of `values` when running `g` on `inputs`, merged in input order.
-fn output_means(g: &Graph, values: &BTreeMap<String, String>, inputs: &[Tensor]) -> Result<BTreeMap<String, Vec<f64>>, QuantError> {
+/// Per-channel means of the named `values` when running `g` on `inputs`, merged in input order.
+fn output_means(g: &Graph, values: &BTreeSet<String>, inputs: &[Tensor]) -> Result<BTreeMap<String, Vec<f64>>, QuantError> {
     let exec = Fp32Executor::new(g);
-    let wanted: BTreeMap<&str, &str> = values.iter().map(|(node, v)| (v.as_str(), node.as_str())).collect();
     let partials: Vec<BTreeMap<String, ChannelMoments>> = inputs
         .par_iter()
         .map(|x| -> Result<_, QuantError> {
             let mut m: BTreeMap<String, ChannelMoments> = BTreeMap::new();
             exec.run_observed(vec![x.clone()], &mut |name, t| {
-                if let Some(node) = wanted.get(name) {
-                    m.entry(node.to_string()).or_default().observe(t);
+                if values.contains(name) {
+                    m.entry(name.to_string()).or_default().observe(t);
                 }
             })?;
             Ok(m)
@@ -95,10 +94,10 @@ fn output_means(g: &Graph, values: &BTreeMap<String, String>, inputs: &[Tensor])
 /// output need not be recomputed) and recorded in the bias. Returns the number of layers corrected.
 pub fn empirical(g: &mut Graph, reference: &Graph, plan: &QuantPlan, inputs: &[Tensor], post_activation: bool) -> Result<usize, QuantError> {
     let conv_outputs: BTreeMap<String, String> = g.nodes.iter().filter(|n| plan.weights.contains_key(&n.name)).map(|n| (n.name.clone(), n.outputs[0].clone())).collect();
-    let fp32_means = output_means(reference, &conv_outputs, inputs)?;
     let clamps: BTreeMap<String, Clamp> = if post_activation { conv_outputs.keys().filter_map(|node| Clamp::after(g, plan, node).map(|c| (node.clone(), c))).collect() } else { BTreeMap::new() };
-    let clamped_values: BTreeMap<String, String> = clamps.iter().map(|(node, c)| (node.clone(), c.value.clone())).collect();
-    let fp32_clamped_means = if clamped_values.is_empty() { BTreeMap::new() } else { output_means(reference, &clamped_values, inputs)? };
+    // One FP32 pass for both targets: each layer's output and, if wanted, its clamped value.
+    let wanted: BTreeSet<String> = conv_outputs.values().chain(clamps.values().map(|c| &c.value)).cloned().collect();
+    let fp32_means = output_means(reference, &wanted, inputs)?;
     let (q, pre_quant) = crate::build_qdq_graph_with_map(g, plan)?;
     let node_of: BTreeMap<&str, &str> = pre_quant.iter().map(|(node, v)| (v.as_str(), node.as_str())).collect();
     // The inputs as one batch.
@@ -123,13 +122,13 @@ pub fn empirical(g: &mut Graph, reference: &Graph, plan: &QuantPlan, inputs: &[T
         let args: Vec<Option<&Tensor>> = n.inputs.iter().map(|v| if v.is_empty() { None } else { values.get(v).or_else(|| q.initializers.get(v)) }).collect();
         let mut out = subq_runtime::eval_node(n, &args, &mut scratch)?;
         if let Some(node) = node_of.get(n.outputs[0].as_str()) {
-            if let Some(fm) = fp32_means.get(*node) {
+            if let Some(fm) = conv_outputs.get(*node).and_then(|v| fp32_means.get(v)) {
                 let mut m = ChannelMoments::default();
                 m.observe(&out);
                 let mut delta: Vec<f64> = fm.iter().zip(m.mean()).map(|(f, q)| f - q).collect();
                 let inner: usize = out.shape[2..].iter().product();
                 let c = delta.len();
-                if let (Some(clamp), Some(target)) = (clamps.get(*node), fp32_clamped_means.get(*node)) {
+                if let Some((clamp, target)) = clamps.get(*node).and_then(|c| Some((c, fp32_means.get(&c.value)?))) {
                     clamp.match_means(&out, inner.max(1), target, &mut delta);
                 }
                 // The post-activation target solves for exact clamped means, so downstream must

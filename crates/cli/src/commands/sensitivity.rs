@@ -8,7 +8,7 @@ use clap::Args;
 use subq_eval::sensitivity::layer_sensitivity;
 
 use crate::commands::compare::load_images;
-use crate::common::{load_float_graph, write_json, PreprocessArgs};
+use crate::common::{load_float_graph, write_json, PreprocessArgs, Text};
 
 #[derive(Args, Debug)]
 pub struct SensitivityArgs {
@@ -34,15 +34,13 @@ pub fn run(a: SensitivityArgs) -> Result<()> {
     let preprocess = a.preprocess.resolve(&g)?;
     let imgs = load_images(&g, &preprocess, &a.calib, Some(a.calib_limit), None, None, None)?;
     let ranking = layer_sensitivity(&g, &imgs.calib, true)?;
-    let to_stdout = a.json.as_deref() == Some(std::path::Path::new("-"));
-    if !to_stdout {
-        println!("{} — layer sensitivity on {} calibration images (one layer quantized per-tensor at a time, worst first)", a.model.display(), imgs.calib.len());
-        println!("{:>4} {:<48} {:<18} {:>11} {:>11} {:>10} {:>10}", "rank", "layer", "kind", "logits SQNR", "weight SQNR", "max/median", "max/min");
-        for l in &ranking {
-            let name: String = l.node.chars().take(48).collect();
-            let fmt = |x: Option<f32>| x.map(subq_eval::layers::format_spread).unwrap_or_default();
-            println!("{:>4} {:<48} {:<18} {:>8.2} dB {:>8.2} dB {:>10} {:>10}", l.rank, name, l.kind, l.logits_sqnr_db, l.weight_sqnr_db, fmt(l.channel_outlier_ratio), fmt(l.channel_range_spread));
-        }
+    let out = Text::new(a.json.as_deref());
+    out.line(format_args!("{} — layer sensitivity on {} calibration images (one layer quantized per-tensor at a time, worst first)", a.model.display(), imgs.calib.len()));
+    out.line(format_args!("{:>4} {:<48} {:<18} {:>11} {:>11} {:>10} {:>10}", "rank", "layer", "kind", "logits SQNR", "weight SQNR", "max/median", "max/min"));
+    for l in &ranking {
+        let name: String = l.node.chars().take(48).collect();
+        let fmt = |x: Option<f32>| x.map(subq_eval::layers::format_spread).unwrap_or_default();
+        out.line(format_args!("{:>4} {:<48} {:<18} {:>8.2} dB {:>8.2} dB {:>10} {:>10}", l.rank, name, l.kind, l.logits_sqnr_db, l.weight_sqnr_db, fmt(l.channel_outlier_ratio), fmt(l.channel_range_spread)));
     }
     if let Some(p) = &a.json {
         write_json(p, &ranking)?;
