@@ -92,7 +92,6 @@ impl PreprocessArgs {
     }
 }
 
-/// Write JSON to a file atomically ("-" = stdout).
 /// Where a command's human-readable text goes: stdout, or stderr when `--json -` puts the JSON on
 /// stdout (a script parsing it must find nothing else there).
 pub struct Text {
@@ -113,6 +112,7 @@ impl Text {
     }
 }
 
+/// Write JSON to a file atomically ("-" = stdout).
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";
     if path == Path::new("-") {

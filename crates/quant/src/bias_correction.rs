@@ -41,26 +41,16 @@ pub fn shift_bias(g: &mut Graph, node: &str, delta: &[f64]) {
     }
 }
 
-/// How much the bias the QDQ file stores changes when `node`'s float bias moves by `delta`: the
-/// file keeps it as int32 on the step `s_in · s_w`, so the change is rounded to that grid. The
-/// layers downstream are corrected against what the file will compute, not the float shift: with
-/// a coarse per-tensor weight scale the step reaches 0.01 (MobileNetV2, first depthwise, no CLE),
-/// twice the shift.
-fn stored_bias_change(g: &Graph, plan: &QuantPlan, node: &str, delta: &[f64]) -> Vec<f64> {
-    let Some(n) = g.nodes.iter().find(|n| n.name == node) else { return delta.to_vec() };
-    let (Some(input), Some(part)) = (plan.activations.get(&n.inputs[0]), plan.weights.get(node).and_then(|p| p.first())) else { return delta.to_vec() };
-    let old = n.inputs.get(2).filter(|b| !b.is_empty()).and_then(|b| g.initializer(b)).map(|t| t.to_f32_vec()).unwrap_or_else(|| vec![0.0; delta.len()]);
-    let on_grid = |v: f64, step: f64| (v / step).round() * step;
-    delta
-        .iter()
-        .zip(&old)
-        .enumerate()
-        .map(|(ch, (&d, &b))| {
-            let step = input.scale[0] as f64 * part.params.scale_at(ch) as f64;
-            // The same f32 sum `shift_bias` writes, then the exporter's rounding.
-            on_grid((b as f64 + d) as f32 as f64, step) - on_grid(b as f64, step)
-        })
-        .collect()
+/// `node`'s bias as the QDQ file will store it: int32 on the exporter's grid, dequantized. With a
+/// coarse per-tensor weight scale the step reaches 0.01 (MobileNetV2, first depthwise, no CLE),
+/// twice a typical shift, so layers downstream are corrected against this, not the float bias.
+fn stored_bias(g: &Graph, plan: &QuantPlan, node: &str, channels: usize) -> Option<Vec<f64>> {
+    let n = g.nodes.iter().find(|n| n.name == node)?;
+    let s_in = plan.activations.get(&n.inputs[0])?.scale[0];
+    let part = plan.weights.get(node)?.first()?;
+    let bias = n.inputs.get(2).filter(|b| !b.is_empty()).and_then(|b| g.initializer(b)).map(|t| t.to_f32_vec()).unwrap_or_else(|| vec![0.0; channels]);
+    let (q, scales) = crate::qdq::bias_on_grid(&bias, s_in, &part.params);
+    Some(q.iter().zip(&scales).map(|(&q, &s)| (q as f32 * s) as f64).collect())
 }
 
 /// Per-channel means of the named `values` when running `g` on `inputs`, merged in input order.
@@ -135,12 +125,16 @@ pub fn empirical(g: &mut Graph, reference: &Graph, plan: &QuantPlan, inputs: &[T
                 // The post-activation target solves for exact clamped means, so downstream must
                 // see the bias the file will store; the pre-activation rule keeps the float shift
                 // (its files stay as they were: the stored rounding measured no better there).
-                let stored = if post_activation { stored_bias_change(g, plan, node, &delta) } else { delta.clone() };
+                let before = if post_activation { stored_bias(g, plan, node, c) } else { None };
+                shift_bias(g, node, &delta);
+                let applied: Vec<f64> = match before.and_then(|old| Some((old, stored_bias(g, plan, node, c)?))) {
+                    Some((old, new)) => new.iter().zip(&old).map(|(n, o)| n - o).collect(),
+                    None => delta.clone(),
+                };
                 for (j, chunk) in out.as_f32_mut().expect("float").chunks_mut(inner.max(1)).enumerate() {
-                    let d = stored[j % c] as f32;
+                    let d = applied[j % c] as f32;
                     chunk.iter_mut().for_each(|v| *v += d);
                 }
-                shift_bias(g, node, &delta);
                 corrected += 1;
             }
         }

@@ -49,8 +49,9 @@ pub struct QuantConfig {
     pub bias_correction_images: usize,
     /// Empirical bias correction matches each layer's FP32 mean after its fused activation
     /// clamp (Relu, ReLU6, equalized bound) instead of before it. Off by default: it made
-    /// EfficientNet-Lite0 steady over CLE strengths and gained ~0.4 dB on both bundled models,
-    /// but cost 1 point of agreement on each (BENCHMARKS.md, "Options measured in session 10").
+    /// EfficientNet-Lite0 steady over CLE strengths and gained ~0.5 dB on both bundled models,
+    /// but EfficientNet-Lite0's agreement fell 0.5 points, under its target (BENCHMARKS.md,
+    /// "Options measured in session 10").
     pub bias_correction_post_activation: bool,
     /// Cross-layer equalization before calibration.
     pub cle: bool,

@@ -85,8 +85,7 @@ impl Builder<'_> {
 
     /// int32 bias at scale s_in·s_w (per output channel when the weight is per-channel).
     fn bias(&mut self, base: &str, bias: &[f32], s_in: f32, wq: &QParams) -> String {
-        let scales: Vec<f32> = (0..bias.len()).map(|c| s_in * wq.scale_at(c)).collect();
-        let q: Vec<i32> = bias.iter().zip(&scales).map(|(&b, &s)| (b as f64 / s as f64).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).collect();
+        let (q, scales) = bias_on_grid(bias, s_in, wq);
         let per_channel = !wq.is_per_tensor();
         let bq = self.add_init(format!("{base}_quantized"), Tensor { shape: vec![bias.len()], data: TensorData::I32(q) });
         let scale = self.add_init(format!("{base}_scale"), if per_channel { Tensor::f32(vec![scales.len()], scales).expect("len") } else { Tensor::scalar_f32(scales[0]) });
@@ -103,6 +102,14 @@ impl Builder<'_> {
         }
         self.dequantized.get(value).cloned().unwrap_or_else(|| value.to_string())
     }
+}
+
+/// A conv's bias as the QDQ file stores it: int32 values and their per-channel scales s_in·s_w.
+/// Bias correction uses it to see the bias the file will hold.
+pub(crate) fn bias_on_grid(bias: &[f32], s_in: f32, wq: &QParams) -> (Vec<i32>, Vec<f32>) {
+    let scales: Vec<f32> = (0..bias.len()).map(|c| s_in * wq.scale_at(c)).collect();
+    let q = bias.iter().zip(&scales).map(|(&b, &s)| (b as f64 / s as f64).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32).collect();
+    (q, scales)
 }
 
 /// The QDQ graph of `g` (an FP32 graph with BatchNorm folded) under `plan`.
