@@ -18,9 +18,10 @@ STEPS=(
   "per-tensor, min-max ranges|--scheme per-tensor"
   "+ MSE activation ranges|--scheme subtensor --no-cle --no-split --no-clip --no-bias-correction"
   "+ weight clipping|--scheme subtensor --no-cle --no-split --no-bias-correction"
-  "+ bias correction|--scheme subtensor --no-cle --no-split"
-  "+ splits|--scheme subtensor --no-cle"
-  "+ CLE (strength 0.5)|--scheme subtensor --cle"
+  "+ bias correction|--scheme subtensor --no-cle --no-split --no-weight-correction"
+  "+ splits|--scheme subtensor --no-cle --no-weight-correction"
+  "+ CLE (strength 0.5)|--scheme subtensor --cle --no-weight-correction"
+  "+ weight correction|--scheme subtensor --cle"
   "subtensor default (CLE chosen on calibration data)|--scheme subtensor"
   "subtensor, data-free|--scheme subtensor --data-free"
 )

@@ -83,13 +83,17 @@ fn output_means(g: &Graph, values: &BTreeSet<String>, inputs: &[Tensor]) -> Resu
 /// shift against the FP32 model is measured with everything upstream already quantized and
 /// corrected, removed from that output (a bias change only adds a constant per channel, so the
 /// output need not be recomputed) and recorded in the bias. Returns the number of layers corrected.
-pub fn empirical(g: &mut Graph, reference: &Graph, plan: &QuantPlan, inputs: &[Tensor], post_activation: bool) -> Result<usize, QuantError> {
+///
+/// With `correct_weights`, each layer's weights are first refitted to its quantized input
+/// ([`crate::weight_correction`]); `plan` then holds the corrected parts, and what each layer's
+/// correction did is returned next to the count.
+pub fn empirical(g: &mut Graph, reference: &Graph, plan: &mut QuantPlan, inputs: &[Tensor], post_activation: bool, correct_weights: bool) -> Result<(usize, Vec<(String, crate::weight_correction::Corrected)>), QuantError> {
     let conv_outputs: BTreeMap<String, String> = g.nodes.iter().filter(|n| plan.weights.contains_key(&n.name)).map(|n| (n.name.clone(), n.outputs[0].clone())).collect();
     let clamps: BTreeMap<String, Clamp> = if post_activation { conv_outputs.keys().filter_map(|node| Clamp::after(g, plan, node).map(|c| (node.clone(), c))).collect() } else { BTreeMap::new() };
     // One FP32 pass for both targets: each layer's output and, if wanted, its clamped value.
     let wanted: BTreeSet<String> = conv_outputs.values().chain(clamps.values().map(|c| &c.value)).cloned().collect();
     let fp32_means = output_means(reference, &wanted, inputs)?;
-    let (q, pre_quant) = crate::build_qdq_graph_with_map(g, plan)?;
+    let (mut q, pre_quant) = crate::build_qdq_graph_with_map(g, plan)?;
     let node_of: BTreeMap<&str, &str> = pre_quant.iter().map(|(node, v)| (v.as_str(), node.as_str())).collect();
     // The inputs as one batch.
     let per = inputs[0].len();
@@ -100,7 +104,12 @@ pub fn empirical(g: &mut Graph, reference: &Graph, plan: &QuantPlan, inputs: &[T
     let mut shape = inputs[0].shape.clone();
     shape[0] = inputs.len();
     let mut values: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
-    values.insert(q.inputs[0].clone(), Tensor::f32(shape, batch).expect("batch size"));
+    let batch = Tensor::f32(shape, batch).expect("batch size");
+    // Weight correction reads each layer's FP32 input: the reference runs alongside, node by node.
+    let mut fp32 = correct_weights.then(|| Lockstep::new(reference, batch.clone()));
+    values.insert(q.inputs[0].clone(), batch);
+    // The q node that reads a layer's input first (its only conv, or part 0 of a split).
+    let first_part: BTreeMap<String, String> = plan.weights.iter().map(|(node, parts)| (if parts.len() == 1 { node.clone() } else { format!("{node}_part0") }, node.clone())).collect();
     let mut last_use: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, n) in q.nodes.iter().enumerate() {
         for v in &n.inputs {
@@ -109,7 +118,29 @@ pub fn empirical(g: &mut Graph, reference: &Graph, plan: &QuantPlan, inputs: &[T
     }
     let mut scratch = Vec::new();
     let mut corrected = 0;
-    for (i, n) in q.nodes.iter().enumerate() {
+    let mut weight_corrections = Vec::new();
+    let nodes = q.nodes.clone();
+    for (i, n) in nodes.iter().enumerate() {
+        if let (Some(fp32), Some(node)) = (fp32.as_mut(), first_part.get(&n.name)) {
+            let layer = g.nodes.iter().find(|x| &x.name == node).expect("planned layer").clone();
+            let x_f = fp32.value(&layer.inputs[0])?;
+            let x_q = values.get(&n.inputs[0]).ok_or_else(|| QuantError::Invalid(format!("node '{}': input not computed", n.name)))?;
+            let parts = plan.weights.get_mut(node).expect("planned layer");
+            if let Some(done) = crate::weight_correction::correct_layer(g, &layer, parts, x_q, x_f) {
+                weight_corrections.push((node.clone(), done));
+                // The q graph reads the new parts from here on.
+                for (pi, part) in parts.iter().enumerate() {
+                    let conv = if parts.len() == 1 { node.clone() } else { format!("{node}_part{pi}") };
+                    let dq = q.nodes.iter().find(|x| x.name == conv).and_then(|c| q.nodes.iter().find(|d| d.outputs[0] == c.inputs[1])).cloned();
+                    let dq = dq.ok_or_else(|| QuantError::Invalid(format!("node '{conv}': weight is not a DequantizeLinear of a constant")))?;
+                    q.initializers.insert(dq.inputs[0].clone(), crate::qdq::quantize_tensor(&part.values, &part.params));
+                    // Its DequantizeLinear has already run: run it again on the new bytes.
+                    let args: Vec<Option<&Tensor>> = dq.inputs.iter().map(|v| q.initializers.get(v)).collect();
+                    let weight = subq_runtime::eval_node(&dq, &args, &mut scratch)?;
+                    values.insert(dq.outputs[0].clone(), weight);
+                }
+            }
+        }
         let args: Vec<Option<&Tensor>> = n.inputs.iter().map(|v| if v.is_empty() { None } else { values.get(v).or_else(|| q.initializers.get(v)) }).collect();
         let mut out = subq_runtime::eval_node(n, &args, &mut scratch)?;
         if let Some(node) = node_of.get(n.outputs[0].as_str()) {
@@ -145,7 +176,46 @@ pub fn empirical(g: &mut Graph, reference: &Graph, plan: &QuantPlan, inputs: &[T
             }
         }
     }
-    Ok(corrected)
+    Ok((corrected, weight_corrections))
+}
+
+/// An FP32 graph run over one batch node by node, only as far as the values asked for; values
+/// are dropped after their last reader has run.
+struct Lockstep<'a> {
+    graph: &'a Graph,
+    next: usize,
+    values: std::collections::HashMap<String, Tensor>,
+    last_use: std::collections::HashMap<&'a str, usize>,
+    scratch: Vec<f32>,
+}
+
+impl<'a> Lockstep<'a> {
+    fn new(graph: &'a Graph, batch: Tensor) -> Lockstep<'a> {
+        let mut last_use = std::collections::HashMap::new();
+        for (i, n) in graph.nodes.iter().enumerate() {
+            for v in &n.inputs {
+                last_use.insert(v.as_str(), i);
+            }
+        }
+        let values = std::iter::once((graph.inputs[0].clone(), batch)).collect();
+        Lockstep { graph, next: 0, values, last_use, scratch: Vec::new() }
+    }
+
+    fn value(&mut self, name: &str) -> Result<&Tensor, QuantError> {
+        while !self.values.contains_key(name) && self.next < self.graph.nodes.len() {
+            let n = &self.graph.nodes[self.next];
+            let args: Vec<Option<&Tensor>> = n.inputs.iter().map(|v| if v.is_empty() { None } else { self.values.get(v).or_else(|| self.graph.initializers.get(v)) }).collect();
+            let out = subq_runtime::eval_node(n, &args, &mut self.scratch)?;
+            self.values.insert(n.outputs[0].clone(), out);
+            for v in &n.inputs {
+                if self.last_use.get(v.as_str()) == Some(&self.next) && v != name {
+                    self.values.remove(v);
+                }
+            }
+            self.next += 1;
+        }
+        self.values.get(name).ok_or_else(|| QuantError::Invalid(format!("value '{name}' is not computed by the FP32 graph")))
+    }
 }
 
 /// The clamp a Conv's output goes through before its grid: a fused Relu/Clip and, after

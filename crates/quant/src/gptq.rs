@@ -24,26 +24,26 @@ use crate::{QuantError, QuantPlan};
 
 /// How one layer's input features map onto H.
 #[derive(Clone, Copy)]
-enum Shape {
+pub(crate) enum Shape {
     /// One H over `features` = in_c·kh·kw (Conv, group 1) or K (Gemm).
     Dense { features: usize },
     /// One (kh·kw)² H per channel.
     Depthwise { channels: usize, taps: usize },
 }
 
-struct Target {
+pub(crate) struct Target {
     node: String,
     /// The value the layer reads (its input 0).
     input: String,
-    shape: Shape,
-    geometry: Option<ConvGeometry>,
+    pub(crate) shape: Shape,
+    pub(crate) geometry: Option<ConvGeometry>,
     /// A Gemm weight stored [K, N] (no transB): its rows are input features, not outputs.
     features_by_outputs: bool,
 }
 
 impl Target {
     /// Input vectors one image contributes to H (output positions; 1 for Gemm).
-    fn samples_per_image(&self) -> usize {
+    pub(crate) fn samples_per_image(&self) -> usize {
         self.geometry.map_or(1, |g| g.out_h * g.out_w)
     }
 
@@ -60,7 +60,7 @@ impl Target {
 /// EfficientNet-Lite0's classifier, 100 images for 1280 features, logits SQNR fell).
 const MIN_SAMPLES_PER_FEATURE: usize = 2;
 
-fn target_of(g: &Graph, n: &Node) -> Option<Target> {
+pub(crate) fn target_of(g: &Graph, n: &Node) -> Option<Target> {
     let w = g.initializer(n.inputs.get(1)?)?;
     match &n.op {
         Op::Conv(c) => {
@@ -244,7 +244,7 @@ fn inverse_cholesky_upper(h: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(u)
 }
 
-fn cholesky_lower(a: &[f64], n: usize) -> Option<Vec<f64>> {
+pub(crate) fn cholesky_lower(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mut l = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..=i {
@@ -268,7 +268,7 @@ fn cholesky_lower(a: &[f64], n: usize) -> Option<Vec<f64>> {
 /// errors pushed onto weights beyond a clipped grid only saturate, so each row keeps whichever of
 /// feedback and round-to-nearest has the smaller output error δᵀHδ. Returns the summed output
 /// error of round-to-nearest and of the result, or None when H is unusable.
-fn round_rows(w: &mut [f32], rows: usize, n: usize, h: &[f64], q: &QParams, channel_of: impl Fn(usize) -> usize) -> Option<(f64, f64)> {
+pub(crate) fn round_rows(w: &mut [f32], rows: usize, n: usize, h: &[f64], q: &QParams, channel_of: impl Fn(usize) -> usize) -> Option<(f64, f64)> {
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
     let hp: Vec<f64> = (0..n * n).map(|idx| h[order[idx / n] * n + order[idx % n]]).collect();

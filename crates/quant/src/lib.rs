@@ -11,6 +11,7 @@ pub mod plan;
 pub mod qdq;
 pub mod split;
 pub mod subtensor;
+pub mod weight_correction;
 
 pub use calibrate::{calibrate, calibrate_tensors, CalibOptions, Calibration, ChannelMoments};
 pub use plan::{keep_outputs_float, make_plan, QuantPlan, WeightPart, WeightScheme};

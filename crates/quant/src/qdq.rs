@@ -10,7 +10,7 @@ use subq_tensor::{QParams, QuantRange, Tensor, TensorData};
 use crate::plan::QuantPlan;
 use crate::QuantError;
 
-fn quantize_tensor(t: &Tensor, q: &QParams) -> Tensor {
+pub(crate) fn quantize_tensor(t: &Tensor, q: &QParams) -> Tensor {
     let v = t.to_f32_vec();
     let ch = |i: usize| q.channel_of(&t.shape, i);
     let data = match q.range {

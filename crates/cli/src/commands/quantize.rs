@@ -94,6 +94,18 @@ pub struct QuantOptions {
     /// correction only: --data-free corrects analytically, before the activation.
     #[arg(long, value_enum, default_value_t = BiasTargetArg::PreActivation)]
     pub bias_correction_target: BiasTargetArg,
+
+    /// Empirical weight correction (on by default for subtensor, with images): before each
+    /// layer's bias correction, refit its weights by least squares so that, fed its quantized
+    /// input, it reproduces the FP32 layer on the FP32 input; kept per output channel only where
+    /// the fit on each half of the calibration images also helps on the other half. Grids and
+    /// splits are unchanged, so size and latency are too. On the bundled models: EfficientNet-Lite0
+    /// 22.0 → 24.4 dB logits SQNR, MobileNetV2 26.7 → 27.2 dB; quantizing takes about twice as long
+    #[arg(long, conflicts_with = "no_weight_correction")]
+    pub weight_correction: bool,
+    /// No weight correction (bias correction alone)
+    #[arg(long)]
+    pub no_weight_correction: bool,
     /// Subtensor: extra weight bytes allowed for splits, in % of the weight bytes.
     #[arg(long, default_value_t = 1.0)]
     pub size_budget: f64,
@@ -172,6 +184,9 @@ impl QuantOptions {
         }
         c.bias_correction_images = self.bias_correction_images.max(1);
         c.bias_correction_post_activation = self.bias_correction_target == BiasTargetArg::PostActivation;
+        if self.weight_correction || self.no_weight_correction {
+            c.weight_correction = self.weight_correction;
+        }
         if self.cle || self.no_cle {
             c.cle_auto = false;
             c.cle = self.cle;
@@ -233,6 +248,13 @@ pub fn print_summary(s: &QuantSummary, out: &Text) {
     if s.gptq_layers > 0 {
         let mean = s.gptq_gain_db.iter().map(|(_, d)| d).sum::<f64>() / s.gptq_layers as f64;
         out.line(format_args!("error-feedback (GPTQ) rounding on {} layers: layer-output error {mean:.2} dB below round-to-nearest on average (calibration data)", s.gptq_layers));
+    }
+    if !s.weight_corrections.is_empty() {
+        let changed: Vec<_> = s.weight_corrections.iter().filter(|(_, c)| c.channels_changed > 0).collect();
+        let (channels, of) = s.weight_corrections.iter().fold((0, 0), |(a, b), (_, c)| (a + c.channels_changed, b + c.channels));
+        let (before, after) = changed.iter().fold((0.0, 0.0), |(a, b), (_, c)| (a + c.error_before, b + c.error_after));
+        let db = if after > 0.0 { 10.0 * (before / after).log10() } else { 0.0 };
+        out.line(format_args!("weight correction on {} of {} layers ({channels} of {of} output channels passed the held-out check): their output error {db:.2} dB lower on the calibration images", changed.len(), s.weight_corrections.len()));
     }
     if !s.layers.is_empty() {
         out.line(format_args!(
