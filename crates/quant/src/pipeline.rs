@@ -122,6 +122,11 @@ pub struct QuantSummary {
     /// Per layer that empirical weight correction considered: output channels changed and the
     /// calibration error E‖W x_f − Ŵ x_q‖² before and after.
     pub weight_corrections: Vec<(String, crate::weight_correction::Corrected)>,
+    /// Bytes of CLE's per-channel ReLU6 bounds in the file (one uint8 per bounded channel).
+    pub bound_bytes: usize,
+    /// With automatic CLE: whether equalizing would have put the splits and bounds over the size
+    /// budget (and so was not kept).
+    pub cle_over_size_budget: bool,
     /// With automatic CLE: calibration-set logits SQNR without and with CLE.
     pub cle_choice_sqnr_db: Option<(f64, f64)>,
     pub seconds: f64,
@@ -141,8 +146,14 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         // Judge on (a few of) the calibration images: never on evaluation data.
         let probe = &inputs[..inputs.len().min(16)];
         let (a, b) = (calib_sqnr(fp32, &q_off, probe)?, calib_sqnr(fp32, &q_on, probe)?);
-        let (q, mut s) = if b > a { (q_on, s_on) } else { (q_off, s_off) };
+        // CLE's per-channel ReLU6 bounds are bytes the per-tensor file does not have, so they
+        // share the size budget with the splits: equalization is kept only if both fit (without
+        // it there are no bounds, and the splits fit by construction). Measured: with CLE,
+        // EfficientNet-Lite0's splits and bounds take 1.06% of its weight bytes.
+        let over_budget = s_on.extra_weight_bytes + s_on.bound_bytes > (cfg.subtensor.size_budget * s_on.weight_bytes as f64) as usize;
+        let (q, mut s) = if b > a && !over_budget { (q_on, s_on) } else { (q_off, s_off) };
         s.cle_choice_sqnr_db = Some((a, b));
+        s.cle_over_size_budget = over_budget;
         s.seconds = started.elapsed().as_secs_f64();
         return Ok((q, s));
     }
@@ -208,6 +219,7 @@ pub fn quantize(fp32: &Graph, inputs: &[Tensor], cfg: &QuantConfig, progress: bo
         summary.gptq_layers = summary.gptq_gain_db.len();
     }
     summary.fused_activations = plan.fused_activations.len();
+    summary.bound_bytes = g.nodes.iter().filter(|n| plan.attached_bounds.contains_key(&n.name)).filter_map(|n| g.initializer(n.inputs.get(1)?)).map(|t| t.len()).sum();
     summary.cle = cle;
     summary.biases_absorbed = biases_absorbed;
     if cfg.bias_correction {

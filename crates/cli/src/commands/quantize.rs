@@ -106,7 +106,9 @@ pub struct QuantOptions {
     /// No weight correction (bias correction alone)
     #[arg(long)]
     pub no_weight_correction: bool,
-    /// Subtensor: extra weight bytes allowed for splits, in % of the weight bytes.
+    /// Subtensor: extra bytes allowed over plain per-tensor, in % of the weight bytes: the split
+    /// parts, and CLE's per-channel ReLU6 bounds when CLE is chosen automatically (it is kept only
+    /// if both fit; --cle equalizes regardless). Node names are not counted.
     #[arg(long, default_value_t = 1.0)]
     pub size_budget: f64,
     /// Subtensor: extra latency allowed for splits, in % of the model's MACs (a split is charged
@@ -243,7 +245,8 @@ pub fn print_summary(s: &QuantSummary, out: &Text) {
         out.line(format_args!("{} model output(s) kept in float: the last layer's int32 accumulator is dequantized, not rounded to uint8 (--quantize-outputs to round it)", s.float_outputs));
     }
     if let Some((off, on)) = s.cle_choice_sqnr_db {
-        out.line(format_args!("CLE chosen automatically: calibration logits SQNR {off:.2} dB without, {on:.2} dB with"));
+        let note = if s.cle_over_size_budget { "; not kept: with CLE its per-channel ReLU6 bounds and the splits would exceed --size-budget (raise it, or pass --cle, to equalize anyway)" } else { "" };
+        out.line(format_args!("CLE chosen automatically: calibration logits SQNR {off:.2} dB without, {on:.2} dB with{note}"));
     }
     if s.gptq_layers > 0 {
         let mean = s.gptq_gain_db.iter().map(|(_, d)| d).sum::<f64>() / s.gptq_layers as f64;
