@@ -496,14 +496,16 @@ mod avx2 {
         }
 
         /// The byte GEMM (clipped i8 weights + sparse remainder + zero-point row term) equals
-        /// the i16 reference GEMM, through both output stages.
+        /// the i16 reference GEMM, through both output stages, in both packed forms: for
+        /// `vpmaddubsw` and, where the CPU has AVX-VNNI, for `vpdpbusd`.
         #[test]
-        fn gemm8_matches_reference(m in 1usize..40, k in 1usize..90, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>()) {
-            if !have() { return Ok(()); }
+        fn gemm8_matches_reference(m in 1usize..40, k in 1usize..90, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>(), vnni in any::<bool>()) {
+            if !have() || (vnni && !q8::vnni_available()) { return Ok(()); }
             let mut rng = Rng(seed | 1);
             let d = rng.weights_sparse(m * k);
             let x = rng.bytes(k * n, seed & 1 == 1);
-            let Some(p8) = q8::Packed8::new(&d, m, k) else { return Ok(()) };
+            let Some(p8) = q8::Packed8::with_form(&d, m, k, vnni) else { return Ok(()) };
+            prop_assert_eq!(p8.vnni, vnni);
             let xs: Vec<i16> = x.iter().map(|&v| v as i16 - zx as i16).collect();
             let mut acc = vec![0i32; m * n];
             q8::gemm_i16_reference(m, k, n, &d, &xs, &mut acc);
@@ -524,6 +526,33 @@ mod avx2 {
                 unsafe { q8::avx2::gemm8_requant(&p8, &b, &x, n, zx, &mult, &bias, shift, zp, qmin, qmax, &mut got, 1, None, Some(&e)) };
                 prop_assert_eq!(&got, &want);
             }
+        }
+
+        /// With AVX-VNNI the byte GEMM takes dense full-range i8 weights (pairs far past the
+        /// `vpmaddubsw` limit) and stays exact: the form that makes it the default for per-tensor
+        /// uint8 weights.
+        #[test]
+        fn gemm8_vnni_takes_full_range_weights(m in 1usize..40, k in 1usize..90, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>()) {
+            if !have() || !q8::vnni_available() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let d: Vec<i16> = (0..m * k).map(|_| if rng.next().is_multiple_of(100) { rng.range(-255, 255) as i16 } else { rng.range(-128, 127) as i16 }).collect();
+            let x = rng.bytes(k * n, seed & 1 == 1);
+            let Some(p8) = q8::Packed8::with_form(&d, m, k, true) else { return Ok(()) };
+            let xs: Vec<i16> = x.iter().map(|&v| v as i16 - zx as i16).collect();
+            let mut acc = vec![0i32; m * n];
+            q8::gemm_i16_reference(m, k, n, &d, &xs, &mut acc);
+            // Multipliers as the engine's (in [2^29, 2^30)) and the shift that maps the largest
+            // accumulator to about ±100 steps: a product gone wrong moves outputs by many steps.
+            let mult: Vec<i64> = (0..m).map(|_| rng.range(1 << 29, (1 << 30) - 1)).collect();
+            let peak = acc.iter().map(|a| a.unsigned_abs() as u64).max().unwrap_or(0).max(1);
+            let shift = (((peak as f64) * (1u64 << 30) as f64 / 100.0).log2().floor() as u32).max(1);
+            let bias = vec![0i64; m];
+            let want: Vec<u8> = (0..m * n).map(|i| (128 + q8::round_shift(acc[i] as i64 * mult[i / n], shift)).clamp(0, 255) as u8).collect();
+            let mut b = Vec::new();
+            q8::pack_b8(&x, k, n, &mut b);
+            let mut got = vec![0u8; m * n];
+            unsafe { q8::avx2::gemm8_requant(&p8, &b, &x, n, zx, &mult, &bias, shift, 128, 0, 255, &mut got, 1, None, None) };
+            prop_assert_eq!(&got, &want);
         }
 
         #[test]

@@ -6,6 +6,8 @@ mod int8;
 
 pub use fp32::{eval_node, qdq_params, Fp32Executor};
 pub use int8::Int8Engine;
+/// The integer kernel set chosen at run time (for reports).
+pub use subq_kernels::q8::kernel_set;
 
 use subq_kernels::ConvGeometry;
 

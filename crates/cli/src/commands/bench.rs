@@ -47,6 +47,8 @@ fn engine<'g>(g: &'g Graph) -> Result<Box<dyn RunModel + 'g>> {
 pub struct BenchReport {
     pub model: String,
     pub engine: String,
+    /// Integer kernel set chosen at run time (`portable`, `avx2`, `avx2+avx-vnni`).
+    pub int8_kernels: String,
     /// Shape of one run's input per image: [1, C, H, W].
     pub input_shape: Vec<usize>,
     pub batch: usize,
@@ -142,6 +144,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let report = BenchReport {
         model: a.model.display().to_string(),
         engine: model.describe(),
+        int8_kernels: subq_runtime::kernel_set().to_string(),
         input_shape: shape,
         batch: a.batch,
         threads: rayon::current_num_threads(),
@@ -162,6 +165,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let per = if a.batch == 1 { "per image".to_string() } else { format!("per batch of {}", a.batch) };
     println!("model:      {}", report.model);
     println!("engine:     {}", report.engine);
+    println!("kernels:    int8 {} (chosen at run time; SUBQ_SIMD=avx2 or portable to compare)", report.int8_kernels);
     println!("input:      {:?} × batch {}", report.input_shape, report.batch);
     println!("threads:    {}", report.threads);
     println!("runs:       {} (+{} warm-up)", report.runs, report.warmup);

@@ -1,7 +1,9 @@
 //! AVX2 versions of the integer kernels, bit-identical to the scalar references in [`super`].
 //!
 //! Products use `vpmaddwd` on i16 pairs (`|x − zp| ≤ 255`, `|w − zw| ≤ 255`): each i32 lane gets
-//! `x0·w0 + x1·w1` exactly, with no intermediate saturation (`vpmaddubsw` is never used). i32
+//! `x0·w0 + x1·w1` exactly, with no intermediate saturation. The byte GEMM uses `vpmaddubsw` only
+//! on weight pairs that cannot saturate it, or, on CPUs with AVX-VNNI, `vpdpbusd`, whose four
+//! u8·i8 products go straight into i32 (no intermediate to saturate; [`Packed8::vnni`]). i32
 //! accumulation wraps exactly like the reference's (order does not matter for wrapping sums).
 //! Requantization is the reference's i64 fixed-point arithmetic, done on 4×i64 lanes
 //! (`vpmuldq`), with ties-away-from-zero rounding computed on the absolute value.
@@ -643,13 +645,24 @@ unsafe fn dot_product<const U8: bool>(a: __m256i, b: __m256i) -> __m256i {
     }
 }
 
+/// `acc + Σ₄ x·w` per i32 lane: AVX-VNNI's `vpdpbusd` (x u8, w i8), exact. Inline assembly
+/// because the intrinsic needs the `avxvnni` target feature on every caller to be inlined; callers
+/// check [`Packed8::vnni`], which is only set when the CPU has it.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dpbusd(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+    let mut acc = acc;
+    std::arch::asm!("{{vex}} vpdpbusd {c}, {x}, {w}", c = inout(ymm_reg) acc, x = in(ymm_reg) x, w = in(ymm_reg) w, options(pure, nomem, nostack, preserves_flags));
+    acc
+}
+
 /// The [`MR`] accumulators of one A block (`ap`, `kp` k-pairs) times one expanded column `x`
 /// (see [`expand_column`]): lane `q` of the flat pair sequence belongs to row `q mod MR`, and
 /// 24 pairs (3 vectors) are a whole number of k-pairs, so each of 3 vector accumulators has a
 /// fixed lane → row map. The A block is read exactly to its end (a masked load for the last
 /// partial vector). Exact in wrapping i32, like the tile.
 #[inline(always)]
-unsafe fn dot_tail<const U8: bool>(ap: *const i32, kp: usize, x: &[i32]) -> [i32; MR] {
+unsafe fn dot_tail<const U8: bool>(ap: *const i32, kp: usize, x: &[i32], vnni: bool) -> [i32; MR] {
     let total = kp * MR;
     let mut v = [_mm256_setzero_si256(); 3];
     let xp = x.as_ptr();
@@ -658,7 +671,7 @@ unsafe fn dot_tail<const U8: bool>(ap: *const i32, kp: usize, x: &[i32]) -> [i32
         for (t, vt) in v.iter_mut().enumerate() {
             let a = _mm256_loadu_si256(ap.add(q + 8 * t) as *const __m256i);
             let b = _mm256_loadu_si256(xp.add(q + 8 * t) as *const __m256i);
-            *vt = _mm256_add_epi32(*vt, dot_product::<U8>(a, b));
+            *vt = if U8 && vnni { dpbusd(*vt, b, a) } else { _mm256_add_epi32(*vt, dot_product::<U8>(a, b)) };
         }
         q += 24;
     }
@@ -671,7 +684,7 @@ unsafe fn dot_tail<const U8: bool>(ap: *const i32, kp: usize, x: &[i32]) -> [i32
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((total - q) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
             _mm256_maskload_epi32(ap.add(q), mask)
         };
-        v[t] = _mm256_add_epi32(v[t], dot_product::<U8>(a, b));
+        v[t] = if U8 && vnni { dpbusd(v[t], b, a) } else { _mm256_add_epi32(v[t], dot_product::<U8>(a, b)) };
         q += 8;
         t += 1;
     }
@@ -737,7 +750,7 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, 
             for c in tc..cols {
                 expand_column(bp, kp, c, &mut x);
                 for ib in ib0..ib1 {
-                    let acc = dot_tail::<false>(a.add(ib * kp * MR), kp, &x);
+                    let acc = dot_tail::<false>(a.add(ib * kp * MR), kp, &x, false);
                     for (r, &v) in acc.iter().enumerate().take(MR.min(m - ib * MR)) {
                         store_one::<CAP>(dst, ib * MR + r, jp * NR + c, n, v);
                     }
@@ -761,14 +774,29 @@ unsafe fn row_init8(p8: &Packed8, row0: usize, rows: usize, zx: i32) -> [__m256i
 /// `vpmaddubsw` (x u8 · c i8, 4 k per i32 lane as two exact i16 pair sums) then `vpmaddwd`
 /// by 1 (exact i32), accumulated on top of `init`.
 #[inline(always)]
-unsafe fn gemm8_tile<const H: usize>(ap: *const i32, bp: *const u8, kq: usize, init: &[__m256i; MR8]) -> [[__m256i; 2]; MR8] {
+unsafe fn gemm8_tile<const H: usize>(ap: *const i32, bp: *const u8, kq: usize, init: &[__m256i; MR8], vnni: bool) -> [[__m256i; 2]; MR8] {
     let mut c = [[_mm256_setzero_si256(); 2]; MR8];
     for (cr, &i) in c.iter_mut().zip(init) {
         *cr = [i, i];
     }
     let ones = _mm256_set1_epi16(1);
     if H == 2 && MR8 == 6 {
-        return gemm8_tile16(ap, bp, kq, c);
+        return if vnni { gemm8_tile16_vnni(ap, bp, kq, c) } else { gemm8_tile16(ap, bp, kq, c) };
+    }
+    if vnni {
+        for q in 0..kq {
+            let b0 = _mm256_loadu_si256(bp.add(q * NR * 4) as *const __m256i);
+            let b1 = if H == 2 { _mm256_loadu_si256(bp.add(q * NR * 4 + 32) as *const __m256i) } else { b0 };
+            let aw = ap.add(q * MR8);
+            for (r, cr) in c.iter_mut().enumerate() {
+                let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
+                cr[0] = dpbusd(cr[0], b0, w);
+                if H == 2 {
+                    cr[1] = dpbusd(cr[1], b1, w);
+                }
+            }
+        }
+        return c;
     }
     for q in 0..kq {
         let b0 = _mm256_loadu_si256(bp.add(q * NR * 4) as *const __m256i);
@@ -871,6 +899,58 @@ unsafe fn gemm8_tile16(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2
     [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]
 }
 
+/// [`gemm8_tile16`] for weights packed for VNNI ([`Packed8::vnni`]): one `vpdpbusd` per row and
+/// 8 columns per k-quad, where the other needs `vpmaddubsw`, `vpmaddwd` and `vpaddd`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn gemm8_tile16_vnni(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2]; MR8]) -> [[__m256i; 2]; MR8] {
+    let [[mut c00, mut c01], [mut c10, mut c11], [mut c20, mut c21], [mut c30, mut c31], [mut c40, mut c41], [mut c50, mut c51]] = [c[0], c[1], c[2], c[3], c[4], c[5]];
+    for q in 0..kq {
+        let (b, a) = (bp.add(q * NR * 4), ap.add(q * MR8));
+        std::arch::asm!(
+            "vmovdqu {b0}, ymmword ptr [{b}]",
+            "vmovdqu {b1}, ymmword ptr [{b} + 32]",
+            "vpbroadcastd {w}, dword ptr [{a}]",
+            "{{vex}} vpdpbusd {c00}, {b0}, {w}",
+            "{{vex}} vpdpbusd {c01}, {b1}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 4]",
+            "{{vex}} vpdpbusd {c10}, {b0}, {w}",
+            "{{vex}} vpdpbusd {c11}, {b1}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 8]",
+            "{{vex}} vpdpbusd {c20}, {b0}, {w}",
+            "{{vex}} vpdpbusd {c21}, {b1}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 12]",
+            "{{vex}} vpdpbusd {c30}, {b0}, {w}",
+            "{{vex}} vpdpbusd {c31}, {b1}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 16]",
+            "{{vex}} vpdpbusd {c40}, {b0}, {w}",
+            "{{vex}} vpdpbusd {c41}, {b1}, {w}",
+            "vpbroadcastd {w}, dword ptr [{a} + 20]",
+            "{{vex}} vpdpbusd {c50}, {b0}, {w}",
+            "{{vex}} vpdpbusd {c51}, {b1}, {w}",
+            b = in(reg) b,
+            a = in(reg) a,
+            b0 = out(ymm_reg) _,
+            b1 = out(ymm_reg) _,
+            w = out(ymm_reg) _,
+            c00 = inout(ymm_reg) c00,
+            c01 = inout(ymm_reg) c01,
+            c10 = inout(ymm_reg) c10,
+            c11 = inout(ymm_reg) c11,
+            c20 = inout(ymm_reg) c20,
+            c21 = inout(ymm_reg) c21,
+            c30 = inout(ymm_reg) c30,
+            c31 = inout(ymm_reg) c31,
+            c40 = inout(ymm_reg) c40,
+            c41 = inout(ymm_reg) c41,
+            c50 = inout(ymm_reg) c50,
+            c51 = inout(ymm_reg) c51,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]
+}
+
 /// Adds the sparse remainder `Σ (d − c)·x` of rows `row0..row0 + rows` to a tile at column
 /// `col` (`cols` valid): x rows are read from the uint8 `[k × n]` input.
 #[inline(always)]
@@ -907,11 +987,11 @@ unsafe fn gemm8_block(p8: &Packed8, ib: usize, rows: usize, bp: *const u8, x: *c
     let init = row_init8(p8, row0, rows, zx);
     let ap = (p8.a.as_ptr() as *const i32).add(ib * kq * MR8);
     if width > 8 {
-        let mut c = gemm8_tile::<2>(ap, bp, kq, &init);
+        let mut c = gemm8_tile::<2>(ap, bp, kq, &init, p8.vnni);
         gemm8_rem::<2>(&mut c, p8, row0, rows, x, n, col, width);
         c
     } else {
-        let mut c = gemm8_tile::<1>(ap, bp, kq, &init);
+        let mut c = gemm8_tile::<1>(ap, bp, kq, &init, p8.vnni);
         gemm8_rem::<1>(&mut c, p8, row0, rows, x, n, col, width);
         c
     }
@@ -948,7 +1028,7 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8, r0: usize,
                 let col = jp * NR + cc;
                 for ib in c0..c1 {
                     let row0 = ib * MR8;
-                    let acc = dot_tail::<true>(a.add(ib * kq * MR8), kq, &xe);
+                    let acc = dot_tail::<true>(a.add(ib * kq * MR8), kq, &xe, p8.vnni);
                     for (r, &v) in acc.iter().enumerate().take(MR8.min(r1 - row0)) {
                         let row = row0 + r;
                         let mut v = v.wrapping_sub(zx.wrapping_mul(*p8.rowsum.get_unchecked(row)));

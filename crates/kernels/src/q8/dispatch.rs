@@ -31,6 +31,16 @@ pub fn simd_level() -> SimdLevel {
     })
 }
 
+/// The integer kernels this process runs, for reports: `portable`, `avx2`, or `avx2+avx-vnni`
+/// (the byte GEMM on `vpdpbusd`).
+pub fn kernel_set() -> &'static str {
+    match (simd_level(), super::vnni_available()) {
+        (SimdLevel::Portable, _) => "portable",
+        (_, true) => "avx2+avx-vnni",
+        _ => "avx2",
+    }
+}
+
 /// Integer convolution (see [`super::conv_q8_reference`] for the arguments): the fastest kernel
 /// the CPU supports, bit-identical to the reference.
 #[allow(clippy::too_many_arguments)]

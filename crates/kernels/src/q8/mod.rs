@@ -8,13 +8,13 @@
 use crate::ConvGeometry;
 
 mod pack;
-pub use pack::{pack_b8, pack_b_i16, pack_b_u8, Packed8, PackedWeights, BYTE_GEMM_MIN_K, GEMV_MAX_N, MR, MR8, NR, W8_PAIR_MAX, byte_pair};
+pub use pack::{byte_gemm_min_k, byte_pair, pack_b8, pack_b_i16, pack_b_u8, vnni_available, Packed8, PackedWeights, BYTE_GEMM_MIN_K, BYTE_GEMM_MIN_K_VNNI, GEMV_MAX_N, MR, MR8, NR, W8_PAIR_MAX};
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
 mod dispatch;
-pub use dispatch::{add_q8, clamp_channels_u8, conv_acc, conv_q8, conv_q8_clamped, conv_q8_epi, conv_q8_portable, global_avg_pool_q8, quantize_f32, requantize_u8, simd_level, SimdLevel};
+pub use dispatch::{add_q8, clamp_channels_u8, conv_acc, conv_q8, conv_q8_clamped, conv_q8_epi, conv_q8_portable, global_avg_pool_q8, kernel_set, quantize_f32, requantize_u8, simd_level, SimdLevel};
 
 /// Fixed-point multiplier: `apply(acc) = round(acc · multiplier / 2^shift)`, ties rounded away
 /// from zero (as gemmlowp's RoundingDivideByPOT does). Multipliers are kept in [2^29, 2^30) so
@@ -144,7 +144,7 @@ impl ConvPart {
     /// A part with its weights packed for geometry `g`.
     pub fn new(weight: Vec<i16>, requant: Vec<Requant>, g: &ConvGeometry) -> ConvPart {
         let packed = PackedWeights::new(&weight, g);
-        let packed8 = if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N && g.in_c >= BYTE_GEMM_MIN_K { Packed8::new(&weight, g.out_c, g.in_c) } else { None };
+        let packed8 = if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N && g.in_c >= byte_gemm_min_k() { Packed8::new(&weight, g.out_c, g.in_c) } else { None };
         let wmax = weight.iter().map(|d| d.unsigned_abs() as u32).max().unwrap_or(0);
         ConvPart { weight, requant, packed, packed8, wmax }
     }

@@ -144,6 +144,36 @@ pub fn pack_b_i16(cols: &[i16], k: usize, n: usize, dst: &mut Vec<i16>) {
 /// early expand layers (k = 16–40: up to 35%).
 pub const BYTE_GEMM_MIN_K: usize = 80;
 
+/// [`BYTE_GEMM_MIN_K`] on a CPU with AVX-VNNI: one `vpdpbusd` does 32 exact u8·i8 products where
+/// the i16 GEMM needs two instructions for 16. Below k ≈ 32 the tile's fixed costs (row init,
+/// remainder, epilogue over few k-quads) still lose: the 1×1 convs of the per-tensor files took
+/// (`subq bench --profile`, MobileNetV2 / EfficientNet-Lite0) 1.78 / — ms with 16,
+/// 1.66 / 3.51 ms with 32, 1.66 / 3.51 ms with 48 and 1.74 / 3.89 ms with 80.
+pub const BYTE_GEMM_MIN_K_VNNI: usize = 48;
+
+/// Whether this CPU runs AVX-VNNI's `vpdpbusd` on ymm registers (checked once). Then the byte GEMM
+/// multiplies any i8 weight exactly (no i16 pair sum to saturate) and [`Packed8::new`] packs for it.
+/// `SUBQ_SIMD=avx2` (or `portable`) turns it off, to compare.
+pub fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *VNNI.get_or_init(|| {
+            let off = std::env::var("SUBQ_SIMD").map(|v| matches!(v.to_ascii_lowercase().as_str(), "avx2" | "portable" | "scalar" | "off" | "none")).unwrap_or(false);
+            !off && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("avxvnni")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Smallest depth `k` for which pointwise convs take the byte GEMM on this CPU.
+pub fn byte_gemm_min_k() -> usize {
+    if vnni_available() { BYTE_GEMM_MIN_K_VNNI } else { BYTE_GEMM_MIN_K }
+}
+
 /// Rows of the byte GEMM's micro-tile ([`Packed8`]).
 pub const MR8: usize = 6;
 /// Largest `|c0| + |c1|` of a weight pair that `vpmaddubsw` multiplies (the bytes `2j, 2j+1` of
@@ -164,10 +194,10 @@ pub fn byte_pair(d0: i32, d1: i32) -> (i32, i32) {
     if small_first { (cs, cb) } else { (cb, cs) }
 }
 
-/// Weights of a pointwise conv for the byte GEMM (`vpmaddubsw` on uint8 activations `x`):
-/// `d = w − zw` is split into `c` (packed as i8, each k-pair within [`W8_PAIR_MAX`], see
-/// [`byte_pair`]) and a sparse remainder `d − c`, and `Σ d·(x − zx) = Σ c·x + Σ (d − c)·x − zx·Σ d`
-/// exactly.
+/// Weights of a pointwise conv for the byte GEMM (`vpmaddubsw`, or `vpdpbusd` with VNNI, on
+/// uint8 activations `x`): `d = w − zw` is split into `c` (packed as i8) and a sparse remainder
+/// `d − c`, and `Σ d·(x − zx) = Σ c·x + Σ (d − c)·x − zx·Σ d` exactly. Without VNNI each k-pair of
+/// `c` stays within [`W8_PAIR_MAX`] (see [`byte_pair`]); with it, `c` is just `d` clamped to i8.
 #[derive(Clone, Debug, Default)]
 pub struct Packed8 {
     /// `ceil(m/MR8)` blocks of `[ceil(k/4)][MR8][4]` i8 (`c`), zero padded.
@@ -180,12 +210,19 @@ pub struct Packed8 {
     pub rem_start: Vec<u32>,
     /// Remainder entries: (k index, `d − c`).
     pub rem: Vec<(u32, i32)>,
+    /// Packed for `vpdpbusd` (i8 values, no pair limit): only the VNNI kernels may read it.
+    pub vnni: bool,
 }
 
 impl Packed8 {
     /// The byte form of `m × k` row-major weights `d` (`None` if a value is outside
     /// [−255, 255] or more than 1 in 32 values need the remainder: then the i16 GEMM is faster).
     pub fn new(weight: &[i16], m: usize, k: usize) -> Option<Packed8> {
+        Packed8::with_form(weight, m, k, vnni_available())
+    }
+
+    /// [`Packed8::new`] for the VNNI kernels (`vnni`) or the `vpmaddubsw` ones, whatever the CPU.
+    pub fn with_form(weight: &[i16], m: usize, k: usize, vnni: bool) -> Option<Packed8> {
         if k == 0 || m == 0 || weight.len() < m * k || weight[..m * k].iter().any(|&d| !(-255..=255).contains(&d)) {
             return None;
         }
@@ -200,7 +237,7 @@ impl Packed8 {
             rowsum.push(row.iter().map(|&d| d as i32).sum());
             for p in (0..k).step_by(2) {
                 let (d0, d1) = (row[p] as i32, row.get(p + 1).map_or(0, |&d| d as i32));
-                let (c0, c1) = byte_pair(d0, d1);
+                let (c0, c1) = if vnni { (d0.clamp(-128, 127), d1.clamp(-128, 127)) } else { byte_pair(d0, d1) };
                 for (q, c, d) in [(p, c0, d0), (p + 1, c1, d1)] {
                     if q >= k {
                         continue;
@@ -213,7 +250,7 @@ impl Packed8 {
             }
             rem_start.push(rem.len() as u32);
         }
-        (rem.len() * 32 <= m * k).then_some(Packed8 { a, m, k, rowsum, rem_start, rem })
+        (rem.len() * 32 <= m * k).then_some(Packed8 { a, m, k, rowsum, rem_start, rem, vnni })
     }
 }
 
