@@ -347,37 +347,37 @@ impl ScalarStage {
 /// The `MR × 8·H` micro-kernel over `kp` k-pairs (`H = 1`: only the panel's first 8 columns),
 /// two k-pairs per iteration.
 #[inline(always)]
-unsafe fn gemm_tile<const H: usize>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 2]; MR] {
+unsafe fn gemm_tile<const H: usize, const V: bool>(ap: *const i32, bp: *const i16, kp: usize) -> [[__m256i; 2]; MR] {
     let mut c = [[_mm256_setzero_si256(); 2]; MR];
     // One k-pair per iteration: 12 accumulators + 2 B rows + 1 broadcast + 1 product is exactly
     // the 16 ymm registers; a 2× unrolled body made the compiler rotate and spill accumulators
     // (82 instructions per two k-pairs instead of 64).
     let mut p = 0;
     while p + 2 <= kp {
-        gemm_step::<H>(&mut c, ap, bp, p);
+        gemm_step::<H, V>(&mut c, ap, bp, p);
         // Keeps the compiler from hoisting the next k-pair's loads above this one's products
         // (which needs more than 16 registers and spills accumulators).
         std::arch::asm!("", options(nomem, nostack, preserves_flags));
-        gemm_step::<H>(&mut c, ap, bp, p + 1);
+        gemm_step::<H, V>(&mut c, ap, bp, p + 1);
         p += 2;
     }
     if p < kp {
-        gemm_step::<H>(&mut c, ap, bp, p);
+        gemm_step::<H, V>(&mut c, ap, bp, p);
     }
     c
 }
 
 /// One k-pair of [`gemm_tile`].
 #[inline(always)]
-unsafe fn gemm_step<const H: usize>(c: &mut [[__m256i; 2]; MR], ap: *const i32, bp: *const i16, p: usize) {
+unsafe fn gemm_step<const H: usize, const V: bool>(c: &mut [[__m256i; 2]; MR], ap: *const i32, bp: *const i16, p: usize) {
     let b0 = _mm256_loadu_si256(bp.add(p * NR * 2) as *const __m256i);
     let b1 = if H == 2 { _mm256_loadu_si256(bp.add(p * NR * 2 + 16) as *const __m256i) } else { b0 };
     let aw = ap.add(p * MR);
     for (r, cr) in c.iter_mut().enumerate() {
         let w = _mm256_set1_epi32(aw.add(r).read_unaligned());
-        cr[0] = _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w));
+        cr[0] = if V { dpwssd(cr[0], b0, w) } else { _mm256_add_epi32(cr[0], _mm256_madd_epi16(b0, w)) };
         if H == 2 {
-            cr[1] = _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w));
+            cr[1] = if V { dpwssd(cr[1], b1, w) } else { _mm256_add_epi32(cr[1], _mm256_madd_epi16(b1, w)) };
         }
     }
 }
@@ -460,6 +460,7 @@ unsafe fn gemm_parts<const P: usize>(a: [PartA; P], k: usize, b: PartsB, n: usiz
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [PartA; P], kp: usize, kq: usize, b: PartsB, n: usize, mult: &[i64], out_c: usize, bias: &[i64], f: &Fin, cmax: Option<&[u8]>, r0: usize, r1: usize, out: &mut [u8]) {
     let x = b.x.as_ptr();
+    let vnni = super::pack::vnni_available();
     for jp in 0..n.div_ceil(NR) {
         let bp16 = b.b16.as_ptr().wrapping_add(jp * kp * NR * 2);
         let bp8 = b.b8.as_ptr().wrapping_add(jp * kq * NR * 4);
@@ -471,7 +472,12 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [PartA; P], kp: u
                 *cp = match *ap {
                     PartA::Wide(w, _) => {
                         let ap = (w.as_ptr() as *const i32).add(ib * kp * MR);
-                        if cols > 8 { gemm_tile::<2>(ap, bp16, kp) } else { gemm_tile::<1>(ap, bp16, kp) }
+                        match (cols > 8, vnni) {
+                            (true, false) => gemm_tile::<2, false>(ap, bp16, kp),
+                            (false, false) => gemm_tile::<1, false>(ap, bp16, kp),
+                            (true, true) => gemm_tile::<2, true>(ap, bp16, kp),
+                            (false, true) => gemm_tile::<1, true>(ap, bp16, kp),
+                        }
                     }
                     PartA::Byte(q) => gemm8_block(q, ib, rows, bp8, x, n, b.zx, jp * NR, cols),
                 };
@@ -656,6 +662,16 @@ unsafe fn dpbusd(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
     acc
 }
 
+/// `acc + x0·w0 + x1·w1` per i32 lane on i16 pairs: AVX-VNNI's `vpdpwssd`, the same wrapping sum
+/// as `vpmaddwd` then `vpaddd` in one instruction (same inline-assembly reason as [`dpbusd`]).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dpwssd(acc: __m256i, x: __m256i, w: __m256i) -> __m256i {
+    let mut acc = acc;
+    std::arch::asm!("{{vex}} vpdpwssd {c}, {x}, {w}", c = inout(ymm_reg) acc, x = in(ymm_reg) x, w = in(ymm_reg) w, options(pure, nomem, nostack, preserves_flags));
+    acc
+}
+
 /// The [`MR`] accumulators of one A block (`ap`, `kp` k-pairs) times one expanded column `x`
 /// (see [`expand_column`]): lane `q` of the flat pair sequence belongs to row `q mod MR`, and
 /// 24 pairs (3 vectors) are a whole number of k-pairs, so each of 3 vector accumulators has a
@@ -728,6 +744,8 @@ unsafe fn store_one<const CAP: bool>(dst: &GemmOut, row: usize, col: usize, n: u
 unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, kp: usize, b: *const i16, n: usize, f: &Fin, dst: &GemmOut) {
     let (mb, np) = (m.div_ceil(MR), n.div_ceil(NR));
     let mut x = Vec::new();
+    // With AVX-VNNI each k-pair product is one `vpdpwssd` instead of `vpmaddwd` + `vpaddd`.
+    let vnni = super::pack::vnni_available();
     // Row blocks in chunks of at most A_CHUNK_BYTES of packed A, each chunk against every
     // panel: a chunk stays in L2 while the panels go by (one pass over a large A, such as the
     // 7×7 layers' 0.4–0.8 MB, instead of one per panel from L3).
@@ -743,7 +761,12 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, 
                 for ib in ib0..ib1 {
                     let ap = a.add(ib * kp * MR);
                     let rows = MR.min(m - ib * MR);
-                    let c = if tc > 8 { gemm_tile::<2>(ap, bp, kp) } else { gemm_tile::<1>(ap, bp, kp) };
+                    let c = match (tc > 8, vnni) {
+                        (true, false) => gemm_tile::<2, false>(ap, bp, kp),
+                        (false, false) => gemm_tile::<1, false>(ap, bp, kp),
+                        (true, true) => gemm_tile::<2, true>(ap, bp, kp),
+                        (false, true) => gemm_tile::<1, true>(ap, bp, kp),
+                    };
                     gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols.min(tc), n, f, dst);
                 }
             }
@@ -1370,7 +1393,7 @@ impl<const P: usize> DwWeights<P> {
 /// Accumulators of one output block whose first tap reads `r0`: `a` from loads at `r0 + …`,
 /// `b` from loads at `r0 + d + …` (`TWO = false`: `b` is not computed).
 #[inline(always)]
-unsafe fn dw_block<const P: usize, const TWO: bool>(r0: *const i16, rs: usize, d: usize, kh: usize, kw2: usize, w: &DwWeights<P>) -> ([__m256i; P], [__m256i; P]) {
+unsafe fn dw_block<const P: usize, const TWO: bool, const V: bool>(r0: *const i16, rs: usize, d: usize, kh: usize, kw2: usize, w: &DwWeights<P>) -> ([__m256i; P], [__m256i; P]) {
     let mut a = [_mm256_setzero_si256(); P];
     let mut b = [_mm256_setzero_si256(); P];
     for ky in 0..kh {
@@ -1380,9 +1403,9 @@ unsafe fn dw_block<const P: usize, const TWO: bool>(r0: *const i16, rs: usize, d
             let x1 = if TWO { _mm256_loadu_si256(r.add(2 * j + d) as *const __m256i) } else { x0 };
             for p in 0..P {
                 let w = w.get(p, ky * kw2 + j);
-                a[p] = _mm256_add_epi32(a[p], _mm256_madd_epi16(x0, w));
+                a[p] = if V { dpwssd(a[p], x0, w) } else { _mm256_add_epi32(a[p], _mm256_madd_epi16(x0, w)) };
                 if TWO {
-                    b[p] = _mm256_add_epi32(b[p], _mm256_madd_epi16(x1, w));
+                    b[p] = if V { dpwssd(b[p], x1, w) } else { _mm256_add_epi32(b[p], _mm256_madd_epi16(x1, w)) };
                 }
             }
         }
@@ -1497,7 +1520,7 @@ unsafe fn store_bytes(dst: *mut u8, bytes: __m128i, cols: usize, room: usize) {
 /// Channels `c0..c1` of a depthwise conv over `P` weight parts (see [`depthwise_parts`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
+unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize, const V: bool>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
     let (kh, kw2) = if KH > 0 { (KH, KW2) } else { (pl.kh, pl.kw2) };
     let (oh, ow) = (g.out_h, g.out_w);
     let (sy, sx) = (g.strides[0], g.strides[1]);
@@ -1524,7 +1547,7 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
             let st = dw_stage::<P>(mult, bias, *out_c, f, epi, *cmax, c);
             let lp = line.as_mut_ptr();
             for blk in 0..nflat {
-                let (e, o) = dw_block::<P, true>(base.add(blk * 16), rs, 1, kh, kw2, &w);
+                let (e, o) = dw_block::<P, true, V>(base.add(blk * 16), rs, 1, kh, kw2, &w);
                 let bytes = _mm_min_epu8(pack_eo(dw_vals::<P>(&st, f, &e), dw_vals::<P>(&st, f, &o)), st.cap);
                 _mm_storeu_si128(lp.add(blk * 16) as *mut __m128i, bytes);
             }
@@ -1558,13 +1581,13 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
                     while ox0 < ow {
                         let cols = 16.min(ow - ox0);
                         let bytes = if sx == 1 {
-                            let (e, o) = dw_block::<P, true>(rb.add(ox0), rs, 1, kh, kw2, &w);
+                            let (e, o) = dw_block::<P, true, V>(rb.add(ox0), rs, 1, kh, kw2, &w);
                             pack_eo(dw_vals::<P>(&st, f, &e), dw_vals::<P>(&st, f, &o))
                         } else if cols > 8 {
-                            let (v0, v1) = dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
+                            let (v0, v1) = dw_block::<P, true, V>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
                             pack16(dw_vals::<P>(&st, f, &v0), dw_vals::<P>(&st, f, &v1))
                         } else {
-                            let (v0, _) = dw_block::<P, false>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
+                            let (v0, _) = dw_block::<P, false, V>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
                             let y = dw_vals::<P>(&st, f, &v0);
                             pack16(y, y)
                         };
@@ -1581,10 +1604,10 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
                     while ox0 < ow {
                         let cols = 16.min(ow - ox0);
                         let (v0, v1) = if sx == 1 {
-                            let (e, o) = dw_block::<P, true>(rb.add(ox0), rs, 1, kh, kw2, &w);
+                            let (e, o) = dw_block::<P, true, V>(rb.add(ox0), rs, 1, kh, kw2, &w);
                             interleave_eo(e[0], o[0])
                         } else {
-                            let (a, b) = dw_block::<P, true>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
+                            let (a, b) = dw_block::<P, true, V>(rb.add(2 * ox0), rs, 16, kh, kw2, &w);
                             (a[0], b[0])
                         };
                         let dst = acc.as_mut_ptr().add(row * spatial + oy * ow + ox0);
@@ -1604,10 +1627,14 @@ unsafe fn dw_channels<const P: usize, const KH: usize, const KW2: usize>(input: 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_dispatch<const P: usize>(input: &[u8], zp: i32, pairs: &[&[i32]; P], g: &ConvGeometry, pl: &DwPlan, c0: usize, c1: usize, plane: &mut Vec<i16>, line: &mut Vec<u8>, out: &mut DwOut) {
-    match (pl.kh, pl.kw2) {
-        (3, 2) => dw_channels::<P, 3, 2>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        (5, 3) => dw_channels::<P, 5, 3>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
-        _ => dw_channels::<P, 0, 0>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+    // With AVX-VNNI each tap pair is one `vpdpwssd` instead of `vpmaddwd` + `vpaddd`.
+    match (pl.kh, pl.kw2, super::pack::vnni_available()) {
+        (3, 2, false) => dw_channels::<P, 3, 2, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (5, 3, false) => dw_channels::<P, 5, 3, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (_, _, false) => dw_channels::<P, 0, 0, false>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (3, 2, true) => dw_channels::<P, 3, 2, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (5, 3, true) => dw_channels::<P, 5, 3, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
+        (_, _, true) => dw_channels::<P, 0, 0, true>(input, zp, pairs, g, pl, c0, c1, plane, line, out),
     }
 }
 
