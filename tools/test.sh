@@ -9,8 +9,10 @@ export SUBQ_PYTHON
 # The fuzz test of the importer and QDQ reader runs this long (a few seconds by default).
 export SUBQ_FUZZ_SECONDS="${SUBQ_FUZZ_SECONDS:-60}"
 cargo test --workspace --release "$@"
-# On a CPU with AVX-VNNI the run above tests the VNNI kernels; the kernel battery runs once more
-# with them switched off, so the plain AVX2 kernels stay proven against the references too.
+# The run above tests the best kernels this CPU has (AVX-512 VNNI tiles where present). The
+# kernel battery runs again with them switched off step by step, so the 256-bit VNNI and the
+# plain AVX2 kernels stay proven against the references too.
 if [[ $# -eq 0 ]]; then
+    SUBQ_SIMD=avxvnni cargo test --release -p subq-kernels
     SUBQ_SIMD=avx2 cargo test --release -p subq-kernels
 fi

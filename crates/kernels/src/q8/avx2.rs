@@ -804,7 +804,11 @@ unsafe fn gemm8_tile<const H: usize>(ap: *const i32, bp: *const u8, kq: usize, i
     }
     let ones = _mm256_set1_epi16(1);
     if H == 2 && MR8 == 6 {
-        return if vnni { gemm8_tile16_vnni(ap, bp, kq, c) } else { gemm8_tile16(ap, bp, kq, c) };
+        return match (vnni, super::pack::vnni512_available()) {
+            (true, true) => gemm8_tile16_vnni512(ap, bp, kq, c),
+            (true, false) => gemm8_tile16_vnni(ap, bp, kq, c),
+            _ => gemm8_tile16(ap, bp, kq, c),
+        };
     }
     if vnni {
         for q in 0..kq {
@@ -972,6 +976,40 @@ unsafe fn gemm8_tile16_vnni(ap: *const i32, bp: *const u8, kq: usize, c: [[__m25
         );
     }
     [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]]
+}
+
+/// [`gemm8_tile16_vnni`] on 512 bits (AVX-512F + AVX512-VNNI, see `vnni512_available`): the
+/// panel's 16 columns × 4 bytes are one zmm, so one `vpdpbusd` per row and k-quad, with the row's
+/// weights broadcast from memory (`{1to16}`). The accumulators go back to ymm pairs for the
+/// shared epilogue.
+#[target_feature(enable = "avx2,avx512f,avx512vnni")]
+unsafe fn gemm8_tile16_vnni512(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2]; MR8]) -> [[__m256i; 2]; MR8] {
+    let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5) = (join(c[0][0], c[0][1]), join(c[1][0], c[1][1]), join(c[2][0], c[2][1]), join(c[3][0], c[3][1]), join(c[4][0], c[4][1]), join(c[5][0], c[5][1]));
+    for q in 0..kq {
+        let (b, a) = (bp.add(q * NR * 4), ap.add(q * MR8));
+        std::arch::asm!(
+            "vmovdqu64 {b0}, zmmword ptr [{b}]",
+            "vpdpbusd {c0}, {b0}, dword ptr [{a}]{{1to16}}",
+            "vpdpbusd {c1}, {b0}, dword ptr [{a} + 4]{{1to16}}",
+            "vpdpbusd {c2}, {b0}, dword ptr [{a} + 8]{{1to16}}",
+            "vpdpbusd {c3}, {b0}, dword ptr [{a} + 12]{{1to16}}",
+            "vpdpbusd {c4}, {b0}, dword ptr [{a} + 16]{{1to16}}",
+            "vpdpbusd {c5}, {b0}, dword ptr [{a} + 20]{{1to16}}",
+            b = in(reg) b,
+            a = in(reg) a,
+            b0 = out(zmm_reg) _,
+            c0 = inout(zmm_reg) c0,
+            c1 = inout(zmm_reg) c1,
+            c2 = inout(zmm_reg) c2,
+            c3 = inout(zmm_reg) c3,
+            c4 = inout(zmm_reg) c4,
+            c5 = inout(zmm_reg) c5,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    let split = |z: __m512i| [_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z)];
+    [split(c0), split(c1), split(c2), split(c3), split(c4), split(c5)]
 }
 
 /// Adds the sparse remainder `Σ (d − c)·x` of rows `row0..row0 + rows` to a tile at column
