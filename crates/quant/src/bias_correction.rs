@@ -109,7 +109,7 @@ pub fn empirical(g: &mut Graph, reference: &Graph, plan: &mut QuantPlan, inputs:
     let mut fp32 = correct_weights.then(|| Lockstep::new(reference, batch.clone()));
     values.insert(q.inputs[0].clone(), batch);
     // The q node that reads a layer's input first (its only conv, or part 0 of a split).
-    let first_part: BTreeMap<String, String> = plan.weights.iter().map(|(node, parts)| (if parts.len() == 1 { node.clone() } else { format!("{node}_part0") }, node.clone())).collect();
+    let first_part: BTreeMap<String, String> = plan.weights.iter().map(|(node, parts)| (crate::qdq::part_node_name(node, parts.len(), 0), node.clone())).collect();
     let mut last_use: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, n) in q.nodes.iter().enumerate() {
         for v in &n.inputs {
@@ -130,7 +130,7 @@ pub fn empirical(g: &mut Graph, reference: &Graph, plan: &mut QuantPlan, inputs:
                 weight_corrections.push((node.clone(), done));
                 // The q graph reads the new parts from here on.
                 for (pi, part) in parts.iter().enumerate() {
-                    let conv = if parts.len() == 1 { node.clone() } else { format!("{node}_part{pi}") };
+                    let conv = crate::qdq::part_node_name(node, parts.len(), pi);
                     let dq = q.nodes.iter().find(|x| x.name == conv).and_then(|c| q.nodes.iter().find(|d| d.outputs[0] == c.inputs[1])).cloned();
                     let dq = dq.ok_or_else(|| QuantError::Invalid(format!("node '{conv}': weight is not a DequantizeLinear of a constant")))?;
                     q.initializers.insert(dq.inputs[0].clone(), crate::qdq::quantize_tensor(&part.values, &part.params));

@@ -47,7 +47,7 @@ impl Target {
         self.geometry.map_or(1, |g| g.out_h * g.out_w)
     }
 
-    fn features(&self) -> usize {
+    pub(crate) fn features(&self) -> usize {
         match self.shape {
             Shape::Dense { features } => features,
             Shape::Depthwise { taps, .. } => taps,
@@ -186,19 +186,40 @@ fn second_moments(g: &Graph, targets: &[Target], inputs: &[Tensor]) -> Result<Ve
 
 /// h += A·Aᵀ and sums += A·1 for A = `rows` × `cols` (row-major f32): one SGEMM in f32 per
 /// image, summed in f64.
-fn add_gram(h: &mut [f64], sums: &mut [f64], a: &[f32], rows: usize, cols: usize, gram: &mut Vec<f32>) {
-    gram.clear();
-    gram.resize(rows * rows, 0.0);
-    // SAFETY: A is rows×cols with strides (cols, 1); Aᵀ reads it with strides (1, cols); the
-    // output is rows×rows. All within the slices' lengths.
-    assert!(a.len() >= rows * cols);
-    unsafe {
-        matrixmultiply::sgemm(rows, cols, rows, 1.0, a.as_ptr(), cols as isize, 1, a.as_ptr(), 1, cols as isize, 0.0, gram.as_mut_ptr(), rows as isize, 1);
-    }
-    h.iter_mut().zip(gram.iter()).for_each(|(x, &y)| *x += y as f64);
+pub(crate) fn add_gram(h: &mut [f64], sums: &mut [f64], a: &[f32], rows: usize, cols: usize, gram: &mut Vec<f32>) {
+    add_cross_gram(h, a, a, rows, cols, gram);
     for (r, s) in sums.iter_mut().enumerate().take(rows) {
         *s += a[r * cols..(r + 1) * cols].iter().map(|&v| v as f64).sum::<f64>();
     }
+}
+
+/// out += A·Bᵀ for A, B = `rows` × `cols` (row-major f32): one SGEMM in f32, summed in f64.
+pub(crate) fn add_cross_gram(out: &mut [f64], a: &[f32], b: &[f32], rows: usize, cols: usize, gram: &mut Vec<f32>) {
+    gram.clear();
+    gram.resize(rows * rows, 0.0);
+    assert!(a.len() >= rows * cols && b.len() >= rows * cols);
+    // SAFETY: A is rows×cols with strides (cols, 1); Bᵀ reads B with strides (1, cols); the
+    // output is rows×rows. All within the slices' lengths (asserted above).
+    unsafe {
+        matrixmultiply::sgemm(rows, cols, rows, 1.0, a.as_ptr(), cols as isize, 1, b.as_ptr(), 1, cols as isize, 0.0, gram.as_mut_ptr(), rows as isize, 1);
+    }
+    out.iter_mut().zip(gram.iter()).for_each(|(x, &y)| *x += y as f64);
+}
+
+/// H + λI with λ = `fraction` of H's mean diagonal, a feature that never varies (zero diagonal)
+/// getting 1 first (its weights do not matter, and the matrix stays positive definite).
+/// Returns the damped matrix and λ.
+pub(crate) fn damped(h: &[f64], n: usize, fraction: f64) -> (Vec<f64>, f64) {
+    let mut a = h.to_vec();
+    let mean_diag = (0..n).map(|i| a[i * n + i]).sum::<f64>() / n as f64;
+    let lambda = fraction * mean_diag.max(1e-12);
+    for i in 0..n {
+        if a[i * n + i] <= 0.0 {
+            a[i * n + i] = 1.0;
+        }
+        a[i * n + i] += lambda;
+    }
+    (a, lambda)
 }
 
 /// Upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U), after damping H's diagonal by 1% of its mean
@@ -206,15 +227,7 @@ fn add_gram(h: &mut [f64], sums: &mut [f64], a: &[f32], rows: usize, cols: usize
 /// Cholesky of at most a few thousand rows is short enough to write out rather than pull in a
 /// linear-algebra crate.
 fn inverse_cholesky_upper(h: &[f64], n: usize) -> Option<Vec<f64>> {
-    let mut a = h.to_vec();
-    let mean_diag = (0..n).map(|i| a[i * n + i]).sum::<f64>() / n as f64;
-    let damp = 0.01 * mean_diag.max(1e-12);
-    for i in 0..n {
-        if a[i * n + i] <= 0.0 {
-            a[i * n + i] = 1.0; // a feature that is always zero: its weights do not matter
-        }
-        a[i * n + i] += damp;
-    }
+    let (a, _) = damped(h, n, 0.01);
     let l = cholesky_lower(&a, n)?;
     // H⁻¹ = L⁻ᵀ L⁻¹: invert L (lower triangular), then form the product.
     let mut linv = vec![0.0; n * n];

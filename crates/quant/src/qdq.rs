@@ -104,6 +104,12 @@ impl Builder<'_> {
     }
 }
 
+/// The QDQ node that computes part `part` of a planned layer `node` with `parts` parts: the
+/// layer's own name when it is not split. Bias and weight correction find the convs by it.
+pub(crate) fn part_node_name(node: &str, parts: usize, part: usize) -> String {
+    if parts == 1 { node.to_string() } else { format!("{node}_part{part}") }
+}
+
 /// A conv's bias as the QDQ file stores it: int32 values and their per-channel scales s_in·s_w.
 /// Bias correction uses it to see the bias the file will hold.
 pub(crate) fn bias_on_grid(bias: &[f32], s_in: f32, wq: &QParams) -> (Vec<i32>, Vec<f32>) {
@@ -163,7 +169,7 @@ pub fn build_qdq_graph_with_map(g: &Graph, plan: &QuantPlan) -> Result<(Graph, B
                         }
                     }
                     let out = if parts.len() == 1 { produced_as.clone() } else { format!("{value}_part{pi}") };
-                    let name = if parts.len() == 1 { n.name.clone() } else { format!("{}_part{pi}", n.name) };
+                    let name = part_node_name(&n.name, parts.len(), pi);
                     b.push(name, n.op.clone(), inputs.clone(), out.clone());
                     part_outputs.push(out);
                 }

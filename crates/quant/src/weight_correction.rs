@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use subq_ir::{Graph, Node};
 use subq_tensor::Tensor;
 
-use crate::gptq::{cholesky_lower, round_rows, Shape, Target};
+use crate::gptq::{add_cross_gram, add_gram, cholesky_lower, damped, round_rows, Shape, Target};
 use crate::WeightPart;
 
 /// Ridge strength λ as a fraction of the mean diagonal of `H_q`.
@@ -67,14 +67,10 @@ impl CrossMoments {
 
     /// Add the samples of block `b`: `q` and `f` are n × cols (row-major), column = one sample.
     fn add(&mut self, b: usize, n: usize, q: &[f32], f: &[f32], cols: usize, scratch: &mut Vec<f32>) {
-        let r = b * n * n..(b + 1) * n * n;
-        gram_into(&mut self.qq[r.clone()], q, q, n, cols, scratch);
-        gram_into(&mut self.fq[r.clone()], f, q, n, cols, scratch);
-        gram_into(&mut self.ff[r], f, f, n, cols, scratch);
-        for i in 0..n {
-            self.sum_q[b * n + i] += q[i * cols..(i + 1) * cols].iter().map(|&v| v as f64).sum::<f64>();
-            self.sum_f[b * n + i] += f[i * cols..(i + 1) * cols].iter().map(|&v| v as f64).sum::<f64>();
-        }
+        let (r, v) = (b * n * n..(b + 1) * n * n, b * n..(b + 1) * n);
+        add_gram(&mut self.qq[r.clone()], &mut self.sum_q[v.clone()], q, n, cols, scratch);
+        add_gram(&mut self.ff[r.clone()], &mut self.sum_f[v], f, n, cols, scratch);
+        add_cross_gram(&mut self.fq[r], f, q, n, cols, scratch);
     }
 
     /// Centered (H_q, C, H_f) of block `b`, as averages.
@@ -84,19 +80,6 @@ impl CrossMoments {
         let block = |m: &[f64], left: &[f64], right: &[f64]| -> Vec<f64> { (0..n * n).map(|idx| m[b * n * n + idx] / c - (left[idx / n] / c) * (right[idx % n] / c)).collect() };
         (block(&self.qq, mq, mq), block(&self.fq, mf, mq), block(&self.ff, mf, mf))
     }
-}
-
-/// out += A·Bᵀ for A, B = n × cols (row-major f32): one SGEMM in f32, summed in f64.
-fn gram_into(out: &mut [f64], a: &[f32], b: &[f32], n: usize, cols: usize, scratch: &mut Vec<f32>) {
-    scratch.clear();
-    scratch.resize(n * n, 0.0);
-    assert!(a.len() >= n * cols && b.len() >= n * cols);
-    // SAFETY: A is n×cols with strides (cols, 1); Bᵀ reads B with strides (1, cols); the output
-    // is n×n. All within the slices' lengths (asserted above).
-    unsafe {
-        matrixmultiply::sgemm(n, cols, n, 1.0, a.as_ptr(), cols as isize, 1, b.as_ptr(), 1, cols as isize, 0.0, scratch.as_mut_ptr(), n as isize, 1);
-    }
-    out.iter_mut().zip(scratch.iter()).for_each(|(x, &y)| *x += y as f64);
 }
 
 /// The moments of layer `t`'s input over a batch: `x_q` as the quantized graph feeds it, `x_f`
@@ -150,17 +133,10 @@ fn moments(t: &Target, x_q: &Tensor, x_f: &Tensor, parity: usize) -> Option<Cros
     Some(total)
 }
 
-/// Solve (H + λI) x = rhs for every row of `rhs` (rows × n), in place. None when the damped H
-/// is not positive definite.
-fn solve_rows(h: &[f64], n: usize, lambda: f64, rhs: &mut [f64], rows: usize) -> Option<()> {
-    let mut a = h.to_vec();
-    for i in 0..n {
-        if a[i * n + i] <= 0.0 {
-            a[i * n + i] = 1.0; // a feature that never varies: the ridge keeps its weight
-        }
-        a[i * n + i] += lambda;
-    }
-    let l = cholesky_lower(&a, n)?;
+/// Solve `h` x = rhs for every row of `rhs` (rows × n), in place (`h` already damped). None
+/// when it is not positive definite.
+fn solve_rows(h: &[f64], n: usize, rhs: &mut [f64], rows: usize) -> Option<()> {
+    let l = cholesky_lower(h, n)?;
     rhs.par_chunks_mut(n).take(rows).for_each(|x| {
         for i in 0..n {
             let s: f64 = (0..i).map(|k| l[i * n + k] * x[k]).sum();
@@ -192,8 +168,7 @@ fn objective(m: &(Vec<f64>, Vec<f64>, Vec<f64>), w: &[f64], w_hat: &[f64]) -> f6
 /// carry them: minus the other parts (`others`), rounded onto `part`'s grid with error feedback.
 fn fit_block(m: &(Vec<f64>, Vec<f64>, Vec<f64>), w: &[f32], others: &[f32], rows: usize, n: usize, part: &WeightPart, channel_of_row: impl Fn(usize) -> usize) -> Option<Vec<f32>> {
     let (hq, c, _) = m;
-    let mean_diag = (0..n).map(|i| hq[i * n + i]).sum::<f64>() / n as f64;
-    let lambda = DAMPING * mean_diag.max(1e-12);
+    let (hq_damped, lambda) = damped(hq, n, DAMPING);
     // Right-hand sides Cᵀw + λw per row, solved in place.
     let mut rhs: Vec<f64> = (0..rows * n)
         .map(|idx| {
@@ -201,7 +176,7 @@ fn fit_block(m: &(Vec<f64>, Vec<f64>, Vec<f64>), w: &[f32], others: &[f32], rows
             (0..n).map(|i| c[i * n + j] * w[r * n + i] as f64).sum::<f64>() + lambda * w[idx] as f64
         })
         .collect();
-    solve_rows(hq, n, lambda, &mut rhs, rows)?;
+    solve_rows(&hq_damped, n, &mut rhs, rows)?;
     let mut target: Vec<f32> = rhs.iter().zip(others).map(|(&x, &o)| (x - o as f64) as f32).collect();
     round_rows(&mut target, rows, n, hq, &part.params, channel_of_row)?;
     Some(target)
@@ -230,12 +205,8 @@ pub struct Corrected {
 pub fn correct_layer(g: &Graph, n: &Node, parts: &mut [WeightPart], x_q: &Tensor, x_f: &Tensor) -> Option<Corrected> {
     let t = crate::gptq::target_of(g, n)?;
     let w = g.initializer(n.inputs.get(1)?)?.to_f32_vec();
-    let (features, positions) = match t.shape {
-        Shape::Dense { features } => (features, t.samples_per_image()),
-        Shape::Depthwise { taps, .. } => (taps, t.samples_per_image()),
-    };
     let images = x_q.shape.first().copied().unwrap_or(1);
-    if ((images * positions) as f64) < MIN_SAMPLES_PER_FEATURE * features as f64 {
+    if ((images * t.samples_per_image()) as f64) < MIN_SAMPLES_PER_FEATURE * t.features() as f64 {
         return None;
     }
     let halves = [moments(&t, x_q, x_f, 0)?, moments(&t, x_q, x_f, 1)?];

@@ -367,6 +367,18 @@ unsafe fn gemm_tile<const H: usize, const V: bool>(ap: *const i32, bp: *const i1
     c
 }
 
+/// [`gemm_tile`] with its two switches picked at run time: 16 columns (`wide`) or 8, and the
+/// AVX-VNNI `vpdpwssd` form (`vnni`, from [`super::pack::vnni_available`]).
+#[inline(always)]
+unsafe fn gemm_tile_for(ap: *const i32, bp: *const i16, kp: usize, wide: bool, vnni: bool) -> [[__m256i; 2]; MR] {
+    match (wide, vnni) {
+        (true, false) => gemm_tile::<2, false>(ap, bp, kp),
+        (false, false) => gemm_tile::<1, false>(ap, bp, kp),
+        (true, true) => gemm_tile::<2, true>(ap, bp, kp),
+        (false, true) => gemm_tile::<1, true>(ap, bp, kp),
+    }
+}
+
 /// One k-pair of [`gemm_tile`].
 #[inline(always)]
 unsafe fn gemm_step<const H: usize, const V: bool>(c: &mut [[__m256i; 2]; MR], ap: *const i32, bp: *const i16, p: usize) {
@@ -472,12 +484,7 @@ unsafe fn gemm_parts_loop<const P: usize, const FAST: bool>(a: [PartA; P], kp: u
                 *cp = match *ap {
                     PartA::Wide(w, _) => {
                         let ap = (w.as_ptr() as *const i32).add(ib * kp * MR);
-                        match (cols > 8, vnni) {
-                            (true, false) => gemm_tile::<2, false>(ap, bp16, kp),
-                            (false, false) => gemm_tile::<1, false>(ap, bp16, kp),
-                            (true, true) => gemm_tile::<2, true>(ap, bp16, kp),
-                            (false, true) => gemm_tile::<1, true>(ap, bp16, kp),
-                        }
+                        gemm_tile_for(ap, bp16, kp, cols > 8, vnni)
                     }
                     PartA::Byte(q) => gemm8_block(q, ib, rows, bp8, x, n, b.zx, jp * NR, cols),
                 };
@@ -761,12 +768,7 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, 
                 for ib in ib0..ib1 {
                     let ap = a.add(ib * kp * MR);
                     let rows = MR.min(m - ib * MR);
-                    let c = match (tc > 8, vnni) {
-                        (true, false) => gemm_tile::<2, false>(ap, bp, kp),
-                        (false, false) => gemm_tile::<1, false>(ap, bp, kp),
-                        (true, true) => gemm_tile::<2, true>(ap, bp, kp),
-                        (false, true) => gemm_tile::<1, true>(ap, bp, kp),
-                    };
+                    let c = gemm_tile_for(ap, bp, kp, tc > 8, vnni);
                     gemm_store::<FAST, CAP>(&c, ib * MR, rows, jp * NR, cols.min(tc), n, f, dst);
                 }
             }
