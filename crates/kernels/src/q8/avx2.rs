@@ -985,6 +985,7 @@ unsafe fn gemm8_tile16_vnni(ap: *const i32, bp: *const u8, kq: usize, c: [[__m25
 /// weights broadcast from memory (`{1to16}`). The accumulators go back to ymm pairs for the
 /// shared epilogue.
 #[target_feature(enable = "avx2,avx512f,avx512vnni")]
+#[inline]
 unsafe fn gemm8_tile16_vnni512(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2]; MR8]) -> [[__m256i; 2]; MR8] {
     let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
     let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5) = (join(c[0][0], c[0][1]), join(c[1][0], c[1][1]), join(c[2][0], c[2][1]), join(c[3][0], c[3][1]), join(c[4][0], c[4][1]), join(c[5][0], c[5][1]));
@@ -1012,6 +1013,97 @@ unsafe fn gemm8_tile16_vnni512(ap: *const i32, bp: *const u8, kq: usize, c: [[__
     }
     let split = |z: __m512i| [_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z)];
     [split(c0), split(c1), split(c2), split(c3), split(c4), split(c5)]
+}
+
+/// [`gemm8_tile16_vnni512`] over two adjacent column panels (`bp` and `bp1`, 32 columns): 12
+/// accumulators instead of 6. `vpdpbusd` has a 4–5 cycle latency and two ports, so 6 chains
+/// leave it half idle; 12 keep it fed. Each row's 4 weight bytes are broadcast once into a
+/// register and used for both panels.
+#[target_feature(enable = "avx2,avx512f,avx512vnni")]
+#[inline]
+unsafe fn gemm8_tile32_vnni512(ap: *const i32, bp: *const u8, bp1: *const u8, kq: usize, init: &[__m256i; MR8]) -> [[__m512i; MR8]; 2] {
+    let z = |i: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(i), i);
+    let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5) = (z(init[0]), z(init[1]), z(init[2]), z(init[3]), z(init[4]), z(init[5]));
+    let (mut d0, mut d1, mut d2, mut d3, mut d4, mut d5) = (c0, c1, c2, c3, c4, c5);
+    for q in 0..kq {
+        let (b, b1, a) = (bp.add(q * NR * 4), bp1.add(q * NR * 4), ap.add(q * MR8));
+        std::arch::asm!(
+            "vmovdqu64 {x0}, zmmword ptr [{b}]",
+            "vmovdqu64 {x1}, zmmword ptr [{b1}]",
+            "vpbroadcastd {w0}, dword ptr [{a}]",
+            "vpbroadcastd {w1}, dword ptr [{a} + 4]",
+            "vpbroadcastd {w2}, dword ptr [{a} + 8]",
+            "vpdpbusd {c0}, {x0}, {w0}",
+            "vpdpbusd {d0}, {x1}, {w0}",
+            "vpbroadcastd {w0}, dword ptr [{a} + 12]",
+            "vpdpbusd {c1}, {x0}, {w1}",
+            "vpdpbusd {d1}, {x1}, {w1}",
+            "vpbroadcastd {w1}, dword ptr [{a} + 16]",
+            "vpdpbusd {c2}, {x0}, {w2}",
+            "vpdpbusd {d2}, {x1}, {w2}",
+            "vpbroadcastd {w2}, dword ptr [{a} + 20]",
+            "vpdpbusd {c3}, {x0}, {w0}",
+            "vpdpbusd {d3}, {x1}, {w0}",
+            "vpdpbusd {c4}, {x0}, {w1}",
+            "vpdpbusd {d4}, {x1}, {w1}",
+            "vpdpbusd {c5}, {x0}, {w2}",
+            "vpdpbusd {d5}, {x1}, {w2}",
+            b = in(reg) b,
+            b1 = in(reg) b1,
+            a = in(reg) a,
+            x0 = out(zmm_reg) _,
+            x1 = out(zmm_reg) _,
+            w0 = out(zmm_reg) _,
+            w1 = out(zmm_reg) _,
+            w2 = out(zmm_reg) _,
+            c0 = inout(zmm_reg) c0,
+            c1 = inout(zmm_reg) c1,
+            c2 = inout(zmm_reg) c2,
+            c3 = inout(zmm_reg) c3,
+            c4 = inout(zmm_reg) c4,
+            c5 = inout(zmm_reg) c5,
+            d0 = inout(zmm_reg) d0,
+            d1 = inout(zmm_reg) d1,
+            d2 = inout(zmm_reg) d2,
+            d3 = inout(zmm_reg) d3,
+            d4 = inout(zmm_reg) d4,
+            d5 = inout(zmm_reg) d5,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    [[c0, c1, c2, c3, c4, c5], [d0, d1, d2, d3, d4, d5]]
+}
+
+/// A 512-bit tile as the ymm pairs of the shared epilogue.
+#[inline(always)]
+unsafe fn split512(z: &[__m512i; MR8]) -> [[__m256i; 2]; MR8] {
+    std::array::from_fn(|r| [_mm512_castsi512_si256(z[r]), _mm512_extracti64x4_epi64::<1>(z[r])])
+}
+
+/// Stores a 512-bit tile of exact accumulators (rows `row0..row0 + rows` of `dst`, 16 columns
+/// from `col`, `cols` valid). Where every row takes the clamp-free float stage (see
+/// [`float8_free`]) a row is one vector: `vcvtdq2ps`, `vmulps`, `vaddps`, `vcvttps2dq`, then
+/// `vpmaxsd` with 0 and `vpmovusdb` (together the clamp to [0, 255] of the AVX2 path's two
+/// saturating packs) and the byte cap. Other rows go through [`gemm_store`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+    if let GemmOut::Float { e, out, free: true, capped, .. } = dst {
+        if cols == NR && (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) {
+            let zero = _mm512_setzero_si512();
+            for (r, &acc) in z.iter().enumerate().take(rows) {
+                let row = row0 + r;
+                let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(*e.scale.get_unchecked(row))), _mm512_set1_ps(*e.offset.get_unchecked(row)));
+                let mut bytes = _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_cvttps_epi32(y), zero));
+                if *capped {
+                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*e.cap.get_unchecked(row) as i8));
+                }
+                _mm_storeu_si128(out.add(row * n + col) as *mut __m128i, bytes);
+            }
+            return;
+        }
+    }
+    gemm_store::<FAST, CAP>(&split512(z), row0, rows, col, cols, n, f, dst);
 }
 
 /// Adds the sparse remainder `Σ (d − c)·x` of rows `row0..row0 + rows` to a tile at column
@@ -1049,7 +1141,7 @@ unsafe fn gemm8_block(p8: &Packed8, ib: usize, rows: usize, bp: *const u8, x: *c
     let row0 = ib * MR8;
     let init = row_init8(p8, row0, rows, zx);
     let ap = (p8.a.as_ptr() as *const i32).add(ib * kq * MR8);
-    if width > 8 {
+    if width > 8 || (p8.vnni && super::pack::vnni512_available()) {
         let mut c = gemm8_tile::<2>(ap, bp, kq, &init, p8.vnni);
         gemm8_rem::<2>(&mut c, p8, row0, rows, x, n, col, width);
         c
@@ -1064,7 +1156,7 @@ unsafe fn gemm8_block(p8: &Packed8, ib: usize, rows: usize, bp: *const u8, x: *c
 /// rows relative to `r0`), byte panels `b` of the uint8 `[k × n]` input `x` (zero-point `zx`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8, r0: usize, r1: usize, b: *const u8, x: *const u8, n: usize, zx: i32, f: &Fin, dst: &GemmOut) {
+unsafe fn gemm8_loop<const FAST: bool, const CAP: bool, const WIDE: bool>(p8: &Packed8, r0: usize, r1: usize, b: *const u8, x: *const u8, n: usize, zx: i32, f: &Fin, dst: &GemmOut) {
     let kq = p8.k.div_ceil(4);
     let np = n.div_ceil(NR);
     let (lo, hi) = (r0 / MR8, r1.div_ceil(MR8));
@@ -1074,10 +1166,36 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8, r0: usize,
     let per = (hi - lo).div_ceil(chunks).max(1);
     for c0 in (lo..hi).step_by(per) {
         let c1 = (c0 + per).min(hi);
-        for jp in 0..np {
+        let mut jp = 0;
+        while jp < np {
             let bp = b.add(jp * kq * NR * 4);
+            if WIDE && jp + 1 < np {
+                // Two panels through the 12-accumulator tile (the second may be the zero-padded
+                // last one: on 512 bits a padded tile costs less than dot-product columns).
+                let bp1 = bp.add(kq * NR * 4);
+                let cols1 = NR.min(n - (jp + 1) * NR);
+                for ib in c0..c1 {
+                    let row0 = ib * MR8;
+                    let rows = MR8.min(r1 - row0);
+                    let init = row_init8(p8, row0, rows, zx);
+                    let [za, zb] = gemm8_tile32_vnni512(a.add(ib * kq * MR8), bp, bp1, kq, &init);
+                    if *p8.rem_start.get_unchecked(row0) == *p8.rem_start.get_unchecked(row0 + rows) {
+                        gemm_store512::<FAST, CAP>(&za, row0 - r0, rows, jp * NR, NR, n, f, dst);
+                        gemm_store512::<FAST, CAP>(&zb, row0 - r0, rows, (jp + 1) * NR, cols1, n, f, dst);
+                    } else {
+                        let (mut ca, mut cb) = (split512(&za), split512(&zb));
+                        gemm8_rem::<2>(&mut ca, p8, row0, rows, x, n, jp * NR, NR);
+                        gemm8_rem::<2>(&mut cb, p8, row0, rows, x, n, (jp + 1) * NR, cols1);
+                        gemm_store::<FAST, CAP>(&ca, row0 - r0, rows, jp * NR, NR, n, f, dst);
+                        gemm_store::<FAST, CAP>(&cb, row0 - r0, rows, (jp + 1) * NR, cols1, n, f, dst);
+                    }
+                }
+                jp += 2;
+                continue;
+            }
             let cols = NR.min(n - jp * NR);
-            let tc = tile_cols(cols);
+            // On 512 bits every column goes through the 16-wide tile (see above).
+            let tc = if WIDE { NR } else { tile_cols(cols) };
             if tc > 0 {
                 for ib in c0..c1 {
                     let row0 = ib * MR8;
@@ -1103,6 +1221,7 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8, r0: usize,
                     }
                 }
             }
+            jp += 1;
         }
     }
 }
@@ -1112,6 +1231,23 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8, r0: usize,
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm8_rows(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], cmax: Option<&[u8]>, epi: Option<EpiRows>) {
+    if p8.vnni && super::pack::vnni512_available() {
+        return gemm8_rows512(p8, r0, r1, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, cmax, epi);
+    }
+    gemm8_rows_with::<false>(p8, r0, r1, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, cmax, epi)
+}
+
+/// [`gemm8_rows`] compiled for AVX-512 (checked by the caller), so that the 512-bit tile and
+/// epilogue inline into the loop: called per tile, their zmm accumulators went through memory.
+#[target_feature(enable = "avx2,avx512f,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm8_rows512(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], cmax: Option<&[u8]>, epi: Option<EpiRows>) {
+    gemm8_rows_with::<true>(p8, r0, r1, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, cmax, epi)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm8_rows_with<const WIDE: bool>(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let (m, k) = (p8.m, p8.k);
     let (kq, np, rows) = (k.div_ceil(4), n.div_ceil(NR), r1 - r0);
     assert!(r0.is_multiple_of(MR8) && r0 <= r1 && r1 <= m);
@@ -1127,14 +1263,14 @@ unsafe fn gemm8_rows(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: 
     let (b, x) = (b.as_ptr(), x.as_ptr());
     if let Some(e) = epi {
         let dst = GemmOut::Float { e, mult, bias, out: out.as_mut_ptr(), st, free: float_clamps_free(&e, rows, acc_max), capped: float_capped(&e, rows) };
-        return if f.fast { gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst) } else { gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst) };
+        return if f.fast { gemm8_loop::<true, false, WIDE>(p8, r0, r1, b, x, n, zx, &f, &dst) } else { gemm8_loop::<false, false, WIDE>(p8, r0, r1, b, x, n, zx, &f, &dst) };
     }
     let dst = GemmOut::Bytes { mult, bias, cmax, out: out.as_mut_ptr(), st };
     match (f.fast, cmax.is_some()) {
-        (true, false) => gemm8_loop::<true, false>(p8, r0, r1, b, x, n, zx, &f, &dst),
-        (true, true) => gemm8_loop::<true, true>(p8, r0, r1, b, x, n, zx, &f, &dst),
-        (false, false) => gemm8_loop::<false, false>(p8, r0, r1, b, x, n, zx, &f, &dst),
-        (false, true) => gemm8_loop::<false, true>(p8, r0, r1, b, x, n, zx, &f, &dst),
+        (true, false) => gemm8_loop::<true, false, WIDE>(p8, r0, r1, b, x, n, zx, &f, &dst),
+        (true, true) => gemm8_loop::<true, true, WIDE>(p8, r0, r1, b, x, n, zx, &f, &dst),
+        (false, false) => gemm8_loop::<false, false, WIDE>(p8, r0, r1, b, x, n, zx, &f, &dst),
+        (false, true) => gemm8_loop::<false, true, WIDE>(p8, r0, r1, b, x, n, zx, &f, &dst),
     }
 }
 

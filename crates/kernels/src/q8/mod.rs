@@ -8,7 +8,7 @@
 use crate::ConvGeometry;
 
 mod pack;
-pub use pack::{byte_gemm_min_k, byte_pair, pack_b8, pack_b_i16, pack_b_u8, vnni512_available, vnni_available, Packed8, PackedWeights, BYTE_GEMM_MIN_K, BYTE_GEMM_MIN_K_VNNI, GEMV_MAX_N, MR, MR8, NR, W8_PAIR_MAX};
+pub use pack::{byte_gemm_min_k, byte_pair, pack_b8, pack_b_i16, pack_b_u8, vnni512_available, vnni_available, Packed8, PackedWeights, BYTE_GEMM_MIN_K, BYTE_GEMM_MIN_K_VNNI, BYTE_GEMM_MIN_K_VNNI512, GEMV_MAX_N, MR, MR8, NR, W8_PAIR_MAX};
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

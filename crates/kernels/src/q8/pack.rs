@@ -151,6 +151,13 @@ pub const BYTE_GEMM_MIN_K: usize = 80;
 /// 1.66 / 3.51 ms with 32, 1.66 / 3.51 ms with 48 and 1.74 / 3.89 ms with 80.
 pub const BYTE_GEMM_MIN_K_VNNI: usize = 48;
 
+/// [`BYTE_GEMM_MIN_K_VNNI`] with the 512-bit tiles (AVX-512F + AVX512-VNNI): two panels per
+/// tile, the padded last panel in the tile instead of dot-product columns, and a one-vector
+/// epilogue per row make the byte GEMM win down to the smallest pointwise depth of the bundled
+/// models (MobileNetV2's 1×1 convs at 40×40 and 80×80, k = 16–32: 0.47 → 0.43 ms,
+/// `subq bench --profile`).
+pub const BYTE_GEMM_MIN_K_VNNI512: usize = 16;
+
 /// Whether this CPU runs AVX-VNNI's `vpdpbusd` on ymm registers (checked once). Then the byte GEMM
 /// multiplies any i8 weight exactly (no i16 pair sum to saturate) and [`Packed8::new`] packs for it.
 /// `SUBQ_SIMD=avx2` (or `portable`) turns it off, to compare.
@@ -189,7 +196,7 @@ pub fn vnni512_available() -> bool {
 
 /// Smallest depth `k` for which pointwise convs take the byte GEMM on this CPU.
 pub fn byte_gemm_min_k() -> usize {
-    if vnni_available() { BYTE_GEMM_MIN_K_VNNI } else { BYTE_GEMM_MIN_K }
+    if vnni512_available() { BYTE_GEMM_MIN_K_VNNI512 } else if vnni_available() { BYTE_GEMM_MIN_K_VNNI } else { BYTE_GEMM_MIN_K }
 }
 
 /// Rows of the byte GEMM's micro-tile ([`Packed8`]).
