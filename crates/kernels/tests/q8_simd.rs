@@ -440,6 +440,59 @@ mod avx2 {
         std::arch::is_x86_feature_detected!("avx2")
     }
 
+    /// Depthwise shapes of the channel-vectorized kernel (`q8::dw512`): 16–80 channels, 3×3 or
+    /// 5×5 "same" kernels, stride 1 or 2 (both TF and symmetric padding), planes of 4–14.
+    fn dw_lanes_case() -> impl Strategy<Value = ConvCase> {
+        (1usize..=5, prop_oneof![Just(3usize), Just(5)], 1usize..=2, 4usize..=14, 4usize..=14, (any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<bool>(), any::<u64>())).prop_filter_map("plane too small", |(blocks, k, s, ih, iw, (tf_pad, zp_in, out_zp, per_channel, extreme, seed))| {
+            let c = 16 * blocks;
+            let (pt, pb) = if s == 2 && tf_pad { ((k - 1) / 2, k / 2) } else { (k / 2, k / 2) };
+            let (oh, ow) = ((ih + pt + pb - k) / s + 1, (iw + pt + pb - k) / s + 1);
+            let g = ConvGeometry { in_c: c, in_h: ih, in_w: iw, out_c: c, out_h: oh, out_w: ow, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pt, pad_left: pt, group: c };
+            q8::dw512::applies(&g).then_some(ConvCase { g, parts: 1, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(cfg(300))]
+
+        /// The channel-vectorized depthwise kernel equals the reference: called directly (float
+        /// stage, capped or not, and some channels forced onto the per-lane i64 stage), and
+        /// through the dispatched conv, which picks it on the shapes it wins.
+        #[test]
+        fn depthwise_lanes_matches_reference(c in dw_lanes_case()) {
+            if !q8::dw512::available() { return Ok(()); }
+            let g = &c.g;
+            check_conv(&c)?;
+            let d = conv_data(&c);
+            let n = g.out_c * g.out_h * g.out_w;
+            let mut want = vec![0u8; n];
+            q8::conv_q8_reference(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, &mut want, &mut Scratch::default());
+            let q8::PackedWeights::Depthwise { lanes, .. } = &d.parts[0].packed else { panic!("depthwise packing") };
+            let r = &d.parts[0].requant;
+            let mult: Vec<i64> = (0..g.out_c).map(|i| if r.len() == 1 { r[0].multiplier } else { r[i].multiplier }).collect();
+            let mut rng = Rng(c.seed ^ 0x5851_f42d_4c95_7f2d | 1);
+            let cmax: Vec<u8> = (0..g.out_c).map(|_| if rng.next().is_multiple_of(3) { 255 } else { rng.next() as u8 }).collect();
+            let mut capped = want.clone();
+            q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
+            let (mut xb, mut ob) = (vec![-3i16; 7], vec![9u8; 5]);
+            for (cap, expect) in [(None, &want), (Some(&cmax[..]), &capped)] {
+                let Some(mut e) = q8::FloatEpilogue::new(&mult, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap) else { continue };
+                for force in [false, true] {
+                    if force {
+                        // One channel in 5 on the reference stage (the float fields then unused).
+                        for (i, ok) in e.ok.iter_mut().enumerate() {
+                            *ok &= !(i * 7 + c.seed as usize).is_multiple_of(5);
+                        }
+                    }
+                    let st = q8::dw512::Stage { scale: &e.scale, offset: &e.offset, hi: &e.hi, lo: e.lo, ok: &e.ok, cap: &e.cap, mult: &mult, bias: &d.bias, shift: d.shift, zp: c.out_zp, qmin: c.qmin, qmax: c.qmax };
+                    let mut got = vec![0x5Au8; n];
+                    unsafe { q8::dw512::depthwise(&d.input, c.zp_in, lanes, g, &st, &mut got, &mut xb, &mut ob) };
+                    prop_assert_eq!(&got, expect, "cap {}, forced i64 lanes {}, {:?}", cap.is_some(), force, g);
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(cfg(200))]
 

@@ -2082,7 +2082,7 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
         scratch.fixed.clear();
         scratch.fixed.extend((0..g.out_c).flat_map(|c| std::iter::repeat_n(bias_fixed[c], spatial)));
     }
-    let Scratch { cols, acc, fixed, bpack, bpack8, mult } = scratch;
+    let Scratch { cols, acc, fixed, bpack, bpack8, mult, pixels, bytes } = scratch;
     for (pi, part) in parts.iter().enumerate() {
         mult.clear();
         mult.extend((0..g.out_c).map(|c| part.multiplier(c)));
@@ -2091,10 +2091,17 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             acc.resize(g.out_c * spatial, 0);
         }
         match &part.packed {
-            PackedWeights::Depthwise { pairs, .. } => {
+            PackedWeights::Depthwise { pairs, lanes, .. } => {
+                let tasks = tasks_for(g.macs());
+                if let (true, Some(e)) = (single && tasks == 1 && !lanes.is_empty() && super::dw512::chosen(g) && super::dw512::available(), epi) {
+                    let st = super::dw512::Stage { scale: e.scale, offset: e.offset, hi: e.hi, lo: e.lo, ok: e.ok, cap: e.cap, mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax };
+                    super::dw512::depthwise(input, zp_in, lanes, g, &st, out, pixels, bytes);
+                    post_cap = None;
+                    continue;
+                }
                 if single {
                     let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
-                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi, part.wmax);
+                    depthwise_par::<1>(input, zp_in, [pairs], g, sink, bpack, tasks, if epi.is_some() { None } else { cmax }, epi, part.wmax);
                     post_cap = None;
                 } else {
                     depthwise(input, zp_in, pairs, g, bpack, &mut Sink::Acc(&mut acc[..]));

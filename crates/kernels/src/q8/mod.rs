@@ -12,6 +12,8 @@ pub use pack::{byte_gemm_min_k, byte_pair, pack_b8, pack_b_i16, pack_b_u8, vnni5
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod dw512;
 
 mod dispatch;
 pub use dispatch::{add_q8, clamp_channels_u8, conv_acc, conv_q8, conv_q8_clamped, conv_q8_epi, conv_q8_portable, global_avg_pool_q8, kernel_set, quantize_f32, requantize_u8, simd_level, SimdLevel};
@@ -331,6 +333,9 @@ pub struct Scratch {
     pub bpack8: Vec<u8>,
     /// Per-output-channel multipliers of the current part.
     pub mult: Vec<i64>,
+    /// Pixel-major input (i16) and output of the channel-vectorized depthwise kernel.
+    pub pixels: Vec<i16>,
+    pub bytes: Vec<u8>,
 }
 
 /// Depthwise accumulation: acc[c, y, x] += Σ (x − zp)·w' over the kernel window.

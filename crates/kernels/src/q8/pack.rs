@@ -36,7 +36,9 @@ pub enum PackedWeights {
     Gemv { u: Vec<u8>, off: Vec<i32>, m: usize, k: usize },
     /// Depthwise, per channel: `[kh][ceil(kw/2)]` i32 holding the i16 pair
     /// `(w[ky][2j], w[ky][2j+1])` (second half 0 past the last kernel column).
-    Depthwise { pairs: Vec<i32>, kh: usize, kw2: usize },
+    /// `lanes`: the channel-vectorized form of small planes ([`super::dw512::pack`]; empty
+    /// where that kernel does not apply).
+    Depthwise { pairs: Vec<i32>, kh: usize, kw2: usize, lanes: Vec<i32> },
 }
 
 impl PackedWeights {
@@ -56,7 +58,11 @@ impl PackedWeights {
                     }
                 }
             }
-            return PackedWeights::Depthwise { pairs, kh, kw2 };
+            #[cfg(target_arch = "x86_64")]
+            let lanes = if super::dw512::applies(g) { super::dw512::pack(weight, g) } else { Vec::new() };
+            #[cfg(not(target_arch = "x86_64"))]
+            let lanes = Vec::new();
+            return PackedWeights::Depthwise { pairs, kh, kw2, lanes };
         }
         if g.group == 1 && g.out_h * g.out_w <= GEMV_MAX_N {
             if let Some(p) = PackedWeights::gemv(weight, g) {
