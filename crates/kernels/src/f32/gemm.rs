@@ -71,20 +71,21 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         }
         return;
     }
-    // (full panels, a last panel of at most 8 columns)
-    let (kernel, kernel8): (MicroKernel, MicroKernel) = match isa {
+    // (full panels, a last panel of at most 8 columns, two panels on AVX-512)
+    let (kernel, kernel8, kernel32): (MicroKernel, MicroKernel, Option<MicroKernel>) = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             assert!(super::has_avx2_fma());
             // The epilogue's parts are the same for every row: chosen once, not tested per row.
-            match (ep.affine.is_some(), ep.clamp.is_some()) {
-                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>),
-                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>),
-                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>),
-                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>),
-            }
+            let (k, k8, k32): (MicroKernel, MicroKernel, MicroKernel) = match (ep.affine.is_some(), ep.clamp.is_some()) {
+                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>, avx2::kernel32::<false, false>),
+                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>, avx2::kernel32::<true, false>),
+                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>, avx2::kernel32::<false, true>),
+                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>, avx2::kernel32::<true, true>),
+            };
+            (k, k8, super::has_avx512().then_some(k32))
         }
-        _ => (kernel_scalar, kernel_scalar),
+        _ => (kernel_scalar, kernel_scalar, None),
     };
     // With the SIMD kernels, the last n mod 8 columns (1 of a 7×7 plane's 49, 4 of a 14×14
     // plane's 196) go to the column-tail kernel, which vectorizes over k: as a masked 6×8 tile
@@ -156,13 +157,23 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
             let arows: [*const f32; MR] = std::array::from_fn(|r| a[(i0 + if r < rows { r } else { 0 }) * k..].as_ptr());
             let bias6: [f32; MR] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[i0 + r]) } else { 0.0 });
             let post6: [Post; MR] = std::array::from_fn(|r| posts[i0 + if r < rows { r } else { 0 }]);
-            for (i, bp) in packed.chunks_exact(k * NR).take(np).enumerate() {
+            let mut i = 0;
+            while i < np {
+                let bp = packed[i * k * NR..].as_ptr();
                 let j0 = (p0 + i) * NR;
                 let cols = NR.min(nv - j0);
+                if let (Some(k32), true) = (kernel32, rows >= 5 && i + 1 < np) {
+                    // SAFETY: as below, over two consecutive packed panels (32 columns, the
+                    // valid ones inside C).
+                    unsafe { k32(k, &arows, bp, c[i0 * n + j0..].as_mut_ptr(), n, rows, NR + NR.min(nv - j0 - NR), &bias6, &post6) };
+                    i += 2;
+                    continue;
+                }
                 // SAFETY: rows·cols of the tile lie inside C (asserted above); A rows hold k
                 // values; the packed panel holds k·NR.
                 let kern = if cols <= 8 { kernel8 } else { kernel };
-                unsafe { kern(k, &arows, bp.as_ptr(), c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, &bias6, &post6) };
+                unsafe { kern(k, &arows, bp, c[i0 * n + j0..].as_mut_ptr(), n, rows, cols, &bias6, &post6) };
+                i += 1;
             }
             if last_chunk {
                 tail_rows(i0, rows, c);
@@ -231,6 +242,66 @@ mod avx2 {
             5.. => tile::<2, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
             3..=4 => tile::<2, 4, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
             _ => tile::<2, 2, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+        }
+    }
+
+    /// 6×32 AVX-512 micro-kernel over two adjacent packed panels (`bp` and `bp + k·NR`): 12 zmm
+    /// accumulators, twice the columns per instruction of [`kernel`] (its tiles are bound by
+    /// the FMA ports). Every output keeps the same FMA chain (k in order, then bias and
+    /// post-ops), so the results are the same bits. `cols` (≤ 32) valid columns, `rows` ≤ 6.
+    ///
+    /// # Safety
+    /// As [`kernel`], for 2·NR columns of packed B, and the CPU supports AVX-512F.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel32<const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
+        let bp1 = bp.add(k * NR);
+        let z = _mm512_setzero_ps();
+        let mut acc = [[z; 2]; MR];
+        macro_rules! step {
+            ($kk:expr) => {{
+                let kk = $kk;
+                let b0 = _mm512_load_ps(bp.add(kk * NR));
+                let b1 = _mm512_load_ps(bp1.add(kk * NR));
+                for r in 0..MR {
+                    let x = _mm512_set1_ps(*a[r].add(kk));
+                    acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+                }
+            }};
+        }
+        let mut kk = 0;
+        while kk + 4 <= k {
+            step!(kk);
+            step!(kk + 1);
+            step!(kk + 2);
+            step!(kk + 3);
+            kk += 4;
+        }
+        while kk < k {
+            step!(kk);
+            kk += 1;
+        }
+        for r in 0..rows.min(MR) {
+            let bv = _mm512_set1_ps(bias[r]);
+            let p = &post[r];
+            let row = c.add(r * ldc);
+            for (j, &v) in acc[r].iter().enumerate() {
+                let mut v = _mm512_add_ps(v, bv);
+                if AF {
+                    // Multiply then add, as `post_avx2_as`.
+                    v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(p.scale)), _mm512_set1_ps(p.shift));
+                }
+                if CL {
+                    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p.lo)), _mm512_set1_ps(p.hi));
+                }
+                let j0 = 16 * j;
+                if j0 + 16 <= cols {
+                    _mm512_storeu_ps(row.add(j0), v);
+                } else if j0 < cols {
+                    _mm512_mask_storeu_ps(row.add(j0), ((1u32 << (cols - j0)) - 1) as u16, v);
+                }
+            }
         }
     }
 

@@ -87,6 +87,23 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// Whether the FP32 GEMM may use its 512-bit tile (AVX-512F; checked once). `SUBQ_SIMD=avx2`
+/// or `avxvnni` keeps it on 256 bits, as for the integer kernels.
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| {
+            let off = std::env::var("SUBQ_SIMD").map(|v| matches!(v.to_ascii_lowercase().as_str(), "avx2" | "avxvnni" | "portable" | "scalar" | "off" | "none")).unwrap_or(false);
+            !off && has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Post-ops fused into a convolution's output pass, applied per output channel `c` as
 /// `y = clamp(conv · scale[c] + shift[c], lo, hi)` (each part optional). The affine part is an
 /// inference BatchNormalization; the clamp a Relu or Clip.
