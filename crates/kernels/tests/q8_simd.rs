@@ -443,21 +443,22 @@ mod avx2 {
     /// Depthwise shapes of the channel-vectorized kernel (`q8::dw512`): 16–80 channels, 3×3 or
     /// 5×5 "same" kernels, stride 1 or 2 (both TF and symmetric padding), planes of 4–14.
     fn dw_lanes_case() -> impl Strategy<Value = ConvCase> {
-        (1usize..=5, prop_oneof![Just(3usize), Just(5)], 1usize..=2, 4usize..=14, 4usize..=14, (any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<bool>(), any::<u64>())).prop_filter_map("plane too small", |(blocks, k, s, ih, iw, (tf_pad, zp_in, out_zp, per_channel, extreme, seed))| {
+        (1usize..=5, prop_oneof![Just(3usize), Just(5)], 1usize..=2, 4usize..=14, 4usize..=14, (any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<bool>(), any::<u64>(), 1usize..=3)).prop_filter_map("plane too small", |(blocks, k, s, ih, iw, (tf_pad, zp_in, out_zp, per_channel, extreme, seed, parts))| {
             let c = 16 * blocks;
             let (pt, pb) = if s == 2 && tf_pad { ((k - 1) / 2, k / 2) } else { (k / 2, k / 2) };
             let (oh, ow) = ((ih + pt + pb - k) / s + 1, (iw + pt + pb - k) / s + 1);
             let g = ConvGeometry { in_c: c, in_h: ih, in_w: iw, out_c: c, out_h: oh, out_w: ow, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pt, pad_left: pt, group: c };
-            q8::dw512::applies(&g).then_some(ConvCase { g, parts: 1, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed })
+            q8::dw512::applies(&g).then_some(ConvCase { g, parts, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed })
         })
     }
 
     proptest! {
         #![proptest_config(cfg(300))]
 
-        /// The channel-vectorized depthwise kernel equals the reference: called directly (float
-        /// stage, capped or not, and some channels forced onto the per-lane i64 stage), and
-        /// through the dispatched conv, which picks it on the shapes it wins.
+        /// The channel-vectorized depthwise kernel equals the reference: through the dispatched
+        /// conv (which picks it on the shapes it wins, split layers included), and called
+        /// directly on every shape it computes, with its float stage (capped or not, some
+        /// channels forced onto the i64 stage) and with the i64 stage alone, for 1–3 parts.
         #[test]
         fn depthwise_lanes_matches_reference(c in dw_lanes_case()) {
             if !q8::dw512::available() { return Ok(()); }
@@ -467,27 +468,40 @@ mod avx2 {
             let n = g.out_c * g.out_h * g.out_w;
             let mut want = vec![0u8; n];
             q8::conv_q8_reference(&d.input, c.zp_in, &d.parts, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, g, &mut want, &mut Scratch::default());
-            let q8::PackedWeights::Depthwise { lanes, .. } = &d.parts[0].packed else { panic!("depthwise packing") };
-            let r = &d.parts[0].requant;
-            let mult: Vec<i64> = (0..g.out_c).map(|i| if r.len() == 1 { r[0].multiplier } else { r[i].multiplier }).collect();
+            let lanes: Vec<&[i32]> = d.parts.iter().map(|p| match &p.packed { q8::PackedWeights::Depthwise { lanes, .. } => &lanes[..], _ => panic!("depthwise packing") }).collect();
+            let mults: Vec<Vec<i64>> = d.parts.iter().map(|p| (0..g.out_c).map(|i| p.multiplier(i)).collect()).collect();
+            if mults.iter().flatten().any(|&m| m != m as i32 as i64) { return Ok(()); }
             let mut rng = Rng(c.seed ^ 0x5851_f42d_4c95_7f2d | 1);
             let cmax: Vec<u8> = (0..g.out_c).map(|_| if rng.next().is_multiple_of(3) { 255 } else { rng.next() as u8 }).collect();
             let mut capped = want.clone();
             q8::clamp_channels_u8_reference(&mut capped, g.out_h * g.out_w, &cmax);
             let (mut xb, mut ob) = (vec![-3i16; 7], vec![9u8; 5]);
             for (cap, expect) in [(None, &want), (Some(&cmax[..]), &capped)] {
-                let Some(mut e) = q8::FloatEpilogue::new(&mult, &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap) else { continue };
+                let mut got = vec![0x5Au8; n];
+                macro_rules! run {
+                    ($p:literal, $float:expr, $cap:expr) => {{
+                        let st = q8::dw512::Stage::<$p> { float: $float, mult: std::array::from_fn(|i| &mults[i][..]), bias: &d.bias, shift: d.shift, zp: c.out_zp, qmin: c.qmin, qmax: c.qmax, cap: $cap };
+                        unsafe { q8::dw512::depthwise::<$p>(&d.input, c.zp_in, std::array::from_fn(|i| lanes[i]), g, &st, &mut got, &mut xb, &mut ob) };
+                    }};
+                }
+                match d.parts.len() {
+                    1 => run!(1, None, cap),
+                    2 => run!(2, None, cap),
+                    _ => run!(3, None, cap),
+                }
+                prop_assert_eq!(&got, expect, "i64 stage, {} parts, cap {}, {:?}", d.parts.len(), cap.is_some(), g);
+                if d.parts.len() > 1 { continue; }
+                let Some(mut e) = q8::FloatEpilogue::new(&mults[0], &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap) else { continue };
                 for force in [false, true] {
                     if force {
-                        // One channel in 5 on the reference stage (the float fields then unused).
+                        // One channel in 5 on the i64 stage (its block then takes it whole).
                         for (i, ok) in e.ok.iter_mut().enumerate() {
                             *ok &= !(i * 7 + c.seed as usize).is_multiple_of(5);
                         }
                     }
-                    let st = q8::dw512::Stage { scale: &e.scale, offset: &e.offset, hi: &e.hi, lo: e.lo, ok: &e.ok, cap: &e.cap, mult: &mult, bias: &d.bias, shift: d.shift, zp: c.out_zp, qmin: c.qmin, qmax: c.qmax };
-                    let mut got = vec![0x5Au8; n];
-                    unsafe { q8::dw512::depthwise(&d.input, c.zp_in, lanes, g, &st, &mut got, &mut xb, &mut ob) };
-                    prop_assert_eq!(&got, expect, "cap {}, forced i64 lanes {}, {:?}", cap.is_some(), force, g);
+                    let float = Some(q8::dw512::Float { scale: &e.scale, offset: &e.offset, hi: &e.hi, lo: e.lo, ok: &e.ok });
+                    run!(1, float, Some(&e.cap[..]));
+                    prop_assert_eq!(&got, expect, "float stage, cap {}, forced i64 lanes {}, {:?}", cap.is_some(), force, g);
                 }
             }
         }

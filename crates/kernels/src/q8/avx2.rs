@@ -2022,12 +2022,26 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
     // Split depthwise: one pass, shared padded planes and input loads.
     if split && g.is_depthwise() {
         let mut dw: [&[i32]; 3] = [&[], &[], &[]];
+        let mut lanes: [&[i32]; 3] = [&[], &[], &[]];
         for (i, part) in parts.iter().enumerate() {
-            if let PackedWeights::Depthwise { pairs, .. } = &part.packed {
+            if let PackedWeights::Depthwise { pairs, lanes: l, .. } = &part.packed {
                 dw[i] = pairs;
+                lanes[i] = l;
             }
         }
-        let Scratch { bpack, mult, .. } = &mut *scratch;
+        let Scratch { bpack, mult, pixels, bytes, .. } = &mut *scratch;
+        let np = parts.len();
+        if split_fits && tasks_for(g.macs() * np) == 1 && lanes[..np].iter().all(|l| !l.is_empty()) && super::dw512::chosen(g) && super::dw512::available() {
+            let m = |i: usize| &mult[i * g.out_c..(i + 1) * g.out_c];
+            if np == 2 {
+                let st = super::dw512::Stage { float: None, mult: [m(0), m(1)], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, cap: cmax };
+                super::dw512::depthwise::<2>(input, zp_in, [lanes[0], lanes[1]], g, &st, out, pixels, bytes);
+            } else {
+                let st = super::dw512::Stage { float: None, mult: [m(0), m(1), m(2)], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, cap: cmax };
+                super::dw512::depthwise::<3>(input, zp_in, [lanes[0], lanes[1], lanes[2]], g, &st, out, pixels, bytes);
+            }
+            return;
+        }
         let wmax = parts.iter().map(|p| p.wmax).max().unwrap_or(0);
         if split_fits && dw[..parts.len()].iter().all(|p| !p.is_empty()) {
             let sink = Sink::Requant { mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, out: &mut *out };
@@ -2093,9 +2107,12 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
         match &part.packed {
             PackedWeights::Depthwise { pairs, lanes, .. } => {
                 let tasks = tasks_for(g.macs());
-                if let (true, Some(e)) = (single && tasks == 1 && !lanes.is_empty() && super::dw512::chosen(g) && super::dw512::available(), epi) {
-                    let st = super::dw512::Stage { scale: e.scale, offset: e.offset, hi: e.hi, lo: e.lo, ok: e.ok, cap: e.cap, mult: &mult[..], bias: bias_fixed, shift, zp: out_zp, qmin, qmax };
-                    super::dw512::depthwise(input, zp_in, lanes, g, &st, out, pixels, bytes);
+                if single && tasks == 1 && !lanes.is_empty() && super::dw512::chosen(g) && super::dw512::available() && mult.iter().all(|&m| m == m as i32 as i64) {
+                    let float = epi.map(|e| super::dw512::Float { scale: e.scale, offset: e.offset, hi: e.hi, lo: e.lo, ok: e.ok });
+                    // With a float stage, its caps hold `min(qmax, cmax)` for every channel.
+                    let cap = epi.map(|e| e.cap).or(cmax);
+                    let st = super::dw512::Stage { float, mult: [&mult[..]], bias: bias_fixed, shift, zp: out_zp, qmin, qmax, cap };
+                    super::dw512::depthwise::<1>(input, zp_in, [lanes], g, &st, out, pixels, bytes);
                     post_cap = None;
                     continue;
                 }

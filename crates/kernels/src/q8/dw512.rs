@@ -42,7 +42,9 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// models (`subq bench --profile`, 1 thread; BENCHMARKS.md, session 12): it wins on planes of
 /// up to 10×10 (0.36–0.72× the planar kernel's time on 5×5 and 10×10 outputs), on 5×5 kernels
 /// up to 14×14 (0.73–0.82×), and on stride 2 from inputs of up to 20×20 (0.52–0.84×); the
-/// pixel-major copies of a larger input cost more than it saves (1.14–1.7×).
+/// pixel-major copies of a larger input cost more than it saves (1.14–1.7×). The same holds for
+/// split layers: 2 parts on 80×80 took 1.43× the planar kernel's time, on 10×10 and 5×5 the
+/// same or less.
 pub fn chosen(g: &ConvGeometry) -> bool {
     let (inp, outp, taps) = (g.in_h * g.in_w, g.out_h * g.out_w, g.kernel[0] * g.kernel[1]);
     applies(g)
@@ -76,34 +78,29 @@ pub fn pack(weight: &[i16], g: &ConvGeometry) -> Vec<i32> {
     v
 }
 
-/// The output stage: per channel, the float form where proven exact (`ok`), else the
-/// reference's i64 form (see [`super::FloatEpilogue`]).
-pub struct Stage<'a> {
+/// A single-part layer's float output stage ([`super::FloatEpilogue`]): per channel, where
+/// proven equal to the reference (`ok`).
+pub struct Float<'a> {
     pub scale: &'a [f32],
     pub offset: &'a [f32],
     pub hi: &'a [f32],
     pub lo: f32,
     pub ok: &'a [bool],
-    pub cap: &'a [u8],
-    pub mult: &'a [i64],
+}
+
+/// The output stage of `P` weight parts: per channel `c`,
+/// `min(clamp(zp + round_shift(bias[c] + Σ_p acc_p·mult[p][c], shift), qmin, qmax), cap[c])`,
+/// the reference's. The multipliers must fit in i32 (they are multiplied with `vpmuldq`). A
+/// 16-channel block whose channels all have a float form takes it instead.
+pub struct Stage<'a, const P: usize> {
+    pub float: Option<Float<'a>>,
+    pub mult: [&'a [i64]; P],
     pub bias: &'a [i64],
     pub shift: u32,
     pub zp: i32,
     pub qmin: i32,
     pub qmax: i32,
-}
-
-impl Stage<'_> {
-    /// One output byte, as the reference computes it.
-    fn scalar(&self, c: usize, acc: i32) -> u8 {
-        if self.ok[c] {
-            let y = (acc as f32) * self.scale[c] + self.offset[c];
-            y.max(self.lo).min(self.hi[c]) as i32 as u8
-        } else {
-            let v = (self.zp as i64 + super::round_shift(self.bias[c] + acc as i64 * self.mult[c], self.shift)).clamp(self.qmin as i64, self.qmax as i64);
-            (v as u8).min(self.cap[c])
-        }
-    }
+    pub cap: Option<&'a [u8]>,
 }
 
 /// 16×16 byte transpose: `out[j]` byte `i` = `r[i]` byte `j`. Four rounds of unpacks (8-, 16-,
@@ -157,19 +154,19 @@ fn pixel_blocks(n: usize) -> impl Iterator<Item = usize> {
 /// The CPU must have AVX-512F/BW and AVX512-VNNI ([`available`]).
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn depthwise(input: &[u8], zp: i32, packed: &[i32], g: &ConvGeometry, st: &Stage, out: &mut [u8], xbuf: &mut Vec<i16>, obuf: &mut Vec<u8>) {
+pub unsafe fn depthwise<const P: usize>(input: &[u8], zp: i32, packed: [&[i32]; P], g: &ConvGeometry, st: &Stage<P>, out: &mut [u8], xbuf: &mut Vec<i16>, obuf: &mut Vec<u8>) {
     assert!(applies(g));
     match g.kernel {
-        [3, 3] => depthwise_k::<9>(input, zp, packed, g, st, out, xbuf, obuf),
-        [5, 5] => depthwise_k::<25>(input, zp, packed, g, st, out, xbuf, obuf),
-        _ => depthwise_k::<0>(input, zp, packed, g, st, out, xbuf, obuf),
+        [3, 3] => depthwise_k::<P, 9>(input, zp, packed, g, st, out, xbuf, obuf),
+        [5, 5] => depthwise_k::<P, 25>(input, zp, packed, g, st, out, xbuf, obuf),
+        _ => depthwise_k::<P, 0>(input, zp, packed, g, st, out, xbuf, obuf),
     }
 }
 
 /// [`depthwise`] with `T` taps known at compile time (0: read from `g`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn depthwise_k<const T: usize>(input: &[u8], zp: i32, packed: &[i32], g: &ConvGeometry, st: &Stage, out: &mut [u8], xbuf: &mut Vec<i16>, obuf: &mut Vec<u8>) {
+unsafe fn depthwise_k<const P: usize, const T: usize>(input: &[u8], zp: i32, packed: [&[i32]; P], g: &ConvGeometry, st: &Stage<P>, out: &mut [u8], xbuf: &mut Vec<i16>, obuf: &mut Vec<u8>) {
     let c = g.out_c;
     let cp = padded(c);
     let [kh, kw] = g.kernel;
@@ -179,8 +176,9 @@ unsafe fn depthwise_k<const T: usize>(input: &[u8], zp: i32, packed: &[i32], g: 
     let taps = if T > 0 { T } else { kh * kw };
     let pairs = taps.div_ceil(2);
     assert!(taps == kh * kw && taps <= 25);
-    assert!(input.len() >= c * ih * iw && out.len() >= c * oh * ow && packed.len() >= pairs * cp);
-    assert!([st.scale.len(), st.offset.len(), st.hi.len(), st.ok.len(), st.cap.len(), st.mult.len(), st.bias.len()].iter().all(|&l| l >= c));
+    assert!(input.len() >= c * ih * iw && out.len() >= c * oh * ow && packed.iter().all(|w| w.len() >= pairs * cp));
+    assert!(st.bias.len() >= c && st.cap.is_none_or(|v| v.len() >= c) && st.mult.iter().all(|m| m.len() >= c && m[..c].iter().all(|&v| v == v as i32 as i64)));
+    assert!(st.float.as_ref().is_none_or(|f| [f.scale.len(), f.offset.len(), f.hi.len(), f.ok.len()].iter().all(|&l| l >= c)));
     // Padded plane: every cell a tap reads, and every input pixel.
     let hp = ((oh - 1) * sy + kh).max(pt + ih);
     let wp = ((ow - 1) * sx + kw).max(pl + iw);
@@ -242,17 +240,12 @@ unsafe fn depthwise_k<const T: usize>(input: &[u8], zp: i32, packed: &[i32], g: 
             tap_off[ky * kw + kx] = (ky * wp + kx) * cp;
         }
     }
-    let lo = _mm512_set1_ps(st.lo);
-    let wp_ = packed.as_ptr();
+    let i64s = I64Stage::new(st);
     for c0 in (0..c).step_by(2 * LANES) {
         let second = c0 + LANES < c;
-        let ok0 = st.ok[c0..c0 + LANES].iter().all(|&k| k);
-        let ok1 = second && st.ok[c0 + LANES..c0 + 2 * LANES].iter().all(|&k| k);
-        let vecs = |h: usize| (_mm512_loadu_ps(st.scale.as_ptr().add(h)), _mm512_loadu_ps(st.offset.as_ptr().add(h)), _mm512_loadu_ps(st.hi.as_ptr().add(h)));
-        let (s0, o0, h0) = vecs(c0);
-        let (s1, o1, h1) = if second { vecs(c0 + LANES) } else { (s0, o0, h0) };
-        // Two output pixels per step: four independent accumulator chains (one pixel's chain,
-        // 5 `vpdpwssd` then the float stage, is too long for the out-of-order window alone).
+        let f0 = FloatBlock::new(st, c0);
+        let f1 = if second { FloatBlock::new(st, c0 + LANES) } else { None };
+        // Two output pixels per step: 4·P independent accumulator chains.
         let npix = oh * ow;
         let pix_base = |p: usize| xb.add(((p / ow) * sy * wp + (p % ow) * sx) * cp + c0) as *const i16;
         let mut p = 0;
@@ -260,30 +253,28 @@ unsafe fn depthwise_k<const T: usize>(input: &[u8], zp: i32, packed: &[i32], g: 
             let two = p + 1 < npix;
             let (b0, b1) = (pix_base(p), pix_base(if two { p + 1 } else { p }));
             let z = _mm512_setzero_si512();
-            let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+            // acc[q]: part q's (pixel 0 low half, pixel 0 high, pixel 1 low, pixel 1 high).
+            let mut acc = [[z; 4]; P];
             for t in 0..pairs {
-                let w = wp_.add(t * cp + c0);
                 let (oa, ob_) = (tap_off[2 * t], tap_off[2 * t + 1]);
                 let has_b = 2 * t + 1 < taps;
                 let xa = _mm512_loadu_si512(b0.add(oa) as *const __m512i);
                 let xb_ = if has_b { _mm512_loadu_si512(b0.add(ob_) as *const __m512i) } else { z };
                 let ya = _mm512_loadu_si512(b1.add(oa) as *const __m512i);
                 let yb = if has_b { _mm512_loadu_si512(b1.add(ob_) as *const __m512i) } else { z };
-                a0 = dpwssd(a0, _mm512_unpacklo_epi16(xa, xb_), w);
-                a1 = dpwssd(a1, _mm512_unpackhi_epi16(xa, xb_), w.add(LANES));
-                a2 = dpwssd(a2, _mm512_unpacklo_epi16(ya, yb), w);
-                a3 = dpwssd(a3, _mm512_unpackhi_epi16(ya, yb), w.add(LANES));
+                let x = [_mm512_unpacklo_epi16(xa, xb_), _mm512_unpackhi_epi16(xa, xb_), _mm512_unpacklo_epi16(ya, yb), _mm512_unpackhi_epi16(ya, yb)];
+                for (aq, wq) in acc.iter_mut().zip(&packed) {
+                    let w = wq.as_ptr().add(t * cp + c0);
+                    aq[0] = dpwssd(aq[0], x[0], w);
+                    aq[1] = dpwssd(aq[1], x[1], w.add(LANES));
+                    aq[2] = dpwssd(aq[2], x[2], w);
+                    aq[3] = dpwssd(aq[3], x[3], w.add(LANES));
+                }
             }
-            let dst = ob.add(p * c + c0);
-            store_stage(st, c0, ok0, a0, s0, o0, lo, h0, dst);
-            if second {
-                store_stage(st, c0 + LANES, ok1, a1, s1, o1, lo, h1, dst.add(LANES));
-            }
-            if two {
-                let dst = dst.add(c);
-                store_stage(st, c0, ok0, a2, s0, o0, lo, h0, dst);
+            for (px, dst) in [(0, ob.add(p * c + c0)), (1, ob.add((p + 1) * c + c0))].into_iter().take(if two { 2 } else { 1 }) {
+                store16(&i64s, &f0, c0, std::array::from_fn(|q| acc[q][2 * px]), dst);
                 if second {
-                    store_stage(st, c0 + LANES, ok1, a3, s1, o1, lo, h1, dst.add(LANES));
+                    store16(&i64s, &f1, c0 + LANES, std::array::from_fn(|q| acc[q][2 * px + 1]), dst.add(LANES));
                 }
             }
             p += 2;
@@ -314,28 +305,76 @@ unsafe fn dpwssd(acc: __m512i, x: __m512i, w: *const i32) -> __m512i {
     acc
 }
 
-/// 16 channels' output bytes from their accumulators: the float stage when all 16 have it
-/// (`ok`), else the reference per lane.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn store_stage(st: &Stage, c0: usize, ok: bool, acc: __m512i, s: __m512, o: __m512, lo: __m512, hi: __m512, dst: *mut u8) {
-    if ok {
-        let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), s), o);
-        // In [lo, hi] ⊂ [0, 255] after the clamps, so truncation and the unsigned saturating
-        // narrow are exact.
-        let y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-        _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtusepi32_epi8(_mm512_cvttps_epi32(y)));
-    } else {
-        let mut lanes = [0i32; LANES];
-        _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, acc);
-        store_scalar(st, c0, &lanes, dst);
+/// The float stage's vectors for a 16-channel block whose channels all have it.
+struct FloatBlock {
+    s: __m512,
+    o: __m512,
+    lo: __m512,
+    hi: __m512,
+}
+
+impl FloatBlock {
+    #[inline(always)]
+    unsafe fn new<const P: usize>(st: &Stage<P>, c0: usize) -> Option<FloatBlock> {
+        let f = st.float.as_ref()?;
+        f.ok[c0..c0 + LANES].iter().all(|&k| k).then(|| FloatBlock { s: _mm512_loadu_ps(f.scale.as_ptr().add(c0)), o: _mm512_loadu_ps(f.offset.as_ptr().add(c0)), lo: _mm512_set1_ps(f.lo), hi: _mm512_loadu_ps(f.hi.as_ptr().add(c0)) })
     }
 }
 
-/// The reference stage lane by lane (blocks with a channel that has no exact float form).
-#[inline(never)]
-unsafe fn store_scalar(st: &Stage, c0: usize, lanes: &[i32; LANES], dst: *mut u8) {
-    for (l, &a) in lanes.iter().enumerate() {
-        *dst.add(l) = st.scalar(c0 + l, a);
+/// The exact i64 stage's constants.
+struct I64Stage<'a, const P: usize> {
+    st: &'a Stage<'a, P>,
+    half: __m512i,
+    shift: __m128i,
+    zp: __m512i,
+    qmin: __m512i,
+    qmax: __m512i,
+}
+
+impl<'a, const P: usize> I64Stage<'a, P> {
+    #[inline(always)]
+    unsafe fn new(st: &'a Stage<'a, P>) -> Self {
+        let half = if st.shift == 0 { 0 } else { 1i64 << (st.shift - 1) };
+        I64Stage { st, half: _mm512_set1_epi64(half), shift: _mm_cvtsi64_si128(st.shift as i64), zp: _mm512_set1_epi64(st.zp as i64), qmin: _mm512_set1_epi64(st.qmin as i64), qmax: _mm512_set1_epi64(st.qmax as i64) }
     }
+
+    /// 8 channels from `c`: `acc[q]` holds part q's accumulators as i64 lanes.
+    #[inline(always)]
+    unsafe fn bytes8(&self, c: usize, acc: [__m512i; P]) -> __m128i {
+        let st = self.st;
+        let mut x = _mm512_loadu_si512(st.bias.as_ptr().add(c) as *const __m512i);
+        for (a, m) in acc.iter().zip(&st.mult) {
+            x = _mm512_add_epi64(x, _mm512_mul_epi32(*a, _mm512_loadu_si512(m.as_ptr().add(c) as *const __m512i)));
+        }
+        // round_shift: |x| + half, shifted, the sign put back (ties away from zero).
+        let r = if st.shift == 0 {
+            x
+        } else {
+            let neg = _mm512_cmplt_epi64_mask(x, _mm512_setzero_si512());
+            let r = _mm512_srl_epi64(_mm512_add_epi64(_mm512_abs_epi64(x), self.half), self.shift);
+            _mm512_mask_sub_epi64(r, neg, _mm512_setzero_si512(), r)
+        };
+        let mut v = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(r, self.zp), self.qmin), self.qmax);
+        if let Some(cap) = st.cap {
+            v = _mm512_min_epi64(v, _mm512_cvtepu8_epi64(_mm_loadl_epi64(cap.as_ptr().add(c) as *const __m128i)));
+        }
+        _mm512_cvtepi64_epi8(v)
+    }
+}
+
+/// 16 channels' output bytes from the parts' accumulators: the float stage when the block has
+/// it (single part), else the exact i64 stage.
+#[inline(always)]
+unsafe fn store16<const P: usize>(i64s: &I64Stage<P>, f: &Option<FloatBlock>, c0: usize, acc: [__m512i; P], dst: *mut u8) {
+    if let (Some(f), 1) = (f, P) {
+        let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[0]), f.s), f.o);
+        // In [lo, hi] ⊂ [0, 255] after the clamps, so truncation and the unsigned saturating
+        // narrow are exact.
+        let y = _mm512_min_ps(_mm512_max_ps(y, f.lo), f.hi);
+        _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtusepi32_epi8(_mm512_cvttps_epi32(y)));
+        return;
+    }
+    let lo = i64s.bytes8(c0, std::array::from_fn(|q| _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[q]))));
+    let hi = i64s.bytes8(c0 + 8, std::array::from_fn(|q| _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(acc[q]))));
+    _mm_storeu_si128(dst as *mut __m128i, _mm_unpacklo_epi64(lo, hi));
 }
