@@ -129,5 +129,39 @@ fn output_stage(c: &mut Criterion) {
     grp.finish();
 }
 
-criterion_group!(benches, conv, elementwise, depthwise_parts, output_stage);
+/// The planar depthwise kernel against the channel-vectorized one (`q8::dw512`, AVX-512) on the
+/// small planes where the engine picks the latter, both with the exact i64 output stage.
+/// Filter with `-- depthwise_lanes`.
+#[cfg(target_arch = "x86_64")]
+fn depthwise_lanes(c: &mut Criterion) {
+    if !q8::dw512::available() {
+        return;
+    }
+    let mut grp = c.benchmark_group("depthwise_lanes");
+    grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let cases = [("dw3x3s1_960_5", geom(960, 5, 960, 3, 1, 960)), ("dw3x3s1_576_10", geom(576, 10, 576, 3, 1, 576)), ("dw3x3s2_576_10", geom(576, 10, 576, 3, 2, 576)), ("dw5x5s1_672_14", geom(672, 14, 672, 5, 1, 672)), ("dw5x5s1_1152_7", geom(1152, 7, 1152, 5, 1, 1152))];
+    for (name, g) in cases {
+        let input = data(g.in_c * g.in_h * g.in_w, 1);
+        let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2).iter().map(|&x| x as i16 - 128).collect();
+        let (rq, shift) = Requant::common(&(0..g.out_c).map(|i| 0.01 + i as f64 * 1e-5).collect::<Vec<_>>());
+        let mult: Vec<i64> = rq.iter().map(|r| r.multiplier).collect();
+        let part = ConvPart::new(w, rq, &g);
+        let q8::PackedWeights::Depthwise { pairs, lanes, .. } = &part.packed else { unreachable!("depthwise packing") };
+        let bias = vec![12345i64 << 10; g.out_c];
+        let mut out = vec![0u8; g.out_c * g.out_h * g.out_w];
+        let mut plane = Vec::new();
+        grp.bench_function(BenchmarkId::new("planar", name), |b| {
+            b.iter(|| unsafe { q8::avx2::depthwise(black_box(&input), 3, pairs, &g, &mut plane, &mut q8::avx2::Sink::Requant { mult: &mult, bias: &bias, shift, zp: 7, qmin: 0, qmax: 255, out: &mut out }) })
+        });
+        let st = q8::dw512::Stage { float: None, mult: [&mult[..]], bias: &bias, shift, zp: 7, qmin: 0, qmax: 255, cap: None };
+        let (mut xb, mut ob) = (Vec::new(), Vec::new());
+        grp.bench_function(BenchmarkId::new("lanes", name), |b| b.iter(|| unsafe { q8::dw512::depthwise::<1>(black_box(&input), 3, [&lanes[..]], &g, &st, &mut out, &mut xb, &mut ob) }));
+    }
+    grp.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn depthwise_lanes(_: &mut Criterion) {}
+
+criterion_group!(benches, conv, elementwise, depthwise_parts, output_stage, depthwise_lanes);
 criterion_main!(benches);

@@ -1089,7 +1089,9 @@ unsafe fn split512(z: &[__m512i; MR8]) -> [[__m256i; 2]; MR8] {
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     if let GemmOut::Float { e, out, free: true, capped, .. } = dst {
-        if cols == NR && (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) {
+        if (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) {
+            // A partial last panel: a byte-masked store (AVX-512BW), not a copy through memory.
+            let mask = if cols >= NR { u16::MAX } else { (1u16 << cols) - 1 };
             let zero = _mm512_setzero_si512();
             for (r, &acc) in z.iter().enumerate().take(rows) {
                 let row = row0 + r;
@@ -1098,7 +1100,7 @@ unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], r
                 if *capped {
                     bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*e.cap.get_unchecked(row) as i8));
                 }
-                _mm_storeu_si128(out.add(row * n + col) as *mut __m128i, bytes);
+                _mm_mask_storeu_epi8(out.add(row * n + col) as *mut i8, mask, bytes);
             }
             return;
         }
@@ -1239,7 +1241,7 @@ unsafe fn gemm8_rows(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: 
 
 /// [`gemm8_rows`] compiled for AVX-512 (checked by the caller), so that the 512-bit tile and
 /// epilogue inline into the loop: called per tile, their zmm accumulators went through memory.
-#[target_feature(enable = "avx2,avx512f,avx512vnni")]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm8_rows512(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     gemm8_rows_with::<true>(p8, r0, r1, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, cmax, epi)

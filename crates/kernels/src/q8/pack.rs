@@ -182,7 +182,8 @@ pub fn vnni_available() -> bool {
     }
 }
 
-/// Whether the VNNI byte GEMM may use 512-bit `vpdpbusd` (AVX-512F + AVX512-VNNI; checked once):
+/// Whether the VNNI byte GEMM may use 512-bit `vpdpbusd` (AVX-512F/BW/VL + AVX512-VNNI; checked
+/// once; BW and VL for byte-masked stores):
 /// one instruction per row and k-quad covers the panel's 16 columns, where the 256-bit form needs
 /// two. Same packed form as [`vnni_available`]. `SUBQ_SIMD=avxvnni` keeps the 256-bit form.
 pub fn vnni512_available() -> bool {
@@ -191,7 +192,7 @@ pub fn vnni512_available() -> bool {
         static V512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *V512.get_or_init(|| {
             let off = std::env::var("SUBQ_SIMD").map(|v| v.eq_ignore_ascii_case("avxvnni")).unwrap_or(false);
-            !off && vnni_available() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni")
+            !off && vnni_available() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("avx512vnni")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
