@@ -987,8 +987,7 @@ unsafe fn gemm8_tile16_vnni(ap: *const i32, bp: *const u8, kq: usize, c: [[__m25
 #[target_feature(enable = "avx2,avx512f,avx512vnni")]
 #[inline]
 unsafe fn gemm8_tile16_vnni512(ap: *const i32, bp: *const u8, kq: usize, c: [[__m256i; 2]; MR8]) -> [[__m256i; 2]; MR8] {
-    let join = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-    let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5) = (join(c[0][0], c[0][1]), join(c[1][0], c[1][1]), join(c[2][0], c[2][1]), join(c[3][0], c[3][1]), join(c[4][0], c[4][1]), join(c[5][0], c[5][1]));
+    let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5) = (join512(c[0][0], c[0][1]), join512(c[1][0], c[1][1]), join512(c[2][0], c[2][1]), join512(c[3][0], c[3][1]), join512(c[4][0], c[4][1]), join512(c[5][0], c[5][1]));
     for q in 0..kq {
         let (b, a) = (bp.add(q * NR * 4), ap.add(q * MR8));
         std::arch::asm!(
@@ -1011,8 +1010,14 @@ unsafe fn gemm8_tile16_vnni512(ap: *const i32, bp: *const u8, kq: usize, c: [[__
             options(nostack, readonly, preserves_flags),
         );
     }
-    let split = |z: __m512i| [_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z)];
-    [split(c0), split(c1), split(c2), split(c3), split(c4), split(c5)]
+    split512(&[c0, c1, c2, c3, c4, c5])
+}
+
+/// `lo` and `hi` as one zmm (a function, not a closure: closures do not inherit
+/// `target_feature`, so their intrinsics could stay calls).
+#[inline(always)]
+unsafe fn join512(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
 /// [`gemm8_tile16_vnni512`] over two adjacent column panels (`bp` and `bp1`, 32 columns): 12
@@ -1022,8 +1027,7 @@ unsafe fn gemm8_tile16_vnni512(ap: *const i32, bp: *const u8, kq: usize, c: [[__
 #[target_feature(enable = "avx2,avx512f,avx512vnni")]
 #[inline]
 unsafe fn gemm8_tile32_vnni512(ap: *const i32, bp: *const u8, bp1: *const u8, kq: usize, init: &[__m256i; MR8]) -> [[__m512i; MR8]; 2] {
-    let z = |i: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(i), i);
-    let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5) = (z(init[0]), z(init[1]), z(init[2]), z(init[3]), z(init[4]), z(init[5]));
+    let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5) = (join512(init[0], init[0]), join512(init[1], init[1]), join512(init[2], init[2]), join512(init[3], init[3]), join512(init[4], init[4]), join512(init[5], init[5]));
     let (mut d0, mut d1, mut d2, mut d3, mut d4, mut d5) = (c0, c1, c2, c3, c4, c5);
     for q in 0..kq {
         let (b, b1, a) = (bp.add(q * NR * 4), bp1.add(q * NR * 4), ap.add(q * MR8));
@@ -1077,7 +1081,13 @@ unsafe fn gemm8_tile32_vnni512(ap: *const i32, bp: *const u8, bp1: *const u8, kq
 /// A 512-bit tile as the ymm pairs of the shared epilogue.
 #[inline(always)]
 unsafe fn split512(z: &[__m512i; MR8]) -> [[__m256i; 2]; MR8] {
-    std::array::from_fn(|r| [_mm512_castsi512_si256(z[r]), _mm512_extracti64x4_epi64::<1>(z[r])])
+    // A loop, not `array::from_fn`: closures do not inherit `target_feature`, so its intrinsics
+    // could stay calls.
+    let mut c = [[_mm256_setzero_si256(); 2]; MR8];
+    for (cr, &v) in c.iter_mut().zip(z) {
+        *cr = [_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v)];
+    }
+    c
 }
 
 /// Stores a 512-bit tile of exact accumulators (rows `row0..row0 + rows` of `dst`, 16 columns
@@ -1302,6 +1312,12 @@ unsafe fn gemm8_par(p8: &Packed8, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &
     });
 }
 
+/// Row `r` of a `[k × n]` byte matrix, 16 bytes from column `col` (zeros past row k).
+#[inline(always)]
+unsafe fn load_row16(src: *const u8, k: usize, n: usize, r: usize, col: usize) -> __m128i {
+    if r < k { _mm_loadu_si128(src.add(r * n + col) as *const __m128i) } else { _mm_setzero_si128() }
+}
+
 /// Pack a uint8 `[k × n]` matrix into byte panels (see [`super::pack_b8`]).
 #[target_feature(enable = "avx2")]
 pub unsafe fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
@@ -1316,8 +1332,7 @@ pub unsafe fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
     for jp in 0..full {
         let col = jp * NR;
         for q in 0..kq {
-            let ld = |r: usize| if r < k { _mm_loadu_si128(src.add(r * n + col) as *const __m128i) } else { _mm_setzero_si128() };
-            let (r0, r1, r2, r3) = (ld(4 * q), ld(4 * q + 1), ld(4 * q + 2), ld(4 * q + 3));
+            let (r0, r1, r2, r3) = (load_row16(src, k, n, 4 * q, col), load_row16(src, k, n, 4 * q + 1, col), load_row16(src, k, n, 4 * q + 2, col), load_row16(src, k, n, 4 * q + 3, col));
             let (a_lo, a_hi) = (_mm_unpacklo_epi8(r0, r1), _mm_unpackhi_epi8(r0, r1));
             let (b_lo, b_hi) = (_mm_unpacklo_epi8(r2, r3), _mm_unpackhi_epi8(r2, r3));
             let o = d.add((jp * kq + q) * NR * 4);

@@ -140,6 +140,18 @@ unsafe fn transpose16(r: &[__m128i; 16]) -> [__m128i; 16] {
     out
 }
 
+/// 16 rows of 16 bytes, `stride` apart. Loops here and below, not `array::from_fn`: closures
+/// do not inherit `target_feature`, and where the compiler did not inline one its intrinsics
+/// stayed calls.
+#[inline(always)]
+unsafe fn load16(p: *const u8, stride: usize) -> [__m128i; 16] {
+    let mut r = [_mm_setzero_si128(); 16];
+    for (i, v) in r.iter_mut().enumerate() {
+        *v = _mm_loadu_si128(p.add(i * stride) as *const __m128i);
+    }
+    r
+}
+
 /// First pixels of the 16-pixel blocks covering `n` ≥ 16 pixels: the last block is moved back
 /// to end at `n` (it rewrites a few pixels with the same bytes).
 fn pixel_blocks(n: usize) -> impl Iterator<Item = usize> {
@@ -224,8 +236,8 @@ unsafe fn depthwise_k<const P: usize, const T: usize>(input: &[u8], zp: i32, pac
             }
         }
         for c0 in (0..c).step_by(2 * LANES) {
-            let t0 = transpose16(&std::array::from_fn(|i| _mm_loadu_si128(src.add((c0 + i) * inp + p0) as *const __m128i)));
-            let t1 = if c0 + LANES < c { transpose16(&std::array::from_fn(|i| _mm_loadu_si128(src.add((c0 + LANES + i) * inp + p0) as *const __m128i))) } else { [_mm_set1_epi8(zp as u8 as i8); 16] };
+            let t0 = transpose16(&load16(src.add(c0 * inp + p0), inp));
+            let t1 = if c0 + LANES < c { transpose16(&load16(src.add((c0 + LANES) * inp + p0), inp)) } else { [_mm_set1_epi8(zp as u8 as i8); 16] };
             for j in 0..16 {
                 let bytes = _mm256_set_m128i(_mm_unpackhi_epi32(t0[j], t1[j]), _mm_unpacklo_epi32(t0[j], t1[j]));
                 let v = _mm512_sub_epi16(_mm512_cvtepu8_epi16(bytes), zpw);
@@ -272,9 +284,14 @@ unsafe fn depthwise_k<const P: usize, const T: usize>(input: &[u8], zp: i32, pac
                 }
             }
             for (px, dst) in [(0, ob.add(p * c + c0)), (1, ob.add((p + 1) * c + c0))].into_iter().take(if two { 2 } else { 1 }) {
-                store16(&i64s, &f0, c0, std::array::from_fn(|q| acc[q][2 * px]), dst);
+                let mut lo = [z; P];
+                let mut hi = [z; P];
+                for q in 0..P {
+                    (lo[q], hi[q]) = (acc[q][2 * px], acc[q][2 * px + 1]);
+                }
+                store16(&i64s, &f0, c0, lo, dst);
                 if second {
-                    store16(&i64s, &f1, c0 + LANES, std::array::from_fn(|q| acc[q][2 * px + 1]), dst.add(LANES));
+                    store16(&i64s, &f1, c0 + LANES, hi, dst.add(LANES));
                 }
             }
             p += 2;
@@ -286,8 +303,7 @@ unsafe fn depthwise_k<const P: usize, const T: usize>(input: &[u8], zp: i32, pac
     let dst = out.as_mut_ptr();
     for c0 in (0..c).step_by(LANES) {
         for p0 in pixel_blocks(outp) {
-            let r: [__m128i; 16] = std::array::from_fn(|i| _mm_loadu_si128(ob.add((p0 + i) * c + c0) as *const __m128i));
-            let t = transpose16(&r);
+            let t = transpose16(&load16(ob.add(p0 * c + c0), c));
             for (j, v) in t.iter().enumerate() {
                 _mm_storeu_si128(dst.add((c0 + j) * outp + p0) as *mut __m128i, *v);
             }
@@ -374,7 +390,12 @@ unsafe fn store16<const P: usize>(i64s: &I64Stage<P>, f: &Option<FloatBlock>, c0
         _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtusepi32_epi8(_mm512_cvttps_epi32(y)));
         return;
     }
-    let lo = i64s.bytes8(c0, std::array::from_fn(|q| _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[q]))));
-    let hi = i64s.bytes8(c0 + 8, std::array::from_fn(|q| _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(acc[q]))));
+    let (mut a_lo, mut a_hi) = ([_mm512_setzero_si512(); P], [_mm512_setzero_si512(); P]);
+    for q in 0..P {
+        a_lo[q] = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[q]));
+        a_hi[q] = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64::<1>(acc[q]));
+    }
+    let lo = i64s.bytes8(c0, a_lo);
+    let hi = i64s.bytes8(c0 + 8, a_hi);
     _mm_storeu_si128(dst as *mut __m128i, _mm_unpacklo_epi64(lo, hi));
 }
