@@ -1100,6 +1100,31 @@ unsafe fn split512(z: &[__m512i; MR8]) -> [[__m256i; 2]; MR8] {
 unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     if let GemmOut::Float { e, out, free: true, capped, .. } = dst {
         if (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) {
+            if rows == MR8 && cols >= NR && !*capped {
+                // A full tile: the six rows narrowed together by the saturating packs (their
+                // clamp to [0, 255] is that of vpmaxsd + vpmovusdb below), 2 shuffles per 16
+                // outputs fewer on the ports vpdpbusd needs.
+                let mut y = [_mm512_setzero_si512(); MR8];
+                for (r, v) in y.iter_mut().enumerate() {
+                    *v = float_trunc512(z[r], *e.scale.get_unchecked(row0 + r), *e.offset.get_unchecked(row0 + r));
+                }
+                let [y0, y1, y2, y3, y4, y5] = y;
+                // Per 128-bit lane L: dword r holds row r's columns 4L..4L + 4.
+                let b0123 = _mm512_packus_epi16(_mm512_packs_epi32(y0, y1), _mm512_packs_epi32(y2, y3));
+                let p45 = _mm512_packs_epi32(y4, y5);
+                let b45 = _mm512_packus_epi16(p45, p45);
+                let rows_first = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+                let t = _mm512_permutexvar_epi32(rows_first, b0123);
+                let u = _mm512_permutexvar_epi32(rows_first, b45);
+                let o = out.add(row0 * n + col);
+                _mm_storeu_si128(o as *mut __m128i, _mm512_castsi512_si128(t));
+                _mm_storeu_si128(o.add(n) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(t));
+                _mm_storeu_si128(o.add(2 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<2>(t));
+                _mm_storeu_si128(o.add(3 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<3>(t));
+                _mm_storeu_si128(o.add(4 * n) as *mut __m128i, _mm512_castsi512_si128(u));
+                _mm_storeu_si128(o.add(5 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(u));
+                return;
+            }
             // A partial last panel: a byte-masked store (AVX-512BW), not a copy through memory.
             let mask = if cols >= NR { u16::MAX } else { (1u16 << cols) - 1 };
             let zero = _mm512_setzero_si512();
@@ -1116,6 +1141,12 @@ unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], r
         }
     }
     gemm_store::<FAST, CAP>(&split512(z), row0, rows, col, cols, n, f, dst);
+}
+
+/// [`float8_free`] on 16 accumulators: `trunc(acc·scale + offset)` as i32.
+#[inline(always)]
+unsafe fn float_trunc512(acc: __m512i, scale: f32, offset: f32) -> __m512i {
+    _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(scale)), _mm512_set1_ps(offset)))
 }
 
 /// Adds the sparse remainder `Σ (d − c)·x` of rows `row0..row0 + rows` to a tile at column
