@@ -647,6 +647,21 @@ mod avx2 {
             prop_assert_eq!(got, want);
         }
 
+        /// The byte im2col (the byte GEMM's input for dense convs): the input bytes, padding the
+        /// zero-point, whatever was in the buffer.
+        #[test]
+        fn im2col_u8_matches_reference(c in conv_case(0)) {
+            if !have() { return Ok(()); }
+            let g = &c.g;
+            let d = conv_data(&c);
+            let n = g.in_c * g.kernel[0] * g.kernel[1] * g.out_h * g.out_w;
+            let mut want = vec![0u8; n];
+            subq_kernels::im2col_with(&d.input, g, 0, g.in_c, &mut want, c.zp_in as u8, |x| x);
+            let mut got = vec![0x3Cu8; n];
+            unsafe { q8::avx2::im2col_u8(&d.input, c.zp_in, g, &mut got) };
+            prop_assert_eq!(got, want);
+        }
+
         /// Raw depthwise accumulators equal the reference's.
         #[test]
         fn depthwise_acc_matches_reference(c in conv_case(1)) {

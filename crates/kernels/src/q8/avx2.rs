@@ -2174,9 +2174,18 @@ pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fix
             }
             PackedWeights::Gemm { data, .. } => {
                 let blk = cout_g.div_ceil(MR) * k.div_ceil(2) * MR * 2;
-                if let (true, Some(p8)) = (single && g.is_pointwise() && spatial > GEMV_MAX_N, &part.packed8) {
-                    pack_b8(input, k, spatial, bpack8);
-                    gemm8_par(p8, bpack8, input, spatial, zp_in, mult, bias_fixed, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi);
+                if let (true, Some(p8)) = (single && g.group == 1 && spatial > GEMV_MAX_N, &part.packed8) {
+                    // A dense conv (the stem) goes through a byte im2col, padded with the
+                    // zero-point; a pointwise conv reads its input as is.
+                    let x: &[u8] = if g.is_pointwise() {
+                        input
+                    } else {
+                        bytes.resize(k * spatial, 0);
+                        im2col_u8(input, zp_in, g, bytes);
+                        bytes
+                    };
+                    pack_b8(x, k, spatial, bpack8);
+                    gemm8_par(p8, bpack8, x, spatial, zp_in, mult, bias_fixed, shift, out_zp, qmin, qmax, out, tasks_for(g.macs()), if epi.is_some() { None } else { cmax }, epi);
                     post_cap = None;
                     continue;
                 }
@@ -2320,21 +2329,46 @@ pub unsafe fn quantize_f32(x: &[f32], scale: f32, zp: i32, out: &mut [u8]) {
     super::quantize_f32_reference(&x[i..n], scale, zp, &mut out[i..n]);
 }
 
-/// AVX2 [`super::im2col_q_reference`] (same `[(c·kh·kw) × (oh·ow)]` i16 layout): each row
-/// segment inside the input is converted 16 values at a time (stride 2: the even bytes of 32),
-/// padding is 0. Any stride/dilation; strides other than 1 and 2 go element by element.
+/// im2col of `x − zp` as i16 (see [`super::im2col_q_reference`]).
 #[target_feature(enable = "avx2")]
 pub unsafe fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, cols: &mut [i16]) {
+    assert!(cols.len() >= c_count * g.kernel[0] * g.kernel[1] * g.out_h * g.out_w);
+    im2col_into::<false>(input, zp, g, c_begin, c_count, cols.as_mut_ptr() as *mut u8, cols.len());
+}
+
+/// im2col of the bytes themselves, padding = `zp` (the byte GEMM's input: it subtracts the
+/// zero-point through its row sums, so a padded cell must hold `zp` to add 0).
+#[target_feature(enable = "avx2")]
+pub unsafe fn im2col_u8(input: &[u8], zp: i32, g: &ConvGeometry, cols: &mut [u8]) {
+    assert!(cols.len() >= g.in_c * g.kernel[0] * g.kernel[1] * g.out_h * g.out_w);
+    im2col_into::<true>(input, zp, g, 0, g.in_c, cols.as_mut_ptr(), cols.len());
+}
+
+/// The two im2col forms, in the `[(c·kh·kw) × (oh·ow)]` layout of [`super::im2col_q_reference`]:
+/// `BYTES` = u8 copies padded with `zp`, else i16 `x − zp` padded with 0; `dst` holds `len`
+/// elements of that type. Each row segment inside the input moves 16 values at a time (stride
+/// 2: the even bytes of 32); strides other than 1 and 2 go element by element.
+#[inline(always)]
+unsafe fn im2col_into<const BYTES: bool>(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, c_count: usize, dst: *mut u8, len: usize) {
     let (oh, ow) = (g.out_h, g.out_w);
     let [kh, kw] = g.kernel;
     let sx = g.strides[1];
     let n = oh * ow;
-    assert!(cols.len() >= c_count * kh * kw * n && input.len() >= (c_begin + c_count) * g.in_h * g.in_w);
+    assert!(len >= c_count * kh * kw * n && input.len() >= (c_begin + c_count) * g.in_h * g.in_w);
     let zpv = _mm256_set1_epi16(zp as i16);
     // Per 128-bit lane: bytes 0,2,…,14 to the low half.
     let even = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1, 0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
-    let d0 = cols.as_mut_ptr();
-    let end = d0.add(cols.len());
+    let size = if BYTES { 1 } else { 2 };
+    // Element `i` of the output, and `count` padding elements from `i`.
+    let at = |i: usize| dst.add(i * size);
+    let pad = |i: usize, count: usize| {
+        if BYTES {
+            std::ptr::write_bytes(dst.add(i), zp as u8, count)
+        } else {
+            std::ptr::write_bytes(dst.add(2 * i), 0, 2 * count)
+        }
+    };
+    let end = len;
     let mut row = 0;
     for c in c_begin..c_begin + c_count {
         let plane = input.as_ptr().add(c * g.in_h * g.in_w);
@@ -2343,11 +2377,11 @@ pub unsafe fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, 
             for kx in 0..kw {
                 let (y0, y1) = ConvGeometry::valid_range(oh, g.in_h, g.strides[0], g.pad_top, ky * g.dilations[0]);
                 let (x0, x1) = ConvGeometry::valid_range(ow, g.in_w, sx, g.pad_left, kx * g.dilations[1]);
-                let dst = d0.add(row * n);
+                let base = row * n;
                 for oy in 0..oh {
-                    let d = dst.add(oy * ow);
+                    let d = base + oy * ow;
                     if oy < y0 || oy >= y1 || x0 >= x1 {
-                        std::ptr::write_bytes(d, 0, ow);
+                        pad(d, ow);
                         continue;
                     }
                     let iy = oy * g.strides[0] + ky * g.dilations[0] - g.pad_top;
@@ -2356,25 +2390,33 @@ pub unsafe fn im2col_q(input: &[u8], zp: i32, g: &ConvGeometry, c_begin: usize, 
                     let mut s = src;
                     while ox < x1 {
                         let reads = if sx == 2 { 32 } else { 16 };
-                        if (sx == 1 || sx == 2) && d.add(ox + 16) <= end && s.add(reads) <= plane_end {
-                            let v = if sx == 1 {
-                                _mm256_cvtepu8_epi16(_mm_loadu_si128(s as *const __m128i))
+                        if (sx == 1 || sx == 2) && d + ox + 16 <= end && s.add(reads) <= plane_end {
+                            let bytes = if sx == 1 {
+                                _mm_loadu_si128(s as *const __m128i)
                             } else {
                                 let t = _mm256_shuffle_epi8(_mm256_loadu_si256(s as *const __m256i), even);
-                                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(_mm256_permute4x64_epi64(t, 0b1000)))
+                                _mm256_castsi256_si128(_mm256_permute4x64_epi64(t, 0b1000))
                             };
-                            // Lanes past x1 are overwritten below (zeros) or by the next segment.
-                            _mm256_storeu_si256(d.add(ox) as *mut __m256i, _mm256_sub_epi16(v, zpv));
+                            // Lanes past x1 are overwritten below (padding) or by the next segment.
+                            if BYTES {
+                                _mm_storeu_si128(at(d + ox) as *mut __m128i, bytes);
+                            } else {
+                                _mm256_storeu_si256(at(d + ox) as *mut __m256i, _mm256_sub_epi16(_mm256_cvtepu8_epi16(bytes), zpv));
+                            }
                             ox += 16;
                             s = s.add(16 * sx);
                         } else {
-                            *d.add(ox) = (*s as i32 - zp) as i16;
+                            if BYTES {
+                                *at(d + ox) = *s;
+                            } else {
+                                *(at(d + ox) as *mut i16) = (*s as i32 - zp) as i16;
+                            }
                             ox += 1;
                             s = s.add(sx);
                         }
                     }
-                    std::ptr::write_bytes(d, 0, x0);
-                    std::ptr::write_bytes(d.add(x1), 0, ow - x1);
+                    pad(d, x0);
+                    pad(d + x1, ow - x1);
                 }
                 row += 1;
             }

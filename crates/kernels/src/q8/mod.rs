@@ -146,7 +146,9 @@ impl ConvPart {
     /// A part with its weights packed for geometry `g`.
     pub fn new(weight: Vec<i16>, requant: Vec<Requant>, g: &ConvGeometry) -> ConvPart {
         let packed = PackedWeights::new(&weight, g);
-        let packed8 = if g.is_pointwise() && g.out_h * g.out_w > GEMV_MAX_N && g.in_c >= byte_gemm_min_k() { Packed8::new(&weight, g.out_c, g.in_c) } else { None };
+        // Dense convs (the stem) take the byte GEMM on 512 bits only, where it was measured.
+        let dense8 = g.group == 1 && !g.is_pointwise() && vnni512_available();
+        let packed8 = if (g.is_pointwise() || dense8) && g.out_h * g.out_w > GEMV_MAX_N && g.weights_per_output() >= byte_gemm_min_k() { Packed8::new(&weight, g.out_c, g.weights_per_output()) } else { None };
         let wmax = weight.iter().map(|d| d.unsigned_abs() as u32).max().unwrap_or(0);
         ConvPart { weight, requant, packed, packed8, wmax }
     }
