@@ -280,6 +280,20 @@ proptest! {
         prop_assert_eq!(&got, &want);
     }
 
+    /// Multipliers on a coarse power-of-two grid put many sums exactly halfway between two
+    /// outputs, where the kernels' rounding (ties away from zero, both signs) must match.
+    #[test]
+    fn add_rounds_ties_as_the_reference(n in 0usize..300, za in 0i32..=255, zb in 0i32..=255, zo in 0i32..=255, ka in 1i64..4, kb in 1i64..4, seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let (a, b) = (rng.bytes(n, false), rng.bytes(n, false));
+        let (ma, mb, shift) = (ka << 28, kb << 28, 31);
+        let mut want = vec![0u8; n];
+        q8::add_q8_reference(&a, za, ma, &b, zb, mb, shift, zo, 0, 255, &mut want);
+        let mut got = vec![0u8; n];
+        q8::add_q8(&a, za, ma, &b, zb, mb, shift, zo, 0, 255, &mut got);
+        prop_assert_eq!(&got, &want);
+    }
+
     #[test]
     fn global_avg_pool_matches_reference(c in 1usize..20, hw in 1usize..300, zp in 0i32..=255, zo in 0i32..=255, extreme in any::<bool>(), seed in any::<u64>()) {
         let mut rng = Rng(seed | 1);

@@ -2268,7 +2268,7 @@ pub unsafe fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shi
     let off = fin_bias(&f, 0);
     let (zav, zbv) = (_mm256_set1_epi32(za), _mm256_set1_epi32(zb));
     let (mav, mbv) = (_mm256_set1_epi64x(ma), _mm256_set1_epi64x(mb));
-    let mut i = 0;
+    let mut i = if f.fast && super::pack::vnni512_available() { add_q8_x16(a, za, ma, b, zb, mb, &f, qmin, qmax, out, n) } else { 0 };
     while i + 16 <= n {
         let v0 = add8(a.as_ptr().add(i), b.as_ptr().add(i), zav, zbv, mav, mbv, off, &f);
         let v1 = add8(a.as_ptr().add(i + 8), b.as_ptr().add(i + 8), zav, zbv, mav, mbv, off, &f);
@@ -2276,6 +2276,35 @@ pub unsafe fn add_q8(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, shi
         i += 16;
     }
     super::add_q8_reference(&a[i..n], za, ma, &b[i..n], zb, mb, shift, zo, qmin, qmax, &mut out[i..n]);
+}
+
+/// [`add_q8`]'s fast path on 512 bits, 16 elements per step (8 i64 lanes per multiply where
+/// AVX2 has 4): the same fixed-point steps as [`add8`] and [`finish`]. Returns the elements done.
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn add_q8_x16(a: &[u8], za: i32, ma: i64, b: &[u8], zb: i32, mb: i64, f: &Fin, qmin: i32, qmax: i32, out: &mut [u8], n: usize) -> usize {
+    debug_assert!(f.fast);
+    let (zav, zbv) = (_mm512_set1_epi32(za), _mm512_set1_epi32(zb));
+    let (mav, mbv) = (_mm512_set1_epi64(ma), _mm512_set1_epi64(mb));
+    let off = _mm512_set1_epi64(f.off);
+    let shift = f.shift;
+    let zp = _mm512_broadcastd_epi32(_mm256_castsi256_si128(f.zp));
+    let (lo, hi) = (_mm512_set1_epi32(qmin), _mm512_set1_epi32(qmax));
+    let mut i = 0;
+    while i + 16 <= n {
+        let xa = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i)), zav);
+        let xb = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i)), zbv);
+        let even = _mm512_add_epi64(_mm512_add_epi64(_mm512_mul_epi32(xa, mav), _mm512_mul_epi32(xb, mbv)), off);
+        let odd = _mm512_add_epi64(_mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(xa), mav), _mm512_mul_epi32(_mm512_srli_epi64::<32>(xb), mbv)), off);
+        // round64_fast: minus 1 where x' < off (x < 0), then the logical shift.
+        let e = _mm512_srl_epi64(_mm512_mask_sub_epi64(even, _mm512_cmplt_epi64_mask(even, off), even, _mm512_set1_epi64(1)), shift);
+        let o = _mm512_srl_epi64(_mm512_mask_sub_epi64(odd, _mm512_cmplt_epi64_mask(odd, off), odd, _mm512_set1_epi64(1)), shift);
+        let v = _mm512_mask_blend_epi32(0xAAAA, e, _mm512_slli_epi64::<32>(o));
+        let v = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zp), lo), hi);
+        _mm_storeu_si128(out.as_mut_ptr().add(i) as *mut __m128i, _mm512_cvtusepi32_epi8(v));
+        i += 16;
+    }
+    i
 }
 
 /// Σ of a uint8 slice (exact).
