@@ -504,6 +504,29 @@ mod avx2 {
                     _ => run!(3, None, cap),
                 }
                 prop_assert_eq!(&got, expect, "i64 stage, {} parts, cap {}, {:?}", d.parts.len(), cap.is_some(), g);
+                // Power-of-two multipliers: many sums land exactly halfway between two outputs.
+                let tie_mults: Vec<Vec<i64>> = (0..d.parts.len()).map(|p| vec![(p as i64 + 1) << 12; g.out_c]).collect();
+                let tie_bias = vec![0i64; g.out_c];
+                let mut tie_want = vec![0u8; n];
+                let mut accs = Vec::new();
+                for part in &d.parts {
+                    let (mut acc, mut cols) = (Vec::new(), Vec::new());
+                    q8::conv_acc_reference(&d.input, c.zp_in, &part.weight, g, &mut acc, &mut cols);
+                    accs.push(acc);
+                }
+                let spatial = g.out_h * g.out_w;
+                for (i, w) in tie_want.iter_mut().enumerate() {
+                    let ch = i / spatial;
+                    let x = accs.iter().zip(&tie_mults).map(|(a, m)| a[i] as i64 * m[ch]).sum::<i64>();
+                    *w = ((c.out_zp as i64 + q8::round_shift(x, 13)).clamp(c.qmin as i64, c.qmax as i64) as u8).min(cap.map_or(255, |cm| cm[ch]));
+                }
+                {
+                    let st = q8::dw512::Stage::<1> { float: None, mult: [&tie_mults[0][..]], bias: &tie_bias, shift: 13, zp: c.out_zp, qmin: c.qmin, qmax: c.qmax, cap };
+                    if d.parts.len() == 1 {
+                        unsafe { q8::dw512::depthwise::<1>(&d.input, c.zp_in, [lanes[0]], g, &st, &mut got, &mut xb, &mut ob) };
+                        prop_assert_eq!(&got, &tie_want, "i64 stage at ties, cap {}, {:?}", cap.is_some(), g);
+                    }
+                }
                 if d.parts.len() > 1 { continue; }
                 let Some(mut e) = q8::FloatEpilogue::new(&mults[0], &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap) else { continue };
                 for force in [false, true] {
