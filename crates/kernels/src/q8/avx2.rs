@@ -1968,14 +1968,29 @@ pub fn conv_supported(parts: &[ConvPart], g: &ConvGeometry) -> bool {
         })
 }
 
-/// Convs smaller than this many multiply-adds run on the calling thread.
-const PAR_MIN_MACS: usize = 150_000;
+/// Convs smaller than this many multiply-adds run on the calling thread. Splitting a conv costs a
+/// fork and join (waking a sleeping worker), which the 512-bit kernels no longer hide: with the
+/// old 150 000, two threads at batch 1 took 2.74 ms on MobileNetV2 and 4.61 ms on
+/// EfficientNet-Lite0 against 1.73 / 4.1 ms on one; with 20 M, 1.69 / 4.18 ms, and batches of 8
+/// ran 1128 / 487 images/s instead of 982 / 444 (`subq bench --threads 2`, per-tensor files).
+/// EfficientNet-Lite0's head (20.1 M) still split at 20 M, with no gain, hence 50 M: every conv
+/// of these models runs whole, and two threads serve batches. [`set_split_threshold`] changes it
+/// (tests).
+const PAR_MIN_MACS: usize = 50_000_000;
+
+static SPLIT_MIN_MACS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(PAR_MIN_MACS);
+
+/// Sets the smallest conv (multiply-adds) that is split over the worker threads (default
+/// 50 M, see `PAR_MIN_MACS`); the tests lower it to run the split paths on small shapes.
+pub fn set_split_threshold(macs: usize) {
+    SPLIT_MIN_MACS.store(macs, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Tasks to split a conv of `macs` multiply-adds into on the current rayon pool (1: inline).
 /// Every output is computed the same way whatever the split, so results never depend on it.
 fn tasks_for(macs: usize) -> usize {
     let t = rayon::current_num_threads();
-    if t <= 1 || macs < PAR_MIN_MACS {
+    if t <= 1 || macs < SPLIT_MIN_MACS.load(std::sync::atomic::Ordering::Relaxed) {
         1
     } else {
         2 * t
