@@ -508,3 +508,25 @@ fn sensitivity_with_an_empty_calibration_folder() {
     assert_clean_failure(&o, &["calibration folder", "no images"]);
     assert!(!json.exists());
 }
+
+/// `subq bench --json` names the kernel sets it ran, FP32 and int8, and `SUBQ_SIMD=avx2` takes
+/// the 512-bit and VNNI kernels out of both.
+#[test]
+fn bench_json_names_the_kernel_sets() {
+    let sets = |simd: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_subq"));
+        cmd.args([OsStr::new("--threads"), OsStr::new("1"), OsStr::new("bench"), OsStr::new("--model"), mobilenet().as_os_str(), OsStr::new("--runs"), OsStr::new("2"), OsStr::new("--warmup"), OsStr::new("1"), OsStr::new("--json")]);
+        if let Some(v) = simd {
+            cmd.env("SUBQ_SIMD", v);
+        }
+        let out = cmd.output().expect("run subq");
+        assert_success(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench --json prints one JSON object");
+        (v["int8_kernels"].as_str().unwrap_or("missing").to_string(), v["fp32_kernels"].as_str().unwrap_or("missing").to_string())
+    };
+    let (int8, fp32) = sets(None);
+    assert!(["portable", "avx2", "avx2+avx-vnni", "avx2+avx-vnni+avx512-vnni"].contains(&int8.as_str()), "int8 kernels {int8}");
+    assert!(["portable", "avx2+fma", "avx2+fma+avx512"].contains(&fp32.as_str()), "fp32 kernels {fp32}");
+    let (int8, fp32) = sets(Some("avx2"));
+    assert!(!int8.contains("vnni") && !fp32.contains("avx512"), "SUBQ_SIMD=avx2 still reports {int8} / {fp32}");
+}

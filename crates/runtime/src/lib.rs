@@ -8,6 +8,8 @@ pub use fp32::{eval_node, qdq_params, Fp32Executor};
 pub use int8::Int8Engine;
 /// The integer kernel set chosen at run time (for reports).
 pub use subq_kernels::q8::kernel_set;
+/// The FP32 kernel set chosen at run time (for reports).
+pub use subq_kernels::f32::kernel_set as fp32_kernel_set;
 
 use subq_kernels::ConvGeometry;
 

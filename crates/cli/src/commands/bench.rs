@@ -47,8 +47,11 @@ fn engine<'g>(g: &'g Graph) -> Result<Box<dyn RunModel + 'g>> {
 pub struct BenchReport {
     pub model: String,
     pub engine: String,
-    /// Integer kernel set chosen at run time (`portable`, `avx2`, `avx2+avx-vnni`).
+    /// Integer kernel set chosen at run time (`portable`, `avx2`, `avx2+avx-vnni`,
+    /// `avx2+avx-vnni+avx512-vnni`).
     pub int8_kernels: String,
+    /// FP32 kernel set chosen at run time (`portable`, `avx2+fma`, `avx2+fma+avx512`).
+    pub fp32_kernels: String,
     /// Shape of one run's input per image: [1, C, H, W].
     pub input_shape: Vec<usize>,
     pub batch: usize,
@@ -145,6 +148,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         model: a.model.display().to_string(),
         engine: model.describe(),
         int8_kernels: subq_runtime::kernel_set().to_string(),
+        fp32_kernels: subq_runtime::fp32_kernel_set().to_string(),
         input_shape: shape,
         batch: a.batch,
         threads: rayon::current_num_threads(),
@@ -165,7 +169,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let per = if a.batch == 1 { "per image".to_string() } else { format!("per batch of {}", a.batch) };
     println!("model:      {}", report.model);
     println!("engine:     {}", report.engine);
-    println!("kernels:    int8 {} (chosen at run time; SUBQ_SIMD=avx2 or portable to compare)", report.int8_kernels);
+    println!("kernels:    int8 {}, fp32 {} (chosen at run time; SUBQ_SIMD=avxvnni, avx2 or portable to compare)", report.int8_kernels, report.fp32_kernels);
     println!("input:      {:?} × batch {}", report.input_shape, report.batch);
     println!("threads:    {}", report.threads);
     println!("runs:       {} (+{} warm-up)", report.runs, report.warmup);

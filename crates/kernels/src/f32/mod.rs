@@ -104,6 +104,18 @@ pub fn has_avx512() -> bool {
     }
 }
 
+/// The FP32 kernels this process runs, for reports: `avx2+fma+avx512` (the SGEMM's 6×32 tile),
+/// `avx2+fma` or `portable`.
+pub fn kernel_set() -> &'static str {
+    if has_avx512() {
+        "avx2+fma+avx512"
+    } else if has_avx2_fma() {
+        "avx2+fma"
+    } else {
+        "portable"
+    }
+}
+
 /// Post-ops fused into a convolution's output pass, applied per output channel `c` as
 /// `y = clamp(conv · scale[c] + shift[c], lo, hi)` (each part optional). The affine part is an
 /// inference BatchNormalization; the clamp a Relu or Clip.
