@@ -6,6 +6,27 @@
 pub mod f32;
 pub mod q8;
 
+/// The widest kernels `SUBQ_SIMD` allows (read once): `portable` (or `scalar`, `off`, `none`),
+/// `avx2`, `avxvnni` (256-bit VNNI, no 512-bit kernels), anything else the best the CPU has.
+/// Ordered: each level allows the ones below it. One parser for every kernel family's check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum SimdCap {
+    Portable,
+    Avx2,
+    AvxVnni,
+    Best,
+}
+
+pub(crate) fn simd_cap() -> SimdCap {
+    static CAP: std::sync::OnceLock<SimdCap> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("SUBQ_SIMD").map(|v| v.to_ascii_lowercase()).as_deref() {
+        Ok("portable" | "scalar" | "off" | "none") => SimdCap::Portable,
+        Ok("avx2") => SimdCap::Avx2,
+        Ok("avxvnni") => SimdCap::AvxVnni,
+        _ => SimdCap::Best,
+    })
+}
+
 /// Geometry of a 2-D convolution on one image (CHW in, CHW out, weights OIHW / group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeometry {

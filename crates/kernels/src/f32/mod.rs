@@ -94,8 +94,7 @@ pub fn has_avx512() -> bool {
     {
         static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVX512.get_or_init(|| {
-            let off = std::env::var("SUBQ_SIMD").map(|v| matches!(v.to_ascii_lowercase().as_str(), "avx2" | "avxvnni" | "portable" | "scalar" | "off" | "none")).unwrap_or(false);
-            !off && has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+            crate::simd_cap() == crate::SimdCap::Best && has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -1130,8 +1130,8 @@ unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], r
             let zero = _mm512_setzero_si512();
             for (r, &acc) in z.iter().enumerate().take(rows) {
                 let row = row0 + r;
-                let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(*e.scale.get_unchecked(row))), _mm512_set1_ps(*e.offset.get_unchecked(row)));
-                let mut bytes = _mm512_cvtusepi32_epi8(_mm512_max_epi32(_mm512_cvttps_epi32(y), zero));
+                let y = float_trunc512(acc, *e.scale.get_unchecked(row), *e.offset.get_unchecked(row));
+                let mut bytes = _mm512_cvtusepi32_epi8(_mm512_max_epi32(y, zero));
                 if *capped {
                     bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*e.cap.get_unchecked(row) as i8));
                 }

@@ -19,8 +19,7 @@ pub enum SimdLevel {
 pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let forced = std::env::var("SUBQ_SIMD").map(|v| matches!(v.to_ascii_lowercase().as_str(), "portable" | "scalar" | "off" | "none")).unwrap_or(false);
-        if forced {
+        if crate::simd_cap() == crate::SimdCap::Portable {
             return SimdLevel::Portable;
         }
         #[cfg(target_arch = "x86_64")]

@@ -22,12 +22,10 @@ use crate::ConvGeometry;
 /// Lanes (channels) per vector.
 const LANES: usize = 16;
 
-/// Whether the CPU runs this kernel: AVX-512F + AVX512-VNNI, as the byte GEMM's 512-bit tiles
-/// (`SUBQ_SIMD=avxvnni` switches both off, see [`super::vnni512_available`]), and AVX-512BW for
-/// the 16-bit unpacks.
+/// Whether the CPU runs this kernel: the byte GEMM's 512-bit check (AVX-512F/BW/VL +
+/// AVX512-VNNI; BW covers the 16-bit unpacks), so `SUBQ_SIMD=avxvnni` switches both off.
 pub fn available() -> bool {
-    static BW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    super::vnni512_available() && *BW.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bw"))
+    super::vnni512_available()
 }
 
 /// Geometry this kernel computes: depthwise, channels a multiple of 16, dilation 1, kernels up

@@ -172,8 +172,7 @@ pub fn vnni_available() -> bool {
     {
         static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *VNNI.get_or_init(|| {
-            let off = std::env::var("SUBQ_SIMD").map(|v| matches!(v.to_ascii_lowercase().as_str(), "avx2" | "portable" | "scalar" | "off" | "none")).unwrap_or(false);
-            !off && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("avxvnni")
+            crate::simd_cap() >= crate::SimdCap::AvxVnni && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("avxvnni")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -191,8 +190,7 @@ pub fn vnni512_available() -> bool {
     {
         static V512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *V512.get_or_init(|| {
-            let off = std::env::var("SUBQ_SIMD").map(|v| v.eq_ignore_ascii_case("avxvnni")).unwrap_or(false);
-            !off && vnni_available() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("avx512vnni")
+            crate::simd_cap() == crate::SimdCap::Best && vnni_available() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("avx512vnni")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
