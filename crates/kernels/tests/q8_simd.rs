@@ -493,16 +493,21 @@ mod avx2 {
             for (cap, expect) in [(None, &want), (Some(&cmax[..]), &capped)] {
                 let mut got = vec![0x5Au8; n];
                 macro_rules! run {
-                    ($p:literal, $float:expr, $cap:expr) => {{
-                        let st = q8::dw512::Stage::<$p> { float: $float, mult: std::array::from_fn(|i| &mults[i][..]), bias: &d.bias, shift: d.shift, zp: c.out_zp, qmin: c.qmin, qmax: c.qmax, cap: $cap };
+                    ($p:literal, $float:expr, $cap:expr, $mults:expr, $bias:expr, $shift:expr) => {{
+                        let st = q8::dw512::Stage::<$p> { float: $float, mult: std::array::from_fn(|i| &$mults[i][..]), bias: $bias, shift: $shift, zp: c.out_zp, qmin: c.qmin, qmax: c.qmax, cap: $cap };
                         unsafe { q8::dw512::depthwise::<$p>(&d.input, c.zp_in, std::array::from_fn(|i| lanes[i]), g, &st, &mut got, &mut xb, &mut ob) };
                     }};
                 }
-                match d.parts.len() {
-                    1 => run!(1, None, cap),
-                    2 => run!(2, None, cap),
-                    _ => run!(3, None, cap),
+                macro_rules! run_i64 {
+                    ($mults:expr, $bias:expr, $shift:expr) => {
+                        match d.parts.len() {
+                            1 => run!(1, None, cap, $mults, $bias, $shift),
+                            2 => run!(2, None, cap, $mults, $bias, $shift),
+                            _ => run!(3, None, cap, $mults, $bias, $shift),
+                        }
+                    };
                 }
+                run_i64!(mults, &d.bias, d.shift);
                 prop_assert_eq!(&got, expect, "i64 stage, {} parts, cap {}, {:?}", d.parts.len(), cap.is_some(), g);
                 // Power-of-two multipliers: many sums land exactly halfway between two outputs.
                 let tie_mults: Vec<Vec<i64>> = (0..d.parts.len()).map(|p| vec![(p as i64 + 1) << 12; g.out_c]).collect();
@@ -520,13 +525,8 @@ mod avx2 {
                     let x = accs.iter().zip(&tie_mults).map(|(a, m)| a[i] as i64 * m[ch]).sum::<i64>();
                     *w = ((c.out_zp as i64 + q8::round_shift(x, 13)).clamp(c.qmin as i64, c.qmax as i64) as u8).min(cap.map_or(255, |cm| cm[ch]));
                 }
-                {
-                    let st = q8::dw512::Stage::<1> { float: None, mult: [&tie_mults[0][..]], bias: &tie_bias, shift: 13, zp: c.out_zp, qmin: c.qmin, qmax: c.qmax, cap };
-                    if d.parts.len() == 1 {
-                        unsafe { q8::dw512::depthwise::<1>(&d.input, c.zp_in, [lanes[0]], g, &st, &mut got, &mut xb, &mut ob) };
-                        prop_assert_eq!(&got, &tie_want, "i64 stage at ties, cap {}, {:?}", cap.is_some(), g);
-                    }
-                }
+                run_i64!(tie_mults, &tie_bias, 13);
+                prop_assert_eq!(&got, &tie_want, "i64 stage at ties, {} parts, cap {}, {:?}", d.parts.len(), cap.is_some(), g);
                 if d.parts.len() > 1 { continue; }
                 let Some(mut e) = q8::FloatEpilogue::new(&mults[0], &d.bias, d.shift, c.out_zp, c.qmin, c.qmax, cap) else { continue };
                 for force in [false, true] {
@@ -537,7 +537,7 @@ mod avx2 {
                         }
                     }
                     let float = Some(q8::dw512::Float { scale: &e.scale, offset: &e.offset, hi: &e.hi, lo: e.lo, ok: &e.ok });
-                    run!(1, float, Some(&e.cap[..]));
+                    run!(1, float, Some(&e.cap[..]), mults, &d.bias, d.shift);
                     prop_assert_eq!(&got, expect, "float stage, cap {}, forced i64 lanes {}, {:?}", cap.is_some(), force, g);
                 }
             }
