@@ -44,6 +44,11 @@ pub fn best_isa() -> Isa {
 /// instructions per call).
 type MicroKernel = unsafe fn(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]);
 
+/// The K-blocked AVX-512 tile ([`avx2::wide`]): [`MicroKernel`] over one or two packed panels
+/// (`bp`, `bp + k·NR`), which starts from the partial sums in C when `resume` and stores raw
+/// sums unless `finish`.
+type WideKernel = unsafe fn(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR], resume: bool, finish: bool);
+
 /// C[m×n] = epilogue(A[m×k]·B[k×n] + bias) with `ep` channel indices offset by `c0` (the first
 /// row's output channel).
 #[allow(clippy::too_many_arguments)]
@@ -72,21 +77,30 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         return;
     }
     // (full panels, a last panel of at most 8 columns, two panels on AVX-512)
-    let (kernel, kernel8, kernel32): (MicroKernel, MicroKernel, Option<MicroKernel>) = match isa {
+    // (full panels, a last panel of at most 8 columns; on AVX-512: two panels, and the
+    // K-blocked tiles of one and two panels for one-pair products)
+    type Wide = (MicroKernel, [WideKernel; 2]);
+    let (kernel, kernel8, wide): (MicroKernel, MicroKernel, Option<Wide>) = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             assert!(super::has_avx2_fma());
             // The epilogue's parts are the same for every row: chosen once, not tested per row.
-            let (k, k8, k32): (MicroKernel, MicroKernel, MicroKernel) = match (ep.affine.is_some(), ep.clamp.is_some()) {
-                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>, avx2::kernel32::<false, false>),
-                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>, avx2::kernel32::<true, false>),
-                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>, avx2::kernel32::<false, true>),
-                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>, avx2::kernel32::<true, true>),
+            let (k, k8, w): (MicroKernel, MicroKernel, Wide) = match (ep.affine.is_some(), ep.clamp.is_some()) {
+                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>, (avx2::kernel32::<false, false>, [avx2::wide::<false, false, 1>, avx2::wide::<false, false, 2>])),
+                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>, (avx2::kernel32::<true, false>, [avx2::wide::<true, false, 1>, avx2::wide::<true, false, 2>])),
+                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>, (avx2::kernel32::<false, true>, [avx2::wide::<false, true, 1>, avx2::wide::<false, true, 2>])),
+                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>, (avx2::kernel32::<true, true>, [avx2::wide::<true, true, 1>, avx2::wide::<true, true, 2>])),
             };
-            (k, k8, super::has_avx512().then_some(k32))
+            (k, k8, super::has_avx512().then_some(w))
         }
         _ => (kernel_scalar, kernel_scalar, None),
     };
+    let posts: Vec<Post> = (0..m).map(|i| Post::of(ep, c0 + i)).collect();
+    if let (Some((_, tiles)), true) = (wide, n <= 2 * NR) {
+        one_pair(&tiles, m, k, n, a, b, c, bias, &posts, scratch);
+        return;
+    }
+    let kernel32 = wide.map(|w| w.0);
     // With the SIMD kernels, the last n mod 8 columns (1 of a 7×7 plane's 49, 4 of a 14×14
     // plane's 196) go to the column-tail kernel, which vectorizes over k: as a masked 6×8 tile
     // they cost as much as eight columns.
@@ -94,7 +108,6 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
     let nv = n - tail;
     let panels_per_chunk = (CHUNK_FLOATS / (k * NR)).max(1);
     let total_panels = nv.div_ceil(NR);
-    let posts: Vec<Post> = (0..m).map(|i| Post::of(ep, c0 + i)).collect();
     let chunk_len = panels_per_chunk.min(total_panels) * k * NR;
     let kp = k.div_ceil(8) * 8;
     let tail_len = tail * kp;
@@ -183,6 +196,50 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
     }
 }
 
+/// K block of [`one_pair`]: its packed B (KC·32 floats, 32 KiB) stays in L1.
+const KC: usize = 256;
+
+/// A product of at most 32 columns (a 5×5 plane's 25) on AVX-512: one pair of packed panels
+/// (or one panel for ≤ 16 columns), masked, K block by K block. The row-panel-outer path
+/// streams the whole packed B (k·32 floats: 123 KiB at k = 960) from L2 for every row panel;
+/// here a block of it stays in L1 while every row panel passes over it, and the partial sums
+/// wait in C between blocks: MobileNetV2's 1×1 convolutions on 5×5 planes took 0.84 of their
+/// time (BENCHMARKS.md, session 13). Every output is one FMA chain, k in order, then bias and
+/// post-ops: the bits of a single pass over K. With two pairs or more (a 7×7 plane's 49
+/// columns), the same blocking lost to the row-panel-outer path inside the model (weights
+/// cold, read at half the compute per byte), so it stays at one pair.
+#[allow(clippy::too_many_arguments)]
+fn one_pair(tiles: &[WideKernel; 2], m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], bias: Option<&[f32]>, posts: &[Post], scratch: &mut Vec<f32>) {
+    debug_assert!(n <= 2 * NR);
+    let kc = k.div_ceil(k.div_ceil(KC));
+    if scratch.len() < 2 * kc * NR + 16 {
+        scratch.resize(2 * kc * NR + 16, 0.0);
+    }
+    let align = (64 - scratch.as_ptr() as usize % 64) % 64 / 4;
+    let packed = &mut scratch[align..align + 2 * kc * NR];
+    let tile = tiles[(n > NR) as usize];
+    for kb in (0..k).step_by(kc) {
+        let kl = kc.min(k - kb);
+        // The block's first panel, then its second (if any).
+        let (p0, p1) = packed[..2 * kl * NR].split_at_mut(kl * NR);
+        pack_b(&b[kb * n..], kl, n, n, 0, p0);
+        if n > NR {
+            pack_b(&b[kb * n..], kl, n, n, NR, p1);
+        }
+        for i0 in (0..m).step_by(MR) {
+            let rows = MR.min(m - i0);
+            // Rows past m repeat the panel's first row; they are never stored.
+            let row = |r: usize| i0 + if r < rows { r } else { 0 };
+            let arows: [*const f32; MR] = std::array::from_fn(|r| a[row(r) * k + kb..].as_ptr());
+            let bias6: [f32; MR] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[i0 + r]) } else { 0.0 });
+            let post6: [Post; MR] = std::array::from_fn(|r| posts[row(r)]);
+            // SAFETY: rows·n of the tile lie inside C (rows ≤ m − i0); the A rows hold kl
+            // values from kb on; the packed block holds kl·NR per panel used, 64-byte aligned.
+            unsafe { tile(kl, &arows, packed.as_ptr(), c[i0 * n..].as_mut_ptr(), n, rows, n, &bias6, &post6, kb > 0, kb + kl == k) };
+        }
+    }
+}
+
 /// Pack columns j0..j0+NR of B (n columns; zero beyond column `nv` ≤ n) as dst[kk·NR + j].
 #[inline]
 fn pack_b(b: &[f32], k: usize, n: usize, nv: usize, j0: usize, dst: &mut [f32]) {
@@ -242,6 +299,94 @@ mod avx2 {
             5.. => tile::<2, 6, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
             3..=4 => tile::<2, 4, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
             _ => tile::<2, 2, AF, CL>(k, a, bp, c, ldc, rows, cols, bias, post),
+        }
+    }
+
+    /// [`kernel32`] for one K block: 6×16·W (W = 1 or 2 panels, `bp` and `bp + k·NR`). With
+    /// `resume` the FMA chains continue from the raw partial sums in C; without `finish` they
+    /// are stored raw for the next block. Chains of a split K are the chains of one pass, so
+    /// the results are the same bits. `cols` (≤ 16·W) valid columns, `rows` ≤ 6.
+    ///
+    /// # Safety
+    /// As [`kernel32`], for W·NR columns of packed B.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn wide<const AF: bool, const CL: bool, const W: usize>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR], resume: bool, finish: bool) {
+        let z = _mm512_setzero_ps();
+        let mut acc = [[z; W]; MR];
+        let mut masks = [0u16; W];
+        for (j, mk) in masks.iter_mut().enumerate() {
+            let j0 = 16 * j;
+            *mk = if j0 + 16 <= cols {
+                u16::MAX
+            } else if j0 < cols {
+                ((1u32 << (cols - j0)) - 1) as u16
+            } else {
+                0
+            };
+        }
+        // Loops over all MR rows with a test, not `0..rows`: a loop of unknown length indexes
+        // the accumulators at run time, and they moved to the stack for the whole k loop.
+        if resume {
+            for r in 0..MR {
+                if r < rows {
+                    for j in 0..W {
+                        acc[r][j] = _mm512_maskz_loadu_ps(masks[j], c.add(r * ldc + 16 * j));
+                    }
+                }
+            }
+        }
+        macro_rules! step {
+            ($kk:expr) => {{
+                let kk = $kk;
+                let mut bv = [z; W];
+                for j in 0..W {
+                    bv[j] = _mm512_load_ps(bp.add(j * k * NR + kk * NR));
+                }
+                for r in 0..MR {
+                    let x = _mm512_set1_ps(*a[r].add(kk));
+                    for j in 0..W {
+                        acc[r][j] = _mm512_fmadd_ps(x, bv[j], acc[r][j]);
+                    }
+                }
+            }};
+        }
+        let mut kk = 0;
+        while kk + 4 <= k {
+            step!(kk);
+            step!(kk + 1);
+            step!(kk + 2);
+            step!(kk + 3);
+            kk += 4;
+        }
+        while kk < k {
+            step!(kk);
+            kk += 1;
+        }
+        for r in 0..MR {
+            if r >= rows {
+                continue;
+            }
+            let row = c.add(r * ldc);
+            if !finish {
+                for j in 0..W {
+                    _mm512_mask_storeu_ps(row.add(16 * j), masks[j], acc[r][j]);
+                }
+                continue;
+            }
+            let bv = _mm512_set1_ps(bias[r]);
+            let p = &post[r];
+            for j in 0..W {
+                let mut v = _mm512_add_ps(acc[r][j], bv);
+                if AF {
+                    // Multiply then add, as `post_avx2_as`.
+                    v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(p.scale)), _mm512_set1_ps(p.shift));
+                }
+                if CL {
+                    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p.lo)), _mm512_set1_ps(p.hi));
+                }
+                _mm512_mask_storeu_ps(row.add(16 * j), masks[j], v);
+            }
         }
     }
 
@@ -500,6 +645,27 @@ mod tests {
                     let want = (s as f32 + bias[i]).clamp(-1.0, 1.0);
                     let x = got[i * n + j];
                     assert!((x - want).abs() <= 1e-4 * want.abs().max(1.0), "{isa:?} [{i}, {j}] {x} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// Products of ≤ 32 columns with k past one K block (the AVX-512 one-pair path resumes
+    /// from partial sums in C): every output must be the bits of one FMA chain over k in order,
+    /// then bias and post-ops, as the row-panel-outer tiles compute it.
+    #[test]
+    fn k_blocked_one_pair_is_one_fma_chain() {
+        for (m, k, n) in [(13, 300, 25), (7, 600, 16), (6, 257, 32), (11, 960, 1), (5, 513, 17)] {
+            let (a, b, bias) = (rnd_vec(m * k, 7), rnd_vec(k * n, 8), rnd_vec(m, 9));
+            let (scale, shift) = (rnd_vec(m, 10), rnd_vec(m, 11));
+            let ep = Epilogue { affine: Some((&scale[..], &shift[..])), clamp: Some((-0.5, 0.5)) };
+            let mut got = vec![f32::NAN; m * n];
+            gemm_epilogue(best_isa(), m, k, n, &a, &b, &mut got, Some(&bias), &ep, 0);
+            for i in 0..m {
+                for j in 0..n {
+                    let chain = (0..k).fold(0f32, |acc, kk| a[i * k + kk].mul_add(b[kk * n + j], acc));
+                    let want = Post::of(&ep, i).apply(chain + bias[i]);
+                    assert_eq!(got[i * n + j].to_bits(), want.to_bits(), "m {m} k {k} n {n} [{i}, {j}]: {} vs {want}", got[i * n + j]);
                 }
             }
         }
