@@ -91,6 +91,8 @@ fn bench_depthwise_kernels(c: &mut Criterion) {
         ("dw5x5_s1_240x28", geom(240, 28, 5, 1, true, 240)),
         ("dw5x5_s2_672x14", geom(672, 14, 5, 2, true, 672)),
         ("dw5x5_s1_1152x7", geom(1152, 7, 5, 1, true, 1152)),
+        ("dw3x3_s1_384x10", geom(384, 10, 3, 1, true, 384)),
+        ("dw3x3_s2_576x10", geom(576, 10, 3, 2, true, 576)),
     ] {
         let input = data(g.in_c * g.in_h * g.in_w, 3);
         let w = data(g.out_c * g.weights_per_output(), 4);
@@ -98,10 +100,11 @@ fn bench_depthwise_kernels(c: &mut Criterion) {
         let mut out = vec![0.0; g.out_c * g.out_h * g.out_w];
         let mut scratch = Vec::new();
         grp.throughput(Throughput::Elements(g.macs() as u64));
-        for (kname, isa) in [
-            ("per_channel", Isa::Avx2Fma),
-            ("blocked", Isa::Avx2FmaBlocked),
-        ] {
+        let mut isas = vec![("per_channel", Isa::Avx2Fma), ("blocked", Isa::Avx2FmaBlocked)];
+        if k::has_avx512() && k::depthwise_rows512::applies(&g) {
+            isas.push(("rows512", Isa::Avx512Rows));
+        }
+        for (kname, isa) in isas {
             grp.bench_with_input(BenchmarkId::new(kname, name), &(), |b, _| {
                 b.iter(|| {
                     depthwise_with(

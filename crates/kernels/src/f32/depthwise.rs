@@ -375,6 +375,9 @@ pub enum Isa {
     Avx2Fma,
     /// Eight channels per vector ([`super::depthwise_blocked`]).
     Avx2FmaBlocked,
+    /// One output row per AVX-512 vector ([`super::depthwise_rows512`]), for rows of at most
+    /// 16 columns.
+    Avx512Rows,
 }
 
 /// The best kernel set this CPU runs (its per-channel variant).
@@ -389,6 +392,7 @@ pub fn best_isa() -> Isa {
 /// The fastest kernel for this geometry on this CPU.
 pub fn best_for(g: &ConvGeometry) -> Isa {
     match best_isa() {
+        Isa::Avx2Fma if super::has_avx512() && super::depthwise_rows512::chosen(g) => Isa::Avx512Rows,
         Isa::Avx2Fma if super::depthwise_blocked::prefers(g) => Isa::Avx2FmaBlocked,
         isa => isa,
     }
@@ -411,6 +415,12 @@ pub fn depthwise_with(isa: Isa, input: &[f32], weight: &[f32], bias: Option<&[f3
             assert!(best_isa() == Isa::Avx2Fma);
             // SAFETY: AVX2 and FMA were detected; the geometry is dilation-1 depthwise.
             unsafe { super::depthwise_blocked::avx2::run(input, weight, bias, g, ep, out, scratch) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Rows => {
+            assert!(best_isa() == Isa::Avx2Fma && super::has_avx512() && super::depthwise_rows512::applies(g));
+            // SAFETY: AVX-512F, AVX2 and FMA were detected; the geometry is one it handles.
+            unsafe { super::depthwise_rows512::avx512::run(input, weight, bias, g, ep, out) }
         }
         _ => run(input, weight, bias, g, ep, out, scratch, channel_scalar, fill_rows_scalar),
     }
@@ -466,6 +476,9 @@ mod tests {
             let mut isas = vec![Isa::Scalar];
             if best_isa() != Isa::Scalar {
                 isas.extend([Isa::Avx2Fma, Isa::Avx2FmaBlocked]);
+                if crate::f32::has_avx512() && crate::f32::depthwise_rows512::applies(&g) {
+                    isas.push(Isa::Avx512Rows);
+                }
             }
             let mut outs = Vec::new();
             for isa in isas {
@@ -482,10 +495,12 @@ mod tests {
                     prop_assert!(close(*a, *b));
                 }
             }
-            // The two SIMD kernels: the same FMAs in the same order, so bit for bit equal.
-            if let [_, per_channel, blocked] = &outs[..] {
-                for (a, b) in per_channel.iter().zip(blocked) {
-                    prop_assert_eq!(a.to_bits(), b.to_bits());
+            // The SIMD kernels: the same FMAs in the same order, so bit for bit equal.
+            if let [_, per_channel, others @ ..] = &outs[..] {
+                for o in others {
+                    for (a, b) in per_channel.iter().zip(o) {
+                        prop_assert_eq!(a.to_bits(), b.to_bits());
+                    }
                 }
             }
         }

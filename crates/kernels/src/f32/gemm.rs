@@ -310,7 +310,7 @@ mod avx2 {
     /// # Safety
     /// As [`kernel32`], for W·NR columns of packed B.
     #[target_feature(enable = "avx2,fma,avx512f")]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     pub(super) unsafe fn wide<const AF: bool, const CL: bool, const W: usize>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR], resume: bool, finish: bool) {
         let z = _mm512_setzero_ps();
         let mut acc = [[z; W]; MR];

@@ -4,6 +4,7 @@ use crate::ConvGeometry;
 
 pub mod depthwise;
 pub mod depthwise_blocked;
+pub mod depthwise_rows512;
 pub mod gemm;
 
 /// One output channel's post-op constants (from an [`Epilogue`]).
