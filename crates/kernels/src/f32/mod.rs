@@ -175,7 +175,24 @@ pub fn sgemm_strided(m: usize, k: usize, n: usize, a: &[f32], a_strides: (isize,
         // Row vector times a transposed matrix (a fully-connected layer at batch 1): one
         // contiguous dot product per output.
         let (x, ldb) = (&a[..k], b_strides.1 as usize);
-        for (j, y) in c[..n].iter_mut().enumerate() {
+        let mut j = 0;
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            // Eight rows at a time: the weights stream from memory once (a 1000-class
+            // classifier's 5 MB), and eight streams in flight read them ~1.4× as fast as one
+            // (EfficientNet-Lite0's classifier: 575 → 400 µs).
+            while j + 8 <= n {
+                // SAFETY: AVX-512F detected; rows j..j + 8 of B hold k values each (asserted
+                // through max_index above).
+                let d = unsafe { dot8_avx512(x, b[j * ldb..].as_ptr(), ldb) };
+                for (r, d) in d.into_iter().enumerate() {
+                    let y = &mut c[j + r];
+                    *y = if accumulate { *y + d } else { d };
+                }
+                j += 8;
+            }
+        }
+        for (j, y) in c[..n].iter_mut().enumerate().skip(j) {
             let d = dot(x, &b[j * ldb..j * ldb + k]);
             *y = if accumulate { *y + d } else { d };
         }
@@ -207,7 +224,42 @@ pub fn sgemm_strided(m: usize, k: usize, n: usize, a: &[f32], a_strides: (isize,
     }
 }
 
-/// Dot product with eight independent partial sums (vectorizes without reassociation flags).
+/// [`dot`] of `x` with eight rows of B (`b`, `ldb` apart, each x.len() long), the same
+/// operations in the same order (16 lane sums of products, added up in lane order, then the
+/// remainder), so the same bits.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `b + r·ldb` is readable for x.len() values, r < 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot8_avx512(x: &[f32], b: *const f32, ldb: usize) -> [f32; 8] {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let full = k - k % 16;
+    let mut acc = [_mm512_setzero_ps(); 8];
+    let mut kk = 0;
+    while kk < full {
+        let xv = _mm512_loadu_ps(x.as_ptr().add(kk));
+        for (r, a) in acc.iter_mut().enumerate() {
+            // Multiply then add, as `dot` (no FMA).
+            *a = _mm512_add_ps(*a, _mm512_mul_ps(xv, _mm512_loadu_ps(b.add(r * ldb + kk))));
+        }
+        kk += 16;
+    }
+    let mut out = [0f32; 8];
+    for (r, a) in acc.iter().enumerate() {
+        let mut lanes = [0f32; 16];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
+        let mut s: f32 = lanes.iter().sum();
+        for i in full..k {
+            s += x[i] * *b.add(r * ldb + i);
+        }
+        out[r] = s;
+    }
+    out
+}
+
+/// Dot product with sixteen independent partial sums (vectorizes without reassociation flags).
 fn dot(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (xc, yc) = (x.chunks_exact(16), y.chunks_exact(16));
@@ -392,6 +444,26 @@ mod tests {
                 g.out_w = (g.in_w + 2 * g.pad_left - eff(g.kernel[1], g.dilations[1])) / g.strides[1] + 1;
                 g
             })
+    }
+
+    /// A row vector times a transposed matrix (a classifier at batch 1): the eight-row AVX-512
+    /// dot products give the bits of `dot`, row by row, for row counts and lengths with and
+    /// without remainders; `accumulate` adds to what C holds.
+    #[test]
+    fn vector_times_transposed_matrix_is_dot_per_row() {
+        for (k, n) in [(1280, 19), (37, 8), (16, 17), (5, 3), (1280, 1000)] {
+            let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021).collect();
+            for accumulate in [false, true] {
+                let mut got: Vec<f32> = (0..n).map(|j| j as f32 * 0.5).collect();
+                sgemm_strided(1, k, n, &x, (k as isize, 1), &w, (1, k as isize), &mut got, accumulate);
+                for (j, g) in got.iter().enumerate() {
+                    let d = dot(&x, &w[j * k..(j + 1) * k]);
+                    let want = if accumulate { j as f32 * 0.5 + d } else { d };
+                    assert_eq!(g.to_bits(), want.to_bits(), "k {k} n {n} row {j} accumulate {accumulate}: {g} vs {want}");
+                }
+            }
+        }
     }
 
     proptest! {
