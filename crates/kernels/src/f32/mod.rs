@@ -251,8 +251,8 @@ unsafe fn dot8_avx512(x: &[f32], b: *const f32, ldb: usize) -> [f32; 8] {
         let mut lanes = [0f32; 16];
         _mm512_storeu_ps(lanes.as_mut_ptr(), *a);
         let mut s: f32 = lanes.iter().sum();
-        for i in full..k {
-            s += x[i] * *b.add(r * ldb + i);
+        for (i, &xi) in x.iter().enumerate().skip(full) {
+            s += xi * *b.add(r * ldb + i);
         }
         out[r] = s;
     }
