@@ -2,6 +2,7 @@
 
 use crate::ConvGeometry;
 
+pub mod conv_direct512;
 pub mod depthwise;
 pub mod depthwise_blocked;
 pub mod depthwise_rows512;
@@ -334,6 +335,18 @@ pub fn conv2d_fused(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &Con
         depthwise(input, weight, bias, g, out);
         return ep.apply_planes(out, g.out_c, g.out_h * g.out_w);
     }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && conv_direct512::applies(g) {
+        // SAFETY: AVX-512F (with AVX2 and FMA) detected; the geometry is one it handles; the
+        // slices' sizes are asserted inside.
+        return unsafe { conv_direct512::avx512::run(input, weight, bias, g, ep, out) };
+    }
+    conv2d_gemm(input, weight, bias, g, ep, out, scratch)
+}
+
+/// A non-depthwise convolution as GEMMs (1×1: on the input planes; otherwise through im2col),
+/// the epilogue in the tiles.
+pub fn conv2d_gemm(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32], scratch: &mut Vec<f32>) {
     let spatial = g.out_h * g.out_w;
     let cin_g = g.in_c / g.group;
     let cout_g = g.out_c / g.group;
