@@ -25,7 +25,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
         && g.kernel == [3, 3]
         && g.dilations == [1, 1]
         && (g.strides == [1, 1] || g.strides == [2, 2])
-        && g.out_c % OC == 0
+        && g.out_c.is_multiple_of(OC)
         && g.out_h > 0
         && g.out_w > 0
 }
@@ -226,13 +226,13 @@ mod tests {
                     v = v * scale[o] + shift[o];
                 }
                 if clamp {
-                    v = v.max(-0.2).min(0.3);
+                    v = v.clamp(-0.2, 0.3);
                 }
                 prop_assert_eq!(direct[i].to_bits(), v.to_bits(), "[{}] {} vs {} for {:?}", i, direct[i], v, g);
                 prop_assert!((direct[i] - want[i]).abs() <= 1e-4 * want[i].abs().max(1.0));
                 // The GEMM's tiles are such chains; its column-tail kernel (the last n mod 8
                 // columns of a plane over 32) sums in another order.
-                if plane % 8 == 0 || plane <= 32 {
+                if plane.is_multiple_of(8) || plane <= 32 {
                     prop_assert_eq!(direct[i].to_bits(), gemm[i].to_bits());
                 }
             }
