@@ -1,11 +1,13 @@
-//! Depthwise convolution on small planes with AVX-512: one output row per vector.
+//! Depthwise convolution with AVX-512, 16 output columns per vector.
 //!
-//! On outputs up to 16 columns wide (the 10×10, 7×7 and 5×5 planes of a network's second half,
-//! and the stride-2 layers that produce them) a whole output row fits one 16-lane vector.
-//! Each tap is then one masked load of the input row (lanes outside the image read as zeros,
-//! so there is no padded copy) and one FMA; a stride of 2 is one pair of loads per input row
-//! and one two-source permute per tap. No transposes, no per-channel copy: the blocked kernel
-//! ([`super::depthwise_blocked`]) spends most of its time on those at these sizes.
+//! Each output row goes in segments of 16 columns (one segment for the 10×10, 14×14 and 7×7
+//! planes of a network's second half). Each tap is then one masked load of the input row
+//! (lanes outside the image read as zeros, so there is no padded copy) and one FMA; a stride
+//! of 2 is a pair of loads per input row, two permutes (the even and odd columns) and a lane
+//! shift per further tap. No transposes and no per-channel copy: the blocked kernel
+//! ([`super::depthwise_blocked`]) spends most of its time on those on small planes, and the
+//! per-channel kernel ([`super::depthwise`]) copies every plane and covers 8 columns per
+//! vector.
 //!
 //! Each output is `bias + Σ_t w[t]·x[t]` accumulated with FMAs in tap order (taps outside the
 //! image multiply a zero), then the epilogue (multiply-add, max, min): the operations of the
@@ -15,30 +17,20 @@ use crate::ConvGeometry;
 
 /// Whether this kernel handles the geometry: dilation 1, a 3×3 or 5×5 kernel (unrolled at
 /// compile time: with the tap loops at run time, loop control was most of the instructions),
-/// output rows of at most 16 columns, horizontal stride 1, or 2 with the input span of a row
-/// (2·(out_w − 1) + kw) within 32.
+/// horizontal stride 1 or 2.
 pub fn applies(g: &ConvGeometry) -> bool {
-    let [_, kw] = g.kernel;
-    g.dilations == [1, 1]
-        && (g.kernel == [3, 3] || g.kernel == [5, 5])
-        && g.out_w <= 16
-        && g.out_h > 0
-        && g.out_w > 0
-        && match g.strides[1] {
-            1 => true,
-            2 => 2 * (g.out_w - 1) + kw <= 32,
-            _ => false,
-        }
+    g.dilations == [1, 1] && (g.kernel == [3, 3] || g.kernel == [5, 5]) && g.out_h > 0 && g.out_w > 0 && (g.strides[1] == 1 || g.strides[1] == 2)
 }
 
 /// Whether it is the fastest kernel for the geometry (measured inside MobileNetV2 and
-/// EfficientNet-Lite0, BENCHMARKS.md, session 13): on rows of 10 or 14 columns, and on the
-/// stride-2 layers to 10×10, 14×14 and 5×5, it took 0.33–0.83 of the blocked kernel's time
-/// (about even on 5×5 taps to 7×7 at stride 2). On rows of 5 or 7 columns at stride 1 a
-/// vector is a third full while each row's FMA chain is as long: about even with 3×3 taps,
-/// 1.27× with 5×5 (7×7 planes); those stay blocked.
+/// EfficientNet-Lite0, BENCHMARKS.md, session 13). Taken: every stride-2 layer (0.45–0.85 of
+/// the other kernels' time, 56×56 at 0.7, 20×20 at 0.47), 3×3 at stride 1 from 9 columns
+/// (112×112 0.75, 80×80 0.75, 20×20 0.85, 10×10 0.65–0.95), 5×5 at stride 1 on 9–16 columns
+/// (14×14 0.83). Not taken: rows of 5 or 7 columns at stride 1, where a vector is a third
+/// full while each row's FMA chain is as long (5×5 on 7×7 took 1.27×), and 5×5 on 28×28
+/// (1.03×).
 pub fn chosen(g: &ConvGeometry) -> bool {
-    applies(g) && (g.strides[1] == 2 || g.out_w >= 9)
+    applies(g) && (g.strides[1] == 2 || (g.out_w >= 9 && (g.kernel == [3, 3] || g.out_w <= 16)))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -101,26 +93,30 @@ pub(crate) mod avx512 {
     unsafe fn run_as<const AF: bool, const CL: bool, const K: usize, const SX: usize>(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32]) {
         let (oh, ow, ih, iw) = (g.out_h, g.out_w, g.in_h, g.in_w);
         let (sy, pad_t, pad_l) = (g.strides[0], g.pad_top as isize, g.pad_left as isize);
-        let store = lanes(ow);
-        // Stride 1: tap column kx reads input columns ox + kx − pad_l, one masked load each.
-        // Stride 2: two masked loads cover input columns −pad_l .. 32 − pad_l, and tap kx picks
-        // lanes 2·ox + kx of the pair.
-        let mut tap_masks = [0u16; K];
-        let mut picks = [_mm512_setzero_si512(); K];
-        if SX == 1 {
-            for (kx, m) in tap_masks.iter_mut().enumerate() {
-                *m = window(kx as isize - pad_l, iw, ow);
-            }
-        } else {
-            for (kx, p) in picks.iter_mut().enumerate() {
-                let mut idx = [0i32; 16];
-                for (ox, v) in idx.iter_mut().enumerate().take(ow) {
-                    *v = (2 * ox + kx) as i32;
-                }
-                *p = _mm512_loadu_si512(idx.as_ptr() as *const _);
-            }
-        }
-        let (lo_mask, hi_mask) = (window(-pad_l, iw, 16), window(16 - pad_l, iw, 16));
+        // An output row in segments of 16 columns. Per segment: the lanes stored, and the
+        // load masks. Stride 1: tap column kx reads input columns 16·seg + ox + kx − pad_l,
+        // one masked load each. Stride 2: two loads cover input columns at .. at + 32 (at =
+        // 32·seg − pad_l), whose even and odd lanes are tap columns 0 and 1; tap column
+        // 2 + j is column j one lane on, its last lane from the four columns after the pair.
+        let segments = ow.div_ceil(16);
+        let stores: Vec<u16> = (0..segments).map(|s| lanes(ow - 16 * s)).collect();
+        let loads: Vec<[u16; K]> = (0..segments)
+            .map(|s| {
+                let n = (ow - 16 * s).min(16);
+                let at = 32 * s as isize - pad_l;
+                std::array::from_fn(|kx| match (SX, kx) {
+                    (1, _) => window(16 * s as isize + kx as isize - pad_l, iw, n),
+                    (_, 0) => window(at, iw, 16),
+                    (_, 1) => window(at + 16, iw, 16),
+                    (_, 2) => window(at + 32, iw, 4),
+                    _ => 0,
+                })
+            })
+            .collect();
+        let (store0, loads0) = (stores[0], loads[0]);
+        let even: [i32; 16] = std::array::from_fn(|i| 2 * i as i32);
+        let odd: [i32; 16] = std::array::from_fn(|i| 2 * i as i32 + 1);
+        let (even, odd) = (_mm512_loadu_si512(even.as_ptr() as *const _), _mm512_loadu_si512(odd.as_ptr() as *const _));
         let (lo, hi) = ep.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         let zero = _mm512_setzero_ps();
@@ -137,44 +133,71 @@ pub(crate) mod avx512 {
                 None => (zero, zero),
             };
             let dst = out.as_mut_ptr().add(ch * oh * ow);
-            // One output row: K rows of K taps. `$check`: test each input row against the
-            // image (the first and last rows); the rows between take no branch (a branch per
-            // input row mispredicted at every channel's borders and kept the next rows'
-            // independent FMA chains from overlapping).
+            // One output row: K rows of K taps per segment. `$check`: test each input row
+            // against the image (the first and last rows); the rows between take no branch (a
+            // branch per input row mispredicted at every channel's borders and kept the next
+            // rows' independent FMA chains from overlapping).
             macro_rules! row {
                 ($oy:expr, $check:expr) => {{
-                    let oy = $oy;
-                    let mut acc = b;
-                    for ky in 0..K {
-                        let iy = (oy * sy + ky) as isize - pad_t;
-                        let inside = !$check || (iy >= 0 && (iy as usize) < ih);
-                        // A row outside the image: its taps multiply zeros, as in the other
-                        // kernels.
-                        let row = plane.wrapping_offset(if inside { iy * iw as isize } else { 0 });
-                        if SX == 1 {
-                            for kx in 0..K {
-                                let m = if inside { tap_masks[kx] } else { 0 };
-                                let x = _mm512_maskz_loadu_ps(m, row.wrapping_offset(kx as isize - pad_l));
-                                acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + kx)), x, acc);
-                            }
-                        } else {
-                            let (ml, mh) = if inside { (lo_mask, hi_mask) } else { (0, 0) };
-                            let xl = _mm512_maskz_loadu_ps(ml, row.wrapping_offset(-pad_l));
-                            let xh = _mm512_maskz_loadu_ps(mh, row.wrapping_offset(16 - pad_l));
-                            for (kx, pick) in picks.iter().enumerate() {
-                                let x = _mm512_permutex2var_ps(xl, *pick, xh);
-                                acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + kx)), x, acc);
-                            }
+                    // One segment (rows up to 16 columns): its masks as locals, in registers;
+                    // read from the vectors in the loop they cost 5-8% on 10×10 and 14×14.
+                    if segments == 1 {
+                        segment!($oy, $check, 0, store0, &loads0);
+                    } else {
+                        for (seg, (&store, m)) in stores.iter().zip(&loads).enumerate() {
+                            segment!($oy, $check, seg, store, m);
                         }
                     }
-                    if AF {
-                        // Multiply then add (no FMA), as every other FP32 epilogue.
-                        acc = _mm512_add_ps(_mm512_mul_ps(acc, scale), shift);
+                }};
+            }
+            macro_rules! segment {
+                ($oy:expr, $check:expr, $seg:expr, $store:expr, $m:expr) => {{
+                    let (oy, seg, store, m) = ($oy, $seg, $store, $m);
+                    {
+                        let mut acc = b;
+                        for ky in 0..K {
+                            let iy = (oy * sy + ky) as isize - pad_t;
+                            let inside = !$check || (iy >= 0 && (iy as usize) < ih);
+                            // A row outside the image: its taps multiply zeros, as in the
+                            // other kernels.
+                            let row = plane.wrapping_offset(if inside { iy * iw as isize } else { 0 });
+                            if SX == 1 {
+                                for kx in 0..K {
+                                    let mk = if inside { m[kx] } else { 0 };
+                                    let x = _mm512_maskz_loadu_ps(mk, row.wrapping_offset(16 * seg as isize + kx as isize - pad_l));
+                                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + kx)), x, acc);
+                                }
+                            } else {
+                                let at = 32 * seg as isize - pad_l;
+                                let (ml, mh, mn) = if inside { (m[0], m[1], m[2]) } else { (0, 0, 0) };
+                                let xl = _mm512_maskz_loadu_ps(ml, row.wrapping_offset(at));
+                                let xh = _mm512_maskz_loadu_ps(mh, row.wrapping_offset(at + 16));
+                                let x0 = _mm512_permutex2var_ps(xl, even, xh);
+                                let x1 = _mm512_permutex2var_ps(xl, odd, xh);
+                                acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K)), x0, acc);
+                                acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + 1)), x1, acc);
+                                let next = _mm512_castps_si512(_mm512_maskz_loadu_ps(mn, row.wrapping_offset(at + 32)));
+                                let (ne, no) = (_mm512_permutexvar_epi32(even, next), _mm512_permutexvar_epi32(odd, next));
+                                let (x0, x1) = (_mm512_castps_si512(x0), _mm512_castps_si512(x1));
+                                let x2 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(ne, x0));
+                                acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + 2)), x2, acc);
+                                if K == 5 {
+                                    let x3 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(no, x1));
+                                    let x4 = _mm512_castsi512_ps(_mm512_alignr_epi32::<2>(ne, x0));
+                                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + 3)), x3, acc);
+                                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + 4)), x4, acc);
+                                }
+                            }
+                        }
+                        if AF {
+                            // Multiply then add (no FMA), as every other FP32 epilogue.
+                            acc = _mm512_add_ps(_mm512_mul_ps(acc, scale), shift);
+                        }
+                        if CL {
+                            acc = _mm512_min_ps(_mm512_max_ps(acc, lo), hi);
+                        }
+                        _mm512_mask_storeu_ps(dst.add(oy * ow + 16 * seg), store, acc);
                     }
-                    if CL {
-                        acc = _mm512_min_ps(_mm512_max_ps(acc, lo), hi);
-                    }
-                    _mm512_mask_storeu_ps(dst.add(oy * ow), store, acc);
                 }};
             }
             for oy in 0..first_inner {
@@ -185,6 +208,51 @@ pub(crate) mod avx512 {
             }
             for oy in end_inner..oh {
                 row!(oy, true);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::f32::depthwise::{best_isa, depthwise_with, Isa};
+    use crate::f32::{has_avx512, Epilogue};
+    use proptest::prelude::*;
+
+    fn rnd_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        /// 3×3 and 5×5 at strides 1 and 2 (each axis), rows of 1–70 columns (up to five
+        /// 16-column segments, the last partial), padding 0–4 on each side: the bits of the
+        /// per-channel kernel, which the depthwise proptest ties to the reference.
+        #[test]
+        fn segments_match_the_per_channel_kernel(c in 1usize..4, k5 in any::<bool>(), sy in 1usize..3, sx in 1usize..3, h in 1usize..9, w in 1usize..140, pt in 0usize..5, pl in 0usize..5, pb in 0usize..5, pr in 0usize..5, seed in 0u64..1000, affine in any::<bool>(), clamp in any::<bool>()) {
+            let k = if k5 { 5 } else { 3 };
+            prop_assume!(h + pt + pb >= k && w + pl + pr >= k && pt < k && pl < k && pb < k && pr < k);
+            let g = ConvGeometry { in_c: c, in_h: h, in_w: w, out_c: c, out_h: (h + pt + pb - k) / sy + 1, out_w: (w + pl + pr - k) / sx + 1, kernel: [k, k], strides: [sy, sx], dilations: [1, 1], pad_top: pt, pad_left: pl, group: c };
+            prop_assert!(applies(&g));
+            if best_isa() != Isa::Avx2Fma || !has_avx512() {
+                return Ok(());
+            }
+            let (input, weight, bias) = (rnd_vec(c * h * w, seed), rnd_vec(c * k * k, seed + 1), rnd_vec(c, seed + 2));
+            let (scale, shift) = (rnd_vec(c, seed + 3), rnd_vec(c, seed + 4));
+            let ep = Epilogue { affine: affine.then_some((&scale[..], &shift[..])), clamp: clamp.then_some((-0.1, 0.2)) };
+            let n = c * g.out_h * g.out_w;
+            let (mut rows, mut per_channel) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            depthwise_with(Isa::Avx512Rows, &input, &weight, Some(&bias), &g, &ep, &mut rows, &mut Vec::new());
+            depthwise_with(Isa::Avx2Fma, &input, &weight, Some(&bias), &g, &ep, &mut per_channel, &mut Vec::new());
+            for i in 0..n {
+                prop_assert_eq!(rows[i].to_bits(), per_channel[i].to_bits(), "[{}] {} vs {} for {:?}", i, rows[i], per_channel[i], g);
             }
         }
     }
