@@ -37,18 +37,19 @@ pub fn applies(g: &ConvGeometry) -> bool {
 }
 
 /// Where the engine prefers this kernel to the planar one. Measured per layer on the bundled
-/// models (`subq bench --profile`, 1 thread; BENCHMARKS.md, session 12): it wins on planes of
-/// up to 10×10 (0.36–0.72× the planar kernel's time on 5×5 and 10×10 outputs), on 5×5 kernels
-/// up to 14×14 (0.73–0.82×), and on stride 2 from inputs of up to 20×20 (0.52–0.84×); the
-/// pixel-major copies of a larger input cost more than it saves (1.14–1.7×). The same holds for
+/// models (`subq bench --profile`, 1 thread; BENCHMARKS.md, sessions 12 and 13): it wins on
+/// planes of up to 10×10 (0.36–0.72× the planar kernel's time on 5×5 and 10×10 outputs), on
+/// 14×14 (5×5 kernels 0.73–0.82×, 3×3 0.86×), on 3×3 at stride 2 from inputs of up to 20×20
+/// (0.52–0.84×) and on 5×5 at stride 2 from 14×14 (0.76×); the pixel-major copies of a larger
+/// input cost more than it saves (1.14–1.7×; 3×3 at stride 2 from 28×28 1.3×). The same holds for
 /// split layers: 2 parts on 80×80 took 1.43× the planar kernel's time, on 10×10 and 5×5 the
 /// same or less.
 pub fn chosen(g: &ConvGeometry) -> bool {
     let (inp, outp, taps) = (g.in_h * g.in_w, g.out_h * g.out_w, g.kernel[0] * g.kernel[1]);
     applies(g)
         && match g.strides {
-            [1, 1] => outp <= 100 || (taps == 25 && outp <= 196),
-            [2, 2] => taps == 9 && inp <= 400,
+            [1, 1] => outp <= 196,
+            [2, 2] => (taps == 9 && inp <= 400) || (taps == 25 && inp <= 196),
             _ => false,
         }
 }
