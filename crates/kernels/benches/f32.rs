@@ -24,7 +24,7 @@ fn gemm_crate(m: usize, kk: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]
 }
 
 /// (M = out channels, K = in channels, N = H·W) of EfficientNet-Lite0 pointwise convolutions.
-const PW: &[(usize, usize, usize)] = &[(16, 32, 112 * 112), (96, 16, 112 * 112), (24, 144, 56 * 56), (144, 24, 56 * 56), (240, 40, 28 * 28), (80, 480, 14 * 14), (1152, 192, 7 * 7), (1280, 320, 7 * 7)];
+const PW: &[(usize, usize, usize)] = &[(16, 32, 112 * 112), (96, 16, 112 * 112), (24, 144, 56 * 56), (144, 24, 56 * 56), (240, 40, 28 * 28), (80, 480, 14 * 14), (1152, 192, 7 * 7), (1280, 320, 7 * 7), (320, 960, 5 * 5)];
 
 fn bench_gemm(c: &mut Criterion) {
     let mut grp = c.benchmark_group("pointwise_gemm");
@@ -74,7 +74,22 @@ fn bench_conv(c: &mut Criterion) {
         let mut scratch = Vec::new();
         grp.throughput(Throughput::Elements(g.macs() as u64));
         grp.bench_function(name, |b| b.iter(|| k::conv2d(&input, &w, Some(&bias), &g, &mut out, &mut scratch)));
+        if name == "first3x3_s2" {
+            // The stem through im2col and the GEMM, against the direct kernel `conv2d` picks.
+            grp.bench_function("first3x3_s2_im2col_gemm", |b| b.iter(|| k::conv2d_gemm(&input, &w, Some(&bias), &g, &k::Epilogue::NONE, &mut out, &mut scratch)));
+        }
     }
+    grp.finish();
+}
+
+/// A 1000-class classifier at batch 1: a row vector times transposed weights (5 MB).
+fn bench_classifier(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("classifier");
+    let (k, n) = (1280, 1000);
+    let (x, w) = (data(k, 6), data(n * k, 7));
+    let mut out = vec![0.0; n];
+    grp.throughput(Throughput::Elements((k * n) as u64));
+    grp.bench_function("gemv_1280x1000", |b| b.iter(|| k::sgemm_strided(1, k, n, &x, (k as isize, 1), &w, (1, k as isize), &mut out, false)));
     grp.finish();
 }
 
@@ -127,6 +142,6 @@ fn bench_depthwise_kernels(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_secs(1));
-    targets = bench_gemm, bench_conv, bench_depthwise_kernels
+    targets = bench_gemm, bench_conv, bench_depthwise_kernels, bench_classifier
 }
 criterion_main!(benches);
