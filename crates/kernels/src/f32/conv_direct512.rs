@@ -169,17 +169,9 @@ pub(crate) mod avx512 {
 mod tests {
     use super::*;
     use crate::f32::{conv2d_gemm, conv2d_reference, has_avx512, Epilogue};
+    use crate::f32::test_data::rnd_vec;
     use proptest::prelude::*;
 
-    fn rnd_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]

@@ -430,6 +430,7 @@ pub fn depthwise_with(isa: Isa, input: &[f32], weight: &[f32], bias: Option<&[f3
 mod tests {
     use super::*;
     use crate::f32::conv2d_reference;
+    use crate::f32::test_data::rnd_vec;
     use proptest::prelude::*;
 
     fn dw_geometry() -> impl Strategy<Value = ConvGeometry> {
@@ -446,15 +447,6 @@ mod tests {
         )
     }
 
-    fn rnd_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() <= 1e-4 * a.abs().max(b.abs()).max(1.0)

@@ -218,17 +218,9 @@ mod tests {
     use super::*;
     use crate::f32::depthwise::{best_isa, depthwise_with, Isa};
     use crate::f32::{has_avx512, Epilogue};
+    use crate::f32::test_data::rnd_vec;
     use proptest::prelude::*;
 
-    fn rnd_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]

@@ -77,30 +77,29 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         return;
     }
     // (full panels, a last panel of at most 8 columns, two panels on AVX-512)
-    // (full panels, a last panel of at most 8 columns; on AVX-512: two panels, and the
-    // K-blocked tiles of one and two panels for one-pair products)
-    type Wide = (MicroKernel, [WideKernel; 2]);
-    let (kernel, kernel8, wide): (MicroKernel, MicroKernel, Option<Wide>) = match isa {
+    // (full panels, a last panel of at most 8 columns; on AVX-512 the tiles of one and two
+    // panels)
+    let (kernel, kernel8, wide): (MicroKernel, MicroKernel, Option<[WideKernel; 2]>) = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             assert!(super::has_avx2_fma());
             // The epilogue's parts are the same for every row: chosen once, not tested per row.
-            let (k, k8, w): (MicroKernel, MicroKernel, Wide) = match (ep.affine.is_some(), ep.clamp.is_some()) {
-                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>, (avx2::kernel32::<false, false>, [avx2::wide::<false, false, 1>, avx2::wide::<false, false, 2>])),
-                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>, (avx2::kernel32::<true, false>, [avx2::wide::<true, false, 1>, avx2::wide::<true, false, 2>])),
-                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>, (avx2::kernel32::<false, true>, [avx2::wide::<false, true, 1>, avx2::wide::<false, true, 2>])),
-                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>, (avx2::kernel32::<true, true>, [avx2::wide::<true, true, 1>, avx2::wide::<true, true, 2>])),
+            let (k, k8, w): (MicroKernel, MicroKernel, [WideKernel; 2]) = match (ep.affine.is_some(), ep.clamp.is_some()) {
+                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>, [avx2::wide::<false, false, 1>, avx2::wide::<false, false, 2>]),
+                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>, [avx2::wide::<true, false, 1>, avx2::wide::<true, false, 2>]),
+                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>, [avx2::wide::<false, true, 1>, avx2::wide::<false, true, 2>]),
+                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>, [avx2::wide::<true, true, 1>, avx2::wide::<true, true, 2>]),
             };
             (k, k8, super::has_avx512().then_some(w))
         }
         _ => (kernel_scalar, kernel_scalar, None),
     };
     let posts: Vec<Post> = (0..m).map(|i| Post::of(ep, c0 + i)).collect();
-    if let (Some((_, tiles)), true) = (wide, n <= 2 * NR) {
+    if let (Some(tiles), true) = (wide, n <= 2 * NR) {
         one_pair(&tiles, m, k, n, a, b, c, bias, &posts, scratch);
         return;
     }
-    let kernel32 = wide.map(|w| w.0);
+    let kernel32 = wide.map(|w| w[1]);
     // With the SIMD kernels, the last n mod 8 columns (1 of a 7×7 plane's 49, 4 of a 14×14
     // plane's 196) go to the column-tail kernel, which vectorizes over k: as a masked 6×8 tile
     // they cost as much as eight columns.
@@ -178,7 +177,7 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
                 if let (Some(k32), true) = (kernel32, rows >= 5 && i + 1 < np) {
                     // SAFETY: as below, over two consecutive packed panels (32 columns, the
                     // valid ones inside C).
-                    unsafe { k32(k, &arows, bp, c[i0 * n + j0..].as_mut_ptr(), n, rows, NR + NR.min(nv - j0 - NR), &bias6, &post6) };
+                    unsafe { k32(k, &arows, bp, c[i0 * n + j0..].as_mut_ptr(), n, rows, NR + NR.min(nv - j0 - NR), &bias6, &post6, false, true) };
                     i += 2;
                     continue;
                 }
@@ -302,13 +301,16 @@ mod avx2 {
         }
     }
 
-    /// [`kernel32`] for one K block: 6×16·W (W = 1 or 2 panels, `bp` and `bp + k·NR`). With
-    /// `resume` the FMA chains continue from the raw partial sums in C; without `finish` they
-    /// are stored raw for the next block. Chains of a split K are the chains of one pass, so
-    /// the results are the same bits. `cols` (≤ 16·W) valid columns, `rows` ≤ 6.
+    /// 6×16·W AVX-512 micro-kernel over W (1 or 2) adjacent packed panels (`bp`, `bp + k·NR`):
+    /// 6·W zmm accumulators, twice the columns per instruction of [`kernel`] (its tiles are
+    /// bound by the FMA ports). Every output keeps the same FMA chain (k in order, then bias
+    /// and post-ops), so the results are the same bits as [`kernel`]'s. For a K split in blocks
+    /// ([`super::one_pair`]): with `resume` the chains continue from the raw partial sums in C;
+    /// without `finish` they are stored raw for the next block. `cols` (≤ 16·W) valid columns,
+    /// `rows` ≤ 6.
     ///
     /// # Safety
-    /// As [`kernel32`], for W·NR columns of packed B.
+    /// As [`kernel`], for W·NR columns of packed B, and the CPU supports AVX-512F.
     #[target_feature(enable = "avx2,fma,avx512f")]
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     pub(super) unsafe fn wide<const AF: bool, const CL: bool, const W: usize>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR], resume: bool, finish: bool) {
@@ -386,66 +388,6 @@ mod avx2 {
                     v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p.lo)), _mm512_set1_ps(p.hi));
                 }
                 _mm512_mask_storeu_ps(row.add(16 * j), masks[j], v);
-            }
-        }
-    }
-
-    /// 6×32 AVX-512 micro-kernel over two adjacent packed panels (`bp` and `bp + k·NR`): 12 zmm
-    /// accumulators, twice the columns per instruction of [`kernel`] (its tiles are bound by
-    /// the FMA ports). Every output keeps the same FMA chain (k in order, then bias and
-    /// post-ops), so the results are the same bits. `cols` (≤ 32) valid columns, `rows` ≤ 6.
-    ///
-    /// # Safety
-    /// As [`kernel`], for 2·NR columns of packed B, and the CPU supports AVX-512F.
-    #[target_feature(enable = "avx2,fma,avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel32<const AF: bool, const CL: bool>(k: usize, a: &[*const f32; MR], bp: *const f32, c: *mut f32, ldc: usize, rows: usize, cols: usize, bias: &[f32; MR], post: &[Post; MR]) {
-        let bp1 = bp.add(k * NR);
-        let z = _mm512_setzero_ps();
-        let mut acc = [[z; 2]; MR];
-        macro_rules! step {
-            ($kk:expr) => {{
-                let kk = $kk;
-                let b0 = _mm512_load_ps(bp.add(kk * NR));
-                let b1 = _mm512_load_ps(bp1.add(kk * NR));
-                for r in 0..MR {
-                    let x = _mm512_set1_ps(*a[r].add(kk));
-                    acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
-                    acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
-                }
-            }};
-        }
-        let mut kk = 0;
-        while kk + 4 <= k {
-            step!(kk);
-            step!(kk + 1);
-            step!(kk + 2);
-            step!(kk + 3);
-            kk += 4;
-        }
-        while kk < k {
-            step!(kk);
-            kk += 1;
-        }
-        for r in 0..rows.min(MR) {
-            let bv = _mm512_set1_ps(bias[r]);
-            let p = &post[r];
-            let row = c.add(r * ldc);
-            for (j, &v) in acc[r].iter().enumerate() {
-                let mut v = _mm512_add_ps(v, bv);
-                if AF {
-                    // Multiply then add, as `post_avx2_as`.
-                    v = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(p.scale)), _mm512_set1_ps(p.shift));
-                }
-                if CL {
-                    v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p.lo)), _mm512_set1_ps(p.hi));
-                }
-                let j0 = 16 * j;
-                if j0 + 16 <= cols {
-                    _mm512_storeu_ps(row.add(j0), v);
-                } else if j0 < cols {
-                    _mm512_mask_storeu_ps(row.add(j0), ((1u32 << (cols - j0)) - 1) as u16, v);
-                }
             }
         }
     }
@@ -611,17 +553,9 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::f32::test_data::rnd_vec;
     use proptest::prelude::*;
 
-    fn rnd_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
-            })
-            .collect()
-    }
 
     /// B larger than one packed chunk (k = 300: 10 panels per chunk, 25 panels here) with a
     /// column tail, which runs with the last chunk's row panels: the proptest's sizes stay within
@@ -652,9 +586,12 @@ mod tests {
 
     /// Products of ≤ 32 columns with k past one K block (the AVX-512 one-pair path resumes
     /// from partial sums in C): every output must be the bits of one FMA chain over k in order,
-    /// then bias and post-ops, as the row-panel-outer tiles compute it.
+    /// then bias and post-ops, as the row-panel-outer tiles compute it. Without AVX-512 (e.g.
+    /// `SUBQ_SIMD=avx2`) those columns take the other paths, whose column-tail kernel and
+    /// scalar tile sum in another order: there the outputs must be close.
     #[test]
     fn k_blocked_one_pair_is_one_fma_chain() {
+        let exact = best_isa() == Isa::Avx2Fma && super::super::has_avx512();
         for (m, k, n) in [(13, 300, 25), (7, 600, 16), (6, 257, 32), (11, 960, 1), (5, 513, 17)] {
             let (a, b, bias) = (rnd_vec(m * k, 7), rnd_vec(k * n, 8), rnd_vec(m, 9));
             let (scale, shift) = (rnd_vec(m, 10), rnd_vec(m, 11));
@@ -665,7 +602,12 @@ mod tests {
                 for j in 0..n {
                     let chain = (0..k).fold(0f32, |acc, kk| a[i * k + kk].mul_add(b[kk * n + j], acc));
                     let want = Post::of(&ep, i).apply(chain + bias[i]);
-                    assert_eq!(got[i * n + j].to_bits(), want.to_bits(), "m {m} k {k} n {n} [{i}, {j}]: {} vs {want}", got[i * n + j]);
+                    let x = got[i * n + j];
+                    if exact {
+                        assert_eq!(x.to_bits(), want.to_bits(), "m {m} k {k} n {n} [{i}, {j}]: {x} vs {want}");
+                    } else {
+                        assert!((x - want).abs() <= 1e-5 * want.abs().max(1.0), "m {m} k {k} n {n} [{i}, {j}]: {x} vs {want}");
+                    }
                 }
             }
         }

@@ -8,6 +8,21 @@ pub mod depthwise_blocked;
 pub mod depthwise_rows512;
 pub mod gemm;
 
+/// Test data shared by the FP32 kernels' tests.
+#[cfg(test)]
+pub(crate) mod test_data {
+    /// `n` values in [−0.5, 0.5) from a 64-bit LCG seeded with `seed`.
+    pub(crate) fn rnd_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+            })
+            .collect()
+    }
+}
+
 /// One output channel's post-op constants (from an [`Epilogue`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Post {
