@@ -33,21 +33,9 @@ pub fn applies(g: &ConvGeometry) -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use super::OC;
-    use crate::f32::Epilogue;
+    use crate::f32::{window_mask as window, Epilogue};
     use crate::ConvGeometry;
     use std::arch::x86_64::*;
-
-    /// Lanes i < `count` (≤ 16) with `0 ≤ start + i < len`.
-    fn window(start: isize, len: usize, count: usize) -> u16 {
-        let mut m = 0u16;
-        for i in 0..count.min(16) {
-            let x = start + i as isize;
-            if x >= 0 && (x as usize) < len {
-                m |= 1 << i;
-            }
-        }
-        m
-    }
 
     /// The whole layer.
     ///

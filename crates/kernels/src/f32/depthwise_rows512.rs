@@ -35,30 +35,9 @@ pub fn chosen(g: &ConvGeometry) -> bool {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use crate::f32::Epilogue;
+    use crate::f32::{window_mask as window, Epilogue};
     use crate::ConvGeometry;
     use std::arch::x86_64::*;
-
-    /// Lanes `0..n` set.
-    fn lanes(n: usize) -> u16 {
-        if n >= 16 {
-            u16::MAX
-        } else {
-            ((1u32 << n) - 1) as u16
-        }
-    }
-
-    /// Lanes i with `0 ≤ start + i < len` and i < `count`.
-    fn window(start: isize, len: usize, count: usize) -> u16 {
-        let mut m = 0u16;
-        for i in 0..count.min(16) {
-            let x = start + i as isize;
-            if x >= 0 && (x as usize) < len {
-                m |= 1 << i;
-            }
-        }
-        m
-    }
 
     /// The whole layer.
     ///
@@ -99,7 +78,7 @@ pub(crate) mod avx512 {
         // 32·seg − pad_l), whose even and odd lanes are tap columns 0 and 1; tap column
         // 2 + j is column j one lane on, its last lane from the four columns after the pair.
         let segments = ow.div_ceil(16);
-        let stores: Vec<u16> = (0..segments).map(|s| lanes(ow - 16 * s)).collect();
+        let stores: Vec<u16> = (0..segments).map(|s| window(0, ow - 16 * s, 16)).collect();
         let loads: Vec<[u16; K]> = (0..segments)
             .map(|s| {
                 let n = (ow - 16 * s).min(16);

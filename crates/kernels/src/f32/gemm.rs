@@ -165,10 +165,7 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
                     unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr() as *const i8) };
                 }
             }
-            // Missing rows of a partial panel repeat the first row; they are never stored.
-            let arows: [*const f32; MR] = std::array::from_fn(|r| a[(i0 + if r < rows { r } else { 0 }) * k..].as_ptr());
-            let bias6: [f32; MR] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[i0 + r]) } else { 0.0 });
-            let post6: [Post; MR] = std::array::from_fn(|r| posts[i0 + if r < rows { r } else { 0 }]);
+            let (arows, bias6, post6) = row_panel(a, k, 0, i0, rows, bias, &posts);
             let mut i = 0;
             while i < np {
                 let bp = packed[i * k * NR..].as_ptr();
@@ -227,16 +224,25 @@ fn one_pair(tiles: &[WideKernel; 2], m: usize, k: usize, n: usize, a: &[f32], b:
         }
         for i0 in (0..m).step_by(MR) {
             let rows = MR.min(m - i0);
-            // Rows past m repeat the panel's first row; they are never stored.
-            let row = |r: usize| i0 + if r < rows { r } else { 0 };
-            let arows: [*const f32; MR] = std::array::from_fn(|r| a[row(r) * k + kb..].as_ptr());
-            let bias6: [f32; MR] = std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[i0 + r]) } else { 0.0 });
-            let post6: [Post; MR] = std::array::from_fn(|r| posts[row(r)]);
+            let (arows, bias6, post6) = row_panel(a, k, kb, i0, rows, bias, posts);
             // SAFETY: rows·n of the tile lie inside C (rows ≤ m − i0); the A rows hold kl
             // values from kb on; the packed block holds kl·NR per panel used, 64-byte aligned.
             unsafe { tile(kl, &arows, packed.as_ptr(), c[i0 * n..].as_mut_ptr(), n, rows, n, &bias6, &post6, kb > 0, kb + kl == k) };
         }
     }
+}
+
+/// The micro-kernels' view of row panel i0..i0 + rows of A (rows k long) from column `k0` on,
+/// with its biases and post-ops. Missing rows of a partial panel repeat its first row; they
+/// are never stored.
+#[allow(clippy::too_many_arguments)]
+fn row_panel(a: &[f32], k: usize, k0: usize, i0: usize, rows: usize, bias: Option<&[f32]>, posts: &[Post]) -> ([*const f32; MR], [f32; MR], [Post; MR]) {
+    let row = |r: usize| i0 + if r < rows { r } else { 0 };
+    (
+        std::array::from_fn(|r| a[row(r) * k + k0..].as_ptr()),
+        std::array::from_fn(|r| if r < rows { bias.map_or(0.0, |b| b[i0 + r]) } else { 0.0 }),
+        std::array::from_fn(|r| posts[row(r)]),
+    )
 }
 
 /// Pack columns j0..j0+NR of B (n columns; zero beyond column `nv` ≤ n) as dst[kk·NR + j].

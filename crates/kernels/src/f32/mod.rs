@@ -92,6 +92,20 @@ pub(crate) unsafe fn lane_mask(n: usize) -> std::arch::x86_64::__m256i {
     _mm256_loadu_si256(MASK.as_ptr().add(8 - n.min(8)) as *const __m256i)
 }
 
+/// The 16-lane AVX-512 mask of lanes i < `count` (≤ 16) with `0 ≤ start + i < len`: which
+/// lanes of a vector loaded from column `start` of a `len`-column row lie inside the row.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn window_mask(start: isize, len: usize, count: usize) -> u16 {
+    let mut m = 0u16;
+    for i in 0..count.min(16) {
+        let x = start + i as isize;
+        if x >= 0 && (x as usize) < len {
+            m |= 1 << i;
+        }
+    }
+    m
+}
+
 /// Whether the AVX2+FMA kernels can run here.
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
