@@ -238,24 +238,21 @@ impl<'g> Fp32Executor<'g> {
                         let result = self.run_conv(n, c, f, &args, &mut pool, observe.as_deref_mut())?;
                         slots[self.node_slots[f.last_node(i)].1] = Some(result);
                     }
-                    // A residual sum of two same-shape tensors, into a pooled buffer: a fresh
-                    // vector per Add faulted its pages in on every run (an EfficientNet-Lite0
-                    // 56×56×24 sum took 45 µs).
-                    (Op::Add, _) if matches!(&args[..], [Some(a), Some(b)] if a.shape == b.shape && a.as_f32().is_ok() && b.as_f32().is_ok()) => {
-                        let (a, b) = (args[0].expect("matched"), args[1].expect("matched"));
-                        let (av, bv) = (a.as_f32().expect("matched"), b.as_f32().expect("matched"));
-                        let mut sum = pool.take(av.len());
-                        for ((s, &x), &y) in sum.iter_mut().zip(av).zip(bv) {
-                            *s = x + y;
-                        }
-                        let result = Tensor { shape: a.shape.clone(), data: TensorData::F32(sum) };
-                        if let Some(obs) = observe.as_deref_mut() {
-                            obs(&n.outputs[0], &result);
-                        }
-                        slots[*out] = Some(result);
-                    }
                     _ => {
-                        let result = eval_node(n, &args, &mut pool.scratch)?;
+                        let result = match (&n.op, &args[..]) {
+                            // A residual sum of two same-shape tensors, into a pooled buffer: a
+                            // fresh vector per Add faulted its pages in on every run (an
+                            // EfficientNet-Lite0 56×56×24 sum took 45 µs).
+                            (Op::Add, [Some(a), Some(b)]) if a.shape == b.shape && a.as_f32().is_ok() && b.as_f32().is_ok() => {
+                                let (av, bv) = (a.as_f32().expect("checked"), b.as_f32().expect("checked"));
+                                let mut sum = pool.take(av.len());
+                                for ((s, &x), &y) in sum.iter_mut().zip(av).zip(bv) {
+                                    *s = x + y;
+                                }
+                                Tensor { shape: a.shape.clone(), data: TensorData::F32(sum) }
+                            }
+                            _ => eval_node(n, &args, &mut pool.scratch)?,
+                        };
                         if let Some(obs) = observe.as_deref_mut() {
                             obs(&n.outputs[0], &result);
                         }
