@@ -33,7 +33,7 @@ pub fn applies(g: &ConvGeometry) -> bool {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use super::OC;
-    use crate::f32::{window_mask as window, Epilogue};
+    use crate::f32::{stride2_taps, window_mask as window, Epilogue};
     use crate::ConvGeometry;
     use std::arch::x86_64::*;
 
@@ -80,13 +80,6 @@ pub(crate) mod avx512 {
                 }
             })
             .collect();
-        // Stride 2: tap columns 0 and 1 take lanes 2·ox + kx of the pair of loads; column 2 is
-        // column 0 one lane on, its last lane the input column after the pair.
-        let mut picks = [_mm512_setzero_si512(); 2];
-        for (kx, p) in picks.iter_mut().enumerate() {
-            let idx: [i32; 16] = std::array::from_fn(|ox| (2 * ox + kx) as i32);
-            *p = _mm512_loadu_si512(idx.as_ptr() as *const _);
-        }
         let (lo, hi) = ep.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         let w = weight.as_ptr();
@@ -120,13 +113,7 @@ pub(crate) mod avx512 {
                                 }
                             } else {
                                 let at = 32 * seg as isize - pad_l;
-                                let [ml, mh, mn] = if inside { *m } else { [0; 3] };
-                                let xl = _mm512_maskz_loadu_ps(ml, row.wrapping_offset(at));
-                                let xh = _mm512_maskz_loadu_ps(mh, row.wrapping_offset(at + 16));
-                                let next = _mm512_maskz_loadu_ps(mn, row.wrapping_offset(at + 32));
-                                xs[0] = _mm512_permutex2var_ps(xl, picks[0], xh);
-                                xs[1] = _mm512_permutex2var_ps(xl, picks[1], xh);
-                                xs[2] = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(_mm512_castps_si512(next), _mm512_castps_si512(xs[0])));
+                                xs = stride2_taps::<3>(row, at, if inside { *m } else { [0; 3] });
                             }
                             for (kx, x) in xs.iter().enumerate() {
                                 let t = c * 9 + ky * 3 + kx;

@@ -35,7 +35,7 @@ pub fn chosen(g: &ConvGeometry) -> bool {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use crate::f32::{window_mask as window, Epilogue};
+    use crate::f32::{stride2_taps, window_mask as window, Epilogue};
     use crate::ConvGeometry;
     use std::arch::x86_64::*;
 
@@ -93,9 +93,6 @@ pub(crate) mod avx512 {
             })
             .collect();
         let (store0, loads0) = (stores[0], loads[0]);
-        let even: [i32; 16] = std::array::from_fn(|i| 2 * i as i32);
-        let odd: [i32; 16] = std::array::from_fn(|i| 2 * i as i32 + 1);
-        let (even, odd) = (_mm512_loadu_si512(even.as_ptr() as *const _), _mm512_loadu_si512(odd.as_ptr() as *const _));
         let (lo, hi) = ep.clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         let zero = _mm512_setzero_ps();
@@ -148,23 +145,10 @@ pub(crate) mod avx512 {
                                 }
                             } else {
                                 let at = 32 * seg as isize - pad_l;
-                                let (ml, mh, mn) = if inside { (m[0], m[1], m[2]) } else { (0, 0, 0) };
-                                let xl = _mm512_maskz_loadu_ps(ml, row.wrapping_offset(at));
-                                let xh = _mm512_maskz_loadu_ps(mh, row.wrapping_offset(at + 16));
-                                let x0 = _mm512_permutex2var_ps(xl, even, xh);
-                                let x1 = _mm512_permutex2var_ps(xl, odd, xh);
-                                acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K)), x0, acc);
-                                acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + 1)), x1, acc);
-                                let next = _mm512_castps_si512(_mm512_maskz_loadu_ps(mn, row.wrapping_offset(at + 32)));
-                                let (ne, no) = (_mm512_permutexvar_epi32(even, next), _mm512_permutexvar_epi32(odd, next));
-                                let (x0, x1) = (_mm512_castps_si512(x0), _mm512_castps_si512(x1));
-                                let x2 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(ne, x0));
-                                acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + 2)), x2, acc);
-                                if K == 5 {
-                                    let x3 = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(no, x1));
-                                    let x4 = _mm512_castsi512_ps(_mm512_alignr_epi32::<2>(ne, x0));
-                                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + 3)), x3, acc);
-                                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + 4)), x4, acc);
+                                let masks = if inside { [m[0], m[1], m[2]] } else { [0; 3] };
+                                let xs = stride2_taps::<K>(row, at, masks);
+                                for (kx, x) in xs.iter().enumerate() {
+                                    acc = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + kx)), *x, acc);
                                 }
                             }
                         }

@@ -106,6 +106,42 @@ pub(crate) fn window_mask(start: isize, len: usize, count: usize) -> u16 {
     m
 }
 
+/// The K (≤ 5) tap vectors of one input row at stride 2, 16 outputs wide: lane ox of tap kx is
+/// input column `at + 2·ox + kx`. Two loads cover columns at .. at + 32, whose even and odd
+/// lanes are taps 0 and 1; tap 2 + j is tap j one lane on, its last lane taken from the
+/// columns after the pair (`masks`: the lanes inside the row of the loads at `at`, `at + 16`
+/// and `at + 32`; masked-off lanes read as zeros).
+///
+/// # Safety
+/// AVX-512F; the unmasked lanes of the three loads are readable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn stride2_taps<const K: usize>(row: *const f32, at: isize, masks: [u16; 3]) -> [std::arch::x86_64::__m512; K] {
+    use std::arch::x86_64::*;
+    debug_assert!((2..=5).contains(&K));
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let xl = _mm512_maskz_loadu_ps(masks[0], row.wrapping_offset(at));
+    let xh = _mm512_maskz_loadu_ps(masks[1], row.wrapping_offset(at + 16));
+    let x0 = _mm512_castps_si512(_mm512_permutex2var_ps(xl, even, xh));
+    let x1 = _mm512_castps_si512(_mm512_permutex2var_ps(xl, odd, xh));
+    let mut taps = [_mm512_setzero_ps(); K];
+    taps[0] = _mm512_castsi512_ps(x0);
+    taps[1] = _mm512_castsi512_ps(x1);
+    if K > 2 {
+        let next = _mm512_castps_si512(_mm512_maskz_loadu_ps(masks[2], row.wrapping_offset(at + 32)));
+        let (ne, no) = (_mm512_permutexvar_epi32(even, next), _mm512_permutexvar_epi32(odd, next));
+        taps[2] = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(ne, x0));
+        if K > 3 {
+            taps[3] = _mm512_castsi512_ps(_mm512_alignr_epi32::<1>(no, x1));
+        }
+        if K > 4 {
+            taps[4] = _mm512_castsi512_ps(_mm512_alignr_epi32::<2>(ne, x0));
+        }
+    }
+    taps
+}
+
 /// Whether the AVX2+FMA kernels can run here.
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
