@@ -9,10 +9,11 @@ export SUBQ_PYTHON
 # The fuzz test of the importer and QDQ reader runs this long (a few seconds by default).
 export SUBQ_FUZZ_SECONDS="${SUBQ_FUZZ_SECONDS:-60}"
 cargo test --workspace --release "$@"
-# The run above tests the best kernels this CPU has (AVX-512 VNNI tiles where present). The
+# The run above tests the best kernels this CPU has (AMX and AVX-512 VNNI tiles where present). The
 # kernel battery runs again with them switched off step by step, so the 256-bit VNNI and the
 # plain AVX2 kernels stay proven against the references too.
 if [[ $# -eq 0 ]]; then
+    SUBQ_SIMD=avx512 cargo test --release -p subq-kernels
     SUBQ_SIMD=avxvnni cargo test --release -p subq-kernels
     SUBQ_SIMD=avx2 cargo test --release -p subq-kernels
 fi

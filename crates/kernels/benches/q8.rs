@@ -163,5 +163,44 @@ fn depthwise_lanes(c: &mut Criterion) {
 #[cfg(not(target_arch = "x86_64"))]
 fn depthwise_lanes(_: &mut Criterion) {}
 
-criterion_group!(benches, conv, elementwise, depthwise_parts, output_stage, depthwise_lanes);
+/// The byte GEMM of pointwise convs (activation packing included) on AMX tiles against the
+/// 512-bit `vpdpbusd` tiles, on EfficientNet-Lite0's shapes, with the float output stage.
+/// Filter with `-- byte_gemm`.
+#[cfg(target_arch = "x86_64")]
+fn byte_gemm(c: &mut Criterion) {
+    if !q8::amx_available() {
+        return;
+    }
+    let mut grp = c.benchmark_group("byte_gemm");
+    grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    // (k, m, side)
+    let cases = [(16usize, 96usize, 112usize), (24, 144, 56), (96, 24, 56), (144, 24, 56), (40, 240, 28), (240, 40, 28), (80, 480, 14), (112, 672, 14), (672, 112, 14), (192, 1152, 7), (1152, 192, 7), (1152, 320, 7), (320, 1280, 7)];
+    for (k, m, side) in cases {
+        let n = side * side;
+        let x = data(k * n, 1);
+        let w: Vec<i16> = data(m * k, 2).iter().map(|&v| (v as i16 - 128) / 2).collect();
+        let amx = q8::Packed8::with_form(&w, m, k, true).expect("byte form");
+        let avx512 = q8::Packed8 { tiles: Vec::new(), ..amx.clone() };
+        let (rq, shift) = Requant::common(&(0..m).map(|i| 0.001 + i as f64 * 1e-5).collect::<Vec<_>>());
+        let mult: Vec<i64> = rq.iter().map(|r| r.multiplier).collect();
+        let bias = vec![12345i64 << 10; m];
+        let epi = q8::FloatEpilogue::new(&mult, &bias, shift, 7, 0, 255, None);
+        let (mut b, mut out) = (Vec::new(), vec![0u8; m * n]);
+        let name = format!("{k}to{m}_{side}");
+        for (label, p8) in [("avx512", &avx512), ("amx", &amx)] {
+            grp.bench_function(BenchmarkId::new(label, &name), |bch| {
+                bch.iter(|| unsafe {
+                    q8::avx2::pack_b8(black_box(&x), k, n, &mut b);
+                    q8::avx2::gemm8_requant(p8, &b, &x, n, 3, &mult, &bias, shift, 7, 0, 255, &mut out, 1, None, epi.as_ref())
+                })
+            });
+        }
+    }
+    grp.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn byte_gemm(_: &mut Criterion) {}
+
+criterion_group!(benches, conv, elementwise, depthwise_parts, output_stage, depthwise_lanes, byte_gemm);
 criterion_main!(benches);

@@ -7,13 +7,15 @@ pub mod f32;
 pub mod q8;
 
 /// The widest kernels `SUBQ_SIMD` allows (read once): `portable` (or `scalar`, `off`, `none`),
-/// `avx2`, `avxvnni` (256-bit VNNI, no 512-bit kernels), anything else the best the CPU has.
+/// `avx2`, `avxvnni` (256-bit VNNI, no 512-bit kernels), `avx512` (no AMX tiles), anything
+/// else the best the CPU has.
 /// Ordered: each level allows the ones below it. One parser for every kernel family's check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum SimdCap {
     Portable,
     Avx2,
     AvxVnni,
+    Avx512,
     Best,
 }
 
@@ -23,6 +25,7 @@ pub(crate) fn simd_cap() -> SimdCap {
         Ok("portable" | "scalar" | "off" | "none") => SimdCap::Portable,
         Ok("avx2") => SimdCap::Avx2,
         Ok("avxvnni") => SimdCap::AvxVnni,
+        Ok("avx512") => SimdCap::Avx512,
         _ => SimdCap::Best,
     })
 }

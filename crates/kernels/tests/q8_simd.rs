@@ -603,13 +603,15 @@ mod avx2 {
         /// the i16 reference GEMM, through both output stages, in both packed forms: for
         /// `vpmaddubsw` and, where the CPU has AVX-VNNI, for `vpdpbusd`.
         #[test]
-        fn gemm8_matches_reference(m in 1usize..40, k in 1usize..90, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>(), vnni in any::<bool>()) {
+        fn gemm8_matches_reference(m in 1usize..40, k in 1usize..300, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>(), vnni in any::<bool>()) {
             if !have() || (vnni && !q8::vnni_available()) { return Ok(()); }
             let mut rng = Rng(seed | 1);
             let d = rng.weights_sparse(m * k);
             let x = rng.bytes(k * n, seed & 1 == 1);
             let Some(p8) = q8::Packed8::with_form(&d, m, k, vnni) else { return Ok(()) };
             prop_assert_eq!(p8.vnni, vnni);
+            // Deep enough VNNI forms run on AMX tiles where the CPU has them (and this test with them).
+            prop_assert_eq!(!p8.tiles.is_empty(), vnni && k >= q8::AMX_MIN_K && q8::amx_available());
             let xs: Vec<i16> = x.iter().map(|&v| v as i16 - zx as i16).collect();
             let mut acc = vec![0i32; m * n];
             q8::gemm_i16_reference(m, k, n, &d, &xs, &mut acc);
@@ -636,7 +638,7 @@ mod avx2 {
         /// `vpmaddubsw` limit) and stays exact: the form that makes it the default for per-tensor
         /// uint8 weights.
         #[test]
-        fn gemm8_vnni_takes_full_range_weights(m in 1usize..40, k in 1usize..90, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>()) {
+        fn gemm8_vnni_takes_full_range_weights(m in 1usize..40, k in 1usize..300, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>()) {
             if !have() || !q8::vnni_available() { return Ok(()); }
             let mut rng = Rng(seed | 1);
             let d: Vec<i16> = (0..m * k).map(|_| if rng.next().is_multiple_of(100) { rng.range(-255, 255) as i16 } else { rng.range(-128, 127) as i16 }).collect();
@@ -797,6 +799,7 @@ fn conv_threads_do_not_change_results() {
         (ConvGeometry { in_c: 3, in_h: 40, in_w: 40, out_c: 32, out_h: 20, out_w: 20, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
         (ConvGeometry { in_c: 40, in_h: 14, in_w: 14, out_c: 98, out_h: 14, out_w: 14, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 2),
         (ConvGeometry { in_c: 96, in_h: 28, in_w: 28, out_c: 40, out_h: 28, out_w: 28, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 2),
+        (ConvGeometry { in_c: 144, in_h: 14, in_w: 14, out_c: 56, out_h: 14, out_w: 14, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 }, 1),
         (ConvGeometry { in_c: 5, in_h: 30, in_w: 30, out_c: 20, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 1 }, 3),
         (ConvGeometry { in_c: 37, in_h: 30, in_w: 30, out_c: 37, out_h: 30, out_w: 30, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 37 }, 1),
         (ConvGeometry { in_c: 45, in_h: 14, in_w: 14, out_c: 45, out_h: 7, out_w: 7, kernel: [5, 5], strides: [2, 2], dilations: [1, 1], pad_top: 1, pad_left: 1, group: 45 }, 2),

@@ -169,7 +169,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let per = if a.batch == 1 { "per image".to_string() } else { format!("per batch of {}", a.batch) };
     println!("model:      {}", report.model);
     println!("engine:     {}", report.engine);
-    println!("kernels:    int8 {}, fp32 {} (chosen at run time; SUBQ_SIMD=avxvnni, avx2 or portable to compare)", report.int8_kernels, report.fp32_kernels);
+    println!("kernels:    int8 {}, fp32 {} (chosen at run time; SUBQ_SIMD=avx512, avxvnni, avx2 or portable to compare)", report.int8_kernels, report.fp32_kernels);
     println!("input:      {:?} × batch {}", report.input_shape, report.batch);
     println!("threads:    {}", report.threads);
     println!("runs:       {} (+{} warm-up)", report.runs, report.warmup);

@@ -161,7 +161,7 @@ pub fn has_avx512() -> bool {
     {
         static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *AVX512.get_or_init(|| {
-            crate::simd_cap() == crate::SimdCap::Best && has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+            crate::simd_cap() >= crate::SimdCap::Avx512 && has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::pack::{Packed8, PackedWeights, GEMV_MAX_N, MR, MR8, NR};
+use super::pack::{Packed8, PackedWeights, GEMV_MAX_N, MR, MR8, NR, PANEL_SLACK, TILE_K, TILE_ROWS};
 use super::{im2col_q_reference, round_shift, ConvPart, FloatEpilogue, Scratch};
 use crate::ConvGeometry;
 
@@ -40,7 +40,7 @@ pub enum Sink<'a> {
 /// result plus `2^(62 − shift)` (mod 2^32, removed with the zero-point); `x < 0 ⇔ x' < half +
 /// 2^62`.
 #[derive(Clone, Copy)]
-struct Fin {
+pub(super) struct Fin {
     fast: bool,
     /// Fast path: `half + 2^62`, added to the bias (wrapping).
     off: i64,
@@ -141,7 +141,7 @@ unsafe fn pack16(a: __m256i, b: __m256i) -> __m128i {
 
 /// Rows of a [`FloatEpilogue`], indexed like the kernel's multipliers.
 #[derive(Clone, Copy)]
-struct EpiRows<'a> {
+pub(super) struct EpiRows<'a> {
     scale: &'a [f32],
     offset: &'a [f32],
     hi: &'a [f32],
@@ -319,7 +319,7 @@ unsafe fn gemm_packed_cmax(a: &[i16], m: usize, k: usize, b: &[i16], n: usize, s
 }
 
 /// Output of [`gemm_loop`]: row-major `[m × n]`.
-enum GemmOut<'a> {
+pub(super) enum GemmOut<'a> {
     Bytes { mult: &'a [i64], bias: &'a [i64], cmax: Option<&'a [u8]>, out: *mut u8, st: ScalarStage },
     /// Bytes through a [`FloatEpilogue`] (rows relative to this block); rows without a float
     /// form take the i64 stage and the cap. `free`: see [`float_clamps_free`]; `capped`: some
@@ -330,7 +330,7 @@ enum GemmOut<'a> {
 
 /// The reference i64 output stage's scalar constants.
 #[derive(Clone, Copy)]
-struct ScalarStage {
+pub(super) struct ScalarStage {
     shift: u32,
     zp: i32,
     qmin: i32,
@@ -787,7 +787,7 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, 
 
 /// Row init of a byte-GEMM tile: `−zx · Σ_k d` per row (0 past the last row).
 #[inline(always)]
-unsafe fn row_init8(p8: &Packed8, row0: usize, rows: usize, zx: i32) -> [__m256i; MR8] {
+pub(super) unsafe fn row_init8(p8: &Packed8, row0: usize, rows: usize, zx: i32) -> [__m256i; MR8] {
     let mut init = [_mm256_setzero_si256(); MR8];
     for (r, v) in init.iter_mut().enumerate().take(rows) {
         *v = _mm256_set1_epi32(zx.wrapping_neg().wrapping_mul(*p8.rowsum.get_unchecked(row0 + r)));
@@ -1016,7 +1016,7 @@ unsafe fn gemm8_tile16_vnni512(ap: *const i32, bp: *const u8, kq: usize, c: [[__
 /// `lo` and `hi` as one zmm (a function, not a closure: closures do not inherit
 /// `target_feature`, so their intrinsics could stay calls).
 #[inline(always)]
-unsafe fn join512(lo: __m256i, hi: __m256i) -> __m512i {
+pub(super) unsafe fn join512(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
@@ -1143,6 +1143,21 @@ unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], r
     gemm_store::<FAST, CAP>(&split512(z), row0, rows, col, cols, n, f, dst);
 }
 
+/// Finishes rows `row0..row0 + rows` (≤ [`MR8`], absolute) of a 512-bit byte-GEMM tile at
+/// column `col` (`cols` valid): adds the sparse remainder of the rows that have one, then stores
+/// them to `dst` (rows relative to `r0`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn finish512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], p8: &Packed8, row0: usize, rows: usize, r0: usize, x: *const u8, n: usize, col: usize, cols: usize, f: &Fin, dst: &GemmOut) {
+    if *p8.rem_start.get_unchecked(row0) == *p8.rem_start.get_unchecked(row0 + rows) {
+        gemm_store512::<FAST, CAP>(z, row0 - r0, rows, col, cols, n, f, dst);
+    } else {
+        let mut c = split512(z);
+        gemm8_rem::<2>(&mut c, p8, row0, rows, x, n, col, cols);
+        gemm_store::<FAST, CAP>(&c, row0 - r0, rows, col, cols, n, f, dst);
+    }
+}
+
 /// [`float8_free`] on 16 accumulators: `trunc(acc·scale + offset)` as i32.
 #[inline(always)]
 unsafe fn float_trunc512(acc: __m512i, scale: f32, offset: f32) -> __m512i {
@@ -1200,6 +1215,9 @@ unsafe fn gemm8_block(p8: &Packed8, ib: usize, rows: usize, bp: *const u8, x: *c
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm8_loop<const FAST: bool, const CAP: bool, const WIDE: bool>(p8: &Packed8, r0: usize, r1: usize, b: *const u8, x: *const u8, n: usize, zx: i32, f: &Fin, dst: &GemmOut) {
+    if WIDE && !p8.tiles.is_empty() {
+        return super::amx::gemm8_loop::<FAST, CAP>(p8, r0, r1, b, x, n, zx, f, dst);
+    }
     let kq = p8.k.div_ceil(4);
     let np = n.div_ceil(NR);
     let (lo, hi) = (r0 / MR8, r1.div_ceil(MR8));
@@ -1222,16 +1240,8 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool, const WIDE: bool>(p8: &P
                     let rows = MR8.min(r1 - row0);
                     let init = row_init8(p8, row0, rows, zx);
                     let [za, zb] = gemm8_tile32_vnni512(a.add(ib * kq * MR8), bp, bp1, kq, &init);
-                    if *p8.rem_start.get_unchecked(row0) == *p8.rem_start.get_unchecked(row0 + rows) {
-                        gemm_store512::<FAST, CAP>(&za, row0 - r0, rows, jp * NR, NR, n, f, dst);
-                        gemm_store512::<FAST, CAP>(&zb, row0 - r0, rows, (jp + 1) * NR, cols1, n, f, dst);
-                    } else {
-                        let (mut ca, mut cb) = (split512(&za), split512(&zb));
-                        gemm8_rem::<2>(&mut ca, p8, row0, rows, x, n, jp * NR, NR);
-                        gemm8_rem::<2>(&mut cb, p8, row0, rows, x, n, (jp + 1) * NR, cols1);
-                        gemm_store::<FAST, CAP>(&ca, row0 - r0, rows, jp * NR, NR, n, f, dst);
-                        gemm_store::<FAST, CAP>(&cb, row0 - r0, rows, (jp + 1) * NR, cols1, n, f, dst);
-                    }
+                    finish512::<FAST, CAP>(&za, p8, row0, rows, r0, x, n, jp * NR, NR, f, dst);
+                    finish512::<FAST, CAP>(&zb, p8, row0, rows, r0, x, n, (jp + 1) * NR, cols1, f, dst);
                 }
                 jp += 2;
                 continue;
@@ -1269,6 +1279,11 @@ unsafe fn gemm8_loop<const FAST: bool, const CAP: bool, const WIDE: bool>(p8: &P
     }
 }
 
+/// Row blocks of the byte GEMM's packed weights: a task's first row must start one.
+fn row_unit(p8: &Packed8) -> usize {
+    if p8.tiles.is_empty() { MR8 } else { TILE_ROWS }
+}
+
 /// The byte GEMM with a requantizing destination: rows `r0..r1` (`mult`, `bias`, `out`,
 /// `cmax`, `epi` hold just those rows).
 #[target_feature(enable = "avx2")]
@@ -1293,8 +1308,9 @@ unsafe fn gemm8_rows512(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], 
 unsafe fn gemm8_rows_with<const WIDE: bool>(p8: &Packed8, r0: usize, r1: usize, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let (m, k) = (p8.m, p8.k);
     let (kq, np, rows) = (k.div_ceil(4), n.div_ceil(NR), r1 - r0);
-    assert!(r0.is_multiple_of(MR8) && r0 <= r1 && r1 <= m);
+    assert!(r0.is_multiple_of(row_unit(p8)) && r0 <= r1 && r1 <= m);
     assert!(p8.a.len() >= m.div_ceil(MR8) * kq * MR8 * 4 && p8.rowsum.len() >= m && p8.rem_start.len() > m && p8.rem.len() >= p8.rem_start[m] as usize);
+    assert!(p8.tiles.is_empty() || WIDE && p8.tiles.len() >= m.div_ceil(TILE_ROWS) * k.div_ceil(TILE_K) * TILE_ROWS * TILE_K && b.len() >= np * kq * NR * 4 + PANEL_SLACK);
     assert!(p8.rem.iter().all(|&(kk, _)| (kk as usize) < k));
     assert!(b.len() >= np * kq * NR * 4 && x.len() >= k * n && out.len() >= rows * n && mult.len() >= rows && bias.len() >= rows);
     assert!(cmax.is_none_or(|c| c.len() >= rows) && epi.is_none_or(|e| e.fits(rows)));
@@ -1330,12 +1346,13 @@ pub unsafe fn gemm8_requant(p8: &Packed8, b: &[u8], x: &[u8], n: usize, zx: i32,
 unsafe fn gemm8_par(p8: &Packed8, b: &[u8], x: &[u8], n: usize, zx: i32, mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, out: &mut [u8], tasks: usize, cmax: Option<&[u8]>, epi: Option<EpiRows>) {
     let m = p8.m;
     assert!(mult.len() >= m && bias.len() >= m && out.len() >= m * n);
-    let mb = m.div_ceil(MR8);
+    let unit = row_unit(p8);
+    let mb = m.div_ceil(unit);
     let tasks = tasks.min(mb).max(1);
     if tasks <= 1 || n == 0 {
         return gemm8_rows(p8, 0, m, b, x, n, zx, mult, bias, shift, zp, qmin, qmax, out, cmax, epi);
     }
-    let per = mb.div_ceil(tasks) * MR8;
+    let per = mb.div_ceil(tasks) * unit;
     out[..m * n].par_chunks_mut(per * n).enumerate().for_each(|(i, o)| {
         let (r0, r1) = (i * per, ((i + 1) * per).min(m));
         // SAFETY: reached only from AVX2 code, so the CPU has AVX2.
@@ -1356,7 +1373,7 @@ pub unsafe fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
     let (np, kq) = (n.div_ceil(NR), k.div_ceil(4));
     let len = np * kq * NR * 4;
     dst.clear();
-    dst.reserve(len);
+    dst.reserve(len + PANEL_SLACK);
     let full = n / NR;
     let d = dst.as_mut_ptr();
     let src = input.as_ptr();
@@ -1382,12 +1399,13 @@ pub unsafe fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
             }
         }
     }
-    dst.set_len(len);
+    std::ptr::write_bytes(d.add(len), 0, PANEL_SLACK);
+    dst.set_len(len + PANEL_SLACK);
 }
 
 /// Most bytes of packed A that [`gemm_loop`] runs against all panels at once (half the L2 of
 /// this target's cores, 512 KiB: the rest holds the B panels and outputs).
-const A_CHUNK_BYTES: usize = 256 * 1024;
+pub(super) const A_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Sum of the 8 i32 lanes (wrapping).
 #[inline(always)]

@@ -31,10 +31,12 @@ pub fn simd_level() -> SimdLevel {
 }
 
 /// The integer kernels this process runs, for reports: `portable`, `avx2`, `avx2+avx-vnni` (the
-/// byte GEMM on `vpdpbusd`) or `avx2+avx-vnni+avx512-vnni` (its 16-column tile on 512 bits).
+/// byte GEMM on `vpdpbusd`), `avx2+avx-vnni+avx512-vnni` (its 16-column tile on 512 bits) or
+/// `avx2+avx-vnni+avx512-vnni+amx` (the byte GEMM on AMX tiles).
 pub fn kernel_set() -> &'static str {
     match (simd_level(), super::vnni_available(), super::vnni512_available()) {
         (SimdLevel::Portable, _, _) => "portable",
+        (_, true, true) if super::amx_available() => "avx2+avx-vnni+avx512-vnni+amx",
         (_, true, true) => "avx2+avx-vnni+avx512-vnni",
         (_, true, false) => "avx2+avx-vnni",
         _ => "avx2",

@@ -8,8 +8,10 @@
 use crate::ConvGeometry;
 
 mod pack;
-pub use pack::{byte_gemm_min_k, byte_pair, pack_b8, pack_b_i16, pack_b_u8, vnni512_available, vnni_available, Packed8, PackedWeights, BYTE_GEMM_MIN_K, BYTE_GEMM_MIN_K_VNNI, BYTE_GEMM_MIN_K_VNNI512, GEMV_MAX_N, MR, MR8, NR, W8_PAIR_MAX};
+pub use pack::{amx_available, byte_gemm_min_k, AMX_MIN_K, byte_pair, pack_b8, pack_b_i16, pack_b_u8, vnni512_available, vnni_available, Packed8, PackedWeights, BYTE_GEMM_MIN_K, BYTE_GEMM_MIN_K_VNNI, BYTE_GEMM_MIN_K_VNNI512, GEMV_MAX_N, MR, MR8, NR, PANEL_SLACK, TILE_K, TILE_ROWS, W8_PAIR_MAX};
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -190,10 +190,36 @@ pub fn vnni512_available() -> bool {
     {
         static V512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *V512.get_or_init(|| {
-            crate::simd_cap() == crate::SimdCap::Best && vnni_available() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("avx512vnni")
+            crate::simd_cap() >= crate::SimdCap::Avx512 && vnni_available() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("avx512vnni")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the byte GEMM may use Intel AMX tiles (AMX-TILE + AMX-INT8, checked once, on top of
+/// [`vnni512_available`], whose epilogue it shares): `tdpbsud` multiplies a 16 × 64 tile of i8
+/// weights by 64 k of 16 columns, 16384 exact products per instruction where a 512-bit
+/// `vpdpbusd` does 64. Linux hands out the tile state only on request (`arch_prctl`), made here
+/// once for the process. `SUBQ_SIMD=avx512` keeps the `vpdpbusd` tiles.
+pub fn amx_available() -> bool {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AMX.get_or_init(|| {
+            // CPUID leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8 (`is_x86_feature_detected!`
+            // does not name them on stable Rust).
+            let cpu = crate::simd_cap() == crate::SimdCap::Best && vnni512_available() && std::arch::x86_64::__cpuid_count(7, 0).edx & (3 << 24) == 3 << 24;
+            // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA: 0 once the kernel has granted it.
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: a plain system call with integer arguments.
+            cpu && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+        })
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     {
         false
     }
@@ -242,6 +268,9 @@ pub struct Packed8 {
     pub rem: Vec<(u32, i32)>,
     /// Packed for `vpdpbusd` (i8 values, no pair limit): only the VNNI kernels may read it.
     pub vnni: bool,
+    /// The same `c` as AMX tiles where this CPU has them ([`super::amx_available`]), else
+    /// empty: `ceil(m/16)` blocks of `ceil(k/64)` tiles of 16 rows × 64 bytes, zero padded.
+    pub tiles: Vec<i8>,
 }
 
 impl Packed8 {
@@ -280,16 +309,50 @@ impl Packed8 {
             }
             rem_start.push(rem.len() as u32);
         }
-        (rem.len() * 32 <= m * k).then_some(Packed8 { a, m, k, rowsum, rem_start, rem, vnni })
+        let tiles = if vnni && k >= AMX_MIN_K && super::amx_available() { tiles_of(&a, m, k) } else { Vec::new() };
+        (rem.len() * 32 <= m * k).then_some(Packed8 { a, m, k, rowsum, rem_start, rem, vnni, tiles })
     }
 }
 
+/// The AMX tile form of the packed `c` of [`Packed8::a`] (`[m/MR8][k/4][MR8][4]`): per block of
+/// [`TILE_ROWS`] rows, `ceil(k/TILE_K)` tiles of `TILE_ROWS × TILE_K` bytes, row-major, zero
+/// padded (a zero weight cancels whatever the activation tile holds past `k`).
+fn tiles_of(a: &[i8], m: usize, k: usize) -> Vec<i8> {
+    let (kq, kt) = (k.div_ceil(4), k.div_ceil(TILE_K));
+    let mut t = vec![0i8; m.div_ceil(TILE_ROWS) * kt * TILE_ROWS * TILE_K];
+    for i in 0..m {
+        for p in 0..k {
+            let c = a[(((i / MR8) * kq + p / 4) * MR8 + i % MR8) * 4 + p % 4];
+            t[(((i / TILE_ROWS) * kt + p / TILE_K) * TILE_ROWS + i % TILE_ROWS) * TILE_K + p % TILE_K] = c;
+        }
+    }
+    t
+}
+
+/// Smallest depth `k` for which the byte GEMM runs on AMX tiles. With one or two k-tiles a
+/// block's tile loads, products and stores take longer than the `vpdpbusd` tile's whole work,
+/// and the epilogue, the same in both, cannot hide them. Measured per shape (`cargo bench -p
+/// subq-kernels --bench q8 -- byte_gemm`, µs, 512-bit vs AMX): k = 16: 366 vs 475, 24: 142
+/// vs 185, 40: 66 vs 73, 80: 47 vs 45, 96: 54 vs 57, 112: 83 vs 64, 144: 75 vs 69, 672: 65 vs
+/// 43, 1152: 48 vs 22.
+pub const AMX_MIN_K: usize = 112;
+
+/// Weight rows of an AMX tile (the most a tile holds).
+pub const TILE_ROWS: usize = 16;
+/// Bytes of `k` per row of an AMX weight tile (16 k-quads, the most a tile row holds).
+pub const TILE_K: usize = 64;
+/// Zeroed bytes after the last panel of [`pack_b8`]: an AMX activation tile always reads 16
+/// k-quads (1 KiB), and where `k` ends inside the last tile, it reads past the panel (into the
+/// next panel, or into this slack after the last one; zero weights cancel those bytes).
+pub const PANEL_SLACK: usize = TILE_ROWS * TILE_K;
+
 /// Pack a uint8 `[k × n]` matrix into `NR`-column panels `[n/NR][k/4][NR][4]` bytes (zero
-/// padded) for the byte GEMM (portable version; the AVX2 one is identical).
+/// padded, then [`PANEL_SLACK`] zeros) for the byte GEMM (portable version; the AVX2 one is
+/// identical).
 pub fn pack_b8(input: &[u8], k: usize, n: usize, dst: &mut Vec<u8>) {
     let (np, kq) = (n.div_ceil(NR), k.div_ceil(4));
     dst.clear();
-    dst.resize(np * kq * NR * 4, 0);
+    dst.resize(np * kq * NR * 4 + PANEL_SLACK, 0);
     for row in 0..k {
         for (col, &x) in input[row * n..(row + 1) * n].iter().enumerate() {
             dst[(((col / NR) * kq + row / 4) * NR + col % NR) * 4 + row % 4] = x;
