@@ -83,7 +83,7 @@ fn depthwise_parts(c: &mut Criterion) {
     let level = format!("{:?}", q8::simd_level());
     let mut grp = c.benchmark_group("depthwise_parts");
     grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
-    let cases = [("dw3x3s1_144_40", geom(144, 40, 144, 3, 1, 144)), ("dw3x3s1_96_80", geom(96, 80, 96, 3, 1, 96)), ("dw3x3s2_144_80", geom(144, 80, 144, 3, 2, 144))];
+    let cases = [("dw3x3s1_144_40", geom(144, 40, 144, 3, 1, 144)), ("dw3x3s1_96_80", geom(96, 80, 96, 3, 1, 96)), ("dw3x3s2_144_80", geom(144, 80, 144, 3, 2, 144)), ("dw3x3s1_32_112", geom(32, 112, 32, 3, 1, 32))];
     for (name, g) in cases {
         let input = data(g.in_c * g.in_h * g.in_w, 1);
         let mut out = vec![0u8; g.out_c * g.out_h * g.out_w];
