@@ -509,8 +509,8 @@ fn sensitivity_with_an_empty_calibration_folder() {
     assert!(!json.exists());
 }
 
-/// `subq bench --json` names the kernel sets it ran, FP32 and int8, and `SUBQ_SIMD=avx2` takes
-/// the 512-bit and VNNI kernels out of both.
+/// `subq bench --json` names the kernel sets it ran, FP32 and int8; `SUBQ_SIMD=avx512` takes the
+/// AMX tiles out, `SUBQ_SIMD=avx2` the 512-bit and VNNI kernels of both.
 #[test]
 fn bench_json_names_the_kernel_sets() {
     let sets = |simd: Option<&str>| {
@@ -525,8 +525,10 @@ fn bench_json_names_the_kernel_sets() {
         (v["int8_kernels"].as_str().unwrap_or("missing").to_string(), v["fp32_kernels"].as_str().unwrap_or("missing").to_string())
     };
     let (int8, fp32) = sets(None);
-    assert!(["portable", "avx2", "avx2+avx-vnni", "avx2+avx-vnni+avx512-vnni"].contains(&int8.as_str()), "int8 kernels {int8}");
+    assert!(["portable", "avx2", "avx2+avx-vnni", "avx2+avx-vnni+avx512-vnni", "avx2+avx-vnni+avx512-vnni+amx"].contains(&int8.as_str()), "int8 kernels {int8}");
     assert!(["portable", "avx2+fma", "avx2+fma+avx512"].contains(&fp32.as_str()), "fp32 kernels {fp32}");
+    let (int8, _) = sets(Some("avx512"));
+    assert!(!int8.contains("amx"), "SUBQ_SIMD=avx512 still reports {int8}");
     let (int8, fp32) = sets(Some("avx2"));
     assert!(!int8.contains("vnni") && !fp32.contains("avx512"), "SUBQ_SIMD=avx2 still reports {int8} / {fp32}");
 }
