@@ -634,6 +634,34 @@ mod avx2 {
             }
         }
 
+        /// The byte GEMM's clamp-free float stage on whole tiles, the common case of real
+        /// layers (AMX: 16-row tiles, narrowed four rows at a time; 512 bits: 6-row tiles):
+        /// i8-range weights (no remainder), the full output range, multipliers the float stage
+        /// resolves. Outputs spread over the byte range, some saturate.
+        #[test]
+        fn gemm8_float_tiles_match_reference(m in 16usize..72, k in 40usize..300, n in 16usize..70, zx in 0i32..=255, seed in any::<u64>()) {
+            if !have() || !q8::vnni_available() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let d: Vec<i16> = (0..m * k).map(|_| if rng.next().is_multiple_of(16) { rng.range(-128, 127) as i16 } else { rng.range(-8, 8) as i16 }).collect();
+            let x = rng.bytes(k * n, false);
+            let Some(p8) = q8::Packed8::with_form(&d, m, k, true) else { return Ok(()) };
+            prop_assert!(p8.rem.is_empty());
+            let xs: Vec<i16> = x.iter().map(|&v| v as i16 - zx as i16).collect();
+            let mut acc = vec![0i32; m * n];
+            q8::gemm_i16_reference(m, k, n, &d, &xs, &mut acc);
+            // Real multipliers 2^29..2^30 / 2^37 ≈ 0.004–0.008.
+            let mult: Vec<i64> = (0..m).map(|_| rng.range(1 << 29, (1 << 30) - 1)).collect();
+            let bias: Vec<i64> = (0..m).map(|_| rng.range(-(1 << 40), 1 << 40)).collect();
+            let (shift, zp) = (37, 128);
+            let want: Vec<u8> = (0..m * n).map(|i| (zp as i64 + q8::round_shift(bias[i / n] + acc[i] as i64 * mult[i / n], shift)).clamp(0, 255) as u8).collect();
+            let Some(e) = q8::FloatEpilogue::new(&mult, &bias, shift, zp, 0, 255, None) else { return Ok(()) };
+            let mut b = Vec::new();
+            q8::pack_b8(&x, k, n, &mut b);
+            let mut got = vec![0u8; m * n];
+            unsafe { q8::avx2::gemm8_requant(&p8, &b, &x, n, zx, &mult, &bias, shift, zp, 0, 255, &mut got, 1, None, Some(&e)) };
+            prop_assert_eq!(&got, &want);
+        }
+
         /// With AVX-VNNI the byte GEMM takes dense full-range i8 weights (pairs far past the
         /// `vpmaddubsw` limit) and stays exact: the form that makes it the default for per-tensor
         /// uint8 weights.

@@ -13,23 +13,33 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::avx2::{finish512, join512, row_init8, Fin, GemmOut, A_CHUNK_BYTES};
+use super::avx2::{finish512, float_free_rows, float_store4, join512, row_init8, Fin, GemmOut, A_CHUNK_BYTES};
 use super::pack::{Packed8, MR8, NR, TILE_K, TILE_ROWS};
 
 /// Bytes of one tile (16 rows × 64 bytes).
 const TILE_BYTES: usize = TILE_ROWS * TILE_K;
 
-/// The tile configuration for `ldtilecfg` (palette 1): all 8 tiles 16 rows × 64 bytes.
+/// The tile configuration for `ldtilecfg` (palette 1): tiles 0–3 accumulators (16 rows × 16
+/// i32), 4–5 weights, 6–7 activations.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
 impl TileConfig {
-    fn full() -> TileConfig {
+    /// For products over `kq` k-quads: with one k-tile (`kq` ≤ 16) the weight tiles are
+    /// `4·kq` bytes wide and the activation tiles `kq` rows deep, so no load reads past the
+    /// panel's `kq` rows (with `k` = 16, three quarters of a full tile's bytes).
+    fn for_depth(kq: usize) -> TileConfig {
+        let kq = kq.clamp(1, TILE_ROWS);
         let mut c = [0u8; 64];
         c[0] = 1;
         for t in 0..8 {
-            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&(TILE_K as u16).to_le_bytes());
-            c[48 + t] = TILE_ROWS as u8;
+            let (colsb, rows) = match t {
+                4 | 5 => (4 * kq, TILE_ROWS),
+                6 | 7 => (TILE_K, kq),
+                _ => (TILE_K, TILE_ROWS),
+            };
+            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&(colsb as u16).to_le_bytes());
+            c[48 + t] = rows as u8;
         }
         TileConfig(c)
     }
@@ -111,7 +121,7 @@ pub(super) unsafe fn gemm8_loop<const FAST: bool, const CAP: bool>(p8: &Packed8,
     let (lo, hi) = (r0 / TILE_ROWS, r1.div_ceil(TILE_ROWS));
     let (a_next, b_next) = (kt * TILE_BYTES, kq * NR * 4);
     let a = p8.tiles.as_ptr();
-    let cfg = TileConfig::full();
+    let cfg = TileConfig::for_depth(if kt == 1 { kq } else { TILE_ROWS });
     asm!("ldtilecfg [{c}]", c = in(reg) cfg.0.as_ptr(), options(nostack, readonly, preserves_flags));
     // Two sets of sums: a block's epilogue (vector code) runs after the next block's tile
     // instructions are issued, so that the out-of-order core overlaps the two instead of
@@ -180,6 +190,21 @@ unsafe fn store_block<const FAST: bool, const CAP: bool>(blk: &Block, sums: &Sum
 #[allow(clippy::too_many_arguments)]
 unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_ROWS], p8: &Packed8, row0: usize, r0: usize, r1: usize, x: *const u8, n: usize, zx: i32, col: usize, cols: usize, f: &Fin, dst: &GemmOut) {
     let valid = TILE_ROWS.min(r1 - row0);
+    if valid == TILE_ROWS && cols == NR && *p8.rem_start.get_unchecked(row0) == *p8.rem_start.get_unchecked(row0 + TILE_ROWS) {
+        if let Some((e, out)) = float_free_rows(dst, row0 - r0, TILE_ROWS) {
+            // The common case in four groups of four rows (MR8 = 6 leaves a group of 4 on the
+            // slower row-by-row path).
+            for g in (0..TILE_ROWS).step_by(4) {
+                let mut z = [_mm512_setzero_si512(); 4];
+                for (r, v) in z.iter_mut().enumerate() {
+                    let init = _mm512_set1_epi32(zx.wrapping_neg().wrapping_mul(*p8.rowsum.get_unchecked(row0 + g + r)));
+                    *v = _mm512_add_epi32(_mm512_load_si512(tile[g + r].as_ptr() as *const __m512i), init);
+                }
+                float_store4(&z, e, out, row0 - r0 + g, n, col);
+            }
+            return;
+        }
+    }
     let mut g = 0;
     while g < valid {
         let rows = MR8.min(valid - g);

@@ -1158,6 +1158,35 @@ pub(super) unsafe fn finish512<const FAST: bool, const CAP: bool>(z: &[__m512i; 
     }
 }
 
+/// The float rows of `dst` from `row0` (relative), `rows` of them, when every one takes the
+/// clamp-free, uncapped float stage (the fast path of [`gemm_store512`]).
+#[inline(always)]
+pub(super) unsafe fn float_free_rows<'a>(dst: &'a GemmOut, row0: usize, rows: usize) -> Option<(&'a EpiRows<'a>, *mut u8)> {
+    match dst {
+        GemmOut::Float { e, out, free: true, capped: false, .. } if (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) => Some((e, *out)),
+        _ => None,
+    }
+}
+
+/// Four rows of 16 exact accumulators (rows `row0..row0 + 4` relative, columns `col..col + 16`)
+/// through the clamp-free float stage: narrowed together by the saturating packs (their clamp to
+/// [0, 255] is the stage's, see [`gemm_store512`]), one permute, four 16-byte stores.
+#[inline(always)]
+pub(super) unsafe fn float_store4(z: &[__m512i; 4], e: &EpiRows, out: *mut u8, row0: usize, n: usize, col: usize) {
+    let mut y = [_mm512_setzero_si512(); 4];
+    for (r, v) in y.iter_mut().enumerate() {
+        *v = float_trunc512(z[r], *e.scale.get_unchecked(row0 + r), *e.offset.get_unchecked(row0 + r));
+    }
+    // Per 128-bit lane L: dword r holds row r's columns 4L..4L + 4.
+    let b = _mm512_packus_epi16(_mm512_packs_epi32(y[0], y[1]), _mm512_packs_epi32(y[2], y[3]));
+    let t = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
+    let o = out.add(row0 * n + col);
+    _mm_storeu_si128(o as *mut __m128i, _mm512_castsi512_si128(t));
+    _mm_storeu_si128(o.add(n) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(t));
+    _mm_storeu_si128(o.add(2 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<2>(t));
+    _mm_storeu_si128(o.add(3 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<3>(t));
+}
+
 /// [`float8_free`] on 16 accumulators: `trunc(acc·scale + offset)` as i32.
 #[inline(always)]
 unsafe fn float_trunc512(acc: __m512i, scale: f32, offset: f32) -> __m512i {

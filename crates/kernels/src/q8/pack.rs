@@ -329,13 +329,13 @@ fn tiles_of(a: &[i8], m: usize, k: usize) -> Vec<i8> {
     t
 }
 
-/// Smallest depth `k` for which the byte GEMM runs on AMX tiles. With one or two k-tiles a
-/// block's tile loads, products and stores take longer than the `vpdpbusd` tile's whole work,
-/// and the epilogue, the same in both, cannot hide them. Measured per shape (`cargo bench -p
-/// subq-kernels --bench q8 -- byte_gemm`, µs, 512-bit vs AMX): k = 16: 366 vs 475, 24: 142
-/// vs 185, 40: 66 vs 73, 80: 47 vs 45, 96: 54 vs 57, 112: 83 vs 64, 144: 75 vs 69, 672: 65 vs
-/// 43, 1152: 48 vs 22.
-pub const AMX_MIN_K: usize = 112;
+/// Smallest depth `k` for which the byte GEMM runs on AMX tiles. Below it a block's tile
+/// loads, products and stores take longer than the `vpdpbusd` tile's whole work, which the
+/// epilogue (the same in both) cannot hide. Measured per layer on EfficientNet-Lite0's
+/// per-tensor file (`subq bench --profile`, 1 thread, µs, 512-bit vs AMX): k = 16: 236 vs 289,
+/// 24: 85 vs 95, 32: 90 vs 94; k = 40: 50 vs 40, 80: 43 vs 31, 96: 73 vs 68; from k = 112
+/// 1.2–2× faster (e.g. 1152 → 320: 96 vs 60).
+pub const AMX_MIN_K: usize = 40;
 
 /// Weight rows of an AMX tile (the most a tile holds).
 pub const TILE_ROWS: usize = 16;
