@@ -662,6 +662,30 @@ mod avx2 {
             prop_assert_eq!(&got, &want);
         }
 
+        /// The byte GEMM's i64 output stage rounds exact ties away from zero, negative ones
+        /// included: multipliers `2^(shift − 8)` make every accumulator ≡ 128 (mod 256) a tie.
+        #[test]
+        fn gemm8_rounds_ties_away_from_zero(m in 1usize..40, k in 40usize..200, n in 5usize..70, zx in 0i32..=255, seed in any::<u64>()) {
+            if !have() { return Ok(()); }
+            let mut rng = Rng(seed | 1);
+            let d: Vec<i16> = (0..m * k).map(|_| rng.range(-8, 8) as i16).collect();
+            let x = rng.bytes(k * n, false);
+            let Some(p8) = q8::Packed8::new(&d, m, k) else { return Ok(()) };
+            let xs: Vec<i16> = x.iter().map(|&v| v as i16 - zx as i16).collect();
+            let mut acc = vec![0i32; m * n];
+            q8::gemm_i16_reference(m, k, n, &d, &xs, &mut acc);
+            let shift = 30;
+            let mult = vec![1i64 << (shift - 8); m];
+            let bias: Vec<i64> = (0..m).map(|_| rng.range(-64, 64) << shift).collect();
+            prop_assume!(acc.iter().any(|&a| a < 0 && a.rem_euclid(256) == 128));
+            let want: Vec<u8> = (0..m * n).map(|i| (128 + q8::round_shift(bias[i / n] + acc[i] as i64 * mult[i / n], shift)).clamp(0, 255) as u8).collect();
+            let mut b = Vec::new();
+            q8::pack_b8(&x, k, n, &mut b);
+            let mut got = vec![0u8; m * n];
+            unsafe { q8::avx2::gemm8_requant(&p8, &b, &x, n, zx, &mult, &bias, shift, 128, 0, 255, &mut got, 1, None, None) };
+            prop_assert_eq!(&got, &want);
+        }
+
         /// With AVX-VNNI the byte GEMM takes dense full-range i8 weights (pairs far past the
         /// `vpmaddubsw` limit) and stays exact: the form that makes it the default for per-tensor
         /// uint8 weights.

@@ -13,7 +13,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::avx2::{finish512, float_free_rows, float_store4, join512, row_init8, Fin, GemmOut, A_CHUNK_BYTES};
+use super::avx2::{finish512, float_free_rows, float_store4, gemm8_rem512, join512, needs_slow_rounding, row_init8, store_rows512, Fin, GemmOut, A_CHUNK_BYTES};
 use super::pack::{Packed8, MR8, NR, TILE_K, TILE_ROWS};
 
 /// Bytes of one tile (16 rows × 64 bytes).
@@ -190,8 +190,9 @@ unsafe fn store_block<const FAST: bool, const CAP: bool>(blk: &Block, sums: &Sum
 #[allow(clippy::too_many_arguments)]
 unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_ROWS], p8: &Packed8, row0: usize, r0: usize, r1: usize, x: *const u8, n: usize, zx: i32, col: usize, cols: usize, f: &Fin, dst: &GemmOut) {
     let valid = TILE_ROWS.min(r1 - row0);
-    if valid == TILE_ROWS && cols == NR && *p8.rem_start.get_unchecked(row0) == *p8.rem_start.get_unchecked(row0 + TILE_ROWS) {
+    if valid == TILE_ROWS && cols == NR {
         if let Some((e, out)) = float_free_rows(dst, row0 - r0, TILE_ROWS) {
+            let rem = *p8.rem_start.get_unchecked(row0) != *p8.rem_start.get_unchecked(row0 + TILE_ROWS);
             // The common case in four groups of four rows (MR8 = 6 leaves a group of 4 on the
             // slower row-by-row path).
             for g in (0..TILE_ROWS).step_by(4) {
@@ -199,6 +200,9 @@ unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_
                 for (r, v) in z.iter_mut().enumerate() {
                     let init = _mm512_set1_epi32(zx.wrapping_neg().wrapping_mul(*p8.rowsum.get_unchecked(row0 + g + r)));
                     *v = _mm512_add_epi32(_mm512_load_si512(tile[g + r].as_ptr() as *const __m512i), init);
+                }
+                if rem {
+                    gemm8_rem512(&mut z, p8, row0 + g, x, n, col, cols);
                 }
                 float_store4(&z, e, out, row0 - r0 + g, n, col);
             }
@@ -213,7 +217,14 @@ unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_
         for (r, v) in z.iter_mut().enumerate().take(rows) {
             *v = _mm512_add_epi32(_mm512_load_si512(tile[g + r].as_ptr() as *const __m512i), join512(init[r], init[r]));
         }
-        finish512::<FAST, CAP>(&z, p8, row0 + g, rows, r0, x, n, col, cols, f, dst);
+        if needs_slow_rounding(dst, f, row0 - r0 + g, rows) {
+            finish512::<FAST, CAP>(&z, p8, row0 + g, rows, r0, x, n, col, cols, f, dst);
+        } else {
+            if *p8.rem_start.get_unchecked(row0 + g) != *p8.rem_start.get_unchecked(row0 + g + rows) {
+                gemm8_rem512(&mut z[..rows], p8, row0 + g, x, n, col, cols);
+            }
+            store_rows512::<CAP>(&z, row0 - r0 + g, rows, col, cols, n, f, dst);
+        }
         g += MR8;
     }
 }

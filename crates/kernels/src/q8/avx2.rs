@@ -1143,6 +1143,92 @@ unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], r
     gemm_store::<FAST, CAP>(&split512(z), row0, rows, col, cols, n, f, dst);
 }
 
+/// Rows `row0..row0 + rows` (relative) of a `GemmOut::Bytes` or `Float` destination from
+/// 512-bit accumulators, one vector per row: float rows as in [`gemm_store512`] (clamped where
+/// not `free`), the others through [`i64_bytes512`], so only with the fast rounding path (the
+/// caller checks, see [`needs_slow_rounding`]). For the AMX tiles' epilogue. Not inlined: with
+/// these rows inlined next to the 512-bit tile's inline assembly (17 zmm operands; it is in
+/// the same function), LLVM (rustc 1.95) named an invalid register ("R19BH") for one of them.
+#[inline(never)]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn store_rows512<const CAP: bool>(z: &[__m512i; MR8], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
+    // A byte-masked store (AVX-512BW) for a partial last panel.
+    let mask = if cols >= NR { u16::MAX } else { (1u16 << cols) - 1 };
+    for (r, &acc) in z.iter().enumerate().take(rows) {
+        let row = row0 + r;
+        let (bytes, out) = match dst {
+            GemmOut::Bytes { mult, bias, cmax, out, .. } => {
+                let bytes = i64_bytes512(acc, *mult.get_unchecked(row), *bias.get_unchecked(row), f);
+                (if CAP { _mm_min_epu8(bytes, _mm_set1_epi8(*cmax.unwrap_unchecked().get_unchecked(row) as i8)) } else { bytes }, *out)
+            }
+            GemmOut::Float { e, mult, bias, out, free, capped, .. } => {
+                let cap = _mm_set1_epi8(*e.cap.get_unchecked(row) as i8);
+                let bytes = if !*e.ok.get_unchecked(row) {
+                    _mm_min_epu8(i64_bytes512(acc, *mult.get_unchecked(row), *bias.get_unchecked(row), f), cap)
+                } else if *free {
+                    let y = float_trunc512(acc, *e.scale.get_unchecked(row), *e.offset.get_unchecked(row));
+                    let bytes = _mm512_cvtusepi32_epi8(_mm512_max_epi32(y, _mm512_setzero_si512()));
+                    if *capped { _mm_min_epu8(bytes, cap) } else { bytes }
+                } else {
+                    // `float8` on 16 lanes: the clamps to [lo, hi[row]] (the cap included).
+                    let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(*e.scale.get_unchecked(row))), _mm512_set1_ps(*e.offset.get_unchecked(row)));
+                    let y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(e.lo)), _mm512_set1_ps(*e.hi.get_unchecked(row)));
+                    _mm512_cvtusepi32_epi8(_mm512_cvttps_epi32(y))
+                };
+                (bytes, *out)
+            }
+            GemmOut::Acc(_) => unreachable!("the byte GEMM never sums into accumulators"),
+        };
+        _mm_mask_storeu_epi8(out.add(row * n + col) as *mut i8, mask, bytes);
+    }
+}
+
+/// Whether rows `row0..row0 + rows` (relative) of `dst` need the i64 stage's slow rounding path
+/// (some row takes the i64 stage and `f` is not fast), which [`store_rows512`] lacks.
+#[inline(always)]
+pub(super) unsafe fn needs_slow_rounding(dst: &GemmOut, f: &Fin, row0: usize, rows: usize) -> bool {
+    !f.fast
+        && match dst {
+            GemmOut::Float { e, .. } => (0..rows).any(|r| !*e.ok.get_unchecked(row0 + r)),
+            _ => true,
+        }
+}
+
+/// The i64 output stage (fast rounding path, see [`Fin`]) on 16 accumulators of one row:
+/// [`fin8`] on 512 bits, where a masked subtract replaces the compare-and-add and a masked blend
+/// the 256-bit blend.
+#[inline(always)]
+unsafe fn i64_bytes512(acc: __m512i, m: i64, bias: i64, f: &Fin) -> __m128i {
+    let (mv, bv) = (_mm512_set1_epi64(m), _mm512_set1_epi64(bias.wrapping_add(f.off)));
+    let (nb, one) = (_mm512_set1_epi64(f.off), _mm512_set1_epi64(1));
+    let even = _mm512_add_epi64(_mm512_mul_epi32(acc, mv), bv);
+    let odd = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64::<32>(acc), mv), bv);
+    let e = _mm512_srl_epi64(_mm512_mask_sub_epi64(even, _mm512_cmpgt_epi64_mask(nb, even), even, one), f.shift);
+    let o = _mm512_srl_epi64(_mm512_mask_sub_epi64(odd, _mm512_cmpgt_epi64_mask(nb, odd), odd, one), f.shift);
+    let v = _mm512_mask_blend_epi32(0xAAAA, e, _mm512_slli_epi64::<32>(o));
+    let v = _mm512_add_epi32(v, _mm512_broadcast_i64x4(f.zp));
+    let v = _mm512_min_epi32(_mm512_max_epi32(v, _mm512_broadcast_i64x4(f.lo)), _mm512_broadcast_i64x4(f.hi));
+    _mm512_cvtusepi32_epi8(v)
+}
+
+/// [`gemm8_rem`] on 512-bit rows: adds the sparse remainder `Σ (d − c)·x` of rows
+/// `row0..row0 + z.len()` at column `col` (`cols` valid, masked loads past them). Not inlined,
+/// for the reason given at [`store_rows512`] (few rows have a remainder).
+#[inline(never)]
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm8_rem512(z: &mut [__m512i], p8: &Packed8, row0: usize, x: *const u8, n: usize, col: usize, cols: usize) {
+    let mask = if cols >= NR { u16::MAX } else { (1u16 << cols) - 1 };
+    for (r, zr) in z.iter_mut().enumerate() {
+        let (s, e) = (*p8.rem_start.get_unchecked(row0 + r) as usize, *p8.rem_start.get_unchecked(row0 + r + 1) as usize);
+        for &(kk, wr) in p8.rem.get_unchecked(s..e) {
+            let xv = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, x.add(kk as usize * n + col) as *const i8));
+            *zr = _mm512_add_epi32(*zr, _mm512_mullo_epi32(xv, _mm512_set1_epi32(wr)));
+        }
+    }
+}
+
 /// Finishes rows `row0..row0 + rows` (≤ [`MR8`], absolute) of a 512-bit byte-GEMM tile at
 /// column `col` (`cols` valid): adds the sparse remainder of the rows that have one, then stores
 /// them to `dst` (rows relative to `r0`).
