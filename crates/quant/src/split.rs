@@ -231,6 +231,16 @@ fn residual_grid(lo: f32, hi: f32) -> QParams {
     QParams::per_tensor(scale, 128, QuantRange::U8)
 }
 
+/// The residual part's grid of a depthwise kernel: zero point 128 and exactly W1's scale over
+/// 128, so the residual (half a W1 step at most) spans 128 ± 64, and the parts' multipliers
+/// differ by exactly 2^7. Our engine then runs the split layer as one conv with the i16 weights
+/// `128·d1 + d2` (its `fuse_power_of_two_parts`), at the cost of an unsplit layer, where two
+/// parts cost 1.6–1.9× one. The residual keeps 7 of its 8 bits: like [`residual_grid`], still
+/// ~75 dB under W. The file keeps its two per-tensor parts for any other runtime.
+fn tied_residual_grid(first: &QParams) -> QParams {
+    QParams::per_tensor(first.scale[0] / 128.0, 128, QuantRange::U8)
+}
+
 /// Half the span of [`residual_grid`] in steps.
 const RESIDUAL_HALF_LEVELS: i32 = 64;
 
@@ -241,9 +251,16 @@ pub fn residual_split(w: &[f32], layout: &WeightLayout, m2: &InputStats) -> Cand
     let w1 = fake_quantize(w, &g1);
     let w2: Vec<f32> = w.iter().zip(&w1).map(|(&x, &q)| x - q).collect();
     let (l2, h2) = min_max(&w2);
-    // Only a pointwise or dense weight gains from the narrow grid (the byte GEMM); a depthwise
-    // or full conv kernel keeps the full one.
-    let g2 = if layout.taps == 1 && layout.in_per_group > 1 { residual_grid(l2, h2) } else { grid(l2, h2) };
+    // A pointwise or dense weight gains from the narrow grid (the byte GEMM); a depthwise
+    // kernel from the grid tied to W1's (one conv in the engine); a full conv kernel keeps the
+    // full grid.
+    let g2 = if layout.taps == 1 && layout.in_per_group > 1 {
+        residual_grid(l2, h2)
+    } else if layout.in_per_group == 1 {
+        tied_residual_grid(&g1)
+    } else {
+        grid(l2, h2)
+    };
     Candidate::score(w, Some(SplitKind::Residual), 1.0, vec![w1, w2], vec![g1, g2], layout, m2)
 }
 
@@ -298,8 +315,9 @@ mod tests {
         assert!(split(SplitKind::Residual, &w, &l, &m2).sqnr_db() > plain.sqnr_db() + 20.0);
     }
 
-    /// The residual part lands within 128 ± 64 (the byte GEMM takes it whole) and uses that span:
-    /// its extreme values reach the edge, so no resolution is given away beyond the 7 bits.
+    /// The residual part lands within 128 ± 64 (the byte GEMM takes it whole; the engine fuses a
+    /// depthwise one) and uses that span: its extreme values reach the edge, so no resolution is
+    /// given away beyond the 7 bits.
     #[test]
     fn residual_part_uses_the_centred_seven_bit_span() {
         let (w, depthwise) = depthwise_like();
@@ -311,10 +329,13 @@ mod tests {
         let d: Vec<i32> = c.parts[1].iter().map(|&x| g.quantize_value(x, 0) - 128).collect();
         let widest = d.iter().map(|v| v.abs()).max().unwrap();
         assert_eq!(widest, RESIDUAL_HALF_LEVELS, "residual steps {d:?}");
-        // A depthwise kernel has no byte GEMM to gain: its residual keeps all 256 levels.
+        // A depthwise kernel's residual: W1's scale over exactly 128 (the engine fuses the two
+        // parts into one conv), so it spans 128 ± 64 as well.
         let c = split(SplitKind::Residual, &w, &depthwise, &stats(&[1.0; 8]));
-        let d = c.parts[1].iter().map(|&x| (c.params[1].quantize_value(x, 0) - c.params[1].zero_point[0]).abs()).max().unwrap();
-        assert!(d > 2 * RESIDUAL_HALF_LEVELS - 10, "depthwise residual spans only ±{d}");
+        assert_eq!(c.params[1].zero_point, vec![128]);
+        assert_eq!(c.params[0].scale[0] / c.params[1].scale[0], 128.0);
+        let d = c.parts[1].iter().map(|&x| (c.params[1].quantize_value(x, 0) - 128).abs()).max().unwrap();
+        assert!((RESIDUAL_HALF_LEVELS - 16..=RESIDUAL_HALF_LEVELS).contains(&d), "depthwise residual spans ±{d}");
     }
 
     fn stats(m2: &[f64]) -> InputStats {

@@ -39,7 +39,8 @@ enum Step {
     Dequantize { input: usize, output: usize, grid: Grid },
     /// `cmax`: per-channel upper clamp fused into the conv (an equalized ReLU6 bound). `epi`:
     /// the same output stage in f32 when it is proven exact (single-part convs; set last).
-    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, cmax: Option<Vec<u8>>, epi: Option<FloatEpilogue>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
+    /// `file_parts`: the weight parts in the file (more than `parts` where they were fused).
+    Conv { input: usize, output: usize, zp_in: i32, parts: Vec<ConvPart>, file_parts: usize, bias_fixed: Vec<i64>, shift: u32, out: Grid, qmin: i32, qmax: i32, cmax: Option<Vec<u8>>, epi: Option<FloatEpilogue>, geom: ConvGeometry, out_shape_per_image: Vec<usize> },
     /// A conv/Gemm whose output stays float (a graph output such as the logits): exact i32
     /// accumulators, then `y = scale[c]·(acc + bias_q[c])` with `scale = s_in·s_w[c]`, i.e. the
     /// written semantics (dequantized inputs and int32 bias) without rounding to a grid.
@@ -127,9 +128,13 @@ impl Step {
     /// `(kind, detail)` of this step for profiles.
     fn label(&self) -> (String, String) {
         match self {
-            Step::Conv { parts, geom: g, .. } => {
+            Step::Conv { parts, file_parts, geom: g, .. } => {
                 let (kind, detail) = conv_label(g);
-                let kind = if parts.len() > 1 { format!("{kind} ({} parts)", parts.len()) } else { kind };
+                let kind = match (parts.len(), *file_parts) {
+                    (1, 1) => kind,
+                    (1, f) => format!("{kind} ({f} parts, fused)"),
+                    (p, _) => format!("{kind} ({p} parts)"),
+                };
                 (kind, detail)
             }
             Step::ConvDequant { geom: g, .. } => ("conv/gemm, float output".into(), conv_label(g).1),
@@ -355,29 +360,53 @@ impl<'g> Lowering<'g> {
             return None;
         }
         // Real multipliers s_in·s_w[c]/s_out of every part and channel, on one common shift.
-        let reals: Vec<Vec<f64>> = lowered
+        let mut reals: Vec<Vec<f64>> = lowered
             .iter()
             .map(|l| (0..geom.out_c).map(|c| in_grid.scale as f64 * l.2.params.scale_at(c) as f64 / out.scale as f64).collect())
             .collect();
+        let mut weights: Vec<Vec<i16>> = lowered.iter().map(|l| l.2.minus_zero_point(geom.out_c)).collect();
+        if let Some(fused) = fuse_power_of_two_parts(&reals, &weights) {
+            // One conv instead of two (see `fuse_power_of_two_parts`): the second part's
+            // multipliers, the fused weights.
+            reals = vec![reals.pop().expect("two parts")];
+            weights = vec![fused];
+        }
         let flat: Vec<f64> = reals.iter().flatten().copied().collect();
         let (_, shift) = Requant::common(&flat);
         let scale = (shift as f64).exp2();
-        let mut conv_parts = Vec::new();
         let mut bias_fixed = vec![0i64; geom.out_c];
-        for (l, r) in lowered.iter().zip(&reals) {
-            let w = &l.2;
-            let weight = w.minus_zero_point(geom.out_c);
-            let requant: Vec<Requant> = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
+        for l in &lowered {
             if let Some(b) = &l.3 {
                 for c in 0..geom.out_c {
                     bias_fixed[c] += (b[c] / out.scale as f64 * scale).round() as i64;
                 }
             }
+        }
+        let mut conv_parts = Vec::new();
+        for (weight, r) in weights.into_iter().zip(&reals) {
+            let requant: Vec<Requant> = r.iter().map(|&m| Requant { multiplier: (m * scale).round() as i64, shift }).collect();
             conv_parts.push(ConvPart::new(weight, requant, geom));
         }
-        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, bias_fixed, shift, out, qmin: 0, qmax: 255, cmax: None, epi: None, geom: *geom, out_shape_per_image: out_shape.clone() };
+        let step = Step::Conv { input: usize::MAX, output: usize::MAX, zp_in: in_grid.zp, parts: conv_parts, file_parts: lowered.len(), bias_fixed, shift, out, qmin: 0, qmax: 255, cmax: None, epi: None, geom: *geom, out_shape_per_image: out_shape.clone() };
         Some((src, step))
     }
+}
+
+/// The weights `2^k·(w1 − z1) + (w2 − z2)` of a two-part conv whose first part's multipliers
+/// are exactly `2^k` times the second's (1 ≤ k ≤ 7, every channel), when they fit i16 — else
+/// `None`. Then `m1·acc1 + m2·acc2 = m2·Σ (2^k·d1 + d2)·x` exactly in real arithmetic, and one
+/// conv with these weights and the second part's multipliers computes the split layer at about
+/// the cost of an unsplit one. The quantizer gives a depthwise residual part the first part's
+/// scale over 128 (`subq_quant::split`) so that this holds; the file keeps two per-tensor parts
+/// for any other runtime. Multiplying by a power of two is exact in floating point, so the test
+/// `r1 == 2^k·r2` on the computed reals is exact too.
+fn fuse_power_of_two_parts(reals: &[Vec<f64>], weights: &[Vec<i16>]) -> Option<Vec<i16>> {
+    let ([r1, r2], [w1, w2]) = (reals, weights) else { return None };
+    let k = (1..=7).find(|&k| r1.iter().zip(r2).all(|(&a, &b)| b > 0.0 && a == b * (1u32 << k) as f64))?;
+    if w1.len() != w2.len() {
+        return None;
+    }
+    w1.iter().zip(w2).map(|(&a, &b)| i16::try_from(((a as i32) << k) + b as i32).ok()).collect()
 }
 
 fn q_of(grid: Grid, real: f32) -> i32 {
@@ -727,7 +756,7 @@ impl Int8Engine {
                     let f = data.iter().map(|&q| (q as i32 - grid.zp) as f32 * grid.scale).collect();
                     st.vals[*output] = Some(Value::F(Tensor::f32(shape.clone(), f).expect("same size")));
                 }
-                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, out_shape_per_image } => {
+                Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, out_shape_per_image, .. } => {
                     let Some(Value::Q { shape, .. }) = &st.vals[*input] else { return Err(RuntimeError::Other("conv input is not quantized".into())) };
                     let images = shape[0];
                     let (isz, osz) = (geom.in_c * geom.in_h * geom.in_w, geom.out_c * geom.out_h * geom.out_w);
@@ -826,5 +855,31 @@ impl Int8Engine {
                 None => Err(RuntimeError::Other("graph output was not computed".into())),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod fuse_tests {
+    use super::fuse_power_of_two_parts;
+
+    /// Two parts fuse into `2^k·d1 + d2` exactly when the first part's multipliers are `2^k`
+    /// (k ≤ 7) times the second's on every channel and the sums fit i16.
+    #[test]
+    fn parts_fuse_only_on_an_exact_power_of_two() {
+        let r2 = vec![3.1e-4, 7.7e-5];
+        let r1: Vec<f64> = r2.iter().map(|r| r * 128.0).collect();
+        let (w1, w2) = (vec![-255i16, 3, 100, 0], vec![64i16, -64, 0, 7]);
+        let fused = fuse_power_of_two_parts(&[r1.clone(), r2.clone()], &[w1.clone(), w2.clone()]).expect("2^7 apart");
+        assert_eq!(fused, vec![-255 * 128 + 64, 3 * 128 - 64, 100 * 128, 7]);
+        let r1_k2: Vec<f64> = r2.iter().map(|r| r * 4.0).collect();
+        assert_eq!(fuse_power_of_two_parts(&[r1_k2, r2.clone()], &[w1.clone(), w2.clone()]), Some(vec![-255 * 4 + 64, 3 * 4 - 64, 400, 7]));
+        // One ulp off on one channel, a ratio of 2^8, a sum past i16, three parts: no fusion.
+        let mut off = r1.clone();
+        off[1] = f64::from_bits(off[1].to_bits() + 1);
+        assert_eq!(fuse_power_of_two_parts(&[off, r2.clone()], &[w1.clone(), w2.clone()]), None);
+        let r1_k8: Vec<f64> = r2.iter().map(|r| r * 256.0).collect();
+        assert_eq!(fuse_power_of_two_parts(&[r1_k8, r2.clone()], &[w1.clone(), w2.clone()]), None);
+        assert_eq!(fuse_power_of_two_parts(&[r1.clone(), r2.clone()], &[w1.clone(), vec![-129, 0, 0, 0]]), None);
+        assert_eq!(fuse_power_of_two_parts(&[r1.clone(), r2.clone(), r2.clone()], &[w1.clone(), w2.clone(), w2]), None);
     }
 }
