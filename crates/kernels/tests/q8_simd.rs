@@ -894,3 +894,39 @@ fn conv_pointwise_engine_shapes_match_reference() {
         }
     }
 }
+
+/// A split depthwise layer fused into one conv by the engine (i16 weights `128·d1 + d2`, real
+/// multipliers ~128× smaller, accumulators up to 2^27): the dispatched kernels (planar, and
+/// channel-vectorized on small planes; the f32 stage where it is proven exact, the i64 stage
+/// elsewhere) equal the reference, with and without channel caps.
+#[test]
+fn fused_split_depthwise_matches_reference() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let geoms = [(32usize, 28usize, 3usize, 1usize), (64, 14, 5, 1), (48, 20, 3, 2), (16, 7, 5, 1)];
+    for (i, &(c, side, k, s)) in geoms.iter().enumerate() {
+        let pad = k / 2;
+        let out = (side + 2 * pad - k) / s + 1;
+        let g = ConvGeometry { in_c: c, in_h: side, in_w: side, out_c: c, out_h: out, out_w: out, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pad, pad_left: pad, group: c };
+        let input = rng.bytes(c * side * side, false);
+        let weight: Vec<i16> = (0..c * k * k).map(|_| (rng.range(-255, 255) * 128 + rng.range(-64, 64)) as i16).collect();
+        // Reals like a fused layer's (the first part's ~0.05 over 128).
+        let reals: Vec<f64> = (0..c).map(|_| (2e-2 + rng.range(0, 1000) as f64 * 6e-5) / 128.0).collect();
+        let (_, shift) = Requant::common(&reals);
+        let requant: Vec<Requant> = reals.iter().map(|&r| Requant { multiplier: (r * (shift as f64).exp2()).round() as i64, shift }).collect();
+        let mult: Vec<i64> = requant.iter().map(|r| r.multiplier).collect();
+        let bias: Vec<i64> = (0..c).map(|_| rng.range(-(1 << 36), 1 << 36)).collect();
+        let parts = vec![ConvPart::new(weight, requant, &g)];
+        let (zp_in, zp_out) = (90 + i as i32, 120 - 7 * i as i32);
+        let mut want = vec![0u8; c * out * out];
+        q8::conv_q8_reference(&input, zp_in, &parts, &bias, shift, zp_out, 0, 255, &g, &mut want, &mut Scratch::default());
+        let cmax: Vec<u8> = (0..c).map(|_| rng.range(100, 255) as u8).collect();
+        let mut capped = want.clone();
+        q8::clamp_channels_u8_reference(&mut capped, out * out, &cmax);
+        for (cap, expect) in [(None, &want), (Some(&cmax[..]), &capped)] {
+            let epi = q8::FloatEpilogue::new(&mult, &bias, shift, zp_out, 0, 255, cap);
+            let mut got = vec![0x5Au8; c * out * out];
+            q8::conv_q8_epi(&input, zp_in, &parts, &bias, shift, zp_out, 0, 255, cap, epi.as_ref(), &g, &mut got, &mut Scratch::default());
+            assert_eq!(&got, expect, "{g:?}, cap {}", cap.is_some());
+        }
+    }
+}
