@@ -191,7 +191,7 @@ unsafe fn store_block<const FAST: bool, const CAP: bool>(blk: &Block, sums: &Sum
 unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_ROWS], p8: &Packed8, row0: usize, r0: usize, r1: usize, x: *const u8, n: usize, zx: i32, col: usize, cols: usize, f: &Fin, dst: &GemmOut) {
     let valid = TILE_ROWS.min(r1 - row0);
     if valid == TILE_ROWS && cols == NR {
-        if let Some((e, out)) = float_free_rows(dst, row0 - r0, TILE_ROWS) {
+        if let Some((e, out, capped)) = float_free_rows(dst, row0 - r0, TILE_ROWS) {
             let rem = *p8.rem_start.get_unchecked(row0) != *p8.rem_start.get_unchecked(row0 + TILE_ROWS);
             // The common case in four groups of four rows (MR8 = 6 leaves a group of 4 on the
             // slower row-by-row path).
@@ -204,7 +204,7 @@ unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_
                 if rem {
                     gemm8_rem512(&mut z, p8, row0 + g, x, n, col, cols);
                 }
-                float_store4(&z, e, out, row0 - r0 + g, n, col);
+                float_store4(&z, e, out, row0 - r0 + g, n, col, capped);
             }
             return;
         }

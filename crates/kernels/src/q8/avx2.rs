@@ -1100,10 +1100,10 @@ unsafe fn split512(z: &[__m512i; MR8]) -> [[__m256i; 2]; MR8] {
 unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     if let GemmOut::Float { e, out, free: true, capped, .. } = dst {
         if (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) {
-            if rows == MR8 && cols >= NR && !*capped {
+            if rows == MR8 && cols >= NR {
                 // A full tile: the six rows narrowed together by the saturating packs (their
                 // clamp to [0, 255] is that of vpmaxsd + vpmovusdb below), 2 shuffles per 16
-                // outputs fewer on the ports vpdpbusd needs.
+                // outputs fewer on the ports vpdpbusd needs; the byte caps after the permutes.
                 let mut y = [_mm512_setzero_si512(); MR8];
                 for (r, v) in y.iter_mut().enumerate() {
                     *v = float_trunc512(z[r], *e.scale.get_unchecked(row0 + r), *e.offset.get_unchecked(row0 + r));
@@ -1114,8 +1114,12 @@ unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], r
                 let p45 = _mm512_packs_epi32(y4, y5);
                 let b45 = _mm512_packus_epi16(p45, p45);
                 let rows_first = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-                let t = _mm512_permutexvar_epi32(rows_first, b0123);
-                let u = _mm512_permutexvar_epi32(rows_first, b45);
+                let mut t = _mm512_permutexvar_epi32(rows_first, b0123);
+                let mut u = _mm512_permutexvar_epi32(rows_first, b45);
+                if *capped {
+                    t = _mm512_min_epu8(t, row_caps4(e, row0));
+                    u = _mm512_min_epu8(u, row_caps4(e, row0 + 4));
+                }
                 let o = out.add(row0 * n + col);
                 _mm_storeu_si128(o as *mut __m128i, _mm512_castsi512_si128(t));
                 _mm_storeu_si128(o.add(n) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(t));
@@ -1245,27 +1249,44 @@ pub(super) unsafe fn finish512<const FAST: bool, const CAP: bool>(z: &[__m512i; 
 }
 
 /// The float rows of `dst` from `row0` (relative), `rows` of them, when every one takes the
-/// clamp-free, uncapped float stage (the fast path of [`gemm_store512`]).
+/// clamp-free float stage (the fast path of [`gemm_store512`]), and whether some row is capped.
 #[inline(always)]
-pub(super) unsafe fn float_free_rows<'a>(dst: &'a GemmOut, row0: usize, rows: usize) -> Option<(&'a EpiRows<'a>, *mut u8)> {
+pub(super) unsafe fn float_free_rows<'a>(dst: &'a GemmOut, row0: usize, rows: usize) -> Option<(&'a EpiRows<'a>, *mut u8, bool)> {
     match dst {
-        GemmOut::Float { e, out, free: true, capped: false, .. } if (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) => Some((e, *out)),
+        GemmOut::Float { e, out, free: true, capped, .. } if (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) => Some((e, *out, *capped)),
         _ => None,
     }
 }
 
+/// The byte caps of rows `row0..row0 + 4` (relative; rows past the float block's end read as
+/// the caps that follow, unused), cap `r` in every byte of 128-bit lane `r`: the cap vector of
+/// a tile narrowed by the packs and [`float_store4`]'s permute.
+#[inline(always)]
+unsafe fn row_caps4(e: &EpiRows, row0: usize) -> __m512i {
+    let mut c4 = [0u8; 4];
+    for (r, c) in c4.iter_mut().enumerate() {
+        *c = e.cap.get(row0 + r).copied().unwrap_or(255);
+    }
+    let lane_index = _mm512_set_epi32(0x0303_0303, 0x0303_0303, 0x0303_0303, 0x0303_0303, 0x0202_0202, 0x0202_0202, 0x0202_0202, 0x0202_0202, 0x0101_0101, 0x0101_0101, 0x0101_0101, 0x0101_0101, 0, 0, 0, 0);
+    _mm512_shuffle_epi8(_mm512_set1_epi32(i32::from_le_bytes(c4)), lane_index)
+}
+
 /// Four rows of 16 exact accumulators (rows `row0..row0 + 4` relative, columns `col..col + 16`)
 /// through the clamp-free float stage: narrowed together by the saturating packs (their clamp to
-/// [0, 255] is the stage's, see [`gemm_store512`]), one permute, four 16-byte stores.
+/// [0, 255] is the stage's, see [`gemm_store512`]), one permute, the byte caps where `capped`,
+/// four 16-byte stores.
 #[inline(always)]
-pub(super) unsafe fn float_store4(z: &[__m512i; 4], e: &EpiRows, out: *mut u8, row0: usize, n: usize, col: usize) {
+pub(super) unsafe fn float_store4(z: &[__m512i; 4], e: &EpiRows, out: *mut u8, row0: usize, n: usize, col: usize, capped: bool) {
     let mut y = [_mm512_setzero_si512(); 4];
     for (r, v) in y.iter_mut().enumerate() {
         *v = float_trunc512(z[r], *e.scale.get_unchecked(row0 + r), *e.offset.get_unchecked(row0 + r));
     }
     // Per 128-bit lane L: dword r holds row r's columns 4L..4L + 4.
     let b = _mm512_packus_epi16(_mm512_packs_epi32(y[0], y[1]), _mm512_packs_epi32(y[2], y[3]));
-    let t = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
+    let mut t = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
+    if capped {
+        t = _mm512_min_epu8(t, row_caps4(e, row0));
+    }
     let o = out.add(row0 * n + col);
     _mm_storeu_si128(o as *mut __m128i, _mm512_castsi512_si128(t));
     _mm_storeu_si128(o.add(n) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(t));
