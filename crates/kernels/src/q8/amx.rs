@@ -13,7 +13,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::avx2::{finish512, float_free_rows, float_store4, gemm8_rem512, join512, needs_slow_rounding, row_init8, store_rows512, Fin, GemmOut, A_CHUNK_BYTES};
+use super::avx2::{finish512, float_free_rows, float_store_rows, gemm8_rem512, needs_slow_rounding, row_init, store_rows512, Fin, GemmOut, A_CHUNK_BYTES};
 use super::pack::{Packed8, MR8, NR, TILE_K, TILE_ROWS};
 
 /// Bytes of one tile (16 rows × 64 bytes).
@@ -198,13 +198,12 @@ unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_
             for g in (0..TILE_ROWS).step_by(4) {
                 let mut z = [_mm512_setzero_si512(); 4];
                 for (r, v) in z.iter_mut().enumerate() {
-                    let init = _mm512_set1_epi32(zx.wrapping_neg().wrapping_mul(*p8.rowsum.get_unchecked(row0 + g + r)));
-                    *v = _mm512_add_epi32(_mm512_load_si512(tile[g + r].as_ptr() as *const __m512i), init);
+                    *v = tile_row(tile, g + r, p8, row0 + g + r, zx);
                 }
                 if rem {
                     gemm8_rem512(&mut z, p8, row0 + g, x, n, col, cols);
                 }
-                float_store4(&z, e, out, row0 - r0 + g, n, col, capped);
+                float_store_rows::<4>(&z, e, out, row0 - r0 + g, n, col, capped);
             }
             return;
         }
@@ -212,10 +211,9 @@ unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_
     let mut g = 0;
     while g < valid {
         let rows = MR8.min(valid - g);
-        let init = row_init8(p8, row0 + g, rows, zx);
         let mut z = [_mm512_setzero_si512(); MR8];
         for (r, v) in z.iter_mut().enumerate().take(rows) {
-            *v = _mm512_add_epi32(_mm512_load_si512(tile[g + r].as_ptr() as *const __m512i), join512(init[r], init[r]));
+            *v = tile_row(tile, g + r, p8, row0 + g + r, zx);
         }
         if needs_slow_rounding(dst, f, row0 - r0 + g, rows) {
             finish512::<FAST, CAP>(&z, p8, row0 + g, rows, r0, x, n, col, cols, f, dst);
@@ -227,4 +225,10 @@ unsafe fn store_tile<const FAST: bool, const CAP: bool>(tile: &[[i32; NR]; TILE_
         }
         g += MR8;
     }
+}
+
+/// Row `r` of an accumulator tile plus the [`row_init`] of output row `row`: its exact sums.
+#[inline(always)]
+unsafe fn tile_row(tile: &[[i32; NR]; TILE_ROWS], r: usize, p8: &Packed8, row: usize, zx: i32) -> __m512i {
+    _mm512_add_epi32(_mm512_load_si512(tile[r].as_ptr() as *const __m512i), _mm512_set1_epi32(row_init(p8, row, zx)))
 }

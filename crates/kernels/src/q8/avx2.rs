@@ -785,12 +785,18 @@ unsafe fn gemm_loop<const FAST: bool, const CAP: bool>(a: *const i32, m: usize, 
     }
 }
 
-/// Row init of a byte-GEMM tile: `−zx · Σ_k d` per row (0 past the last row).
+/// Row init of byte-GEMM row `row`: `−zx · Σ_k d`, the zero-point term of its exact sums.
 #[inline(always)]
-pub(super) unsafe fn row_init8(p8: &Packed8, row0: usize, rows: usize, zx: i32) -> [__m256i; MR8] {
+pub(super) unsafe fn row_init(p8: &Packed8, row: usize, zx: i32) -> i32 {
+    zx.wrapping_neg().wrapping_mul(*p8.rowsum.get_unchecked(row))
+}
+
+/// [`row_init`] of a byte-GEMM tile's rows, broadcast (0 past the last row).
+#[inline(always)]
+unsafe fn row_init8(p8: &Packed8, row0: usize, rows: usize, zx: i32) -> [__m256i; MR8] {
     let mut init = [_mm256_setzero_si256(); MR8];
     for (r, v) in init.iter_mut().enumerate().take(rows) {
-        *v = _mm256_set1_epi32(zx.wrapping_neg().wrapping_mul(*p8.rowsum.get_unchecked(row0 + r)));
+        *v = _mm256_set1_epi32(row_init(p8, row0 + r, zx));
     }
     init
 }
@@ -1101,32 +1107,11 @@ unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], r
     if let GemmOut::Float { e, out, free: true, capped, .. } = dst {
         if (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) {
             if rows == MR8 && cols >= NR {
-                // A full tile: the six rows narrowed together by the saturating packs (their
-                // clamp to [0, 255] is that of vpmaxsd + vpmovusdb below), 2 shuffles per 16
-                // outputs fewer on the ports vpdpbusd needs; the byte caps after the permutes.
-                let mut y = [_mm512_setzero_si512(); MR8];
-                for (r, v) in y.iter_mut().enumerate() {
-                    *v = float_trunc512(z[r], *e.scale.get_unchecked(row0 + r), *e.offset.get_unchecked(row0 + r));
-                }
-                let [y0, y1, y2, y3, y4, y5] = y;
-                // Per 128-bit lane L: dword r holds row r's columns 4L..4L + 4.
-                let b0123 = _mm512_packus_epi16(_mm512_packs_epi32(y0, y1), _mm512_packs_epi32(y2, y3));
-                let p45 = _mm512_packs_epi32(y4, y5);
-                let b45 = _mm512_packus_epi16(p45, p45);
-                let rows_first = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-                let mut t = _mm512_permutexvar_epi32(rows_first, b0123);
-                let mut u = _mm512_permutexvar_epi32(rows_first, b45);
-                if *capped {
-                    t = _mm512_min_epu8(t, row_caps4(e, row0));
-                    u = _mm512_min_epu8(u, row_caps4(e, row0 + 4));
-                }
-                let o = out.add(row0 * n + col);
-                _mm_storeu_si128(o as *mut __m128i, _mm512_castsi512_si128(t));
-                _mm_storeu_si128(o.add(n) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(t));
-                _mm_storeu_si128(o.add(2 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<2>(t));
-                _mm_storeu_si128(o.add(3 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<3>(t));
-                _mm_storeu_si128(o.add(4 * n) as *mut __m128i, _mm512_castsi512_si128(u));
-                _mm_storeu_si128(o.add(5 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(u));
+                // A full tile: rows narrowed together by the saturating packs (their clamp to
+                // [0, 255] is that of vpmaxsd + vpmovusdb below), 2 shuffles per 16 outputs
+                // fewer on the ports vpdpbusd needs.
+                float_store_rows::<4>(&z[..4], e, *out, row0, n, col, *capped);
+                float_store_rows::<2>(&z[4..], e, *out, row0 + 4, n, col, *capped);
                 return;
             }
             // A partial last panel: a byte-masked store (AVX-512BW), not a copy through memory.
@@ -1260,7 +1245,7 @@ pub(super) unsafe fn float_free_rows<'a>(dst: &'a GemmOut, row0: usize, rows: us
 
 /// The byte caps of rows `row0..row0 + 4` (relative; rows past the float block's end read as
 /// the caps that follow, unused), cap `r` in every byte of 128-bit lane `r`: the cap vector of
-/// a tile narrowed by the packs and [`float_store4`]'s permute.
+/// a tile narrowed by the packs and [`float_store_rows`]'s permute.
 #[inline(always)]
 unsafe fn row_caps4(e: &EpiRows, row0: usize) -> __m512i {
     let mut c4 = [0u8; 4];
@@ -1271,27 +1256,31 @@ unsafe fn row_caps4(e: &EpiRows, row0: usize) -> __m512i {
     _mm512_shuffle_epi8(_mm512_set1_epi32(i32::from_le_bytes(c4)), lane_index)
 }
 
-/// Four rows of 16 exact accumulators (rows `row0..row0 + 4` relative, columns `col..col + 16`)
-/// through the clamp-free float stage: narrowed together by the saturating packs (their clamp to
-/// [0, 255] is the stage's, see [`gemm_store512`]), one permute, the byte caps where `capped`,
-/// four 16-byte stores.
+/// `ROWS` (2 or 4) rows of 16 exact accumulators (rows `row0..row0 + ROWS` relative, columns
+/// `col..col + 16`) through the clamp-free float stage: narrowed together by the saturating packs
+/// (their clamp to [0, 255] is the stage's, see [`gemm_store512`]), one permute, the byte caps
+/// where `capped`, one 16-byte store per row.
 #[inline(always)]
-pub(super) unsafe fn float_store4(z: &[__m512i; 4], e: &EpiRows, out: *mut u8, row0: usize, n: usize, col: usize, capped: bool) {
+pub(super) unsafe fn float_store_rows<const ROWS: usize>(z: &[__m512i], e: &EpiRows, out: *mut u8, row0: usize, n: usize, col: usize, capped: bool) {
     let mut y = [_mm512_setzero_si512(); 4];
-    for (r, v) in y.iter_mut().enumerate() {
+    for (r, v) in y.iter_mut().enumerate().take(ROWS) {
         *v = float_trunc512(z[r], *e.scale.get_unchecked(row0 + r), *e.offset.get_unchecked(row0 + r));
     }
-    // Per 128-bit lane L: dword r holds row r's columns 4L..4L + 4.
-    let b = _mm512_packus_epi16(_mm512_packs_epi32(y[0], y[1]), _mm512_packs_epi32(y[2], y[3]));
-    let mut t = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
+    // Per 128-bit lane L: dword r holds row r's columns 4L..4L + 4 (rows 2, 3 repeat 0, 1 when
+    // ROWS = 2).
+    let p01 = _mm512_packs_epi32(y[0], y[1]);
+    let p23 = if ROWS == 4 { _mm512_packs_epi32(y[2], y[3]) } else { p01 };
+    let mut t = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), _mm512_packus_epi16(p01, p23));
     if capped {
         t = _mm512_min_epu8(t, row_caps4(e, row0));
     }
     let o = out.add(row0 * n + col);
     _mm_storeu_si128(o as *mut __m128i, _mm512_castsi512_si128(t));
     _mm_storeu_si128(o.add(n) as *mut __m128i, _mm512_extracti32x4_epi32::<1>(t));
-    _mm_storeu_si128(o.add(2 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<2>(t));
-    _mm_storeu_si128(o.add(3 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<3>(t));
+    if ROWS == 4 {
+        _mm_storeu_si128(o.add(2 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<2>(t));
+        _mm_storeu_si128(o.add(3 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<3>(t));
+    }
 }
 
 /// [`float8_free`] on 16 accumulators: `trunc(acc·scale + offset)` as i32.
