@@ -409,6 +409,73 @@ fn fuse_power_of_two_parts(reals: &[Vec<f64>], weights: &[Vec<i16>]) -> Option<V
     w1.iter().zip(w2).map(|(&a, &b)| i16::try_from(((a as i32) << k) + b as i32).ok()).collect()
 }
 
+/// Reorders the output channels of convs whose float output stage (see
+/// [`FloatEpilogue`]) covers some channels but not all, so that the channels without one come
+/// last: the byte GEMM runs its float stage on whole tiles of rows, and one i64 row sends its
+/// whole tile to the slower per-row epilogue (in subtensor files, equalized expansion layers often
+/// have 10–15% such rows, spread out). Only where the permutation stays invisible: conv A's
+/// output is read only by a depthwise conv B (channels kept in place, so permuted alike), whose
+/// output is read only by a conv C (its input columns permuted back). Integer sums in another
+/// order: every output byte is unchanged.
+fn cluster_float_rows(steps: &mut [Step], graph_outputs: &[usize]) {
+    let sole_reader = |steps: &[Step], slot: usize| -> Option<usize> {
+        let mut readers = steps.iter().enumerate().filter(|(_, st)| st.inputs().contains(&slot)).map(|(i, _)| i);
+        let r = readers.next()?;
+        (readers.next().is_none() && !graph_outputs.contains(&slot)).then_some(r)
+    };
+    for a in 0..steps.len() {
+        let Step::Conv { output: a_out, epi: Some(e), geom: ga, parts, .. } = &steps[a] else { continue };
+        let misplaced = e.ok.iter().enumerate().skip_while(|(_, &ok)| ok).any(|(_, &ok)| ok);
+        if ga.group != 1 || parts[0].packed8.is_none() || !misplaced {
+            continue;
+        }
+        let order: Vec<usize> = (0..ga.out_c).filter(|&c| e.ok[c]).chain((0..ga.out_c).filter(|&c| !e.ok[c])).collect();
+        let Some(b) = sole_reader(steps, *a_out) else { continue };
+        let Step::Conv { output: b_out, geom: gb, .. } = &steps[b] else { continue };
+        if !(gb.group == gb.in_c && gb.out_c == gb.in_c && gb.in_c == ga.out_c) {
+            continue;
+        }
+        let Some(c) = sole_reader(steps, *b_out) else { continue };
+        let Step::Conv { geom: gc, .. } = &steps[c] else { continue };
+        if gc.group != 1 || gc.in_c != ga.out_c {
+            continue;
+        }
+        permute_output_channels(&mut steps[a], &order);
+        permute_output_channels(&mut steps[b], &order);
+        permute_input_channels(&mut steps[c], &order);
+    }
+}
+
+/// Output channel `i` of the conv becomes its former channel `order[i]` (weights, multipliers,
+/// biases, caps; the float stage rebuilt for the new order).
+fn permute_output_channels(step: &mut Step, order: &[usize]) {
+    let Step::Conv { parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = step else { return };
+    let per = geom.weights_per_output();
+    for part in parts.iter_mut() {
+        let weight: Vec<i16> = order.iter().flat_map(|&o| part.weight[o * per..(o + 1) * per].iter().copied()).collect();
+        let requant = if part.requant.len() == 1 { part.requant.clone() } else { order.iter().map(|&o| part.requant[o]).collect() };
+        *part = ConvPart::new(weight, requant, geom);
+    }
+    *bias_fixed = order.iter().map(|&o| bias_fixed[o]).collect();
+    if let Some(cm) = cmax {
+        *cm = order.iter().map(|&o| cm[o]).collect();
+    }
+    if epi.is_some() {
+        let mult: Vec<i64> = (0..geom.out_c).map(|c| parts[0].multiplier(c)).collect();
+        *epi = FloatEpilogue::new(&mult, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref());
+    }
+}
+
+/// Input channel `i` of the conv becomes the producer's former channel `order[i]`.
+fn permute_input_channels(step: &mut Step, order: &[usize]) {
+    let Step::Conv { parts, geom, .. } = step else { return };
+    let (per, taps) = (geom.weights_per_output(), geom.kernel[0] * geom.kernel[1]);
+    for part in parts.iter_mut() {
+        let weight: Vec<i16> = part.weight.chunks(per).flat_map(|row| order.iter().flat_map(move |&o| row[o * taps..(o + 1) * taps].iter().copied())).collect();
+        *part = ConvPart::new(weight, part.requant.clone(), geom);
+    }
+}
+
 fn q_of(grid: Grid, real: f32) -> i32 {
     ((real / grid.scale).round_ties_even() as i64 + grid.zp as i64).clamp(0, 255) as i32
 }
@@ -671,6 +738,7 @@ impl Int8Engine {
                 }
             }
         }
+        cluster_float_rows(&mut steps, &graph_outputs);
         let output_slots: Vec<usize> = g.outputs.iter().map(|o| lw.slot(o)).collect();
         let int_count = steps.iter().filter(|s| matches!(s, Step::Conv { .. } | Step::ConvDequant { .. } | Step::Add { .. } | Step::GlobalAvgPool { .. } | Step::Requantize { .. })).count();
         let slots = lw.slot_of.len();
@@ -881,5 +949,95 @@ mod fuse_tests {
         assert_eq!(fuse_power_of_two_parts(&[r1_k8, r2.clone()], &[w1.clone(), w2.clone()]), None);
         assert_eq!(fuse_power_of_two_parts(&[r1.clone(), r2.clone()], &[w1.clone(), vec![-129, 0, 0, 0]]), None);
         assert_eq!(fuse_power_of_two_parts(&[r1.clone(), r2.clone(), r2.clone()], &[w1.clone(), w2.clone(), w2]), None);
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::{cluster_float_rows, Grid, Step};
+    use subq_kernels::q8::{self, ConvPart, FloatEpilogue, Requant, Scratch};
+    use subq_kernels::ConvGeometry;
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+    }
+
+    fn geometry(in_c: usize, out_c: usize, side: usize, k: usize, group: usize) -> ConvGeometry {
+        ConvGeometry { in_c, in_h: side, in_w: side, out_c, out_h: side, out_w: side, kernel: [k, k], strides: [1, 1], dilations: [1, 1], pad_top: k / 2, pad_left: k / 2, group }
+    }
+
+    /// A conv step reading slot `input` into `input + 1`: random weights, per-channel `reals`,
+    /// biases of ±120 output steps, the float stage where provable.
+    fn conv_step(rng: &mut Lcg, input: usize, g: ConvGeometry, reals: &[f64]) -> Step {
+        let weight: Vec<i16> = (0..g.out_c * g.weights_per_output()).map(|_| (rng.next() % 181) as i16 - 90).collect();
+        let (requant, shift) = Requant::common(reals);
+        let bias_fixed: Vec<i64> = (0..g.out_c).map(|_| (((rng.next() % 240) as f64 - 120.0) * (shift as f64).exp2()) as i64).collect();
+        let out = Grid { scale: 1.0, zp: 0 };
+        let mult: Vec<i64> = requant.iter().map(|r| r.multiplier).collect();
+        let epi = FloatEpilogue::new(&mult, &bias_fixed, shift, out.zp, 0, 255, None);
+        let parts = vec![ConvPart::new(weight, requant, &g)];
+        Step::Conv { input, output: input + 1, zp_in: 3, parts, file_parts: 1, bias_fixed, shift, out, qmin: 0, qmax: 255, cmax: None, epi, geom: g, out_shape_per_image: vec![g.out_c, g.out_h, g.out_w] }
+    }
+
+    fn run(steps: &[Step], x: &[u8]) -> Vec<u8> {
+        let mut x = x.to_vec();
+        let mut scratch = Scratch::default();
+        for st in steps {
+            let Step::Conv { zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = st else { unreachable!() };
+            let mut y = vec![0u8; geom.out_c * geom.out_h * geom.out_w];
+            q8::conv_q8_epi(&x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref(), epi.as_ref(), geom, &mut y, &mut scratch);
+            x = y;
+        }
+        x
+    }
+
+    /// Pointwise → depthwise → pointwise convs on `side`², the first with channels lacking a
+    /// float stage (real multipliers around 1e-4) spread among the others.
+    fn block(side: usize) -> Vec<Step> {
+        let mut rng = Lcg(0x5eed);
+        let (c0, c1, c2) = (48, 40, 9);
+        let reals_a: Vec<f64> = (0..c1).map(|c| if c % 5 == 1 { 1.1e-4 + c as f64 * 1e-7 } else { 2.0e-3 }).collect();
+        vec![
+            conv_step(&mut rng, 0, geometry(c0, c1, side, 1, 1), &reals_a),
+            conv_step(&mut rng, 1, geometry(c1, c1, side, 3, c1), &vec![2.0e-2; c1]),
+            conv_step(&mut rng, 2, geometry(c1, c2, side, 1, 1), &vec![3.0e-3; c2]),
+        ]
+    }
+
+    fn float_rows(step: &Step) -> Vec<bool> {
+        match step {
+            Step::Conv { epi: Some(e), .. } => e.ok.clone(),
+            _ => panic!("no float stage"),
+        }
+    }
+
+    /// The pass moves the channels without a float stage last where the byte GEMM runs (it
+    /// tiles rows), and the block's output bytes do not change.
+    #[test]
+    fn clustering_float_rows_keeps_every_output_byte() {
+        let side = 16;
+        let steps = block(side);
+        let ok = float_rows(&steps[0]);
+        let misplaced = |ok: &[bool]| ok.iter().skip_while(|&&k| k).any(|&k| k);
+        assert!(misplaced(&ok) && ok.iter().any(|&k| !k), "the test needs channels without a float stage among others: {ok:?}");
+        let Step::Conv { parts, geom, .. } = &steps[0] else { unreachable!() };
+        let byte_gemm = parts[0].packed8.is_some();
+        let mut rng = Lcg(7);
+        let x: Vec<u8> = (0..geom.in_c * side * side).map(|_| rng.next() as u8).collect();
+        let want = run(&steps, &x);
+        let mut clustered = block(side);
+        cluster_float_rows(&mut clustered, &[3]);
+        assert_eq!(misplaced(&float_rows(&clustered[0])), !byte_gemm);
+        assert_eq!(run(&clustered, &x), want);
+        // A block whose middle values are also read elsewhere (here: graph outputs) stays.
+        for shown in [1, 2] {
+            let mut kept = block(side);
+            cluster_float_rows(&mut kept, &[shown]);
+            assert_eq!(float_rows(&kept[0]), ok);
+        }
     }
 }
