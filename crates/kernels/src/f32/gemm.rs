@@ -76,19 +76,18 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
         }
         return;
     }
-    // (full panels, a last panel of at most 8 columns, two panels on AVX-512)
-    // (full panels, a last panel of at most 8 columns; on AVX-512 the tiles of one and two
-    // panels)
-    let (kernel, kernel8, wide): (MicroKernel, MicroKernel, Option<[WideKernel; 2]>) = match isa {
+    // (full panels, a last panel of at most 8 columns; on AVX-512 the tiles of one, two and
+    // three panels)
+    let (kernel, kernel8, wide): (MicroKernel, MicroKernel, Option<[WideKernel; 3]>) = match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             assert!(super::has_avx2_fma());
             // The epilogue's parts are the same for every row: chosen once, not tested per row.
-            let (k, k8, w): (MicroKernel, MicroKernel, [WideKernel; 2]) = match (ep.affine.is_some(), ep.clamp.is_some()) {
-                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>, [avx2::wide::<false, false, 1>, avx2::wide::<false, false, 2>]),
-                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>, [avx2::wide::<true, false, 1>, avx2::wide::<true, false, 2>]),
-                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>, [avx2::wide::<false, true, 1>, avx2::wide::<false, true, 2>]),
-                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>, [avx2::wide::<true, true, 1>, avx2::wide::<true, true, 2>]),
+            let (k, k8, w): (MicroKernel, MicroKernel, [WideKernel; 3]) = match (ep.affine.is_some(), ep.clamp.is_some()) {
+                (false, false) => (avx2::kernel::<false, false>, avx2::kernel8::<false, false>, [avx2::wide::<false, false, 1>, avx2::wide::<false, false, 2>, avx2::wide::<false, false, 3>]),
+                (true, false) => (avx2::kernel::<true, false>, avx2::kernel8::<true, false>, [avx2::wide::<true, false, 1>, avx2::wide::<true, false, 2>, avx2::wide::<true, false, 3>]),
+                (false, true) => (avx2::kernel::<false, true>, avx2::kernel8::<false, true>, [avx2::wide::<false, true, 1>, avx2::wide::<false, true, 2>, avx2::wide::<false, true, 3>]),
+                (true, true) => (avx2::kernel::<true, true>, avx2::kernel8::<true, true>, [avx2::wide::<true, true, 1>, avx2::wide::<true, true, 2>, avx2::wide::<true, true, 3>]),
             };
             (k, k8, super::has_avx512().then_some(w))
         }
@@ -96,16 +95,19 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
     };
     let posts: Vec<Post> = (0..m).map(|i| Post::of(ep, c0 + i)).collect();
     if let (Some(tiles), true) = (wide, n <= 2 * NR) {
-        one_pair(&tiles, m, k, n, a, b, c, bias, &posts, scratch);
+        one_pair(&[tiles[0], tiles[1]], m, k, n, a, b, c, bias, &posts, scratch);
         return;
     }
-    let kernel32 = wide.map(|w| w[1]);
+    let (kernel32, kernel48) = (wide.map(|w| w[1]), wide.map(|w| w[2]));
     // With the SIMD kernels, the last n mod 8 columns (1 of a 7×7 plane's 49, 4 of a 14×14
     // plane's 196) go to the column-tail kernel, which vectorizes over k: as a masked 6×8 tile
     // they cost as much as eight columns.
     let tail = if cfg!(target_arch = "x86_64") && isa == Isa::Avx2Fma { n % 8 } else { 0 };
     let nv = n - tail;
-    let panels_per_chunk = (CHUNK_FLOATS / (k * NR)).max(1);
+    // On AVX-512 at least three panels (one three-panel tile), else the deep layers of a 7×7
+    // plane (k = 1152: 74 KiB per panel) split their 48 columns in two chunks and read the
+    // cold weights twice; three such panels still sit well inside L2.
+    let panels_per_chunk = (CHUNK_FLOATS / (k * NR)).max(if kernel48.is_some() { 3 } else { 1 });
     let total_panels = nv.div_ceil(NR);
     let chunk_len = panels_per_chunk.min(total_panels) * k * NR;
     let kp = k.div_ceil(8) * 8;
@@ -171,6 +173,16 @@ fn gemm_with(isa: Isa, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &m
                 let bp = packed[i * k * NR..].as_ptr();
                 let j0 = (p0 + i) * NR;
                 let cols = NR.min(nv - j0);
+                if let (Some(k48), true) = (kernel48, rows >= 5 && np - i == 3) {
+                    // An odd count of panels ends in three at once (a 7×7 plane's 48 columns):
+                    // one pass over the row panel, its broadcasts shared by 18 accumulators
+                    // instead of a pair and a lone panel, whose 6 FMA chains cannot cover the
+                    // FMA latency (triples throughout measured no faster than pairs).
+                    // SAFETY: as below, over three consecutive packed panels.
+                    unsafe { k48(k, &arows, bp, c[i0 * n + j0..].as_mut_ptr(), n, rows, 2 * NR + NR.min(nv - j0 - 2 * NR), &bias6, &post6, false, true) };
+                    i += 3;
+                    continue;
+                }
                 if let (Some(k32), true) = (kernel32, rows >= 5 && i + 1 < np) {
                     // SAFETY: as below, over two consecutive packed panels (32 columns, the
                     // valid ones inside C).
@@ -307,7 +319,7 @@ mod avx2 {
         }
     }
 
-    /// 6×16·W AVX-512 micro-kernel over W (1 or 2) adjacent packed panels (`bp`, `bp + k·NR`):
+    /// 6×16·W AVX-512 micro-kernel over W (1 to 3) adjacent packed panels (`bp`, `bp + k·NR`, …):
     /// 6·W zmm accumulators, twice the columns per instruction of [`kernel`] (its tiles are
     /// bound by the FMA ports). Every output keeps the same FMA chain (k in order, then bias
     /// and post-ops), so the results are the same bits as [`kernel`]'s. For a K split in blocks
@@ -610,6 +622,36 @@ mod tests {
                     let want = Post::of(&ep, i).apply(chain + bias[i]);
                     let x = got[i * n + j];
                     if exact {
+                        assert_eq!(x.to_bits(), want.to_bits(), "m {m} k {k} n {n} [{i}, {j}]: {x} vs {want}");
+                    } else {
+                        assert!((x - want).abs() <= 1e-5 * want.abs().max(1.0), "m {m} k {k} n {n} [{i}, {j}]: {x} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// An odd number of panels ends in a three-panel tile on AVX-512 (a 7×7 plane's 48
+    /// columns; 40 with a half panel; 80 as a pair, then a triple): every tile output is the
+    /// bits of one FMA chain over k in order, then bias and post-ops, as in the pairs. Without
+    /// AVX-512 the outputs must be close.
+    #[test]
+    fn three_panel_tiles_are_fma_chains() {
+        let exact = best_isa() == Isa::Avx2Fma && super::super::has_avx512();
+        for (m, k, n) in [(13, 192, 48), (12, 37, 40), (6, 300, 80), (17, 64, 49)] {
+            let (a, b, bias) = (rnd_vec(m * k, 17), rnd_vec(k * n, 18), rnd_vec(m, 19));
+            let (scale, shift) = (rnd_vec(m, 20), rnd_vec(m, 21));
+            let ep = Epilogue { affine: Some((&scale[..], &shift[..])), clamp: Some((-0.5, 0.5)) };
+            let mut got = vec![f32::NAN; m * n];
+            gemm_epilogue(best_isa(), m, k, n, &a, &b, &mut got, Some(&bias), &ep, 0);
+            // The column tail (n mod 8) sums in another order.
+            let tiled = n - n % 8;
+            for i in 0..m {
+                for j in 0..n {
+                    let chain = (0..k).fold(0f32, |acc, kk| a[i * k + kk].mul_add(b[kk * n + j], acc));
+                    let want = Post::of(&ep, i).apply(chain + bias[i]);
+                    let x = got[i * n + j];
+                    if exact && j < tiled {
                         assert_eq!(x.to_bits(), want.to_bits(), "m {m} k {k} n {n} [{i}, {j}]: {x} vs {want}");
                     } else {
                         assert!((x - want).abs() <= 1e-5 * want.abs().max(1.0), "m {m} k {k} n {n} [{i}, {j}]: {x} vs {want}");
