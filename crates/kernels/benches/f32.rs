@@ -103,7 +103,9 @@ fn bench_depthwise_kernels(c: &mut Criterion) {
     let mut grp = c.benchmark_group("depthwise_kernels");
     for (name, g) in [
         ("dw3x3_s1_32x112", geom(32, 112, 3, 1, true, 32)),
+        ("dw3x3_s2_96x112", geom(96, 112, 3, 2, true, 96)),
         ("dw5x5_s1_240x28", geom(240, 28, 5, 1, true, 240)),
+        ("dw5x5_s2_144x56", geom(144, 56, 5, 2, true, 144)),
         ("dw5x5_s2_672x14", geom(672, 14, 5, 2, true, 672)),
         ("dw5x5_s1_1152x7", geom(1152, 7, 5, 1, true, 1152)),
         ("dw3x3_s1_384x10", geom(384, 10, 3, 1, true, 384)),

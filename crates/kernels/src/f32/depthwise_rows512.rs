@@ -25,12 +25,12 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// Whether it is the fastest kernel for the geometry (measured inside MobileNetV2 and
 /// EfficientNet-Lite0, BENCHMARKS.md, session 13). Taken: every stride-2 layer (0.45–0.85 of
 /// the other kernels' time, 56×56 at 0.7, 20×20 at 0.47), 3×3 at stride 1 from 9 columns
-/// (112×112 0.75, 80×80 0.75, 20×20 0.85, 10×10 0.65–0.95), 5×5 at stride 1 on 9–16 columns
-/// (14×14 0.83). Not taken: rows of 5 or 7 columns at stride 1, where a vector is a third
-/// full while each row's FMA chain is as long (5×5 on 7×7 took 1.27×), and 5×5 on 28×28
-/// (1.03×).
+/// (112×112 0.75, 80×80 0.75, 20×20 0.85, 10×10 0.65–0.95), 5×5 at stride 1 on 9–28 columns
+/// (14×14 0.83; 28×28 0.86 since its rows go in pairs, session 15). Not taken: rows of 5 or 7
+/// columns at stride 1, where a vector is a third full while each row's FMA chain is as long
+/// (5×5 on 7×7 took 1.27×).
 pub fn chosen(g: &ConvGeometry) -> bool {
-    applies(g) && (g.strides[1] == 2 || (g.out_w >= 9 && (g.kernel == [3, 3] || g.out_w <= 16)))
+    applies(g) && (g.strides[1] == 2 || (g.out_w >= 9 && (g.kernel == [3, 3] || g.out_w <= 28)))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -100,6 +100,10 @@ pub(crate) mod avx512 {
         let first_inner = (g.pad_top.div_ceil(sy)).min(oh);
         let end_inner = if ih + g.pad_top >= K { ((ih + g.pad_top - K) / sy + 1).min(oh) } else { 0 };
         let end_inner = end_inner.max(first_inner);
+        // Row pairs from 20 output rows (criterion, `depthwise_kernels`: 5×5 on 28×28 0.87–0.89×,
+        // 3×3 on 112×112 0.88–0.94×, 5×5 at stride 2 from 56×56 0.82×); not for 3×3 at stride 2
+        // (two of six input rows shared: 0.97–1.08×), nor on 10×10 and 7×7 planes (1.02–1.07×).
+        let pairs = oh >= 20 && (sy == 1 || K == 5);
         for ch in 0..g.out_c {
             let plane = input.as_ptr().add(ch * ih * iw);
             let w = weight.as_ptr().add(ch * K * K);
@@ -166,7 +170,57 @@ pub(crate) mod avx512 {
             for oy in 0..first_inner {
                 row!(oy, true);
             }
-            for oy in first_inner..end_inner {
+            // Inner rows two at a time: each input row's vectors (loaded, or built by the
+            // stride-2 permutes) feed both output rows' FMAs, and the two chains interleave. A
+            // single row's chain of K·K dependent FMAs left the FMA ports idle for most of its
+            // latency on 28×28 and 7×7 planes. Each output keeps its own FMA order (ky, then
+            // kx), so the bits do not change.
+            macro_rules! segment2 {
+                ($oy:expr, $seg:expr, $store:expr, $m:expr) => {{
+                    let (oy, seg, store, m) = ($oy, $seg, $store, $m);
+                    let mut acc = [b; 2];
+                    for d in 0..K + sy {
+                        let iy = (oy * sy + d) as isize - pad_t;
+                        let row = plane.wrapping_offset(iy * iw as isize);
+                        let mut xs = [zero; K];
+                        if SX == 1 {
+                            for (kx, x) in xs.iter_mut().enumerate() {
+                                *x = _mm512_maskz_loadu_ps(m[kx], row.wrapping_offset(16 * seg as isize + kx as isize - pad_l));
+                            }
+                        } else {
+                            xs = stride2_taps::<K>(row, 32 * seg as isize - pad_l, [m[0], m[1], m[2]]);
+                        }
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            // Output row oy + r takes this input row as its tap row ky.
+                            let Some(ky) = d.checked_sub(r * sy).filter(|&ky| ky < K) else { continue };
+                            for (kx, x) in xs.iter().enumerate() {
+                                *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(ky * K + kx)), *x, *a);
+                            }
+                        }
+                    }
+                    for (r, mut a) in acc.into_iter().enumerate() {
+                        if AF {
+                            a = _mm512_add_ps(_mm512_mul_ps(a, scale), shift);
+                        }
+                        if CL {
+                            a = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
+                        }
+                        _mm512_mask_storeu_ps(dst.add((oy + r) * ow + 16 * seg), store, a);
+                    }
+                }};
+            }
+            let mut oy = first_inner;
+            while pairs && oy + 2 <= end_inner {
+                if segments == 1 {
+                    segment2!(oy, 0, store0, &loads0);
+                } else {
+                    for (seg, (&store, m)) in stores.iter().zip(&loads).enumerate() {
+                        segment2!(oy, seg, store, m);
+                    }
+                }
+                oy += 2;
+            }
+            for oy in oy..end_inner {
                 row!(oy, false);
             }
             for oy in end_inner..oh {
@@ -188,10 +242,11 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
         /// 3×3 and 5×5 at strides 1 and 2 (each axis), rows of 1–70 columns (up to five
-        /// 16-column segments, the last partial), padding 0–4 on each side: the bits of the
-        /// per-channel kernel, which the depthwise proptest ties to the reference.
+        /// 16-column segments, the last partial), 1–47 rows (from 20 output rows, inner rows
+        /// go in pairs), padding 0–4 on each side: the bits of the per-channel kernel, which
+        /// the depthwise proptest ties to the reference.
         #[test]
-        fn segments_match_the_per_channel_kernel(c in 1usize..4, k5 in any::<bool>(), sy in 1usize..3, sx in 1usize..3, h in 1usize..9, w in 1usize..140, pt in 0usize..5, pl in 0usize..5, pb in 0usize..5, pr in 0usize..5, seed in 0u64..1000, affine in any::<bool>(), clamp in any::<bool>()) {
+        fn segments_match_the_per_channel_kernel(c in 1usize..4, k5 in any::<bool>(), sy in 1usize..3, sx in 1usize..3, h in 1usize..48, w in 1usize..140, pt in 0usize..5, pl in 0usize..5, pb in 0usize..5, pr in 0usize..5, seed in 0u64..1000, affine in any::<bool>(), clamp in any::<bool>()) {
             let k = if k5 { 5 } else { 3 };
             prop_assume!(h + pt + pb >= k && w + pl + pr >= k && pt < k && pl < k && pb < k && pr < k);
             let g = ConvGeometry { in_c: c, in_h: h, in_w: w, out_c: c, out_h: (h + pt + pb - k) / sy + 1, out_w: (w + pl + pr - k) / sx + 1, kernel: [k, k], strides: [sy, sx], dilations: [1, 1], pad_top: pt, pad_left: pl, group: c };
