@@ -432,7 +432,7 @@ fn cluster_float_rows(steps: &mut [Step], graph_outputs: &[usize]) {
         let order: Vec<usize> = (0..ga.out_c).filter(|&c| e.ok[c]).chain((0..ga.out_c).filter(|&c| !e.ok[c])).collect();
         let Some(b) = sole_reader(steps, *a_out) else { continue };
         let Step::Conv { output: b_out, geom: gb, .. } = &steps[b] else { continue };
-        if !(gb.group == gb.in_c && gb.out_c == gb.in_c && gb.in_c == ga.out_c) {
+        if !(gb.is_depthwise() && gb.in_c == ga.out_c) {
             continue;
         }
         let Some(c) = sole_reader(steps, *b_out) else { continue };

@@ -58,6 +58,19 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// A row segment's epilogue: the per-channel affine (multiply then add, no FMA, as every
+    /// other FP32 epilogue), then the clamp.
+    #[inline(always)]
+    unsafe fn post<const AF: bool, const CL: bool>(mut acc: __m512, scale: __m512, shift: __m512, lo: __m512, hi: __m512) -> __m512 {
+        if AF {
+            acc = _mm512_add_ps(_mm512_mul_ps(acc, scale), shift);
+        }
+        if CL {
+            acc = _mm512_min_ps(_mm512_max_ps(acc, lo), hi);
+        }
+        acc
+    }
+
     #[inline(always)]
     unsafe fn run_k<const K: usize, const SX: usize>(input: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeometry, ep: &Epilogue, out: &mut [f32]) {
         match (ep.affine.is_some(), ep.clamp.is_some()) {
@@ -156,14 +169,7 @@ pub(crate) mod avx512 {
                                 }
                             }
                         }
-                        if AF {
-                            // Multiply then add (no FMA), as every other FP32 epilogue.
-                            acc = _mm512_add_ps(_mm512_mul_ps(acc, scale), shift);
-                        }
-                        if CL {
-                            acc = _mm512_min_ps(_mm512_max_ps(acc, lo), hi);
-                        }
-                        _mm512_mask_storeu_ps(dst.add(oy * ow + 16 * seg), store, acc);
+                        _mm512_mask_storeu_ps(dst.add(oy * ow + 16 * seg), store, post::<AF, CL>(acc, scale, shift, lo, hi));
                     }
                 }};
             }
@@ -198,14 +204,8 @@ pub(crate) mod avx512 {
                             }
                         }
                     }
-                    for (r, mut a) in acc.into_iter().enumerate() {
-                        if AF {
-                            a = _mm512_add_ps(_mm512_mul_ps(a, scale), shift);
-                        }
-                        if CL {
-                            a = _mm512_min_ps(_mm512_max_ps(a, lo), hi);
-                        }
-                        _mm512_mask_storeu_ps(dst.add((oy + r) * ow + 16 * seg), store, a);
+                    for (r, a) in acc.into_iter().enumerate() {
+                        _mm512_mask_storeu_ps(dst.add((oy + r) * ow + 16 * seg), store, post::<AF, CL>(a, scale, shift, lo, hi));
                     }
                 }};
             }

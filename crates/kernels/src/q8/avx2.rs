@@ -1104,30 +1104,22 @@ unsafe fn split512(z: &[__m512i; MR8]) -> [[__m256i; 2]; MR8] {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
-    if let GemmOut::Float { e, out, free: true, capped, .. } = dst {
-        if (0..rows).all(|r| *e.ok.get_unchecked(row0 + r)) {
-            if rows == MR8 && cols >= NR {
-                // A full tile: rows narrowed together by the saturating packs (their clamp to
-                // [0, 255] is that of vpmaxsd + vpmovusdb below), 2 shuffles per 16 outputs
-                // fewer on the ports vpdpbusd needs.
-                float_store_rows::<4>(&z[..4], e, *out, row0, n, col, *capped);
-                float_store_rows::<2>(&z[4..], e, *out, row0 + 4, n, col, *capped);
-                return;
-            }
-            // A partial last panel: a byte-masked store (AVX-512BW), not a copy through memory.
-            let mask = if cols >= NR { u16::MAX } else { (1u16 << cols) - 1 };
-            let zero = _mm512_setzero_si512();
-            for (r, &acc) in z.iter().enumerate().take(rows) {
-                let row = row0 + r;
-                let y = float_trunc512(acc, *e.scale.get_unchecked(row), *e.offset.get_unchecked(row));
-                let mut bytes = _mm512_cvtusepi32_epi8(_mm512_max_epi32(y, zero));
-                if *capped {
-                    bytes = _mm_min_epu8(bytes, _mm_set1_epi8(*e.cap.get_unchecked(row) as i8));
-                }
-                _mm_mask_storeu_epi8(out.add(row * n + col) as *mut i8, mask, bytes);
-            }
+    if let Some((e, out, capped)) = float_free_rows(dst, row0, rows) {
+        if rows == MR8 && cols >= NR {
+            // A full tile: rows narrowed together by the saturating packs (their clamp to
+            // [0, 255] is that of vpmaxsd + vpmovusdb in `float_free_bytes512`), 2 shuffles per
+            // 16 outputs fewer on the ports vpdpbusd needs.
+            float_store_rows::<4>(&z[..4], e, out, row0, n, col, capped);
+            float_store_rows::<2>(&z[4..], e, out, row0 + 4, n, col, capped);
             return;
         }
+        // A partial last panel: a byte-masked store (AVX-512BW), not a copy through memory.
+        let mask = col_mask(cols);
+        for (r, &acc) in z.iter().enumerate().take(rows) {
+            let row = row0 + r;
+            _mm_mask_storeu_epi8(out.add(row * n + col) as *mut i8, mask, float_free_bytes512(acc, e, row, capped));
+        }
+        return;
     }
     gemm_store::<FAST, CAP>(&split512(z), row0, rows, col, cols, n, f, dst);
 }
@@ -1143,7 +1135,7 @@ unsafe fn gemm_store512<const FAST: bool, const CAP: bool>(z: &[__m512i; MR8], r
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn store_rows512<const CAP: bool>(z: &[__m512i; MR8], row0: usize, rows: usize, col: usize, cols: usize, n: usize, f: &Fin, dst: &GemmOut) {
     // A byte-masked store (AVX-512BW) for a partial last panel.
-    let mask = if cols >= NR { u16::MAX } else { (1u16 << cols) - 1 };
+    let mask = col_mask(cols);
     for (r, &acc) in z.iter().enumerate().take(rows) {
         let row = row0 + r;
         let (bytes, out) = match dst {
@@ -1152,13 +1144,10 @@ pub(super) unsafe fn store_rows512<const CAP: bool>(z: &[__m512i; MR8], row0: us
                 (if CAP { _mm_min_epu8(bytes, _mm_set1_epi8(*cmax.unwrap_unchecked().get_unchecked(row) as i8)) } else { bytes }, *out)
             }
             GemmOut::Float { e, mult, bias, out, free, capped, .. } => {
-                let cap = _mm_set1_epi8(*e.cap.get_unchecked(row) as i8);
                 let bytes = if !*e.ok.get_unchecked(row) {
-                    _mm_min_epu8(i64_bytes512(acc, *mult.get_unchecked(row), *bias.get_unchecked(row), f), cap)
+                    _mm_min_epu8(i64_bytes512(acc, *mult.get_unchecked(row), *bias.get_unchecked(row), f), _mm_set1_epi8(*e.cap.get_unchecked(row) as i8))
                 } else if *free {
-                    let y = float_trunc512(acc, *e.scale.get_unchecked(row), *e.offset.get_unchecked(row));
-                    let bytes = _mm512_cvtusepi32_epi8(_mm512_max_epi32(y, _mm512_setzero_si512()));
-                    if *capped { _mm_min_epu8(bytes, cap) } else { bytes }
+                    float_free_bytes512(acc, e, row, *capped)
                 } else {
                     // `float8` on 16 lanes: the clamps to [lo, hi[row]] (the cap included).
                     let y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(*e.scale.get_unchecked(row))), _mm512_set1_ps(*e.offset.get_unchecked(row)));
@@ -1208,7 +1197,7 @@ unsafe fn i64_bytes512(acc: __m512i, m: i64, bias: i64, f: &Fin) -> __m128i {
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm8_rem512(z: &mut [__m512i], p8: &Packed8, row0: usize, x: *const u8, n: usize, col: usize, cols: usize) {
-    let mask = if cols >= NR { u16::MAX } else { (1u16 << cols) - 1 };
+    let mask = col_mask(cols);
     for (r, zr) in z.iter_mut().enumerate() {
         let (s, e) = (*p8.rem_start.get_unchecked(row0 + r) as usize, *p8.rem_start.get_unchecked(row0 + r + 1) as usize);
         for &(kk, wr) in p8.rem.get_unchecked(s..e) {
@@ -1281,6 +1270,22 @@ pub(super) unsafe fn float_store_rows<const ROWS: usize>(z: &[__m512i], e: &EpiR
         _mm_storeu_si128(o.add(2 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<2>(t));
         _mm_storeu_si128(o.add(3 * n) as *mut __m128i, _mm512_extracti32x4_epi32::<3>(t));
     }
+}
+
+/// Lane mask of a 16-column panel's `cols` valid columns (all of them from 16 on).
+#[inline(always)]
+fn col_mask(cols: usize) -> u16 {
+    if cols >= NR { u16::MAX } else { (1u16 << cols) - 1 }
+}
+
+/// The clamp-free float stage of row `row` (`e.ok[row]`, a `free` destination) on 16
+/// accumulators: `vpmaxsd` with 0 and `vpmovusdb` are its clamp to [0, 255], then the byte cap
+/// where some row is `capped`.
+#[inline(always)]
+unsafe fn float_free_bytes512(acc: __m512i, e: &EpiRows, row: usize, capped: bool) -> __m128i {
+    let y = float_trunc512(acc, *e.scale.get_unchecked(row), *e.offset.get_unchecked(row));
+    let bytes = _mm512_cvtusepi32_epi8(_mm512_max_epi32(y, _mm512_setzero_si512()));
+    if capped { _mm_min_epu8(bytes, _mm_set1_epi8(*e.cap.get_unchecked(row) as i8)) } else { bytes }
 }
 
 /// [`float8_free`] on 16 accumulators: `trunc(acc·scale + offset)` as i32.
