@@ -395,6 +395,105 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(cfg(200))]
+
+    /// `accumulator_bounds` holds every accumulator of random convs (grouped, strided, padded)
+    /// on inputs inside the given byte ranges, and is reached where the input may sit at its zero
+    /// point (one output pixel seeing every tap, each at the end of its range the weight favours).
+    #[test]
+    fn accumulator_bounds_hold_and_are_reached(groups in 1usize..=3, cin_g in 1usize..=3, cout_g in 1usize..=3, k in 1usize..=3, stride in 1usize..=2, side in 3usize..=6, zp in 0i32..=255, wide in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let (in_c, out_c) = (groups * cin_g, groups * cout_g);
+        let out_side = (side + 2 * (k / 2) - k) / stride + 1;
+        let g = ConvGeometry { in_c, in_h: side, in_w: side, out_c, out_h: out_side, out_w: out_side, kernel: [k, k], strides: [stride, stride], dilations: [1, 1], pad_top: k / 2, pad_left: k / 2, group: groups };
+        // Fused subtensor weights reach ±2^15; 8-bit ones ±255.
+        let wmax = if wide { 32_000 } else { 255 };
+        let weight: Vec<i16> = (0..out_c * g.weights_per_output()).map(|_| rng.range(-wmax, wmax) as i16).collect();
+        let ranges: Vec<(u8, u8)> = (0..in_c).map(|_| { let (a, b) = (rng.next() as u8, rng.next() as u8); (a.min(b), a.max(b)) }).collect();
+        let bounds = q8::accumulator_bounds(&weight, &g, zp, &ranges);
+        prop_assert_eq!(bounds.len(), out_c);
+        let plane = side * side;
+        let (mut acc, mut cols) = (Vec::new(), Vec::new());
+        for trial in 0..20 {
+            // Bytes at the ends of each channel's range (where the extremes are), or anywhere in it.
+            let x: Vec<u8> = (0..in_c * plane).map(|i| { let (l, h) = ranges[i / plane]; if trial % 2 == 0 { if rng.next() & 1 == 0 { l } else { h } } else { rng.range(l as i64, h as i64) as u8 } }).collect();
+            q8::conv_acc_reference(&x, zp, &weight, &g, &mut acc, &mut cols);
+            for (i, &a) in acc.iter().enumerate() {
+                let (lo, hi) = bounds[i / (out_side * out_side)];
+                prop_assert!(lo <= a && a <= hi, "channel {} acc {} outside [{}, {}]", i / (out_side * out_side), a, lo, hi);
+            }
+        }
+        // Tightness: a k×k input without padding, one output pixel, zero point inside each range.
+        let gt = ConvGeometry { in_h: k, in_w: k, out_h: 1, out_w: 1, pad_top: 0, pad_left: 0, strides: [1, 1], ..g };
+        let inside: Vec<(u8, u8)> = ranges.iter().map(|&(l, h)| (l.min(zp as u8), h.max(zp as u8))).collect();
+        let tight = q8::accumulator_bounds(&weight, &gt, zp, &inside);
+        let (taps, per) = (k * k, gt.weights_per_output());
+        for c in 0..out_c {
+            for want_max in [false, true] {
+                let mut x = vec![zp as u8; in_c * taps];
+                for (i, &d) in weight[c * per..(c + 1) * per].iter().enumerate() {
+                    let ic = c / cout_g * cin_g + i / taps;
+                    let (l, h) = inside[ic];
+                    x[ic * taps + i % taps] = if (d > 0) == want_max { h } else { l };
+                }
+                q8::conv_acc_reference(&x, zp, &weight, &gt, &mut acc, &mut cols);
+                let want = if want_max { tight[c].1 } else { tight[c].0 };
+                prop_assert_eq!(acc[c], want, "channel {} max {}", c, want_max);
+            }
+        }
+    }
+
+    /// A float stage proven on a range of accumulators (`for_accumulators`) equals the i64 stage
+    /// at both ends of the range, around every change point inside it and on random accumulators
+    /// in it (multipliers log-uniform from 1e-6 to 0.5, so that many have no form on all of i32).
+    #[test]
+    fn float_stage_on_reachable_accumulators_matches_reference(real_log10 in -6.0f64..-0.3, bias_real in -300.0f64..300.0, zp in 0i32..=255, qmin in 0i32..=120, qmax in 130i32..=255, cap in any::<u8>(), capped in any::<bool>(), width_log2 in 0u32..32, centre in -1_000_000_000i64..1_000_000_000, seed in any::<u64>()) {
+        let r = Requant::new(10f64.powf(real_log10));
+        let scale = (r.shift as f64).exp2();
+        let bias = (bias_real * scale).round() as i64;
+        let cap = if capped { cap } else { 255 };
+        let cm = [cap];
+        // Widths from 1 to all of i32 (log-uniform), clipped to i32.
+        let width = 1i64 << width_log2;
+        let range = ((centre - width).max(i32::MIN as i64) as i32, (centre + width).min(i32::MAX as i64) as i32);
+        let Some(e) = q8::FloatEpilogue::for_accumulators(&[r.multiplier], &[bias], r.shift, zp, qmin, qmax, capped.then_some(&cm[..]), Some(&[range])) else { return Ok(()) };
+        prop_assert!(e.ok[0]);
+        let want = |acc: i32| stage_reference(acc, r.multiplier, bias, r.shift, zp, qmin, qmax, cap);
+        let mut rng = Rng(seed | 1);
+        let mut accs = vec![range.0, range.0 + 1, range.1 - 1, range.1];
+        accs.extend((0..300).map(|_| rng.range(range.0 as i64, range.1 as i64) as i32));
+        for j in qmin..=qmax + 1 {
+            let t = ((j - zp) as f64 - 0.5 - bias as f64 / scale) / (r.multiplier as f64 / scale);
+            accs.extend((-3..=3).map(|d| (t.round() as i64 + d).clamp(range.0 as i64, range.1 as i64) as i32));
+        }
+        for acc in accs {
+            prop_assert_eq!(e.apply(0, acc), want(acc), "acc {} in [{}, {}]", acc, range.0, range.1);
+        }
+    }
+}
+
+/// Proving the float stage only on the accumulators a channel can reach gives one to channels
+/// with tiny multipliers that have none on all of i32 (fused subtensor depthwise layers: real
+/// multipliers around 1e-4, small weights in the quiet channels).
+#[test]
+fn reachable_range_gives_float_stages_to_small_multipliers() {
+    let mut rng = Rng(0x0dd5_eed5);
+    let (mut on_i32, mut on_range) = (0, 0);
+    for c in 0..100 {
+        let r = Requant::new(1.1e-4 + c as f64 * 1.3e-7);
+        let bias = (rng.range(-50_000, 50_000) as f64 / 1000.0 * (r.shift as f64).exp2()) as i64;
+        let zp = rng.range(0, 255) as i32;
+        // A 3×3 channel with weights up to ±40 on bytes 0..=255 (zero point 128).
+        let weight: Vec<i16> = (0..9).map(|_| rng.range(-40, 40) as i16).collect();
+        let g = ConvGeometry { in_c: 1, in_h: 3, in_w: 3, out_c: 1, out_h: 1, out_w: 1, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
+        let reach = q8::accumulator_bounds(&weight, &g, 128, &[(0, 255)]);
+        on_i32 += q8::FloatEpilogue::new(&[r.multiplier], &[bias], r.shift, zp, 0, 255, None).is_some() as usize;
+        on_range += q8::FloatEpilogue::for_accumulators(&[r.multiplier], &[bias], r.shift, zp, 0, 255, None, Some(&reach)).is_some() as usize;
+    }
+    assert!(on_i32 < 50 && on_range >= 90, "float stages: {on_i32} of 100 on all of i32, {on_range} on the reachable range");
+}
+
 /// Typical engine parameters get a float output stage (else the fast path would never run).
 #[test]
 fn float_stage_exists_for_typical_layers() {

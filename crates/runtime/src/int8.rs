@@ -148,6 +148,14 @@ impl Step {
         }
     }
 
+    /// Value slots this step writes.
+    fn outputs(&self) -> Vec<usize> {
+        match self {
+            Step::Quantize { output, .. } | Step::Dequantize { output, .. } | Step::Conv { output, .. } | Step::ConvDequant { output, .. } | Step::GlobalAvgPool { output, .. } | Step::Requantize { output, .. } | Step::Add { output, .. } | Step::Float { output, .. } => vec![*output],
+            Step::ClampChannels { slot, .. } => vec![*slot],
+        }
+    }
+
     /// Value slots this step reads.
     fn inputs(&self) -> Vec<usize> {
         match self {
@@ -409,6 +417,42 @@ fn fuse_power_of_two_parts(reals: &[Vec<f64>], weights: &[Vec<i16>]) -> Option<V
     w1.iter().zip(w2).map(|(&a, &b)| i16::try_from(((a as i32) << k) + b as i32).ok()).collect()
 }
 
+/// Sets every single-part conv's float output stage ([`FloatEpilogue`]; `None` where no channel
+/// has one proven exact). Each is proven on the accumulators its conv can reach: from its
+/// weights and the bytes its input can hold, i.e. the clamps of the conv or add that wrote them
+/// (one range, or one per channel; a slot any other step writes, even a ClampChannels in place,
+/// may hold any byte). Far fewer change points must fall right than on all of i32: MobileNetV2's
+/// subtensor stem gets a float stage for all 32 channels instead of 29.
+fn float_output_stages(steps: &mut [Step]) {
+    let mut byte_ranges: HashMap<usize, Vec<(u8, u8)>> = HashMap::new();
+    for st in steps {
+        match st {
+            Step::Conv { input, output, zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } => {
+                if parts.len() == 1 {
+                    let mult: Vec<i64> = (0..geom.out_c).map(|c| parts[0].multiplier(c)).collect();
+                    let in_range = byte_ranges.get(input).filter(|r| r.len() == 1 || r.len() == geom.in_c).cloned().unwrap_or_else(|| vec![(0, 255)]);
+                    let reach = q8::accumulator_bounds(&parts[0].weight, geom, *zp_in, &in_range);
+                    *epi = FloatEpilogue::for_accumulators(&mult, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref(), Some(&reach));
+                }
+                // The reference's `min(clamp(v, qmin, qmax), cap)`: a cap below qmin wins.
+                let range = match cmax {
+                    Some(cm) => cm.iter().map(|&m| ((*qmin).min(m as i32) as u8, (*qmax).min(m as i32) as u8)).collect(),
+                    None => vec![(*qmin as u8, *qmax as u8)],
+                };
+                byte_ranges.insert(*output, range);
+            }
+            Step::Add { output, qmin, qmax, .. } => {
+                byte_ranges.insert(*output, vec![(*qmin as u8, *qmax as u8)]);
+            }
+            other => {
+                for slot in other.outputs() {
+                    byte_ranges.remove(&slot);
+                }
+            }
+        }
+    }
+}
+
 /// Reorders the output channels of convs whose float output stage (see
 /// [`FloatEpilogue`]) covers some channels but not all, so that the channels without one come
 /// last: the byte GEMM runs its float stage on whole tiles of rows, and one i64 row sends its
@@ -447,9 +491,9 @@ fn cluster_float_rows(steps: &mut [Step], graph_outputs: &[usize]) {
 }
 
 /// Output channel `i` of the conv becomes its former channel `order[i]` (weights, multipliers,
-/// biases, caps; the float stage rebuilt for the new order).
+/// biases, caps, float stages).
 fn permute_output_channels(step: &mut Step, order: &[usize]) {
-    let Step::Conv { parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = step else { return };
+    let Step::Conv { parts, bias_fixed, cmax, epi, geom, .. } = step else { return };
     let per = geom.weights_per_output();
     for part in parts.iter_mut() {
         let weight: Vec<i16> = order.iter().flat_map(|&o| part.weight[o * per..(o + 1) * per].iter().copied()).collect();
@@ -460,9 +504,16 @@ fn permute_output_channels(step: &mut Step, order: &[usize]) {
     if let Some(cm) = cmax {
         *cm = order.iter().map(|&o| cm[o]).collect();
     }
-    if epi.is_some() {
-        let mult: Vec<i64> = (0..geom.out_c).map(|c| parts[0].multiplier(c)).collect();
-        *epi = FloatEpilogue::new(&mult, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref());
+    // Each channel's float stage was proven for that channel alone, so it moves with it.
+    if let Some(e) = epi {
+        *e = FloatEpilogue {
+            scale: order.iter().map(|&o| e.scale[o]).collect(),
+            offset: order.iter().map(|&o| e.offset[o]).collect(),
+            lo: e.lo,
+            hi: order.iter().map(|&o| e.hi[o]).collect(),
+            ok: order.iter().map(|&o| e.ok[o]).collect(),
+            cap: order.iter().map(|&o| e.cap[o]).collect(),
+        };
     }
 }
 
@@ -729,15 +780,8 @@ impl Int8Engine {
             }
             i += 1;
         }
-        // Float output stages, now that every conv's cap is known (`None` where not provably exact).
-        for st in &mut steps {
-            if let Step::Conv { parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = st {
-                if parts.len() == 1 {
-                    let mult: Vec<i64> = (0..geom.out_c).map(|c| parts[0].multiplier(c)).collect();
-                    *epi = FloatEpilogue::new(&mult, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref());
-                }
-            }
-        }
+        // Float output stages, now that every conv's cap is known.
+        float_output_stages(&mut steps);
         cluster_float_rows(&mut steps, &graph_outputs);
         let output_slots: Vec<usize> = g.outputs.iter().map(|o| lw.slot(o)).collect();
         let int_count = steps.iter().filter(|s| matches!(s, Step::Conv { .. } | Step::ConvDequant { .. } | Step::Add { .. } | Step::GlobalAvgPool { .. } | Step::Requantize { .. })).count();
@@ -953,8 +997,8 @@ mod fuse_tests {
 }
 
 #[cfg(test)]
-mod cluster_tests {
-    use super::{cluster_float_rows, Grid, Step};
+mod output_stage_tests {
+    use super::{cluster_float_rows, float_output_stages, Grid, Step};
     use subq_kernels::q8::{self, ConvPart, FloatEpilogue, Requant, Scratch};
     use subq_kernels::ConvGeometry;
 
@@ -1038,6 +1082,42 @@ mod cluster_tests {
             let mut kept = block(side);
             cluster_float_rows(&mut kept, &[shown]);
             assert_eq!(float_rows(&kept[0]), ok);
+        }
+    }
+
+    /// Float stages are proven on the accumulators each conv can reach: a depthwise conv with
+    /// tiny multipliers reading a capped conv's bytes gets float stages that the proof on all of
+    /// i32 refuses, and its bytes stay the reference's on inputs at the ends of those ranges.
+    #[test]
+    fn float_stages_are_proven_on_reachable_accumulators() {
+        let (side, c) = (8, 32);
+        let mut rng = Lcg(11);
+        let reals: Vec<f64> = (0..c).map(|i| 1.1e-4 + i as f64 * 1e-7).collect();
+        let mut steps = vec![conv_step(&mut rng, 0, geometry(16, c, side, 1, 1), &vec![2.0e-2; c]), conv_step(&mut rng, 1, geometry(c, c, side, 3, c), &reals)];
+        let caps: Vec<u8> = (0..c).map(|_| 20 + (rng.next() % 80) as u8).collect();
+        let Step::Conv { cmax, .. } = &mut steps[0] else { unreachable!() };
+        *cmax = Some(caps.clone());
+        let on_i32 = float_rows(&steps[1]).iter().filter(|&&k| k).count();
+        // What the weights alone allow, on any input byte.
+        let on_any_byte = {
+            let Step::Conv { zp_in, parts, bias_fixed, shift, out, geom, .. } = &steps[1] else { unreachable!() };
+            let reach = q8::accumulator_bounds(&parts[0].weight, geom, *zp_in, &[(0, 255)]);
+            let e = FloatEpilogue::for_accumulators(&(0..c).map(|i| parts[0].multiplier(i)).collect::<Vec<_>>(), bias_fixed, *shift, out.zp, 0, 255, None, Some(&reach));
+            e.map_or(0, |e| e.ok.iter().filter(|&&k| k).count())
+        };
+        float_output_stages(&mut steps);
+        let on_reach = float_rows(&steps[1]).iter().filter(|&&k| k).count();
+        assert!(on_i32 <= c / 4 && on_any_byte < on_reach && on_reach >= c * 3 / 4, "float channels: {on_i32} proven on i32, {on_any_byte} on any input byte, {on_reach} on the capped conv's bytes");
+        let Step::Conv { zp_in, parts, bias_fixed, shift, out, qmin, qmax, cmax, epi, geom, .. } = &steps[1] else { unreachable!() };
+        let plane = side * side;
+        let mut scratch = Scratch::default();
+        for trial in 0..40 {
+            // Each channel's bytes at 0 or its cap (where the extreme sums are), or in between.
+            let x: Vec<u8> = (0..c * plane).map(|i| match (trial % 2, rng.next() % 2) { (0, 0) => 0, (0, _) => caps[i / plane], _ => (rng.next() % (caps[i / plane] as u64 + 1)) as u8 }).collect();
+            let (mut fast, mut want) = (vec![0u8; c * plane], vec![0u8; c * plane]);
+            q8::conv_q8_epi(&x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, cmax.as_deref(), epi.as_ref(), geom, &mut fast, &mut scratch);
+            q8::conv_q8_reference(&x, *zp_in, parts, bias_fixed, *shift, out.zp, *qmin, *qmax, geom, &mut want, &mut scratch);
+            assert_eq!(fast, want, "trial {trial}");
         }
     }
 }

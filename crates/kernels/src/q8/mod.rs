@@ -226,14 +226,23 @@ impl FloatEpilogue {
     /// channel has a float form equal to the reference on all of i32 (then the i64 path runs).
     #[allow(clippy::too_many_arguments)]
     pub fn new(mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>) -> Option<FloatEpilogue> {
-        if !(0..=255).contains(&qmin) || !(qmin..=255).contains(&qmax) || shift > 62 || bias.len() < mult.len() || cmax.is_some_and(|c| c.len() < mult.len()) {
+        Self::for_accumulators(mult, bias, shift, zp, qmin, qmax, cmax, None)
+    }
+
+    /// [`FloatEpilogue::new`], proven only on the accumulators each channel can reach:
+    /// `acc_range[c]` (from [`accumulator_bounds`]) instead of all of i32. Far fewer change
+    /// points need to fall right, so many more channels get a float form.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_accumulators(mult: &[i64], bias: &[i64], shift: u32, zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, acc_range: Option<&[(i32, i32)]>) -> Option<FloatEpilogue> {
+        if !(0..=255).contains(&qmin) || !(qmin..=255).contains(&qmax) || shift > 62 || bias.len() < mult.len() || cmax.is_some_and(|c| c.len() < mult.len()) || acc_range.is_some_and(|r| r.len() < mult.len()) {
             return None;
         }
         let n = mult.len();
         let mut e = FloatEpilogue { scale: Vec::with_capacity(n), offset: Vec::with_capacity(n), lo: qmin as f32, hi: Vec::with_capacity(n), ok: Vec::with_capacity(n), cap: Vec::with_capacity(n) };
         for (c, (&m, &b)) in mult.iter().zip(bias).enumerate() {
             let cap = cmax.map_or(255, |cm| cm[c] as i32);
-            let so = float_channel(m, b, shift, zp, qmin, qmax, cap);
+            let range = acc_range.map_or((i32::MIN, i32::MAX), |r| r[c]);
+            let so = float_channel(m, b, shift, zp, qmin, qmax, cap, range);
             let (s, o) = so.unwrap_or((0.0, 0.0));
             e.scale.push(s);
             e.offset.push(o);
@@ -245,15 +254,38 @@ impl FloatEpilogue {
     }
 }
 
+/// The accumulators each output channel of a conv can reach, `[min, max]`, for its weights
+/// `w − zw` (OIHW) on input bytes of channel `i` in `in_range[i]` (one entry: every channel) at
+/// zero point `zp_in`. Padding taps add 0, so 0 is always a reachable term. Saturates at the i32
+/// bounds.
+pub fn accumulator_bounds(weight: &[i16], g: &ConvGeometry, zp_in: i32, in_range: &[(u8, u8)]) -> Vec<(i32, i32)> {
+    let (per, taps) = (g.weights_per_output(), g.kernel[0] * g.kernel[1]);
+    let (cin_g, cout_g) = (g.in_c / g.group.max(1), g.out_c / g.group.max(1));
+    (0..g.out_c)
+        .map(|c| {
+            let (mut lo, mut hi) = (0i64, 0i64);
+            for (i, &w) in weight[c * per..(c + 1) * per].iter().enumerate() {
+                let ic = c / cout_g.max(1) * cin_g + i / taps.max(1);
+                let (l, h) = if in_range.len() == 1 { in_range[0] } else { in_range[ic] };
+                let (a, b) = (((l as i32 - zp_in).min(0) as i64) * w as i64, ((h as i32 - zp_in).max(0) as i64) * w as i64);
+                lo += a.min(b);
+                hi += a.max(b);
+            }
+            (lo.max(i32::MIN as i64) as i32, hi.min(i32::MAX as i64) as i32)
+        })
+        .collect()
+}
+
 /// (scale, offset) of one channel's float stage, verified against the reference (see
 /// [`FloatEpilogue`]).
-fn float_channel(m: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, cap: i32) -> Option<(f32, f32)> {
-    if m < 0 || m.unsigned_abs() >= 1 << 31 || bias.unsigned_abs() >= 1 << 61 {
+#[allow(clippy::too_many_arguments)]
+fn float_channel(m: i64, bias: i64, shift: u32, zp: i32, qmin: i32, qmax: i32, cap: i32, (alo, ahi): (i32, i32)) -> Option<(f32, f32)> {
+    if m < 0 || m.unsigned_abs() >= 1 << 31 || bias.unsigned_abs() >= 1 << 61 || alo > ahi {
         return None;
     }
     let hi = qmax.min(cap);
     let reference = |acc: i64| -> i32 { ((zp as i64 + round_shift(bias + acc * m, shift)).clamp(qmin as i64, qmax as i64) as i32).min(cap) };
-    let (amin, amax) = (i32::MIN as i64, i32::MAX as i64);
+    let (amin, amax) = (alo as i64, ahi as i64);
     // The points where the reference changes value: the first accumulator reaching each level,
     // from a floating-point estimate corrected by exact evaluation.
     let mut points = vec![amin, amax];
