@@ -453,35 +453,52 @@ fn float_output_stages(steps: &mut [Step]) {
     }
 }
 
-/// Reorders the output channels of convs whose float output stage (see
-/// [`FloatEpilogue`]) covers some channels but not all, so that the channels without one come
-/// last: the byte GEMM runs its float stage on whole tiles of rows, and one i64 row sends its
-/// whole tile to the slower per-row epilogue (in subtensor files, equalized expansion layers often
-/// have 10–15% such rows, spread out). Only where the permutation stays invisible: conv A's
-/// output is read only by a depthwise conv B (channels kept in place, so permuted alike), whose
-/// output is read only by a conv C (its input columns permuted back). Integer sums in another
-/// order: every output byte is unchanged.
+/// Reorders the output channels of convs A → depthwise B → conv C so that the channels with a
+/// float output stage (see [`FloatEpilogue`]) come first, where that makes whole blocks of them:
+/// - A's rows, when A runs on the byte GEMM: it runs the float stage on whole tiles of rows, and
+///   one i64 row sends its whole tile to the slower per-row epilogue (in subtensor files,
+///   equalized expansion layers often have 10–15% such rows, spread out);
+/// - B's channels, when B runs on the channel-vectorized depthwise (`q8::dw512`): it takes the
+///   float stage for 16 channels at once only when all 16 have one (a fused subtensor depthwise
+///   layer of EfficientNet-Lite0 has 295 of 480, spread out).
+///
+/// Only where the permutation stays invisible: A's output is read only by B (channels kept in
+/// place, so permuted alike), whose output is read only by C (its input columns permuted back).
+/// The order is A's float rows first, then within each part B's. Integer sums in another order:
+/// every output byte is unchanged.
 fn cluster_float_rows(steps: &mut [Step], graph_outputs: &[usize]) {
     let sole_reader = |steps: &[Step], slot: usize| -> Option<usize> {
         let mut readers = steps.iter().enumerate().filter(|(_, st)| st.inputs().contains(&slot)).map(|(i, _)| i);
         let r = readers.next()?;
         (readers.next().is_none() && !graph_outputs.contains(&slot)).then_some(r)
     };
+    let float_rows = |epi: &Option<FloatEpilogue>, n: usize| -> Vec<bool> { epi.as_ref().map_or(vec![false; n], |e| e.ok.clone()) };
+    let misplaced = |ok: &[bool]| ok.iter().skip_while(|&&k| k).any(|&k| k);
+    let whole_blocks = |ok: &[bool]| ok.chunks_exact(16).filter(|b| b.iter().all(|&k| k)).count();
     for a in 0..steps.len() {
-        let Step::Conv { output: a_out, epi: Some(e), geom: ga, parts, .. } = &steps[a] else { continue };
-        let misplaced = e.ok.iter().enumerate().skip_while(|(_, &ok)| ok).any(|(_, &ok)| ok);
-        if ga.group != 1 || parts[0].packed8.is_none() || !misplaced {
+        let Step::Conv { output: a_out, epi: epi_a, geom: ga, parts, .. } = &steps[a] else { continue };
+        if ga.group != 1 {
             continue;
         }
-        let order: Vec<usize> = (0..ga.out_c).filter(|&c| e.ok[c]).chain((0..ga.out_c).filter(|&c| !e.ok[c])).collect();
-        let Some(b) = sole_reader(steps, *a_out) else { continue };
-        let Step::Conv { output: b_out, geom: gb, .. } = &steps[b] else { continue };
+        let (a_ok, a_tiled, a_out) = (float_rows(epi_a, ga.out_c), parts[0].packed8.is_some(), *a_out);
+        let Some(b) = sole_reader(steps, a_out) else { continue };
+        let Step::Conv { output: b_out, epi: epi_b, geom: gb, parts: parts_b, .. } = &steps[b] else { continue };
         if !(gb.is_depthwise() && gb.in_c == ga.out_c) {
             continue;
         }
+        let b_ok = float_rows(epi_b, gb.out_c);
+        let b_blocked = parts_b.len() == 1 && q8::dw512::chosen(gb) && q8::dw512::available();
         let Some(c) = sole_reader(steps, *b_out) else { continue };
         let Step::Conv { geom: gc, .. } = &steps[c] else { continue };
         if gc.group != 1 || gc.in_c != ga.out_c {
+            continue;
+        }
+        let mut order: Vec<usize> = (0..ga.out_c).collect();
+        order.sort_by_key(|&ch| (!a_ok[ch], !b_ok[ch]));
+        let b_ok_after: Vec<bool> = order.iter().map(|&ch| b_ok[ch]).collect();
+        let helps_a = a_tiled && misplaced(&a_ok);
+        let helps_b = b_blocked && whole_blocks(&b_ok_after) > whole_blocks(&b_ok);
+        if !(helps_a || helps_b) {
             continue;
         }
         permute_output_channels(&mut steps[a], &order);
@@ -1083,6 +1100,34 @@ mod output_stage_tests {
             cluster_float_rows(&mut kept, &[shown]);
             assert_eq!(float_rows(&kept[0]), ok);
         }
+    }
+
+    /// Where the depthwise conv runs on `q8::dw512` (16 channels per float stage), the pass also
+    /// gathers its float channels into whole blocks, and the block's output bytes do not change.
+    #[test]
+    fn clustering_gathers_depthwise_float_channels_into_blocks() {
+        let (side, c0, c1, c2) = (8, 24, 48, 9);
+        let block = || {
+            let mut rng = Lcg(0xb10c);
+            // Multipliers off round numbers: with integer biases, 0.1 puts accumulators right on
+            // the rounding boundaries, where f32 cannot decide.
+            let reals_a: Vec<f64> = (0..c1).map(|c| 0.0173 + c as f64 * 1.1e-6).collect();
+            let reals_b: Vec<f64> = (0..c1).map(|c| if c % 3 == 1 { 1.1e-4 + c as f64 * 1e-7 } else { 0.0371 + c as f64 * 1.3e-6 }).collect();
+            vec![conv_step(&mut rng, 0, geometry(c0, c1, side, 1, 1), &reals_a), conv_step(&mut rng, 1, geometry(c1, c1, side, 3, c1), &reals_b), conv_step(&mut rng, 2, geometry(c1, c2, side, 1, 1), &vec![3.0e-3; c2])]
+        };
+        let steps = block();
+        let whole_blocks = |ok: &[bool]| ok.chunks_exact(16).filter(|b| b.iter().all(|&k| k)).count();
+        let (ok_a, ok_b) = (float_rows(&steps[0]), float_rows(&steps[1]));
+        assert!(ok_a.iter().all(|&k| k) && whole_blocks(&ok_b) == 0 && ok_b.iter().filter(|&&k| k).count() >= 32, "the test needs float rows in A and scattered ones in B: {ok_a:?} {ok_b:?}");
+        let Step::Conv { geom: gb, .. } = &steps[1] else { unreachable!() };
+        let blocked = q8::dw512::chosen(gb) && q8::dw512::available();
+        let mut rng = Lcg(3);
+        let x: Vec<u8> = (0..c0 * side * side).map(|_| rng.next() as u8).collect();
+        let want = run(&steps, &x);
+        let mut clustered = block();
+        cluster_float_rows(&mut clustered, &[3]);
+        assert_eq!(whole_blocks(&float_rows(&clustered[1])), if blocked { 2 } else { 0 });
+        assert_eq!(run(&clustered, &x), want);
     }
 
     /// Float stages are proven on the accumulators each conv can reach: a depthwise conv with
