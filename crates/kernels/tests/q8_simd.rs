@@ -556,12 +556,15 @@ mod avx2 {
     /// Depthwise shapes of the channel-vectorized kernel (`q8::dw512`): 16–80 channels, 3×3 or
     /// 5×5 "same" kernels, stride 1 or 2 (both TF and symmetric padding), planes of 4–14.
     fn dw_lanes_case() -> impl Strategy<Value = ConvCase> {
-        (1usize..=5, prop_oneof![Just(3usize), Just(5)], 1usize..=2, 4usize..=14, 4usize..=14, (any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<bool>(), any::<u64>(), 1usize..=3)).prop_filter_map("plane too small", |(blocks, k, s, ih, iw, (tf_pad, zp_in, out_zp, per_channel, extreme, seed, parts))| {
+        (1usize..=5, prop_oneof![Just(3usize), Just(5)], 1usize..=2, 4usize..=14, 4usize..=14, (any::<bool>(), 0i32..=255, 0i32..=255, any::<bool>(), any::<bool>(), any::<u64>(), 1usize..=3, -2i32..=1)).prop_filter_map("plane too small", |(blocks, k, s, ih, iw, (tf_pad, zp_in, out_zp, per_channel, extreme, seed, parts, qmin_at))| {
+            // qmin 0, or one below, at or one above the zero point (a ReLU'd output: the i64
+            // stage's shortcut for negative values applies from `zp` up).
+            let qmin = if qmin_at == -2 { 0 } else { (out_zp + qmin_at).clamp(0, 255) };
             let c = 16 * blocks;
             let (pt, pb) = if s == 2 && tf_pad { ((k - 1) / 2, k / 2) } else { (k / 2, k / 2) };
             let (oh, ow) = ((ih + pt + pb - k) / s + 1, (iw + pt + pb - k) / s + 1);
             let g = ConvGeometry { in_c: c, in_h: ih, in_w: iw, out_c: c, out_h: oh, out_w: ow, kernel: [k, k], strides: [s, s], dilations: [1, 1], pad_top: pt, pad_left: pt, group: c };
-            q8::dw512::applies(&g).then_some(ConvCase { g, parts, per_channel, zp_in, out_zp, qmin: 0, qmax: 255, extreme, seed })
+            q8::dw512::applies(&g).then_some(ConvCase { g, parts, per_channel, zp_in, out_zp, qmin, qmax: 255, extreme, seed })
         })
     }
 
@@ -901,12 +904,51 @@ mod avx2 {
         let accs: Vec<i32> = vec![0, 1, -1, 2, -2, 3, -3, 1 << 20, -(1 << 20), 16_581_375, -16_581_375, i32::MAX / 4, i32::MIN / 4, 12345, -12345, 7];
         for &(mult, shift) in &[(1i64 << 29, 30u32), ((1 << 30) - 1, 62), (1 << 29, 0), (536_870_913, 31), (1 << 29, 29), (805_306_368, 40)] {
             for &bias in &[0i64, 1, -1, 1 << 40, -(1 << 40)] {
-                for &(zp, lo, hi) in &[(0, 0, 255), (128, 0, 255), (255, 0, 255), (10, 3, 200)] {
+                // qmin one below, at and above the zero point: at and above, the kernels drop the
+                // ties-away correction of negative values (every one ends at qmin); one below,
+                // a tie at −half (acc −1 with 2^29 / 2^30) must still round to zp − 1.
+                for &(zp, lo, hi) in &[(0, 0, 255), (128, 0, 255), (255, 0, 255), (10, 3, 200), (10, 9, 200), (10, 10, 200), (10, 11, 200)] {
                     let want: Vec<u8> = accs.iter().map(|&a| (zp as i64 + q8::round_shift(bias + a as i64 * mult, shift)).clamp(lo as i64, hi as i64) as u8).collect();
                     let mut got = vec![0u8; accs.len()];
                     unsafe { q8::avx2::requant_row(&accs, mult, bias, shift, zp, lo, hi, &mut got) };
                     assert_eq!(got, want, "mult {mult} shift {shift} bias {bias} zp {zp}");
                 }
+            }
+        }
+    }
+}
+
+/// The depthwise kernels' i64 stage at a tie just below zero: accumulator −1 times the real
+/// multiplier 0.5 is −0.5, which rounds away from zero to −1. With qmin one below the zero point
+/// that byte shows (the shortcut that drops the correction applies only from qmin = zp up); at
+/// and above it, every negative value ends at qmin. Through the dispatched conv (planar kernel)
+/// and the channel-vectorized one.
+#[test]
+fn depthwise_i64_stage_ties_below_zero() {
+    let (c, zp_in, zp) = (16usize, 10i32, 10i32);
+    // 6×6 planes take the channel-vectorized kernel where the CPU has it, 24×24 the planar one.
+    for side in [6usize, 24] {
+        let g = ConvGeometry { in_c: c, in_h: side, in_w: side, out_c: c, out_h: side, out_w: side, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pad_top: 1, pad_left: 1, group: c };
+        // Only the centre tap, weight 1: every accumulator is x − zp_in = −1.
+        let weight: Vec<i16> = (0..c * 9).map(|i| (i % 9 == 4) as i16).collect();
+        let part = ConvPart::new(weight, vec![Requant { multiplier: 1 << 12, shift: 13 }], &g);
+        let input = vec![(zp_in - 1) as u8; c * side * side];
+        let bias = vec![0i64; c];
+        for qmin in [zp - 1, zp, zp + 1] {
+            let n = c * side * side;
+            let mut want = vec![0u8; n];
+            q8::conv_q8_reference(&input, zp_in, std::slice::from_ref(&part), &bias, 13, zp, qmin, 255, &g, &mut want, &mut Scratch::default());
+            assert_eq!(want[0] as i32, qmin.max(zp - 1), "the reference rounds −0.5 to −1");
+            let mut got = vec![0u8; n];
+            q8::conv_q8(&input, zp_in, std::slice::from_ref(&part), &bias, 13, zp, qmin, 255, &g, &mut got, &mut Scratch::default());
+            assert_eq!(got, want, "dispatched, {side}×{side}, qmin {qmin}");
+            if q8::dw512::available() && q8::dw512::applies(&g) {
+                let q8::PackedWeights::Depthwise { lanes, .. } = &part.packed else { panic!("depthwise packing") };
+                let mult = vec![1i64 << 12; c];
+                let st = q8::dw512::Stage::<1> { float: None, mult: [&mult[..]], bias: &bias, shift: 13, zp, qmin, qmax: 255, cap: None };
+                let mut got = vec![0u8; n];
+                unsafe { q8::dw512::depthwise::<1>(&input, zp_in, [&lanes[..]], &g, &st, &mut got, &mut Vec::new(), &mut Vec::new()) };
+                assert_eq!(got, want, "channel-vectorized, {side}×{side}, qmin {qmin}");
             }
         }
     }

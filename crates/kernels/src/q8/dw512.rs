@@ -361,9 +361,13 @@ impl<'a, const P: usize> I64Stage<'a, P> {
         for (a, m) in acc.iter().zip(&st.mult) {
             x = _mm512_add_epi64(x, _mm512_mul_epi32(*a, _mm512_loadu_si512(m.as_ptr().add(c) as *const __m512i)));
         }
-        // round_shift: |x| + half, shifted, the sign put back (ties away from zero).
+        // round_shift: |x| + half, shifted, the sign put back (ties away from zero). Where every
+        // negative x ends at qmin (qmin ≥ zp, a ReLU'd output), floor((x + half) / 2^shift) is
+        // equal after the clamps: both are ≤ 0 for x < 0, and equal for x ≥ 0.
         let r = if st.shift == 0 {
             x
+        } else if st.qmin >= st.zp {
+            _mm512_sra_epi64(_mm512_add_epi64(x, self.half), self.shift)
         } else {
             let neg = _mm512_cmplt_epi64_mask(x, _mm512_setzero_si512());
             let r = _mm512_srl_epi64(_mm512_add_epi64(_mm512_abs_epi64(x), self.half), self.shift);
