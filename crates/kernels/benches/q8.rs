@@ -139,7 +139,7 @@ fn depthwise_lanes(c: &mut Criterion) {
     }
     let mut grp = c.benchmark_group("depthwise_lanes");
     grp.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
-    let cases = [("dw3x3s1_960_5", geom(960, 5, 960, 3, 1, 960)), ("dw3x3s1_576_10", geom(576, 10, 576, 3, 1, 576)), ("dw3x3s2_576_10", geom(576, 10, 576, 3, 2, 576)), ("dw5x5s1_672_14", geom(672, 14, 672, 5, 1, 672)), ("dw5x5s1_1152_7", geom(1152, 7, 1152, 5, 1, 1152))];
+    let cases = [("dw3x3s1_960_5", geom(960, 5, 960, 3, 1, 960)), ("dw3x3s1_576_10", geom(576, 10, 576, 3, 1, 576)), ("dw3x3s2_576_10", geom(576, 10, 576, 3, 2, 576)), ("dw5x5s1_672_14", geom(672, 14, 672, 5, 1, 672)), ("dw5x5s1_1152_7", geom(1152, 7, 1152, 5, 1, 1152)), ("dw3x3s1_480_14", geom(480, 14, 480, 3, 1, 480)), ("dw5x5s1_480_14", geom(480, 14, 480, 5, 1, 480))];
     for (name, g) in cases {
         let input = data(g.in_c * g.in_h * g.in_w, 1);
         let w: Vec<i16> = data(g.out_c * g.weights_per_output(), 2).iter().map(|&x| x as i16 - 128).collect();
@@ -156,6 +156,15 @@ fn depthwise_lanes(c: &mut Criterion) {
         let st = q8::dw512::Stage { float: None, mult: [&mult[..]], bias: &bias, shift, zp: 7, qmin: 0, qmax: 255, cap: None };
         let (mut xb, mut ob) = (Vec::new(), Vec::new());
         grp.bench_function(BenchmarkId::new("lanes", name), |b| b.iter(|| unsafe { q8::dw512::depthwise::<1>(black_box(&input), 3, [&lanes[..]], &g, &st, &mut out, &mut xb, &mut ob) }));
+        // A ReLU'd output (qmin = zp): the i64 stage's shorter form, as fused subtensor layers
+        // take it; and the float stage, proven on these parameters.
+        let st = q8::dw512::Stage { float: None, mult: [&mult[..]], bias: &bias, shift, zp: 7, qmin: 7, qmax: 255, cap: None };
+        grp.bench_function(BenchmarkId::new("lanes_relu", name), |b| b.iter(|| unsafe { q8::dw512::depthwise::<1>(black_box(&input), 3, [&lanes[..]], &g, &st, &mut out, &mut xb, &mut ob) }));
+        if let Some(e) = q8::FloatEpilogue::new(&mult, &bias, shift, 7, 7, 255, None) {
+            let float = Some(q8::dw512::Float { scale: &e.scale, offset: &e.offset, hi: &e.hi, lo: e.lo, ok: &e.ok });
+            let st = q8::dw512::Stage { float, mult: [&mult[..]], bias: &bias, shift, zp: 7, qmin: 7, qmax: 255, cap: None };
+            grp.bench_function(BenchmarkId::new("lanes_float", name), |b| b.iter(|| unsafe { q8::dw512::depthwise::<1>(black_box(&input), 3, [&lanes[..]], &g, &st, &mut out, &mut xb, &mut ob) }));
+        }
     }
     grp.finish();
 }
