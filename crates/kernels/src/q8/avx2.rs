@@ -2221,8 +2221,8 @@ pub unsafe fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias
 }
 
 /// [`conv_q8_clamped`] with an optional float output stage (see [`super::conv_q8_epi`]: it
-/// must come from [`FloatEpilogue::new`] on these same parameters): used by the single-part
-/// depthwise and one-group GEMM paths.
+/// must be proven on these same parameters, for every accumulator this input can give): used by
+/// the single-part depthwise and one-group GEMM paths.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv_q8_epi(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed: &[i64], shift: u32, out_zp: i32, qmin: i32, qmax: i32, cmax: Option<&[u8]>, epi: Option<&FloatEpilogue>, g: &ConvGeometry, out: &mut [u8], scratch: &mut Scratch) {

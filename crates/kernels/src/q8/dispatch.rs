@@ -74,8 +74,9 @@ pub fn conv_q8_clamped(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixed:
 }
 
 /// [`conv_q8`] with an optional per-channel cap (as [`conv_q8_clamped`]) and an optional float
-/// output stage `epi`, built by [`FloatEpilogue::new`] from these same `parts[0]` multipliers,
-/// `bias_fixed`, `shift`, `out_zp`, `qmin`, `qmax` and `cmax` (so proven equal to the i64 stage);
+/// output stage `epi`, built by [`FloatEpilogue::new`] (or [`FloatEpilogue::for_accumulators`],
+/// with bounds that hold for this input) from these same `parts[0]` multipliers, `bias_fixed`,
+/// `shift`, `out_zp`, `qmin`, `qmax` and `cmax` (so proven equal to the i64 stage);
 /// the AVX2 single-part paths then use it. The bytes are those of [`super::conv_q8_reference`]
 /// (capped) either way.
 #[allow(clippy::too_many_arguments)]

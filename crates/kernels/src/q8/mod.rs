@@ -191,11 +191,13 @@ pub fn conv_q8_reference(input: &[u8], zp_in: i32, parts: &[ConvPart], bias_fixe
 ///
 /// It is only ever used where it is *proven* equal to the reference stage
 /// `min(clamp(zp + round_shift(bias[c] + acc·mult[c], shift), qmin, qmax), cmax[c])` on every
-/// i32 accumulator: [`FloatEpilogue::new`] returns `None` otherwise. The proof: both functions
-/// are monotone non-decreasing in `acc` (i32 → f32 rounding, multiplication by `scale ≥ 0`, the
-/// addition, min/max and truncation are all monotone) and integer-valued, so they are equal
-/// everywhere iff they are equal at `i32::MIN`, `i32::MAX` and on both sides of every point where
-/// the reference changes value — at most 2·255 + 2 points per channel, all checked.
+/// i32 accumulator ([`FloatEpilogue::new`]), or on every accumulator the channel can reach
+/// ([`FloatEpilogue::for_accumulators`] with [`accumulator_bounds`]); `ok[c]` is false otherwise.
+/// The proof: both functions are monotone non-decreasing in `acc` (i32 → f32 rounding,
+/// multiplication by `scale ≥ 0`, the addition, min/max and truncation are all monotone) and
+/// integer-valued, so they are equal on a range iff they are equal at its two ends and on both
+/// sides of every point inside it where the reference changes value — at most 2·255 + 2 points
+/// per channel, all checked.
 ///
 /// f32 cannot always do it: with a real multiplier below ~2·10⁻³ the 255 change points are
 /// often closer to an f32 rounding step than the 24-bit mantissa resolves. Such channels have
