@@ -918,6 +918,35 @@ mod avx2 {
     }
 }
 
+/// Capped float rows at the end of a pointwise layer: the byte GEMM narrows tile rows four at a
+/// time and reads their caps in one load, except where fewer than four caps are left (the last
+/// tile's rows 4 and 5 when the layer's rows are a whole number of tiles). Every row has a float
+/// stage (multipliers off round numbers, small biases), caps below 255 on most rows, outputs
+/// equal to the reference capped, for layers of 6, 12 and 18 rows.
+#[test]
+fn pointwise_float_caps_at_the_layer_end() {
+    let mut rng = Rng(0xcafe_f00d);
+    for (out_c, k, side) in [(6usize, 32usize, 8usize), (12, 32, 8), (18, 48, 6)] {
+        let g = ConvGeometry { in_c: k, in_h: side, in_w: side, out_c, out_h: side, out_w: side, kernel: [1, 1], strides: [1, 1], dilations: [1, 1], pad_top: 0, pad_left: 0, group: 1 };
+        let weight: Vec<i16> = (0..out_c * k).map(|_| rng.range(-60, 60) as i16).collect();
+        let (requant, shift) = Requant::common(&(0..out_c).map(|c| 0.0137 + c as f64 * 1.1e-6).collect::<Vec<_>>());
+        let mult: Vec<i64> = requant.iter().map(|r| r.multiplier).collect();
+        let part = ConvPart::new(weight, requant, &g);
+        let bias: Vec<i64> = (0..out_c).map(|_| (rng.range(-20, 20) as f64 * 0.37 * (shift as f64).exp2()) as i64).collect();
+        let cmax: Vec<u8> = (0..out_c).map(|c| if c % 5 == 0 { 255 } else { rng.range(40, 200) as u8 }).collect();
+        let input: Vec<u8> = (0..k * side * side).map(|_| rng.next() as u8).collect();
+        let e = q8::FloatEpilogue::new(&mult, &bias, shift, 0, 0, 255, Some(&cmax)).expect("a float stage");
+        assert!(e.ok.iter().all(|&k| k), "every row needs a float stage here: {:?}", e.ok);
+        let n = out_c * side * side;
+        let mut want = vec![0u8; n];
+        q8::conv_q8_reference(&input, 9, std::slice::from_ref(&part), &bias, shift, 0, 0, 255, &g, &mut want, &mut Scratch::default());
+        q8::clamp_channels_u8_reference(&mut want, side * side, &cmax);
+        let mut got = vec![0u8; n];
+        q8::conv_q8_epi(&input, 9, std::slice::from_ref(&part), &bias, shift, 0, 0, 255, Some(&cmax), Some(&e), &g, &mut got, &mut Scratch::default());
+        assert_eq!(got, want, "{out_c} rows, k {k}");
+    }
+}
+
 /// The depthwise kernels' i64 stage at a tie just below zero: accumulator −1 times the real
 /// multiplier 0.5 is −0.5, which rounds away from zero to −1. With qmin one below the zero point
 /// that byte shows (the shortcut that drops the correction applies only from qmin = zp up); at

@@ -421,7 +421,7 @@ fn fuse_power_of_two_parts(reals: &[Vec<f64>], weights: &[Vec<i16>]) -> Option<V
 /// has one proven exact). Each is proven on the accumulators its conv can reach: from its
 /// weights and the bytes its input can hold, i.e. the clamps of the conv or add that wrote them
 /// (one range, or one per channel; a slot any other step writes, even a ClampChannels in place,
-/// may hold any byte). Far fewer change points must fall right than on all of i32: MobileNetV2's
+/// may hold any byte). Only the change points inside that range must fall right: MobileNetV2's
 /// subtensor stem gets a float stage for all 32 channels instead of 29.
 fn float_output_stages(steps: &mut [Step]) {
     let mut byte_ranges: HashMap<usize, Vec<(u8, u8)>> = HashMap::new();

@@ -1252,11 +1252,7 @@ unsafe fn row_caps4(e: &EpiRows, row0: usize) -> __m512i {
     let c4 = if row0 + 4 <= e.cap.len() {
         std::ptr::read_unaligned(e.cap.as_ptr().add(row0) as *const [u8; 4])
     } else {
-        let mut c4 = [255u8; 4];
-        for (r, c) in c4.iter_mut().enumerate() {
-            *c = e.cap.get(row0 + r).copied().unwrap_or(255);
-        }
-        c4
+        std::array::from_fn(|r| e.cap.get(row0 + r).copied().unwrap_or(255))
     };
     let lane_index = _mm512_set_epi32(0x0303_0303, 0x0303_0303, 0x0303_0303, 0x0303_0303, 0x0202_0202, 0x0202_0202, 0x0202_0202, 0x0202_0202, 0x0101_0101, 0x0101_0101, 0x0101_0101, 0x0101_0101, 0, 0, 0, 0);
     _mm512_shuffle_epi8(_mm512_set1_epi32(i32::from_le_bytes(c4)), lane_index)
